@@ -1,0 +1,142 @@
+"""Checkpoints: tensors in safetensors, everything else in a JSON sidecar. Never pickle.
+
+Each file is written to a temporary name and renamed into place, so a crash or a full disk
+leaves the previous checkpoint intact; the sidecar carries the tensors file's SHA-256 so a
+truncated or swapped file is refused with a clear message.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .paths import InputError
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(InputError):
+    """A checkpoint is missing, corrupt or does not fit the model."""
+
+
+def versions() -> dict[str, str]:
+    """Library versions recorded in every sidecar."""
+    import torchvision
+
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": platform.python_version()}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text to ``path`` via a temporary file and a rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Atomically write ``path`` (.safetensors) and its sidecar ``path`` + ``.json``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    try:
+        save_file(flat, str(tmp))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        digest = _sha256(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    sidecar = dict(meta, format_version=FORMAT_VERSION, sha256=digest, versions=versions())
+    atomic_write_text(_sidecar(path), json.dumps(sidecar, indent=2, default=str))
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def load(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint and its sidecar, verifying the hash; raise CheckpointError if bad."""
+    path = Path(path)
+    if not path.exists() or not _sidecar(path).exists():
+        raise CheckpointError(f"checkpoint {path} (or its sidecar {_sidecar(path).name}) is missing")
+    try:
+        meta = json.loads(_sidecar(path).read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"checkpoint sidecar {_sidecar(path)} is not valid JSON: {err}") from err
+    if meta.get("sha256") and meta["sha256"] != _sha256(path):
+        raise CheckpointError(
+            f"checkpoint {path} does not match its sidecar's SHA-256: the file is truncated, "
+            "corrupt or was replaced")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {err}") from err
+    return tensors, meta
+
+
+def load_into(model: nn.Module, tensors: dict[str, torch.Tensor], prefix: str = "model.") -> None:
+    """Copy ``prefix``-ed tensors into ``model``, refusing a different architecture or shape."""
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+             for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(filter(None, [
+            f"missing {missing[:4]}" if missing else "",
+            f"unexpected {unexpected[:4]}" if unexpected else "",
+            f"shape mismatch {wrong[:3]}" if wrong else ""]))
+        raise CheckpointError(f"checkpoint does not fit this model (other architecture or input "
+                              f"shape): {detail}")
+    model.load_state_dict(state)
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer's state into tensors (for safetensors) and JSON-able parts."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, state in sd["state"].items():
+        for key, val in state.items():
+            if torch.is_tensor(val):
+                tensors[f"optim.{idx}.{key}"] = val
+            else:
+                scalars[f"{idx}.{key}"] = val
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                      meta: dict) -> None:
+    """Inverse of :func:`optimizer_tensors`."""
+    state: dict[int, dict] = {}
+    for name, val in tensors.items():
+        if name.startswith("optim."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = val
+    for name, val in meta.get("scalars", {}).items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = val
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

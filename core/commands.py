@@ -1,0 +1,191 @@
+"""The CLI's subcommands: each creates a run, executes it in this process and prints results."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import pandas as pd
+
+from .attacks import build_attack
+from .cli import attack_params, sweep_attacks, train_config
+from .jobs import run_job
+from .paths import InputError, run_dir
+from .store import RunStore
+from .training import Cancelled, TrainConfig
+
+
+def _execute(store: RunStore, run_id: str, resume: bool = False) -> dict | None:
+    try:
+        return run_job(store, run_id, resume=resume, progress=True)
+    except Cancelled:
+        print(f"run {run_id} cancelled; continue it with `python -m core resume {run_id}`",
+              file=sys.stderr)
+        return None
+
+
+def train(args: argparse.Namespace) -> int:
+    """``train``: validate, create the run, train in the foreground, print the outcome."""
+    store = RunStore()
+    if args.resume:
+        return _resume(store, args.resume)
+    cfg = TrainConfig.from_dict(train_config(args))
+    run_id = store.create_run("train", cfg.to_dict(), name=args.name)
+    print(f"run {run_id}: training {cfg.model} on {cfg.dataset} for {cfg.epochs} epoch(s)")
+    return _report_training(store, run_id, _execute(store, run_id))
+
+
+def resume(args: argparse.Namespace) -> int:
+    """``resume RUN``: continue a failed or cancelled training run from its last checkpoint."""
+    return _resume(RunStore(), args.run)
+
+
+def _resume(store: RunStore, run_id: str) -> int:
+    run = store.get(run_id)
+    if run.kind != "train" or run.status in ("completed", "running"):
+        raise InputError(f"run {run_id} is a {run.status} {run.kind} run; only failed or "
+                         "cancelled training runs can be resumed")
+    if not (run_dir(run_id) / "checkpoint.safetensors").exists():
+        raise InputError(f"run {run_id} has no checkpoint to resume from")
+    print(f"resuming {run_id} from its last checkpoint")
+    return _report_training(store, run_id, _execute(store, run_id, resume=True))
+
+
+def _report_training(store: RunStore, run_id: str, summary: dict | None) -> int:
+    if summary is None:
+        return 1
+    final = summary["final"]
+    print(f"run {run_id} completed: test accuracy {final['test_acc']:.2%} on "
+          f"{summary['n_test']:,} test images ({summary['dataset_source']})")
+    if "robust_acc" in final:
+        print(f"  robust (PGD eps {final['robust_eps']}) accuracy {final['robust_acc']:.2%}")
+    for warning in store.get(run_id).warnings:
+        print(f"  warning: {warning}")
+    print(f"  weights: {run_dir(run_id) / 'model.safetensors'}")
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """``evaluate RUN``: clean metrics, per-class table, confusion matrix, misclassified grid."""
+    store = RunStore()
+    store.get(args.run)
+    config = {"model_run": args.run, "which": args.which, "split": args.split, "n": args.n,
+              "data_dir": args.data_dir}
+    run_id = store.create_run("evaluate", config, parent=args.run)
+    s = _execute(store, run_id)
+    if s is None:
+        return 1
+    print(f"evaluation {run_id} of {args.run} on {s['n']:,} {args.split} images ({s['source']})")
+    print(f"  accuracy {s['accuracy']:.2%}   micro-F1 {s['micro_f1']:.2%}   "
+          f"macro-F1 {s['macro_f1']:.2%}   (micro-F1 equals accuracy for single-label data)")
+    print(pd.DataFrame(s["per_class"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print("confusion matrix (rows: true, columns: predicted):")
+    print(pd.DataFrame(s["confusion"], index=s["classes"], columns=s["classes"]).to_string())
+    folder = run_dir(run_id)
+    print(f"  {s['n_misclassified']} misclassified; report {folder / 'evaluation.json'}, "
+          f"grid {folder / 'misclassified.png'}")
+    return 0
+
+
+def attack(args: argparse.Namespace) -> int:
+    """``attack RUN``: one attack on a test sample; prints accuracy, success rate, norms."""
+    store = RunStore()
+    store.get(args.run)
+    params = attack_params(args)
+    atk = build_attack(args.attack, **params)
+    config = {"model_run": args.run, "attack": args.attack, "params": atk.params(), "n": args.n,
+              "seed": args.seed, "which": args.which, "data_dir": args.data_dir}
+    run_id = store.create_run("attack", config, parent=args.run)
+    s = _execute(store, run_id)
+    if s is None:
+        return 1
+    print(f"attack {run_id}: {args.attack} {atk.params()} on {s['n']:,} test images")
+    print(f"  clean accuracy {s['clean_acc']:.2%}  ->  under attack {s['adv_acc']:.2%}   "
+          f"success rate {s['success_rate']:.2%}")
+    print(f"  perturbation of flipped examples: L2 mean {s['l2_mean']:.4f} median "
+          f"{s['l2_median']:.4f}; L-inf mean {s['linf_mean']:.4f}")
+    for warning in store.get(run_id).warnings:
+        print(f"  warning: {warning}")
+    print(f"  records {run_dir(run_id) / 'records.csv'}")
+    return 0
+
+
+def sweep(args: argparse.Namespace) -> int:
+    """``sweep RUN``: attacks over a grid of budgets, printed as the attack table and saved."""
+    store = RunStore()
+    store.get(args.run)
+    specs = sweep_attacks(args)
+    for spec in specs:
+        build_attack(spec["name"], **spec["params"])
+    bad = [e for e in args.eps if not 0 <= e <= 1]
+    if bad:
+        raise InputError(f"budgets must lie in [0, 1] (pixel units), got {bad}")
+    config = {"model_run": args.run, "attacks": specs, "budgets": args.eps, "n": args.n,
+              "seed": args.seed, "which": args.which, "data_dir": args.data_dir}
+    run_id = store.create_run("sweep", config, parent=args.run)
+    s = _execute(store, run_id)
+    if s is None:
+        return 1
+    from .tasks import table_frame
+
+    print(f"sweep {run_id} of {args.run} on {s['n']:,} test images ({s['source']})")
+    print(table_frame(s["rows"]).to_markdown(index=False, floatfmt=".4f"))
+    print("worst case over attacks per budget:")
+    print(pd.DataFrame(s["worst_case"]).to_markdown(index=False, floatfmt=".4f"))
+    for warning in s["warnings"]:
+        print(f"warning: {warning}")
+    print(f"saved {run_dir(run_id) / 'sweep.csv'} and sweep.md")
+    return 0
+
+
+def runs(args: argparse.Namespace) -> int:
+    """``runs``: a table of runs, newest first (stale workers are marked failed first)."""
+    store = RunStore()
+    store.mark_stale()
+    rows = []
+    for r in store.list_runs(kind=args.kind):
+        rows.append({"id": r.id, "kind": r.kind, "status": r.status, "parent": r.parent or "",
+                     "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created)),
+                     "seconds": round(r.duration or 0), "result": headline(r)})
+    if not rows:
+        print("no runs yet; start one with `python -m core train --dataset mnist`")
+        return 0
+    print(pd.DataFrame(rows).to_string(index=False))
+    return 0
+
+
+def headline(run) -> str:
+    """A short result string for a run (accuracy, or the failure)."""
+    s = run.summary or {}
+    if run.status == "failed":
+        return (run.error or "")[:60]
+    if run.kind == "train" and s.get("final"):
+        text = f"test acc {s['final']['test_acc']:.2%} (n={s.get('n_test')})"
+        if "robust_acc" in s["final"]:
+            text += f", robust {s['final']['robust_acc']:.2%}"
+        return text
+    if run.kind == "evaluate" and "accuracy" in s:
+        return f"acc {s['accuracy']:.2%}, macro-F1 {s['macro_f1']:.2%}"
+    if run.kind == "attack" and "adv_acc" in s:
+        return f"{s['attack']}: {s['clean_acc']:.2%} -> {s['adv_acc']:.2%}"
+    if run.kind == "sweep" and s.get("rows"):
+        return f"{len(s['rows'])} rows"
+    return ""
+
+
+def cancel(args: argparse.Namespace) -> int:
+    """``cancel RUN``: ask a running job to stop at its next step."""
+    RunStore().request_cancel(args.run)
+    print(f"cancel requested for {args.run}")
+    return 0
+
+
+def reproduce(args: argparse.Namespace) -> int:
+    """``reproduce``: the whole seed study into artifacts/reports/."""
+    store = RunStore()
+    run_id = store.create_run("reproduce", {"quick": args.quick, "data_dir": args.data_dir})
+    s = _execute(store, run_id)
+    if s is None:
+        return 1
+    print(f"report written to {s['report']}")
+    return 0

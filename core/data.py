@@ -1,0 +1,292 @@
+"""Datasets as in-memory uint8 tensors, with batch iteration and whole-batch augmentation.
+
+Names: ``mnist``, ``cifar10`` (torchvision's files, else the ``cifar10-subset`` ImageFolder
+found under the data root) and ``imagefolder:PATH`` (a tree with ``train/`` and ``test/``).
+Each split is decoded once, cached under ``artifacts/cache`` as safetensors keyed by its
+source, and kept in memory; pixels leave this module as floats in [0, 1].
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from .paths import InputError, cache_dir, data_dir
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("mnist", "cifar10", "imagefolder:PATH")
+SPLITS = ("train", "test")
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck"]
+_STATS = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+
+
+class DatasetNotFound(InputError):
+    """A dataset is neither on disk nor downloadable."""
+
+
+@dataclass
+class TensorData:
+    """One split of a dataset held as uint8 images (N, C, H, W) and int64 labels."""
+
+    name: str
+    split: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    source: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: bool = False
+    indices: torch.Tensor | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.classes)
+
+    def subset(self, n: int | None, seed: int = 0) -> "TensorData":
+        """A reproducible, class-mixed subset of ``n`` examples (all when n is None or too big)."""
+        if n is None or n >= len(self):
+            return self
+        if n <= 0:
+            raise InputError(f"subset size must be positive, got {n}")
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        order, _ = order.sort()
+        base = self.indices if self.indices is not None else torch.arange(len(self))
+        return TensorData(self.name, self.split, self.images[order], self.labels[order],
+                          self.classes, self.source, self.mean, self.std, self.augment,
+                          base[order])
+
+    def original_index(self) -> torch.Tensor:
+        """Index of each example in the full split (for per-example records)."""
+        return self.indices if self.indices is not None else torch.arange(len(self))
+
+    def floats(self, idx: torch.Tensor | slice | None = None) -> torch.Tensor:
+        """Images at ``idx`` as float32 in [0, 1]."""
+        imgs = self.images if idx is None else self.images[idx]
+        return imgs.float().div_(255.0)
+
+
+def load(name: str, split: str, root: str | os.PathLike | None = None) -> TensorData:
+    """Load a dataset split by name; see the module docstring for names and sources."""
+    if split not in SPLITS:
+        raise InputError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    base = data_dir(root)
+    key = (name, split, str(base))
+    if key not in _MEMORY:
+        _MEMORY[key] = _load_uncached(name, split, base)
+    return _MEMORY[key]
+
+
+_MEMORY: dict[tuple[str, str, str], TensorData] = {}
+
+
+def _load_uncached(name: str, split: str, base: Path) -> TensorData:
+    if name == "mnist":
+        return _mnist(split, base)
+    if name == "cifar10":
+        return _cifar10(split, base)
+    if name.startswith("imagefolder:"):
+        return _imagefolder_dataset(Path(name.split(":", 1)[1]).expanduser(), split)
+    raise InputError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
+
+
+def _mnist(split: str, base: Path) -> TensorData:
+    from torchvision.datasets import MNIST
+
+    raw = base / "MNIST" / "raw"
+    expected = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    try:
+        ds = MNIST(str(base), train=split == "train", download=not _has_files(raw, expected))
+    except Exception as err:  # torchvision raises RuntimeError/URLError/OSError when offline
+        raise DatasetNotFound(
+            f"dataset 'mnist' not found in {raw} and could not be downloaded ({err}). "
+            f"Expected files there: {', '.join(expected)} (uncompressed IDX, or .gz). "
+            "Provide them with --data-dir / ROBUSTLAB_DATA pointing at the folder holding "
+            "MNIST/raw, or run once with internet access to download them."
+        ) from err
+    images = ds.data.unsqueeze(1).contiguous()
+    mean, std = _STATS["mnist"]
+    return TensorData("mnist", split, images, ds.targets.long(), [str(i) for i in range(10)],
+                      f"torchvision MNIST at {base}", mean, std, augment=False)
+
+
+def _has_files(folder: Path, names: list[str]) -> bool:
+    return all((folder / n).exists() or (folder / f"{n}.gz").exists() for n in names)
+
+
+def _cifar10(split: str, base: Path) -> TensorData:
+    from torchvision.datasets import CIFAR10
+
+    mean, std = _STATS["cifar10"]
+    batches = base / "cifar-10-batches-py"
+    subset = base / "cifar10-subset" / split
+    if not batches.exists() and subset.is_dir():
+        folder = _imagefolder_split(subset, "cifar10", split, expect_classes=CIFAR10_CLASSES)
+        log.info("cifar10: torchvision files absent, using the ImageFolder %s (%d images)",
+                 subset, len(folder))
+        folder.name, folder.mean, folder.std, folder.augment = "cifar10", mean, std, True
+        folder.source = f"cifar10-subset ImageFolder at {subset} ({len(folder)} {split} images)"
+        return folder
+    try:
+        ds = CIFAR10(str(base), train=split == "train", download=not batches.exists())
+    except Exception as err:  # offline download failure
+        raise DatasetNotFound(
+            f"dataset 'cifar10' not found in {base} and could not be downloaded ({err}). "
+            f"Expected either {batches}/ (torchvision's data_batch_1..5 and test_batch) or "
+            f"{base / 'cifar10-subset'}/{{train,test}}/<class>/*.png. Provide one with "
+            "--data-dir / ROBUSTLAB_DATA, or run once with internet access to download it."
+        ) from err
+    images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
+    return TensorData("cifar10", split, images, torch.tensor(ds.targets, dtype=torch.long),
+                      list(ds.classes), f"torchvision CIFAR10 at {base}", mean, std, augment=True)
+
+
+def _imagefolder_dataset(root: Path, split: str) -> TensorData:
+    folder = root / split
+    if not folder.is_dir():
+        raise DatasetNotFound(
+            f"dataset 'imagefolder:{root}' has no {split}/ folder. Expected {root}/train/<class>/"
+            f"<image> and {root}/test/<class>/<image> (any of {', '.join(sorted(_IMAGE_SUFFIXES))})."
+        )
+    return _imagefolder_split(folder, f"imagefolder:{root}", split)
+
+
+def _imagefolder_split(folder: Path, name: str, split: str,
+                       expect_classes: list[str] | None = None) -> TensorData:
+    files, classes = _scan_folder(folder)
+    if expect_classes is not None and classes != expect_classes:
+        raise InputError(f"{folder}: classes {classes} differ from the expected {expect_classes}")
+    stamp = f"{folder.resolve()}|{len(files)}|{max(os.path.getmtime(p) for p, _ in files)}"
+    cached = cache_dir() / f"{hashlib.sha1(stamp.encode()).hexdigest()[:16]}.safetensors"
+    if cached.exists():
+        tensors = load_file(str(cached))
+        images, labels = tensors["images"], tensors["labels"]
+    else:
+        images, labels = _decode(files, folder)
+        tmp = cached.with_suffix(".tmp")
+        save_file({"images": images, "labels": labels}, str(tmp), metadata={"source": stamp})
+        os.replace(tmp, cached)
+    mean, std = _channel_stats(images)
+    return TensorData(name, split, images, labels, classes, f"ImageFolder at {folder}",
+                      mean, std, augment=False)
+
+
+def _scan_folder(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    files = []
+    for label, cls in enumerate(classes):
+        for entry in sorted(os.scandir(folder / cls), key=lambda e: e.name):
+            if entry.is_file() and Path(entry.name).suffix.lower() in _IMAGE_SUFFIXES:
+                files.append((entry.path, label))
+    if not files:
+        raise InputError(
+            f"ImageFolder {folder} holds no images: expected <class>/<image> files with one of "
+            f"{', '.join(sorted(_IMAGE_SUFFIXES))}"
+        )
+    return files, classes
+
+
+def _decode(files: list[tuple[str, int]], folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    from PIL import Image, UnidentifiedImageError
+
+    arrays, size, mode = [], None, None
+    for path, _ in files:
+        try:
+            with Image.open(path) as img:
+                mode = mode or ("L" if img.mode in ("L", "1", "I;16") else "RGB")
+                arr = np.asarray(img.convert(mode))
+        except (UnidentifiedImageError, OSError) as err:
+            raise InputError(f"ImageFolder {folder}: cannot read image {path} ({err})") from err
+        if size is None:
+            size = arr.shape
+        elif arr.shape != size:
+            raise InputError(
+                f"ImageFolder {folder}: mixed image sizes, {path} is {arr.shape[:2]} but the "
+                f"first image is {size[:2]}; resize them to one size first"
+            )
+        arrays.append(arr)
+    stacked = torch.from_numpy(np.stack(arrays))
+    images = stacked.unsqueeze(1) if stacked.ndim == 3 else stacked.permute(0, 3, 1, 2)
+    labels = torch.tensor([label for _, label in files], dtype=torch.long)
+    return images.contiguous(), labels
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    sample = images[: min(len(images), 10000)].float().div(255.0)
+    mean = sample.mean(dim=(0, 2, 3))
+    std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
+
+
+def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """Shuffled example order for one epoch, sharded so each rank sees a distinct part."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+    per_rank = n // world
+    return order[rank * per_rank:(rank + 1) * per_rank]
+
+
+def augment_batch(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop with ``pad``-pixel zero padding and horizontal flip on a uint8 batch."""
+    b, c, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
+    batch = torch.arange(b)[:, None, None, None]
+    chans = torch.arange(c)[None, :, None, None]
+    out = padded[batch, chans, rows, cols]
+    flip = torch.rand(b, generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+def batches(data: TensorData, batch_size: int, order: torch.Tensor | None = None,
+            augment: bool = False, generator: torch.Generator | None = None,
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield (float images in [0, 1], labels, positions) batches in ``order`` (default: as stored)."""
+    if batch_size <= 0:
+        raise InputError(f"batch size must be positive, got {batch_size}")
+    order = torch.arange(len(data)) if order is None else order
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        imgs = data.images[idx]
+        if augment:
+            imgs = augment_batch(imgs, generator or torch.Generator().manual_seed(0))
+        yield imgs.float().div_(255.0), data.labels[idx], idx
+
+
+def available(root: str | os.PathLike | None = None) -> dict[str, str]:
+    """Which built-in datasets are present under the data root, and where (for status panels)."""
+    base = data_dir(root)
+    found = {}
+    if _has_files(base / "MNIST" / "raw", ["train-images-idx3-ubyte", "t10k-images-idx3-ubyte"]):
+        found["mnist"] = str(base / "MNIST" / "raw")
+    if (base / "cifar-10-batches-py").exists():
+        found["cifar10"] = str(base / "cifar-10-batches-py")
+    elif (base / "cifar10-subset" / "train").is_dir():
+        found["cifar10"] = f"{base / 'cifar10-subset'} (subset: 1,000 test images)"
+    return found

@@ -1,0 +1,279 @@
+"""Defenses: training objectives plugged into ``fit``. Each is called as
+``objective(model, x, y) -> (loss, clean_logits)`` with the model in train mode; adversarial
+examples are crafted with the attacks of :mod:`core.attacks` (eval mode, frozen parameters)."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attacks import FGSM, PGD, attack_mode, input_grad
+from .paths import InputError
+
+
+def _ce(logits: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor:
+    return F.cross_entropy(logits, y, label_smoothing=smoothing)
+
+
+@dataclass
+class Objective:
+    """Plain cross-entropy (with optional label smoothing): the undefended objective."""
+
+    name: ClassVar[str] = "none"
+    label_smoothing: float = 0.0
+    eps: float = 0.0
+    eps_ramp_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.eps <= 1:
+            raise InputError(f"defense eps must be in [0, 1] (pixel units), got {self.eps}")
+        if not isinstance(self.eps_ramp_epochs, int) or self.eps_ramp_epochs < 0:
+            raise InputError(f"eps ramp epochs must be a whole number >= 0, got "
+                             f"{self.eps_ramp_epochs!r}")
+        self.current_eps = self.eps
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise InputError for invalid parameters."""
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Epsilon ramp: grow the budget linearly over the first ``eps_ramp_epochs`` epochs."""
+        if self.eps_ramp_epochs:
+            self.current_eps = self.eps * min(1.0, (epoch + 1) / self.eps_ramp_epochs)
+
+    def params(self) -> dict:
+        """Parameters as a JSON-able dict."""
+        return asdict(self)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        logits = model(x)
+        return _ce(logits, y, self.label_smoothing), logits
+
+
+@dataclass
+class _Adversarial(Objective):
+    """Shared budget of PGD-based defenses."""
+
+    eps: float = 0.1
+    steps: int = 10
+    step_size: float | None = None
+
+    def validate(self) -> None:
+        if not isinstance(self.steps, int) or self.steps <= 0:
+            raise InputError(f"defense steps must be a positive whole number, got {self.steps!r}")
+        if self.step_size is not None and self.step_size <= 0:
+            raise InputError(f"defense step size must be positive, got {self.step_size}")
+
+    def craft(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """PGD examples at the current epsilon, seeded from the global (per-epoch) RNG."""
+        return PGD(eps=self.current_eps, steps=self.steps, step_size=self.step_size,
+                   seed=None)(model, x, y)
+
+
+@dataclass
+class FGSMTraining(Objective):
+    """FGSM adversarial training, Goodfellow, Shlens & Szegedy 2015, "Explaining and Harnessing
+    Adversarial Examples": loss = (1 - weight) * CE(clean) + weight * CE(FGSM(x))."""
+
+    name: ClassVar[str] = "fgsm-at"
+    eps: float = 0.1
+    weight: float = 0.5
+
+    def validate(self) -> None:
+        if not 0 <= self.weight <= 1:
+            raise InputError(f"fgsm-at weight must be in [0, 1], got {self.weight}")
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        adv = FGSM(eps=self.current_eps)(model, x, y)
+        logits = model(torch.cat([x, adv]))
+        clean, adv_logits = logits[: len(x)], logits[len(x):]
+        loss = ((1 - self.weight) * _ce(clean, y, self.label_smoothing)
+                + self.weight * _ce(adv_logits, y, self.label_smoothing))
+        return loss, clean
+
+
+@dataclass
+class FastAT(Objective):
+    """"Fast is better than free", Wong, Rice & Kolter 2020: FGSM from a uniform random start
+    in the eps-ball with step ``alpha_ratio`` * eps (1.25 by default), projected; train on it."""
+
+    name: ClassVar[str] = "fast-at"
+    eps: float = 0.1
+    alpha_ratio: float = 1.25
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        eps = self.current_eps
+        with attack_mode(model):
+            delta = (torch.rand_like(x) * 2 - 1) * eps
+            delta = (x + delta).clamp(0, 1) - x
+            grad, _ = input_grad(model, x + delta, y,
+                                 lambda z, t: F.cross_entropy(z, t, reduction="sum"))
+            delta = (delta + self.alpha_ratio * eps * grad.sign()).clamp(-eps, eps)
+            adv = (x + delta).clamp(0, 1).detach()
+        logits = model(adv)
+        return _ce(logits, y, self.label_smoothing), logits
+
+
+@dataclass
+class PGDTraining(_Adversarial):
+    """PGD adversarial training, Madry et al. 2018, "Towards Deep Learning Models Resistant to
+    Adversarial Attacks": minimize CE on PGD examples (random start) of the current batch."""
+
+    name: ClassVar[str] = "pgd-at"
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        logits = model(self.craft(model, x, y))
+        return _ce(logits, y, self.label_smoothing), logits
+
+
+@dataclass
+class TRADES(_Adversarial):
+    """TRADES, Zhang et al. 2019, "Theoretically Principled Trade-off between Robustness and
+    Accuracy": CE(f(x), y) + beta * KL(f(x) || f(x')), x' maximizing that KL by PGD from
+    x + 0.001 * N(0, 1) inside the L-inf eps-ball."""
+
+    name: ClassVar[str] = "trades"
+    beta: float = 6.0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.beta < 0:
+            raise InputError(f"trades beta must be >= 0, got {self.beta}")
+
+    def craft_kl(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Adversary of TRADES: maximize KL between clean and perturbed predictions."""
+        eps, alpha = self.current_eps, self.step_size or 2.5 * self.current_eps / self.steps
+        with attack_mode(model):
+            with torch.no_grad():
+                target = F.softmax(model(x).float(), dim=1)
+            adv = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
+            for _ in range(self.steps):
+                grad, _ = input_grad(model, adv, target, lambda z, p: F.kl_div(
+                    F.log_softmax(z, dim=1), p, reduction="sum"))
+                adv = torch.min(torch.max(adv + alpha * grad.sign(), x - eps), x + eps).clamp(0, 1)
+        return adv.detach()
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        if self.beta == 0:
+            return Objective.__call__(self, model, x, y)
+        adv = self.craft_kl(model, x)
+        logits = model(torch.cat([x, adv]))
+        clean, adv_logits = logits[: len(x)], logits[len(x):]
+        kl = F.kl_div(F.log_softmax(adv_logits, dim=1), F.softmax(clean, dim=1),
+                      reduction="batchmean")
+        return _ce(clean, y, self.label_smoothing) + self.beta * kl, clean
+
+
+@dataclass
+class IAT(_Adversarial):
+    """Interpolated Adversarial Training, Lamb et al. 2019, "Interpolated Adversarial Training:
+    Achieving Robust Neural Networks without Sacrificing Too Much Accuracy": craft PGD examples
+    from the clean batch, apply mixup (lambda ~ Beta(alpha, alpha), a random pairing) separately
+    to the clean and to the adversarial batch, loss = 1/2 (mixup CE clean + mixup CE adv).
+    ``lam`` fixes lambda (for tests and ablations)."""
+
+    name: ClassVar[str] = "iat"
+    alpha: float = 1.0
+    lam: float | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if self.alpha <= 0:
+            raise InputError(f"iat alpha must be > 0, got {self.alpha}")
+        if self.lam is not None and not 0 <= self.lam <= 1:
+            raise InputError(f"iat lam must be in [0, 1], got {self.lam}")
+
+    def _lambda(self) -> float:
+        if self.lam is not None:
+            return self.lam
+        return float(torch.distributions.Beta(self.alpha, self.alpha).sample())
+
+    def mixup_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   lam: float, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mixup cross-entropy of Zhang et al. 2018 for one batch, a lambda and a pairing."""
+        logits = model(lam * x + (1 - lam) * x[perm])
+        loss = (lam * _ce(logits, y, self.label_smoothing)
+                + (1 - lam) * _ce(logits, y[perm], self.label_smoothing))
+        return loss, logits
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        adv = self.craft(model, x, y)
+        clean_loss, clean_logits = self.mixup_loss(model, x, y, self._lambda(),
+                                                   torch.randperm(len(x), device=x.device))
+        adv_loss, _ = self.mixup_loss(model, adv, y, self._lambda(),
+                                      torch.randperm(len(x), device=x.device))
+        return 0.5 * (clean_loss + adv_loss), clean_logits
+
+
+DEFENSES: dict[str, type[Objective]] = {
+    "none": Objective, "fgsm-at": FGSMTraining, "fast-at": FastAT, "pgd-at": PGDTraining,
+    "trades": TRADES, "iat": IAT,
+}
+SINGLE_STEP = ("fgsm-at", "fast-at")
+
+
+def build_defense(name: str, **params) -> Objective:
+    """Build a registered defense objective; unknown names or parameters list the valid ones."""
+    if name not in DEFENSES:
+        raise InputError(f"unknown defense {name!r}; valid defenses: {', '.join(DEFENSES)}")
+    cls = DEFENSES[name]
+    valid = [f.name for f in fields(cls)]
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise InputError(f"unknown parameter(s) {unknown} for defense {name!r}; valid: "
+                         f"{', '.join(valid)}")
+    return cls(**params)
+
+
+class RobustGuard:
+    """Per-epoch PGD accuracy on a fixed held-out batch; flags catastrophic overfitting
+    (Wong et al. 2020) when it collapses and tracks the best epoch by robust accuracy."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, attack: PGD,
+                 collapse_drop: float = 0.2) -> None:
+        self.x, self.y, self.attack, self.collapse_drop = x, y, attack, collapse_drop
+        self.best_acc = -math.inf
+        self.best_epoch: int | None = None
+
+    @classmethod
+    def for_config(cls, cfg, test) -> "RobustGuard":
+        """Guard for a TrainConfig: ``robust_eval`` may set eps, steps, n, collapse_drop."""
+        opts = dict(cfg.robust_eval)
+        eps = float(opts.pop("eps", cfg.defense_args.get("eps", 0.1)))
+        n = int(opts.pop("n", 500))
+        steps = int(opts.pop("steps", 10))
+        drop = float(opts.pop("collapse_drop", 0.2))
+        if opts:
+            raise InputError(f"unknown robust_eval options {sorted(opts)}; valid: eps, steps, n, "
+                             "collapse_drop")
+        idx = torch.arange(min(n, len(test)))
+        return cls(test.floats(idx), test.labels[idx], PGD(eps=eps, steps=steps, seed=0), drop)
+
+    def measure(self, model: nn.Module) -> dict:
+        """PGD accuracy of ``model`` on the held-out batch (and the eps used)."""
+        device = next(model.parameters()).device
+        correct = 0
+        for start in range(0, len(self.x), 250):
+            xb = self.x[start:start + 250].to(device)
+            yb = self.y[start:start + 250].to(device)
+            adv = self.attack(model, xb, yb)
+            with torch.no_grad(), attack_mode(model):
+                correct += (model(adv).argmax(1) == yb).sum().item()
+        return {"robust_acc": correct / max(len(self.x), 1), "robust_eps": self.attack.eps}
+
+    def update(self, history: dict, epoch: int) -> tuple[str | None, bool]:
+        """Record an epoch's robust accuracy; return (collapse warning or None, is_best)."""
+        acc = history["robust_acc"]
+        warning = None
+        if self.best_epoch is not None and acc < self.best_acc - self.collapse_drop:
+            warning = (f"catastrophic overfitting suspected at epoch {epoch + 1}: PGD accuracy "
+                       f"fell from {self.best_acc:.1%} (epoch {self.best_epoch}) to {acc:.1%}; "
+                       f"the best checkpoint by robust accuracy is kept (best.safetensors)")
+        is_best = acc >= self.best_acc
+        if is_best:
+            self.best_acc, self.best_epoch = acc, epoch + 1
+        return warning, is_best

@@ -1,0 +1,76 @@
+"""Where RobustLab reads data and writes artifacts.
+
+The data root comes from an explicit argument (the CLI's ``--data-dir``), else the environment
+variable ``ROBUSTLAB_DATA``, else ``artifacts/data``. Artifacts (run database, run folders,
+caches, reports) live under ``ROBUSTLAB_ARTIFACTS`` or ``artifacts/`` beside the package.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+
+
+class InputError(ValueError):
+    """A user-supplied value is invalid; the message says what was wrong and what is valid."""
+
+
+def artifacts_dir() -> Path:
+    """Return the artifacts folder (created on demand)."""
+    path = Path(os.environ.get("ROBUSTLAB_ARTIFACTS", PROJECT_ROOT / "artifacts")).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def data_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """Resolve the data root: explicit argument, then ROBUSTLAB_DATA, then artifacts/data."""
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    env = os.environ.get("ROBUSTLAB_DATA")
+    if env:
+        return Path(env).expanduser().resolve()
+    return artifacts_dir() / "data"
+
+
+def cache_dir() -> Path:
+    """Folder for decoded-dataset caches."""
+    path = artifacts_dir() / "cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def reports_dir() -> Path:
+    """Folder for generated reports."""
+    path = artifacts_dir() / "reports"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_run_id(run_id: str) -> str:
+    """Validate a run id so it can never escape the runs folder."""
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+        raise InputError(
+            f"invalid run id {run_id!r}: use letters, digits, '-' and '_' only "
+            "(no path separators, at most 128 characters)"
+        )
+    return run_id
+
+
+def run_dir(run_id: str) -> Path:
+    """Folder holding one run's files (checkpoints, reports, logs)."""
+    path = artifacts_dir() / "runs" / check_run_id(run_id)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def confine(path: str | os.PathLike, *roots: Path) -> Path:
+    """Resolve ``path`` and refuse it unless it lies inside one of ``roots``."""
+    resolved = Path(path).expanduser().resolve()
+    for root in roots:
+        if resolved == root.resolve() or root.resolve() in resolved.parents:
+            return resolved
+    allowed = ", ".join(str(r) for r in roots)
+    raise InputError(f"path {str(path)!r} is outside the allowed folders ({allowed})")

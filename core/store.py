@@ -1,0 +1,250 @@
+"""The run store: an embedded SQLite database in WAL mode under ``artifacts/``.
+
+Workers, the dashboard and the CLI each open their own connection; WAL lets readers proceed
+while one writer commits, and a generous busy timeout absorbs writer contention.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from .paths import InputError, artifacts_dir, check_run_id
+
+STATUSES = ("queued", "running", "completed", "failed", "cancelled")
+KINDS = ("train", "evaluate", "attack", "sweep", "reproduce")
+STALE_AFTER_S = 15.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, parent TEXT,
+    name TEXT, config TEXT NOT NULL, summary TEXT, warnings TEXT NOT NULL DEFAULT '[]',
+    created REAL NOT NULL, started REAL, finished REAL, heartbeat REAL, pid INTEGER,
+    error TEXT, cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run TEXT NOT NULL, step INTEGER, epoch INTEGER, name TEXT NOT NULL, value REAL,
+    time REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run, name);
+CREATE INDEX IF NOT EXISTS runs_parent ON runs(parent);
+"""
+
+
+class RunNotFound(InputError):
+    """No run with that id."""
+
+
+@dataclass
+class Run:
+    """One row of the runs table, with JSON columns decoded."""
+
+    id: str
+    kind: str
+    status: str
+    parent: str | None
+    name: str | None
+    config: dict
+    summary: dict | None
+    warnings: list
+    created: float
+    started: float | None
+    finished: float | None
+    heartbeat: float | None
+    pid: int | None
+    error: str | None
+    cancel_requested: bool
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to finish (or to now while running)."""
+        if self.started is None:
+            return None
+        return (self.finished or time.time()) - self.started
+
+
+class RunStore:
+    """Access to the runs and metrics tables; safe to use from several processes at once."""
+
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        self.path = Path(path) if path else artifacts_dir() / "runs.db"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None,
+                                     check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA busy_timeout=60000")
+        self._conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+    def _write(self, sql: str, params: Iterable[Any] = ()) -> None:
+        # BEGIN IMMEDIATE takes the write lock up front, so the busy timeout applies instead of
+        # a deadlock-style SQLITE_BUSY on lock upgrade.
+        with self._lock():
+            self._conn.execute(sql, tuple(params))
+
+    def _lock(self):
+        store = self
+
+        class _Tx:
+            def __enter__(self):
+                store._conn.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self, exc_type, *_):
+                store._conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+        return _Tx()
+
+    def create_run(self, kind: str, config: dict, parent: str | None = None,
+                   name: str | None = None, status: str = "queued") -> str:
+        """Insert a run and return its new id."""
+        if kind not in KINDS:
+            raise InputError(f"unknown run kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+        run_id = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        self._write(
+            "INSERT INTO runs (id, kind, status, parent, name, config, created) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (run_id, kind, status, parent, name, json.dumps(config), time.time()),
+        )
+        return run_id
+
+    def get(self, run_id: str) -> Run:
+        """Fetch one run, raising RunNotFound with a clear message when absent."""
+        check_run_id(run_id)
+        row = self._conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFound(f"no run with id {run_id!r}; list runs with `python -m core runs`")
+        return self._to_run(row)
+
+    def list_runs(self, kind: str | None = None, parent: str | None = None,
+                  status: str | None = None) -> list[Run]:
+        """Runs, newest first, optionally filtered."""
+        sql, params = "SELECT * FROM runs WHERE 1=1", []
+        for col, val in (("kind", kind), ("parent", parent), ("status", status)):
+            if val is not None:
+                sql += f" AND {col} = ?"
+                params.append(val)
+        rows = self._conn.execute(sql + " ORDER BY created DESC", params).fetchall()
+        return [self._to_run(r) for r in rows]
+
+    def _to_run(self, row: tuple) -> Run:
+        cols = [d[0] for d in self._conn.execute("SELECT * FROM runs LIMIT 0").description]
+        rec = dict(zip(cols, row))
+        for key in ("config", "summary", "warnings"):
+            rec[key] = json.loads(rec[key]) if rec[key] else None
+        rec["warnings"] = rec["warnings"] or []
+        rec["cancel_requested"] = bool(rec["cancel_requested"])
+        return Run(**rec)
+
+    def set_status(self, run_id: str, status: str, error: str | None = None) -> None:
+        """Move a run to ``status``, stamping start/finish times."""
+        if status not in STATUSES:
+            raise InputError(f"unknown status {status!r}; valid: {', '.join(STATUSES)}")
+        now = time.time()
+        if status == "running":
+            self._write("UPDATE runs SET status=?, started=COALESCE(started, ?), heartbeat=?, "
+                        "pid=?, error=NULL, finished=NULL WHERE id=?",
+                        (status, now, now, os.getpid(), run_id))
+        elif status == "queued":
+            self._write("UPDATE runs SET status=?, error=NULL, finished=NULL, "
+                        "cancel_requested=0 WHERE id=?", (status, run_id))
+        else:
+            self._write("UPDATE runs SET status=?, finished=?, error=? WHERE id=?",
+                        (status, now, error, run_id))
+
+    def heartbeat(self, run_id: str) -> None:
+        """Record that the run's worker is alive."""
+        self._write("UPDATE runs SET heartbeat=? WHERE id=?", (time.time(), run_id))
+
+    def set_summary(self, run_id: str, summary: dict) -> None:
+        """Store the run's result summary (JSON)."""
+        self._write("UPDATE runs SET summary=? WHERE id=?", (json.dumps(summary), run_id))
+
+    def update_config(self, run_id: str, config: dict) -> None:
+        """Replace the run's config (used when a worker fills in resolved defaults)."""
+        self._write("UPDATE runs SET config=? WHERE id=?", (json.dumps(config), run_id))
+
+    def add_warning(self, run_id: str, message: str) -> None:
+        """Append a warning to the run (shown beside its results)."""
+        warnings = self.get(run_id).warnings
+        if message not in warnings:
+            warnings.append(message)
+            self._write("UPDATE runs SET warnings=? WHERE id=?", (json.dumps(warnings), run_id))
+
+    def request_cancel(self, run_id: str) -> None:
+        """Ask the run's worker to stop at its next check."""
+        self.get(run_id)
+        self._write("UPDATE runs SET cancel_requested=1 WHERE id=?", (run_id,))
+
+    def cancel_requested(self, run_id: str) -> bool:
+        """Whether a cancel was requested for the run."""
+        row = self._conn.execute("SELECT cancel_requested FROM runs WHERE id=?",
+                                 (run_id,)).fetchone()
+        return bool(row and row[0])
+
+    def log_metrics(self, run_id: str, rows: Iterable[tuple[int | None, int | None, str, float]]
+                    ) -> None:
+        """Append metric rows (step, epoch, name, value) in one transaction."""
+        now = time.time()
+        data = [(run_id, s, e, n, float(v), now) for s, e, n, v in rows]
+        if not data:
+            return
+        with self._lock():
+            self._conn.executemany(
+                "INSERT INTO metrics (run, step, epoch, name, value, time) VALUES (?,?,?,?,?,?)",
+                data)
+
+    def metrics(self, run_id: str, names: Iterable[str] | None = None) -> list[dict]:
+        """Metric rows of a run as dicts, in insertion order."""
+        sql, params = "SELECT step, epoch, name, value, time FROM metrics WHERE run=?", [run_id]
+        if names is not None:
+            names = list(names)
+            sql += f" AND name IN ({','.join('?' * len(names))})"
+            params += names
+        rows = self._conn.execute(sql + " ORDER BY rowid", params).fetchall()
+        return [dict(zip(("step", "epoch", "name", "value", "time"), r)) for r in rows]
+
+    def count_metrics(self, run_id: str) -> int:
+        """Number of metric rows of a run."""
+        return self._conn.execute("SELECT COUNT(*) FROM metrics WHERE run=?",
+                                  (run_id,)).fetchone()[0]
+
+    def clear_metrics_after(self, run_id: str, epoch: int) -> None:
+        """Drop metrics logged after ``epoch`` (a resumed run re-logs them)."""
+        self._write("DELETE FROM metrics WHERE run=? AND epoch>?", (run_id, epoch))
+
+    def mark_stale(self, stale_after_s: float = STALE_AFTER_S) -> list[str]:
+        """Mark running runs whose worker stopped beating (or died) as failed; return their ids."""
+        now, stale = time.time(), []
+        for run in self.list_runs(status="running"):
+            dead = run.pid is not None and not _pid_alive(run.pid)
+            silent = run.heartbeat is not None and now - run.heartbeat > stale_after_s
+            if dead or silent:
+                self.set_status(run.id, "failed", error=(
+                    "worker stopped unexpectedly (no heartbeat for "
+                    f"{now - (run.heartbeat or now):.0f} s); resume it to continue from the "
+                    "last checkpoint"))
+                stale.append(run.id)
+        return stale
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (killed, not yet reaped by its parent) is dead for our purposes
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True

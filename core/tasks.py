@@ -1,0 +1,149 @@
+"""What each kind of run does when a worker (or the CLI) executes it, and where it puts files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from . import checkpoint, data
+from .attacks import build_attack
+from .evaluation import clean_report, misclassified, run_attack, sanity_warnings, sweep
+from .paths import InputError, run_dir
+from .store import RunStore
+from .training import TrainConfig, fit, load_model, run_model_path
+
+
+def model_for_run(store: RunStore, run_id: str, which: str = "final",
+                  device: str = "cpu") -> tuple[nn.Module, dict]:
+    """Load the trained model of a training run."""
+    run = store.get(run_id)
+    if run.kind != "train":
+        raise InputError(f"run {run_id} is a {run.kind} run; pick a training run")
+    return load_model(run_model_path(run_id, which), device)
+
+
+def test_split(meta: dict, split: str = "test", n: int | None = None, seed: int = 0,
+               data_dir: str | None = None) -> data.TensorData:
+    """The split a model was trained for, optionally a reproducible subset of ``n`` examples."""
+    root = data_dir or meta["train_config"].get("data_dir")
+    return data.load(meta["dataset"], split, root).subset(n, seed)
+
+
+def train_task(store: RunStore, run_id: str, resume: bool, progress: bool) -> dict:
+    """Train per the run's config."""
+    cfg = TrainConfig.from_dict(store.get(run_id).config)
+    return fit(cfg, store, run_id, resume=resume, progress=progress)
+
+
+def evaluate_task(store: RunStore, run_id: str, resume: bool, progress: bool) -> dict:
+    """Clean metrics, confusion matrix and misclassified examples of a model run."""
+    cfg = store.get(run_id).config
+    model, meta = model_for_run(store, cfg["model_run"], cfg.get("which", "final"))
+    split = test_split(meta, cfg.get("split", "test"), cfg.get("n"), data_dir=cfg.get("data_dir"))
+    report = clean_report(model, split)
+    folder = run_dir(run_id)
+    checkpoint.atomic_write_text(folder / "evaluation.json", json.dumps(report))
+    save_grid(split, misclassified(report)[:64], folder / "misclassified.png")
+    summary = {k: v for k, v in report.items() if k != "records"}
+    summary["n_misclassified"] = len(misclassified(report))
+    store.set_summary(run_id, summary)
+    return summary
+
+
+def load_report(run_id: str) -> dict:
+    """The full evaluation report (with per-example records) of an evaluate run."""
+    path = run_dir(run_id) / "evaluation.json"
+    if not path.exists():
+        raise InputError(f"run {run_id} has no evaluation report")
+    return json.loads(path.read_text())
+
+
+def save_grid(split: data.TensorData, records: list[dict], path: Path, cols: int = 8) -> None:
+    """Write a PNG grid of the examples named by ``records`` (by their original index)."""
+    from torchvision.utils import save_image
+
+    if not records:
+        return
+    position = {int(i): k for k, i in enumerate(split.original_index())}
+    idx = torch.tensor([position[r["index"]] for r in records])
+    tmp = path.with_name(path.name + ".tmp.png")
+    save_image(split.floats(idx), str(tmp), nrow=cols, padding=2, pad_value=1.0)
+    tmp.replace(path)
+
+
+def attack_task(store: RunStore, run_id: str, resume: bool, progress: bool) -> dict:
+    """One attack on a sample of a model's test split: summary, records and example images."""
+    cfg = store.get(run_id).config
+    attack = build_attack(cfg["attack"], **cfg.get("params", {}))
+    model, meta = model_for_run(store, cfg["model_run"], cfg.get("which", "final"))
+    split = test_split(meta, "test", cfg.get("n"), cfg.get("seed", 0), cfg.get("data_dir"))
+    bar = _bar(progress, len(split), "attack")
+    warnings = sanity_warnings(model, split.floats(slice(0, 64)), split.labels[:64])
+    outcome = run_attack(model, split, attack, cfg.get("batch_size", 250), keep_examples=64,
+                         progress=lambda done, total: _tick(store, run_id, bar, done, total))
+    bar.close()
+    folder = run_dir(run_id)
+    pd.DataFrame(outcome.records()).to_csv(folder / "records.csv", index=False)
+    checkpoint.save(folder / "examples.safetensors", outcome.examples, {"attack": attack.name})
+    summary = dict(outcome.summary(), n_test_source=split.source, model_run=cfg["model_run"])
+    for w in warnings:
+        store.add_warning(run_id, w)
+    store.set_summary(run_id, summary)
+    return summary
+
+
+def sweep_task(store: RunStore, run_id: str, resume: bool, progress: bool) -> dict:
+    """Attacks over a grid of budgets: the tidy table, worst case per budget, CSV and Markdown."""
+    cfg = store.get(run_id).config
+    attacks = [build_attack(a["name"], **a.get("params", {})) for a in cfg["attacks"]]
+    model, meta = model_for_run(store, cfg["model_run"], cfg.get("which", "final"))
+    split = test_split(meta, "test", cfg.get("n"), cfg.get("seed", 0), cfg.get("data_dir"))
+    jobs = sum(len(cfg["budgets"]) if a.budget else 1 for a in attacks)
+    bar = _bar(progress, jobs, "sweep")
+    result = sweep(model, split, attacks, cfg["budgets"], cfg.get("batch_size", 250),
+                   progress=lambda done, total: _tick(store, run_id, bar, done, total))
+    bar.close()
+    write_table(result, run_dir(run_id) / "sweep")
+    for w in result["warnings"]:
+        store.add_warning(run_id, w)
+    summary = dict(result, n=len(split), source=split.source, model_run=cfg["model_run"])
+    store.set_summary(run_id, summary)
+    return summary
+
+
+def write_table(result: dict, stem: Path) -> pd.DataFrame:
+    """Save a sweep's rows as ``stem``.csv and ``stem``.md; return them as a DataFrame."""
+    frame = table_frame(result["rows"])
+    frame.to_csv(stem.with_suffix(".csv"), index=False)
+    stem.with_suffix(".md").write_text(frame.to_markdown(index=False, floatfmt=".4f"))
+    return frame
+
+
+def table_frame(rows: list[dict]) -> pd.DataFrame:
+    """The seed-style attack table as a DataFrame (params left out)."""
+    frame = pd.DataFrame([{k: v for k, v in r.items() if k != "params"} for r in rows])
+    return frame
+
+
+def reproduce_task(store: RunStore, run_id: str, resume: bool, progress: bool) -> dict:
+    """The whole seed study (see :mod:`core.reproduce`)."""
+    from .reproduce import reproduce
+
+    cfg = store.get(run_id).config
+    return reproduce(store, run_id, quick=cfg.get("quick", False), data_dir=cfg.get("data_dir"),
+                     progress=progress)
+
+
+def _bar(enabled: bool, total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=desc, dynamic_ncols=True)
+
+
+def _tick(store: RunStore, run_id: str, bar, done: int, total: int) -> None:
+    bar.n = done
+    bar.refresh()
+    store.log_metrics(run_id, [(done, None, "progress", done / max(total, 1))])

@@ -1,0 +1,115 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core import data
+from core.paths import InputError
+
+from conftest import requires_mnist
+
+
+def _folder(root: Path, sizes=((8, 8),) * 4, classes=("cat", "dog")) -> Path:
+    for split in ("train", "test"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i, size in enumerate(sizes):
+                arr = np.full((*size, 3), 40 * i, dtype=np.uint8)
+                Image.fromarray(arr).save(root / split / c / f"{i}.png")
+    return root
+
+
+def test_missing_dataset_message_names_dataset_folder_files_and_remedy(tmp_path, monkeypatch):
+    import torchvision.datasets.mnist as tv_mnist
+
+    def offline(*_a, **_k):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(tv_mnist.MNIST, "download", offline)
+    with pytest.raises(data.DatasetNotFound) as err:
+        data.load("mnist", "train", tmp_path / "empty")
+    text = str(err.value)
+    assert "'mnist'" in text and str(tmp_path / "empty" / "MNIST" / "raw") in text
+    assert "train-images-idx3-ubyte" in text and "ROBUSTLAB_DATA" in text
+
+
+def test_unknown_dataset_and_split():
+    with pytest.raises(InputError, match="valid datasets: mnist, cifar10, imagefolder:PATH"):
+        data.load("svhn", "train")
+    with pytest.raises(InputError, match="valid splits: train, test"):
+        data.load("mnist", "val")
+
+
+def test_imagefolder_loads_and_caches(tmp_path):
+    root = _folder(tmp_path / "pets")
+    d = data.load(f"imagefolder:{root}", "train")
+    assert d.images.shape == (8, 3, 8, 8) and d.images.dtype == torch.uint8
+    assert d.classes == ["cat", "dog"] and d.labels.tolist() == [0] * 4 + [1] * 4
+    assert any(p.suffix == ".safetensors" for p in (data.cache_dir()).iterdir())
+
+
+def test_imagefolder_without_images(tmp_path):
+    (tmp_path / "e" / "train" / "a").mkdir(parents=True)
+    with pytest.raises(InputError, match="holds no images"):
+        data.load(f"imagefolder:{tmp_path / 'e'}", "train")
+
+
+def test_imagefolder_mixed_sizes(tmp_path):
+    root = _folder(tmp_path / "m", sizes=((8, 8), (9, 8)))
+    with pytest.raises(InputError, match="mixed image sizes"):
+        data.load(f"imagefolder:{root}", "train")
+
+
+def test_imagefolder_unreadable_file(tmp_path):
+    root = _folder(tmp_path / "u")
+    (root / "train" / "cat" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match="cannot read image .*broken.png"):
+        data.load(f"imagefolder:{root}", "train")
+
+
+def test_imagefolder_without_split_folder(tmp_path):
+    with pytest.raises(data.DatasetNotFound, match="has no train/ folder"):
+        data.load(f"imagefolder:{tmp_path}", "train")
+
+
+def test_cifar10_falls_back_to_the_subset_and_says_so():
+    if "cifar10" not in data.available():
+        pytest.skip("cifar10-subset not found under ROBUSTLAB_DATA")
+    test = data.load("cifar10", "test")
+    assert len(test) == 1000 and test.input_shape == (3, 32, 32)
+    assert "cifar10-subset" in test.source and "1000 test images" in test.source
+    assert test.classes[0] == "airplane" and test.augment
+    # Spot check from the dataset README: test image 0 is a cat, R channel starts 158 159 165.
+    cats = test.labels == 3
+    assert cats.sum() == 103
+
+
+def test_augment_batch_crops_and_flips_whole_batches():
+    imgs = torch.arange(2 * 1 * 6 * 6, dtype=torch.uint8).view(2, 1, 6, 6)
+    out = data.augment_batch(imgs, torch.Generator().manual_seed(0), pad=2)
+    assert out.shape == imgs.shape and out.dtype == torch.uint8
+    # every output row is a (possibly flipped) window of the zero-padded input
+    padded = torch.nn.functional.pad(imgs, (2, 2, 2, 2))
+    for b in range(2):
+        found = any(torch.equal(out[b, 0], w) or torch.equal(out[b, 0].flip(1), w)
+                    for dy in range(5) for dx in range(5)
+                    for w in [padded[b, 0, dy:dy + 6, dx:dx + 6]])
+        assert found
+
+
+def test_epoch_order_shards_are_disjoint_and_cover():
+    parts = [data.epoch_order(10, seed=1, epoch=2, rank=r, world=2) for r in range(2)]
+    assert set(parts[0].tolist()).isdisjoint(parts[1].tolist())
+    assert len(parts[0]) == len(parts[1]) == 5
+    assert not torch.equal(data.epoch_order(10, 1, 2), data.epoch_order(10, 1, 3))
+
+
+@requires_mnist
+def test_mnist_loads_as_uint8_tensors():
+    d = data.load("mnist", "test")
+    assert d.images.shape == (10000, 1, 28, 28) and d.images.dtype == torch.uint8
+    assert d.labels[:5].tolist() == [7, 2, 1, 0, 4]
+    sub = d.subset(100, seed=0)
+    assert len(sub) == 100 and torch.equal(sub.images, d.images[sub.original_index()])

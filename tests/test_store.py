@@ -1,0 +1,68 @@
+import multiprocessing as mp
+import time
+
+import pytest
+
+from core.paths import InputError, check_run_id
+from core.store import RunNotFound, RunStore
+
+WRITERS, BATCHES, ROWS = 2, 200, 5
+
+
+def _writer(path: str, run_id: str, worker: int) -> None:
+    store = RunStore(path)
+    for b in range(BATCHES):
+        store.log_metrics(run_id, [(b * ROWS + r, worker, "loss", float(r)) for r in range(ROWS)])
+        store.heartbeat(run_id)
+
+
+def test_two_processes_writing_at_once_lose_no_metric(tmp_path):
+    path = tmp_path / "runs.db"
+    store = RunStore(path)
+    run_id = store.create_run("train", {})
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(path), run_id, w)) for w in range(WRITERS)]
+    for p in procs:
+        p.start()
+    reads = 0
+    while any(p.is_alive() for p in procs):  # a reader polls like the dashboard
+        store.metrics(run_id, ["loss"])
+        reads += 1
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    assert store.count_metrics(run_id) == WRITERS * BATCHES * ROWS
+    assert reads > 0
+    assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_run_lifecycle_and_summary(tmp_path):
+    store = RunStore(tmp_path / "r.db")
+    rid = store.create_run("train", {"a": 1}, name="x")
+    assert store.get(rid).status == "queued"
+    store.set_status(rid, "running")
+    store.set_summary(rid, {"acc": 0.5})
+    store.add_warning(rid, "careful")
+    store.set_status(rid, "completed")
+    run = store.get(rid)
+    assert run.status == "completed" and run.summary == {"acc": 0.5}
+    assert run.warnings == ["careful"] and run.finished >= run.started
+    assert [r.id for r in store.list_runs(kind="train")] == [rid]
+
+
+def test_unknown_and_malicious_run_ids(tmp_path):
+    store = RunStore(tmp_path / "r.db")
+    with pytest.raises(RunNotFound, match="no run with id 'nope'"):
+        store.get("nope")
+    for bad in ("../etc", "a/b", "..", "", "x" * 200):
+        with pytest.raises(InputError, match="invalid run id"):
+            check_run_id(bad)
+
+
+def test_stale_heartbeat_marks_failed(tmp_path):
+    store = RunStore(tmp_path / "r.db")
+    rid = store.create_run("train", {})
+    store.set_status(rid, "running")
+    store._conn.execute("UPDATE runs SET heartbeat=?, pid=NULL WHERE id=?", (time.time() - 60, rid))
+    assert store.mark_stale() == [rid]
+    assert store.get(rid).status == "failed" and "no heartbeat" in store.get(rid).error
