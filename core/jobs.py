@@ -49,7 +49,8 @@ def _handlers() -> dict[str, Handler]:
     from . import tasks
 
     return {"train": tasks.train_task, "sweep": tasks.sweep_task, "attack": tasks.attack_task,
-            "evaluate": tasks.evaluate_task, "reproduce": tasks.reproduce_task}
+            "evaluate": tasks.evaluate_task, "reproduce": tasks.reproduce_task,
+            "grid": tasks.grid_task}
 
 
 def run_job(store: RunStore, run_id: str, resume: bool = False, progress: bool = True) -> dict:

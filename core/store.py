@@ -17,7 +17,7 @@ from typing import Any, Iterable
 from .paths import InputError, artifacts_dir, check_run_id
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
-KINDS = ("train", "evaluate", "attack", "sweep", "reproduce")
+KINDS = ("train", "evaluate", "attack", "sweep", "grid", "reproduce")
 STALE_AFTER_S = 15.0
 
 _SCHEMA = """

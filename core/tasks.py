@@ -128,6 +128,40 @@ def table_frame(rows: list[dict]) -> pd.DataFrame:
     return frame
 
 
+def grid_task(store: RunStore, run_id: str, resume: bool, progress: bool) -> dict:
+    """One attack over a grid of budgets, each point saved as soon as it is done, with a few
+    example images and their class probabilities (the dashboard's epsilon slider)."""
+    from .attacks import with_budget
+
+    cfg = store.get(run_id).config
+    attack = build_attack(cfg["attack"], **cfg.get("params", {}))
+    model, meta = model_for_run(store, cfg["model_run"])
+    split = test_split(meta, "test", cfg.get("n"), cfg.get("seed", 0), cfg.get("data_dir"))
+    budgets = cfg["budgets"] if attack.budget else [None]
+    done = {}
+    for k, budget in enumerate(budgets):
+        concrete = with_budget(attack, budget) if budget is not None else attack
+        outcome = run_attack(model, split, concrete, keep_examples=cfg.get("keep", 12))
+        summary = {key: v for key, v in outcome.summary().items()
+                   if key not in ("confusion_adv", "per_class_adv_acc")}
+        with torch.no_grad():
+            clean_prob = torch.softmax(model(outcome.examples["x"]), 1)
+            adv_prob = torch.softmax(model(outcome.examples["x_adv"]), 1)
+        keep = len(outcome.examples["x"])
+        tensors = dict(outcome.examples, clean_prob=clean_prob, adv_prob=adv_prob,
+                       clean_pred=clean_prob.argmax(1), adv_pred=adv_prob.argmax(1),
+                       labels=outcome.labels[:keep])
+        checkpoint.save(run_dir(run_id) / f"grid-{k:03d}.safetensors", tensors,
+                        {"summary": summary})
+        done[str(k)] = summary["adv_acc"]
+        store.log_metrics(run_id, [(k + 1, None, "progress", (k + 1) / len(budgets)),
+                                   (k, None, "adv_acc", summary["adv_acc"])])
+    result = {"adv_acc": done, "budgets": budgets, "n": len(split), "source": split.source,
+              "classes": split.classes}
+    store.set_summary(run_id, result)
+    return result
+
+
 def reproduce_task(store: RunStore, run_id: str, resume: bool, progress: bool) -> dict:
     """The whole seed study (see :mod:`core.reproduce`)."""
     from .reproduce import reproduce

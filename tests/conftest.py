@@ -34,14 +34,15 @@ requires_mnist = pytest.mark.skipif(not has_mnist(), reason="real MNIST not foun
 @pytest.fixture(scope="session")
 def mnist_model():
     """seed-resnet trained for one epoch on 6,000 real MNIST images (about 95% accurate)."""
-    from core.training import TrainConfig, fit, load_model, run_model_path
+    from core.jobs import run_job
     from core.store import RunStore
+    from core.training import TrainConfig, load_model, run_model_path
 
     store = RunStore()
     cfg = TrainConfig(dataset="mnist", epochs=1, train_subset=6000, test_subset=500,
                       batch_size=64, lr=0.05, seed=0)
     run_id = store.create_run("train", cfg.to_dict())
-    fit(cfg, store, run_id, progress=False)
+    run_job(store, run_id, progress=False)
     model, meta = load_model(run_model_path(run_id))
     return model, meta, run_id
 

@@ -1,0 +1,53 @@
+"""CIFAR-10 accuracy of seed-resnet (10 epochs, the cifar10-subset's 50,000 training images,
+its 1,000 test images), against the seed study's 65.18%.
+
+    python benchmarks/cifar10_accuracy.py [--epochs 10]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from common import machine
+
+from core.evaluation import clean_report
+from core.store import RunStore
+from core.tasks import test_split
+from core.training import TrainConfig, fit, load_model, run_model_path
+
+SEED_ACC = 0.6518
+SETTINGS = dict(dataset="cifar10", model="seed-resnet", batch_size=128, optimizer="nesterov",
+                lr=0.2, weight_decay=5e-4, schedule="onecycle", label_smoothing=0.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=SETTINGS["lr"])
+    parser.add_argument("--batch-size", type=int, default=SETTINGS["batch_size"])
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    cfg = TrainConfig(**dict(SETTINGS, epochs=args.epochs, lr=args.lr,
+                                batch_size=args.batch_size))
+    print(f"config: {cfg.to_dict()}")
+    store = RunStore()
+    run_id = store.create_run("train", cfg.to_dict(), name="benchmark cifar10")
+    start = time.perf_counter()
+    fit(cfg, store, run_id, progress=False)
+    wall = time.perf_counter() - start
+    per_epoch = [m["value"] for m in store.metrics(run_id, ["test_acc"])]
+    for e, acc in enumerate(per_epoch, 1):
+        print(f"epoch {e:2d}: test accuracy {acc:.2%}")
+    model, meta = load_model(run_model_path(run_id))
+    split = test_split(meta)
+    r = clean_report(model, split)
+    first = next((e for e, a in enumerate(per_epoch, 1) if a > SEED_ACC), None)
+    print(f"run {run_id}: {len(split)} test images ({split.source})")
+    print(f"accuracy {r['accuracy']:.2%}  micro-F1 {r['micro_f1']:.2%}  macro-F1 "
+          f"{r['macro_f1']:.2%}  wall {wall:.0f} s")
+    print(f"seed 65.18% first passed after epoch {first}; target >= 75%: "
+          f"{'met' if r['accuracy'] >= 0.75 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Figures shared by the dashboard (interactive plotly) and reports (HTML plus PNG)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563"]
+
+
+def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str],
+                     title: str = "Confusion matrix") -> go.Figure:
+    """Heatmap of a confusion matrix (rows true, columns predicted), counts in the cells."""
+    z = np.asarray(confusion)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(classes), y=list(classes), colorscale="Blues", text=z, texttemplate="%{text}",
+        hovertemplate="true %{y}<br>predicted %{x}<br>%{z} images<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title="predicted", yaxis_title="true",
+                      yaxis_autorange="reversed", height=520, margin=dict(l=60, r=20, t=50, b=60))
+    return fig
+
+
+def training_figure(metrics: list[dict], title: str = "Training") -> go.Figure:
+    """Loss and accuracy curves from run-store metric rows (per step and per epoch)."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
+    series: dict[str, list] = {}
+    for m in metrics:
+        series.setdefault(m["name"], []).append(m)
+    step = series.get("train_loss_step", [])
+    if step:
+        fig.add_scatter(x=[m["step"] for m in step], y=[m["value"] for m in step], row=1, col=1,
+                        name="train loss (step)", line=dict(color="#93c5fd", width=1))
+    spe = max((m["step"] for m in step), default=1) / max(len(series.get("test_loss", [1])), 1)
+    styles = {"test_loss": (1, PALETTE[0], "test loss"), "train_acc": (2, "#93c5fd", "train acc"),
+              "test_acc": (2, PALETTE[0], "clean test acc"),
+              "robust_acc": (2, PALETTE[1], "robust (PGD) acc")}
+    for name, (col, color, label) in styles.items():
+        rows = series.get(name, [])
+        if rows:
+            fig.add_scatter(x=[(m["epoch"] + 1) * spe for m in rows], y=[m["value"] for m in rows],
+                            mode="lines+markers", name=label, line=dict(color=color), row=1, col=col)
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(range=[0, 1], row=1, col=2)
+    fig.update_layout(title=title, height=380, margin=dict(l=40, r=20, t=60, b=40),
+                      legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def robustness_figure(series: dict[str, list[tuple[float, float]]],
+                      title: str = "Accuracy under attack") -> go.Figure:
+    """Accuracy-versus-budget curves; ``series`` maps a label to (budget, accuracy) points."""
+    fig = go.Figure()
+    for i, (label, points) in enumerate(series.items()):
+        points = sorted(points)
+        fig.add_scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers",
+                        name=label, line=dict(color=PALETTE[i % len(PALETTE)]),
+                        customdata=[round(p[0] * 255, 1) for p in points],
+                        hovertemplate="eps %{x} (%{customdata}/255)<br>acc %{y:.1%}<extra>"
+                                      + label + "</extra>")
+    fig.update_layout(title=title, xaxis_title="epsilon (pixel units)", yaxis_title="accuracy",
+                      yaxis_range=[0, 1], yaxis_tickformat=".0%", height=420,
+                      margin=dict(l=50, r=20, t=50, b=50))
+    return fig
+
+
+def save_html(fig: go.Figure, path: Path) -> None:
+    """Interactive HTML beside a shared plotly.min.js (works offline)."""
+    fig.write_html(str(path), include_plotlyjs="directory", full_html=True)
+
+
+def confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str], path: Path,
+                  title: str) -> None:
+    """Static PNG of a confusion matrix."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    z = np.asarray(confusion)
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
+    ax.imshow(z, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    for i in range(z.shape[0]):
+        for j in range(z.shape[1]):
+            ax.text(j, i, z[i, j], ha="center", va="center", fontsize=8,
+                    color="white" if z[i, j] > z.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def curves_png(series: dict[str, list[tuple[float, float]]], path: Path, title: str) -> None:
+    """Static PNG of accuracy-versus-budget curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for i, (label, points) in enumerate(series.items()):
+        points = sorted(points)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label,
+                color=PALETTE[i % len(PALETTE)])
+    ax.set_xlabel("epsilon (pixel units)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

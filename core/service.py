@@ -1,0 +1,234 @@
+"""What the dashboard asks of the library: run tables, job progress, cached evaluations and
+attack grids, single-image attacks. Plain Python (no streamlit), so pages stay thin."""
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint, data, jobs
+from .attacks import ATTACKS, build_attack
+from .paths import InputError, run_dir
+from .store import Run, RunStore
+from .training import TrainConfig, pick_device
+
+MAX_UPLOAD_BYTES = 5 * 1024 * 1024
+DEFAULT_GRID = [0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
+
+
+def eps_label(eps: float) -> str:
+    """'0.0314 (8/255)' style label for a pixel-unit epsilon."""
+    return f"{eps:.4g} ({eps * 255:.3g}/255)"
+
+
+def device_label() -> str:
+    """Where training would run."""
+    dev = pick_device("auto")
+    if dev.type == "cuda":
+        return f"GPU: {torch.cuda.get_device_name(0)}"
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def run_label(run: Run) -> str:
+    """Human label for a run in pickers."""
+    cfg = run.config
+    what = f"{cfg.get('model', '')} · {cfg.get('dataset', '')}"
+    if cfg.get("defense", "none") != "none":
+        what += f" · {cfg['defense']} eps {cfg.get('defense_args', {}).get('eps', '')}"
+    name = f"{run.name} · " if run.name else ""
+    return f"{name}{what} · {run.status} · {run.id[-9:]}"
+
+
+def runs_frame(store: RunStore, kind: str | None = None) -> pd.DataFrame:
+    """Runs as a table for display."""
+    from .commands import headline
+
+    rows = [{"id": r.id, "name": r.name or "", "kind": r.kind, "status": r.status,
+             "created": time.strftime("%m-%d %H:%M", time.localtime(r.created)),
+             "seconds": round(r.duration or 0), "result": headline(r)}
+            for r in store.list_runs(kind=kind)]
+    return pd.DataFrame(rows)
+
+
+def trained_runs(store: RunStore) -> list[Run]:
+    """Completed training runs (those with final weights)."""
+    return [r for r in store.list_runs(kind="train", status="completed")
+            if (run_dir(r.id) / "model.safetensors").exists()]
+
+
+def progress(store: RunStore, run_id: str) -> dict:
+    """Epoch, step, fraction done and seconds left of a running job."""
+    run = store.get(run_id)
+    summary = run.summary or {}
+    if run.kind == "train":
+        steps = store.metrics(run_id, ["train_loss_step"])
+        total = summary.get("total_steps") or 1
+        done = steps[-1]["step"] if steps else 0
+        epoch = steps[-1]["epoch"] + 1 if steps else summary.get("epoch", 0)
+        label = f"epoch {epoch}/{run.config.get('epochs')} · step {done}/{total}"
+    else:
+        rows = store.metrics(run_id, ["progress"])
+        frac = rows[-1]["value"] if rows else 0.0
+        done, total = frac, 1.0
+        label = f"{frac:.0%}"
+    fraction = min(done / total, 1.0) if total else 0.0
+    if run.status == "completed":
+        fraction = 1.0
+    elapsed = run.duration or 0.0
+    left = elapsed * (1 - fraction) / fraction if 0 < fraction < 1 else None
+    return {"fraction": fraction, "label": label, "seconds_left": left, "status": run.status,
+            "error": run.error, "warnings": run.warnings}
+
+
+def train_form_defaults(run: Run | None = None) -> dict:
+    """Form values: the defaults, or a run's config (to clone it)."""
+    base = TrainConfig().to_dict()
+    if run is not None:
+        base.update({k: v for k, v in run.config.items() if k in base})
+    return base
+
+
+def launch_training(store: RunStore, values: dict, name: str | None = None) -> str:
+    """Validate a training form and start its worker; returns the run id."""
+    cfg = TrainConfig.from_dict(values)
+    return jobs.launch(store, "train", cfg.to_dict(), name=name or None)
+
+
+def cached_evaluation(store: RunStore, model_run: str) -> Run:
+    """The latest evaluate run of ``model_run``, launching one when none exists."""
+    for run in store.list_runs(kind="evaluate", parent=model_run):
+        if run.status in ("completed", "running", "queued"):
+            return run
+    run_id = jobs.launch(store, "evaluate", {"model_run": model_run, "which": "final",
+                                             "split": "test", "n": None}, parent=model_run)
+    return store.get(run_id)
+
+
+def gallery_images(model_run: str, meta_dataset: str, records: list[dict],
+                   data_dir: str | None = None) -> list:
+    """uint8 HWC arrays of the examples named by ``records`` (test split, original index)."""
+    split = data.load(meta_dataset, "test", data_dir)
+    imgs = split.images[[r["index"] for r in records]] if records else split.images[:0]
+    return [to_display(img) for img in imgs]
+
+
+def to_display(img: torch.Tensor, scale: int = 4):
+    """A (C, H, W) uint8 or [0, 1] float tensor as an upscaled HWC uint8 numpy array."""
+    if img.is_floating_point():
+        img = (img.clamp(0, 1) * 255).round().to(torch.uint8)
+    arr = img.permute(1, 2, 0).numpy()
+    arr = arr.repeat(scale, 0).repeat(scale, 1)
+    return arr[:, :, 0] if arr.shape[2] == 1 else arr
+
+
+def attack_fields(name: str) -> list[dict]:
+    """The hyperparameters of an attack (name, type, default), for building widgets."""
+    if name not in ATTACKS:
+        raise InputError(f"unknown attack {name!r}; valid attacks: {', '.join(ATTACKS)}")
+    out = []
+    for f in fields(ATTACKS[name]):
+        default = f.default
+        out.append({"name": f.name, "type": type(default).__name__ if default is not None
+                    else "optional", "default": default})
+    return out
+
+
+def grid_run(store: RunStore, model_run: str, attack: str, params: dict, n: int,
+             budgets: list[float] | None = None, keep: int = 12) -> Run:
+    """The attack-grid job for these settings: reuse a matching one, else launch it."""
+    budgets = budgets or DEFAULT_GRID
+    build_attack(attack, **params)
+    config = {"model_run": model_run, "attack": attack, "params": params, "n": n,
+              "budgets": budgets, "keep": keep}
+    for run in store.list_runs(kind="grid", parent=model_run):
+        if run.config == config and run.status in ("completed", "running", "queued"):
+            return run
+    return store.get(jobs.launch(store, "grid", config, parent=model_run))
+
+
+def grid_result(run_id: str, index: int) -> dict | None:
+    """Result of grid point ``index`` (accuracy, examples) if it has been computed."""
+    path = run_dir(run_id) / f"grid-{index:03d}.safetensors"
+    if not path.exists():
+        return None
+    tensors, meta = checkpoint.load(path)
+    return dict(meta["summary"], x=tensors["x"], x_adv=tensors["x_adv"],
+                clean_pred=tensors["clean_pred"], adv_pred=tensors["adv_pred"],
+                clean_prob=tensors["clean_prob"], adv_prob=tensors["adv_prob"],
+                labels=tensors["labels"])
+
+
+def read_upload(raw: bytes, input_shape: list[int]) -> torch.Tensor:
+    """An uploaded image as a (1, C, H, W) float tensor in [0, 1], resized to the model input."""
+    from PIL import Image, UnidentifiedImageError
+
+    if len(raw) > MAX_UPLOAD_BYTES:
+        raise InputError(f"upload is {len(raw) / 1e6:.1f} MB; the limit is "
+                         f"{MAX_UPLOAD_BYTES / 1e6:.0f} MB")
+    try:
+        img = Image.open(io.BytesIO(raw))
+        img.load()
+    except (UnidentifiedImageError, OSError) as err:
+        raise InputError("the uploaded file is not an image RobustLab can read (PNG, JPEG, "
+                         "BMP, GIF or WebP)") from err
+    c, h, w = input_shape
+    img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+    t = torch.from_numpy(__import__("numpy").asarray(img).copy()).float() / 255
+    return (t.unsqueeze(0) if c == 1 else t.permute(2, 0, 1)).unsqueeze(0)
+
+
+def attack_single(model: torch.nn.Module, x: torch.Tensor, attack: str, params: dict,
+                  label: int | None = None) -> dict:
+    """Attack one image (true label: the given one, else the model's prediction)."""
+    with torch.no_grad():
+        clean = F.softmax(model(x), 1)[0]
+    y = torch.tensor([int(clean.argmax()) if label is None else label])
+    adv = build_attack(attack, **params)(model, x, y)
+    with torch.no_grad():
+        probs = F.softmax(model(adv), 1)[0]
+    return {"x": x[0], "x_adv": adv[0], "clean_prob": clean, "adv_prob": probs, "label": int(y)}
+
+
+def config_diff(runs: list[Run]) -> pd.DataFrame:
+    """Configuration keys whose values differ between runs (flattened), one column per run."""
+    flat = [_flatten(r.config) for r in runs]
+    keys = sorted(set().union(*flat)) if flat else []
+    rows = {k: [json.dumps(f.get(k)) if isinstance(f.get(k), (dict, list)) else f.get(k)
+                for f in flat] for k in keys}
+    differing = {k: v for k, v in rows.items() if len({str(x) for x in v}) > 1}
+    return pd.DataFrame(differing, index=[r.id for r in runs]).T
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def sweep_curves(store: RunStore, sweep_ids: list[str]) -> tuple[dict, pd.DataFrame]:
+    """Curves (label -> [(budget, acc)]) and the combined table of completed sweeps."""
+    series, frames = {}, []
+    for sid in sweep_ids:
+        run = store.get(sid)
+        summary = run.summary or {}
+        model = store.get(run.config["model_run"])
+        label = model.name or run_label(model).split(" · ")[0] + " " + model.id[-4:]
+        rows = summary.get("rows", [])
+        for r in rows:
+            if r["budget"] is not None:
+                series.setdefault(f"{label} · {r['attack']}", []).append((r["budget"], r["adv_acc"]))
+        if rows:
+            frame = pd.DataFrame([{k: v for k, v in r.items() if k != "params"} for r in rows])
+            frame.insert(0, "model", label)
+            frames.append(frame)
+    return series, (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())

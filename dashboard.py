@@ -1,0 +1,41 @@
+"""RobustLab dashboard: ``streamlit run dashboard.py``. Router and shared frame only; every
+computation lives in ``core``, and long work runs in worker processes."""
+import streamlit as st
+
+from core import data
+from core.paths import data_dir
+from core.service import device_label
+from pages.common import get_store as store
+
+st.set_page_config(page_title="RobustLab", page_icon=":material/shield:", layout="wide")
+
+PAGES = [
+    st.Page("pages/train.py", title="Train", icon=":material/model_training:", default=True),
+    st.Page("pages/evaluate.py", title="Evaluate", icon=":material/grid_on:"),
+    st.Page("pages/attack.py", title="Attack", icon=":material/bolt:"),
+    st.Page("pages/robustness.py", title="Robustness", icon=":material/show_chart:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+]
+
+
+@st.fragment(run_every=3)
+def running_jobs() -> None:
+    store().mark_stale()
+    active = store().list_runs(status="running") + store().list_runs(status="queued")
+    st.caption(f"Jobs running: {len(active)}")
+    for run in active[:6]:
+        st.caption(f":material/autorenew: {run.kind} · {run.name or run.id[-9:]}")
+
+
+navigation = st.navigation(PAGES)
+with st.sidebar:
+    st.markdown("### :material/shield: RobustLab")
+    st.caption("Train classifiers, then find out how easily they are fooled.")
+    found = data.available()
+    st.caption(f"Data folder: `{data_dir()}`")
+    for name in ("mnist", "cifar10"):
+        icon = ":material/check_circle:" if name in found else ":material/cancel:"
+        st.caption(f"{icon} {name}: {found.get(name, 'not found (downloads on first use)')}")
+    st.caption(f"Device: {device_label()}")
+    running_jobs()
+navigation.run()

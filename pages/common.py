@@ -1,0 +1,48 @@
+"""Small helpers shared by the pages (presentation only)."""
+from __future__ import annotations
+
+import streamlit as st
+
+from core.paths import InputError, artifacts_dir
+from core.store import RunStore
+
+
+@st.cache_resource
+def _store_at(path: str) -> RunStore:
+    return RunStore(path)
+
+
+def get_store() -> RunStore:
+    """The server process's run-store connection (one per database file)."""
+    return _store_at(str(artifacts_dir() / "runs.db"))
+
+
+def pick_run(label: str, runs: list, key: str, help: str | None = None):
+    """A selectbox over runs that remembers its choice in the URL (?key=run_id)."""
+    from core.service import run_label
+
+    if not runs:
+        return None
+    ids = [r.id for r in runs]
+    wanted = st.query_params.get(key)
+    index = ids.index(wanted) if wanted in ids else 0
+    choice = st.selectbox(label, runs, index=index, format_func=run_label, key=f"pick-{key}",
+                          help=help)
+    st.query_params[key] = choice.id
+    return choice
+
+
+def show_error(err: Exception) -> None:
+    """A readable message, never a traceback."""
+    if isinstance(err, InputError):
+        st.error(str(err), icon=":material/error:")
+    else:
+        st.error(f"{type(err).__name__}: {err}", icon=":material/error:")
+
+
+def fmt_seconds(s: float | None) -> str:
+    """'1 min 05 s' style."""
+    if s is None:
+        return "—"
+    s = int(s)
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"

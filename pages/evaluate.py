@@ -1,0 +1,85 @@
+"""Evaluate: metrics, per-class table, confusion matrix and a filterable misclassified gallery."""
+import pandas as pd
+import streamlit as st
+
+from core.evaluation import misclassified
+from core.figures import confusion_figure
+from core.service import cached_evaluation, gallery_images, trained_runs
+from core.tasks import load_report
+from pages.common import get_store, pick_run, show_error
+
+store = get_store()
+st.title("Evaluate a model")
+runs = trained_runs(store)
+if not runs:
+    st.info("No completed training runs yet. Train one on the **Train** page.")
+    st.stop()
+run = pick_run("Model", runs, "model")
+evaluation = cached_evaluation(store, run.id)
+
+
+@st.fragment(run_every=1.0)
+def wait_for(eval_id: str) -> None:
+    ev = store.get(eval_id)
+    if ev.status == "completed":
+        st.rerun()
+    if ev.status == "failed":
+        st.error(f"Evaluation failed: {ev.error}")
+    else:
+        st.progress(0.5, text="Evaluating on the test split…")
+
+
+if evaluation.status != "completed":
+    wait_for(evaluation.id)
+    st.stop()
+
+summary = evaluation.summary
+report = load_report(evaluation.id)
+classes = report["classes"]
+c = st.columns(4)
+c[0].metric("Accuracy", f"{summary['accuracy']:.2%}")
+c[1].metric("Micro-F1", f"{summary['micro_f1']:.2%}", help="Equals accuracy for single-label data")
+c[2].metric("Macro-F1", f"{summary['macro_f1']:.2%}")
+c[3].metric("Test images", f"{summary['n']:,}", help=summary.get("source", ""))
+st.caption(f"Data: {summary.get('source', '')}")
+
+left, right = st.columns([3, 2])
+with left:
+    event = st.plotly_chart(confusion_figure(summary["confusion"], classes), width="stretch",
+                            on_select="rerun", selection_mode="points", key="confusion")
+with right:
+    st.subheader("Per class")
+    st.dataframe(pd.DataFrame(summary["per_class"]).style.format(
+        {"precision": "{:.3f}", "recall": "{:.3f}", "f1": "{:.3f}"}), hide_index=True,
+        width="stretch", height=400)
+
+points = (event.selection.points if event and event.selection else []) or []
+if points:
+    st.session_state["true-cls"] = str(points[0]["y"])
+    st.session_state["pred-cls"] = str(points[0]["x"])
+
+st.subheader("Misclassified examples")
+f1, f2, f3 = st.columns([2, 2, 1])
+options = ["any"] + classes
+true_cls = f1.selectbox("True class", options, key="true-cls")
+pred_cls = f2.selectbox("Predicted class", options, key="pred-cls")
+wrong = misclassified(report, None if true_cls == "any" else classes.index(true_cls),
+                      None if pred_cls == "any" else classes.index(pred_cls))
+per_page = 24
+pages = max(1, -(-len(wrong) // per_page))
+page = f3.number_input(f"Page (of {pages})", 1, pages, 1)
+st.caption(f"{len(wrong)} misclassified examples match.")
+shown = wrong[(page - 1) * per_page: page * per_page]
+try:
+    images = gallery_images(run.id, run.config["dataset"], shown, run.config.get("data_dir"))
+except Exception as err:
+    show_error(err)
+    images = []
+cols = st.columns(8)
+for k, (rec, img) in enumerate(zip(shown, images)):
+    with cols[k % 8]:
+        st.image(img, width="stretch")
+        st.caption(f"**{classes[rec['true']]}** → {classes[rec['pred']]} "
+                   f"({rec['confidence']:.0%}) · #{rec['index']}")
+with st.expander("Configuration of this model"):
+    st.json(run.config)

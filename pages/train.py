@@ -1,0 +1,129 @@
+"""Train: a form that launches a background training job, and the live view of a job."""
+import streamlit as st
+
+from core import jobs
+from core.defenses import DEFENSES
+from core.figures import training_figure
+from core.models import MODELS
+from core.service import launch_training, progress, run_label, runs_frame, train_form_defaults
+from core.training import OPTIMIZERS, SCHEDULES
+from pages.common import fmt_seconds, get_store, show_error
+
+store = get_store()
+st.title("Train a model")
+
+clone = st.session_state.pop("clone_from", None)
+defaults = train_form_defaults(store.get(clone) if clone else None)
+if clone:
+    st.info(f"Form filled from run {clone}; change what you like and launch.")
+
+with st.form("train-form"):
+    c1, c2, c3, c4 = st.columns(4)
+    datasets = ["mnist", "cifar10"]
+    dataset = c1.selectbox("Dataset", datasets, index=datasets.index(defaults["dataset"])
+                           if defaults["dataset"] in datasets else 0)
+    model = c2.selectbox("Model", list(MODELS), index=list(MODELS).index(defaults["model"]))
+    epochs = c3.number_input("Epochs", 1, 500, int(defaults["epochs"]), key="epochs")
+    batch = c4.number_input("Batch size", 2, 4096, int(defaults["batch_size"]))
+    c1, c2, c3, c4 = st.columns(4)
+    optimizer = c1.selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(defaults["optimizer"]))
+    schedule = c2.selectbox("Schedule", SCHEDULES, index=SCHEDULES.index(defaults["schedule"]))
+    lr = c3.number_input("Peak learning rate", 1e-6, 10.0, float(defaults["lr"]), format="%.4f")
+    seed = c4.number_input("Seed", 0, 2**31 - 1, int(defaults["seed"]))
+    c1, c2, c3, c4 = st.columns(4)
+    defense = c1.selectbox("Defense", list(DEFENSES), index=list(DEFENSES).index(defaults["defense"]))
+    eps = c2.number_input("Defense epsilon (pixels)", 0.0, 1.0,
+                          float(defaults["defense_args"].get("eps", 0.1)), step=1 / 255,
+                          format="%.4f")
+    c2.caption(f"= {eps * 255:.1f}/255")
+    steps = c3.number_input("Defense attack steps", 1, 100,
+                            int(defaults["defense_args"].get("steps", 5)))
+    subset = c4.number_input("Training images (0 = all)", 0, 10**7,
+                             int(defaults["train_subset"] or 0), step=1000,
+                             key="subset")
+    name = st.text_input("Run name (optional)", placeholder="e.g. mnist baseline")
+    submitted = st.form_submit_button("Launch training", type="primary",
+                                      icon=":material/play_arrow:")
+
+if submitted:
+    defense_args = {}
+    if defense != "none":
+        defense_args = {"eps": eps}
+        if defense in ("pgd-at", "trades", "iat"):
+            defense_args["steps"] = int(steps)
+    values = dict(defaults, dataset=dataset, model=model, epochs=int(epochs),
+                  batch_size=int(batch), optimizer=optimizer, schedule=schedule, lr=float(lr),
+                  seed=int(seed), defense=defense, defense_args=defense_args,
+                  train_subset=int(subset) or None)
+    try:
+        run_id = launch_training(store, values, name=name)
+        st.query_params["run"] = run_id
+        st.toast(f"Started {run_id}", icon=":material/rocket_launch:")
+    except Exception as err:  # shown to the user as a readable message
+        show_error(err)
+
+st.divider()
+train_runs = store.list_runs(kind="train")
+if not train_runs:
+    st.info("No training runs yet. Fill in the form and press **Launch training**.")
+    st.stop()
+ids = [r.id for r in train_runs]
+wanted = st.query_params.get("run")
+selected = st.selectbox("Job", train_runs, index=ids.index(wanted) if wanted in ids else 0,
+                        format_func=run_label, key="job-pick")
+st.query_params["run"] = selected.id
+
+
+@st.fragment(run_every=1.5)
+def live(run_id: str) -> None:
+    store.mark_stale()
+    run = store.get(run_id)
+    info = progress(store, run_id)
+    cols = st.columns([3, 1, 1, 1])
+    cols[0].progress(info["fraction"], text=f"{run.status} · {info['label']} · "
+                     f"{fmt_seconds(info['seconds_left'])} left")
+    final = (run.summary or {}).get("final") or {}
+    epoch_rows = store.metrics(run_id, ["test_acc", "robust_acc"])
+    last = {m["name"]: m["value"] for m in epoch_rows}
+    cols[1].metric("Clean test accuracy", f"{last['test_acc']:.2%}" if "test_acc" in last else "—")
+    cols[2].metric("Robust (PGD) accuracy",
+                   f"{last['robust_acc']:.2%}" if "robust_acc" in last else "—")
+    n_test = (run.summary or {}).get("n_test")
+    cols[3].metric("Test images", f"{n_test:,}" if n_test else "—")
+    if run.status in ("running", "queued"):
+        if cols[0].button("Cancel", icon=":material/stop:", key=f"cancel-{run_id}"):
+            store.request_cancel(run_id)
+            st.toast("Cancel requested; the job stops after its current step.")
+    elif run.status == "failed":
+        st.error(f"This run failed: {run.error}", icon=":material/error:")
+    elif run.status == "cancelled":
+        st.warning("This run was cancelled.", icon=":material/stop_circle:")
+    for w in run.warnings:
+        st.warning(w, icon=":material/warning:")
+    metrics = store.metrics(run_id)
+    if metrics:
+        st.plotly_chart(training_figure(metrics, title=""), width="stretch",
+                        key=f"curve-{run_id}-{len(metrics)}")
+    else:
+        st.caption("Waiting for the first steps…")
+    if run.status in ("completed", "failed", "cancelled"):
+        st.session_state["finished_" + run_id] = True
+
+
+live(selected.id)
+run = store.get(selected.id)
+b1, b2, _ = st.columns([1, 1, 4])
+if run.status in ("failed", "cancelled"):
+    if b1.button("Resume from last checkpoint", icon=":material/replay:"):
+        try:
+            jobs.resume(store, run.id)
+            st.rerun()
+        except Exception as err:
+            show_error(err)
+if b2.button("Clone into form", icon=":material/content_copy:"):
+    st.session_state["clone_from"] = run.id
+    st.rerun()
+with st.expander("Configuration"):
+    st.json(run.config)
+with st.expander("All runs"):
+    st.dataframe(runs_frame(store), hide_index=True, width="stretch")

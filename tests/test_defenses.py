@@ -1,0 +1,111 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.attacks import PGD
+from core.defenses import DEFENSES, IAT, TRADES, RobustGuard, build_defense
+from core.evaluation import run_attack
+from core.models import build_model
+from core.paths import InputError
+from core.training import TrainConfig, fit, load_model, run_model_path
+from core.store import RunStore
+
+from conftest import requires_mnist
+
+TRAIN = dict(dataset="mnist", train_subset=2560, test_subset=200, batch_size=64, lr=0.05,
+             epochs=1, seed=0)
+DEFENSE_ARGS = {"fgsm-at": {"eps": 0.15}, "fast-at": {"eps": 0.15},
+                "pgd-at": {"eps": 0.15, "steps": 3}, "trades": {"eps": 0.15, "steps": 3},
+                "iat": {"eps": 0.15, "steps": 3}}
+
+
+def _robust_acc(defense: str, mnist_test) -> float:
+    store = RunStore()
+    cfg = TrainConfig(defense=defense, defense_args=DEFENSE_ARGS.get(defense, {}),
+                      robust_eval={"eps": 0.1, "n": 100, "steps": 5}, **TRAIN)
+    run_id = store.create_run("train", cfg.to_dict())
+    fit(cfg, store, run_id, progress=False)
+    model, _ = load_model(run_model_path(run_id))
+    out = run_attack(model, mnist_test.subset(300, seed=5), PGD(eps=0.1, steps=10))
+    epochs = {m["name"] for m in store.metrics(run_id)}
+    assert {"test_acc", "robust_acc"} <= epochs, "defended runs log clean and robust accuracy"
+    return float((out.adv_pred == out.labels).float().mean())
+
+
+@pytest.fixture(scope="module")
+def undefended_robust_acc(mnist_test):
+    return _robust_acc("none", mnist_test)
+
+
+@requires_mnist
+@pytest.mark.parametrize("defense", list(DEFENSE_ARGS))
+def test_each_defense_beats_the_undefended_model_under_pgd(defense, undefended_robust_acc,
+                                                          mnist_test):
+    assert _robust_acc(defense, mnist_test) > undefended_robust_acc + 0.05
+
+
+def _setup():
+    torch.manual_seed(0)
+    model = build_model("seed-resnet", (1, 12, 12), 10, width=4, blocks=1)
+    g = torch.Generator().manual_seed(1)
+    return model, torch.rand(8, 1, 12, 12, generator=g), torch.randint(0, 10, (8,), generator=g)
+
+
+def test_iat_loss_equals_hand_computed_mixture():
+    model, x, y = _setup()
+    lam = 0.3
+    iat = IAT(eps=0.1, steps=2, lam=lam)
+    torch.manual_seed(42)
+    loss, _ = iat(model, x, y)
+    torch.manual_seed(42)
+    adv = PGD(eps=0.1, steps=2, seed=None)(model, x, y)
+    p_clean, p_adv = torch.randperm(8), torch.randperm(8)
+
+    def mix(batch, perm):
+        out = model(lam * batch + (1 - lam) * batch[perm])
+        return lam * F.cross_entropy(out, y) + (1 - lam) * F.cross_entropy(out, y[perm])
+
+    expected = 0.5 * (mix(x, p_clean) + mix(adv, p_adv))
+    assert torch.allclose(loss, expected, atol=1e-6)
+
+
+def test_trades_with_beta_zero_is_the_clean_loss():
+    model, x, y = _setup()
+    loss, _ = TRADES(eps=0.1, steps=2, beta=0.0)(model, x, y)
+    assert torch.allclose(loss, F.cross_entropy(model(x), y), atol=1e-7)
+
+
+def test_trades_kl_term_is_nonnegative_and_adds():
+    model, x, y = _setup()
+    torch.manual_seed(0)
+    loss, _ = TRADES(eps=0.1, steps=2, beta=6.0)(model, x, y)
+    assert loss >= F.cross_entropy(model(x), y) - 1e-6
+
+
+def test_overfitting_guard_fires_on_a_constructed_collapse():
+    guard = RobustGuard(torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.long), PGD(eps=0.1))
+    history = [0.30, 0.42, 0.45, 0.05]
+    results = [guard.update({"robust_acc": a}, e) for e, a in enumerate(history)]
+    assert [r[1] for r in results] == [True, True, True, False]
+    assert all(r[0] is None for r in results[:3])
+    assert "catastrophic overfitting" in results[3][0] and "epoch 3" in results[3][0]
+    assert guard.best_epoch == 3
+
+
+def test_eps_ramp_grows_linearly():
+    d = build_defense("pgd-at", eps=0.3, eps_ramp_epochs=3)
+    seen = []
+    for epoch in range(5):
+        d.begin_epoch(epoch)
+        seen.append(round(d.current_eps, 4))
+    assert seen == [0.1, 0.2, 0.3, 0.3, 0.3]
+
+
+def test_defense_registry_errors():
+    with pytest.raises(InputError, match="valid defenses: none, fgsm-at, fast-at, pgd-at, trades, iat"):
+        build_defense("mixup")
+    with pytest.raises(InputError, match="unknown parameter"):
+        build_defense("iat", gamma=1)
+    with pytest.raises(InputError, match=r"eps must be in \[0, 1\]"):
+        build_defense("pgd-at", eps=2.0)
+    assert set(DEFENSES) == {"none", "fgsm-at", "fast-at", "pgd-at", "trades", "iat"}
