@@ -17,7 +17,7 @@ from core.training import TrainConfig, fit, load_model, run_model_path
 
 SEED_ACC = 0.6518
 SETTINGS = dict(dataset="cifar10", model="seed-resnet", batch_size=128, optimizer="nesterov",
-                lr=0.2, weight_decay=5e-4, schedule="onecycle", label_smoothing=0.0)
+                lr=0.05, weight_decay=5e-4, schedule="onecycle", label_smoothing=0.0)
 
 
 def main() -> None:

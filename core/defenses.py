@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attacks import FGSM, PGD, attack_mode, input_grad
+from .attacks import PGD, attack_mode, input_grad
 from .paths import InputError
 
 
@@ -74,6 +74,22 @@ class _Adversarial(Objective):
                    seed=None)(model, x, y)
 
 
+def single_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float,
+                random_start: bool) -> torch.Tensor:
+    """One signed-gradient step inside the eps-ball, crafted against the model in its current
+    (training) mode. Early in training BatchNorm's running statistics lag behind the batch
+    statistics, and examples crafted in eval mode are too weak to train on; Wong et al.'s
+    reference code crafts in train mode too. Only the input's gradient is computed."""
+    delta = torch.zeros_like(x)
+    if random_start:
+        delta = ((torch.rand_like(x) * 2 - 1) * eps + x).clamp(0, 1) - x
+    delta.requires_grad_(True)
+    loss = F.cross_entropy(model(x + delta), y, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, delta)
+    delta = (delta.detach() + alpha * grad.sign()).clamp(-eps, eps)
+    return (x + delta).clamp(0, 1).detach()
+
+
 @dataclass
 class FGSMTraining(Objective):
     """FGSM adversarial training, Goodfellow, Shlens & Szegedy 2015, "Explaining and Harnessing
@@ -88,7 +104,7 @@ class FGSMTraining(Objective):
             raise InputError(f"fgsm-at weight must be in [0, 1], got {self.weight}")
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
-        adv = FGSM(eps=self.current_eps)(model, x, y)
+        adv = single_step(model, x, y, self.current_eps, self.current_eps, random_start=False)
         logits = model(torch.cat([x, adv]))
         clean, adv_logits = logits[: len(x)], logits[len(x):]
         loss = ((1 - self.weight) * _ce(clean, y, self.label_smoothing)
@@ -107,13 +123,7 @@ class FastAT(Objective):
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
         eps = self.current_eps
-        with attack_mode(model):
-            delta = (torch.rand_like(x) * 2 - 1) * eps
-            delta = (x + delta).clamp(0, 1) - x
-            grad, _ = input_grad(model, x + delta, y,
-                                 lambda z, t: F.cross_entropy(z, t, reduction="sum"))
-            delta = (delta + self.alpha_ratio * eps * grad.sign()).clamp(-eps, eps)
-            adv = (x + delta).clamp(0, 1).detach()
+        adv = single_step(model, x, y, eps, self.alpha_ratio * eps, random_start=True)
         logits = model(adv)
         return _ce(logits, y, self.label_smoothing), logits
 

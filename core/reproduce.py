@@ -18,7 +18,7 @@ import pandas as pd
 from . import checkpoint, figures
 from .attacks import build_attack
 from .evaluation import clean_report, misclassified, run_attack, sweep
-from .paths import reports_dir
+from .paths import reports_dir, run_dir
 from .store import RunStore
 from .tasks import save_grid, table_frame, test_split
 from .training import TrainConfig, fit, load_model, run_model_path
@@ -45,7 +45,7 @@ class Plan:
 
 
 FULL = Plan(
-    cifar=dict(dataset="cifar10", epochs=10, batch_size=128, optimizer="nesterov", lr=0.1),
+    cifar=dict(dataset="cifar10", epochs=10, batch_size=128, optimizer="nesterov", lr=0.05),
     mnist=dict(dataset="mnist", epochs=5, batch_size=128, optimizer="nesterov", lr=0.1),
     attack_n=1000, budgets=[0.01, 0.05, 0.1, 0.2, 0.3], pgd_steps=40,
     cw=dict(steps=100, lr=0.05, search_steps=9),
@@ -186,9 +186,12 @@ def _part_c(ctx: _Context, plan: Plan) -> list[dict]:
 
 def _defense_row(ctx: _Context, plan: Plan, name: str, args: dict, child: str,
                  wall: float) -> dict:
-    model, meta = load_model(run_model_path(child))
+    warnings = ctx.store.get(child).warnings
+    # The guard's best-robust checkpoint is used only when it saw a collapse.
+    which = "best" if warnings and (run_dir(child) / "best.safetensors").exists() else "final"
+    model, meta = load_model(run_model_path(child, which))
     full = test_split(meta, data_dir=ctx.data_dir)
-    row = {"defense": name, "run": child, "settings": args, "train_s": wall,
+    row = {"defense": name, "run": child, "settings": args, "train_s": wall, "weights": which,
            "clean": clean_report(model, full)["accuracy"], "n_clean": len(full)}
     sample = full.subset(plan.defense_eval_n, seed=0)
     for b in plan.defense_budgets:
@@ -197,7 +200,7 @@ def _defense_row(ctx: _Context, plan: Plan, name: str, args: dict, child: str,
     cw = run_attack(model, full.subset(plan.cw_n, seed=0), build_attack("cw", **plan.cw))
     s = cw.summary()
     row.update(cw_success=s["success_rate"], cw_median_l2=s["l2_median"], n_pgd=len(sample),
-               n_cw=plan.cw_n, warnings=ctx.store.get(child).warnings)
+               n_cw=plan.cw_n, warnings=warnings)
     return row
 
 
@@ -246,7 +249,8 @@ def render(results: dict) -> str:
     lines.append("| seed FGSM-AT | eps 0.2 | 98.59% | " + " | ".join(
         _pct(seed.get(x)) for x in budgets) + " | — | — | — |")
     for r in results["defenses"]:
-        lines.append(f"| {r['defense']} | {r['settings']} | {_pct(r['clean'])} | " + " | ".join(
+        lines.append(f"| {r['defense']}{' (best epoch)' if r['weights'] == 'best' else ''} | "
+                     f"{r['settings']} | {_pct(r['clean'])} | " + " | ".join(
             _pct(r[f'pgd@{x}']) for x in budgets) + f" | {_pct(r['cw_success'])} | "
             f"{r['cw_median_l2']:.3f} | {r['train_s']:.0f} s |")
     lines += ["", "![defenses](defenses.png) ([interactive](defenses.html))", ""]

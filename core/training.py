@@ -74,7 +74,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise InputError naming the first invalid value and what is valid."""
-        from .defenses import DEFENSES
+        from .defenses import DEFENSES, build_defense
 
         if self.model not in MODELS:
             raise InputError(f"unknown model {self.model!r}; valid models: {', '.join(MODELS)}")
@@ -95,6 +95,11 @@ class TrainConfig:
             raise InputError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise InputError("weight decay must be >= 0 and momentum in [0, 1)")
+        build_defense(self.defense, label_smoothing=self.label_smoothing, **self.defense_args)
+        unknown = sorted(set(self.robust_eval) - {"eps", "steps", "n", "collapse_drop"})
+        if unknown:
+            raise InputError(f"unknown robust_eval options {unknown}; valid: eps, steps, n, "
+                             "collapse_drop")
 
 
 def _choice(what: str, value: str, valid: tuple) -> None:

@@ -46,3 +46,18 @@ def fmt_seconds(s: float | None) -> str:
         return "—"
     s = int(s)
     return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
+
+
+def _leave_legacy_mode() -> None:
+    # When a deep link (/attack) is the server's first request, Streamlit runs the file from
+    # pages/ directly (its legacy multipage mode) and the router in dashboard.py never runs:
+    # no sidebar, no wide layout, a file-name page list. st.navigation clears this same flag;
+    # clearing it here and rerunning sends the request through the router.
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_leave_legacy_mode()

@@ -1,0 +1,99 @@
+"""End to end in a real browser: Debian's chromium driven by Playwright against
+``streamlit run dashboard.py`` on a free localhost port. Screenshots go to artifacts/screenshots."""
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, requires_mnist
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = ROOT / "artifacts" / "screenshots"
+pytestmark = [requires_mnist, pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                                reason="Debian chromium not installed")]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def server(tmp_path):
+    port = _free_port()
+    env = dict(os.environ, ROBUSTLAB_ARTIFACTS=str(tmp_path))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.port", str(port),
+         "--server.headless", "true", "--server.address", "127.0.0.1"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def _browser(p):
+    return p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"])
+
+
+def test_train_evaluate_attack_in_a_real_browser(server):
+    from playwright.sync_api import expect, sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{server}/train")
+        expect(page.get_by_text("Train a model")).to_be_visible(timeout=60_000)
+        # the router's frame (not Streamlit's legacy pages/ list) even on a deep link
+        expect(page.get_by_text("Jobs running")).to_be_visible(timeout=30_000)
+        expect(page.get_by_role("link", name="Robustness")).to_be_visible()
+        page.get_by_label("Epochs").fill("1")
+        page.get_by_label("Training images (0 = all)").fill("1000")
+        page.get_by_label("Run name (optional)").fill("browser test")
+        page.get_by_role("button", name="Launch training").click()
+        # live curve shows points, then the run completes
+        expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=120_000)
+        expect(page.get_by_text(re.compile(r"^completed · "))).to_be_visible(timeout=180_000)
+        page.screenshot(path=str(SHOTS / "1-train.png"), full_page=True)
+        run_id = page.url.split("run=")[1].split("&")[0]
+
+        page.goto(f"{server}/evaluate?model={run_id}")
+        expect(page.get_by_text("Confusion matrix")).to_be_visible(timeout=120_000)
+        expect(page.get_by_text("Per class")).to_be_visible()
+        page.screenshot(path=str(SHOTS / "2-evaluate.png"), full_page=True)
+
+        page.goto(f"{server}/attack?model={run_id}")
+        metric = page.get_by_test_id("stMetric").filter(has_text="Accuracy under attack")
+        expect(metric).to_be_visible(timeout=180_000)
+        # wait until the whole grid is computed, so every slider value answers at once
+        expect(page.get_by_text("Computing the grid")).to_have_count(0, timeout=300_000)
+        before = metric.get_by_test_id("stMetricValue").inner_text()
+        page.screenshot(path=str(SHOTS / "3-attack-before.png"), full_page=True)
+        slider = page.get_by_role("slider", name=re.compile("eps"))
+        slider.focus()
+        for _ in range(4):
+            page.keyboard.press("ArrowRight")
+        started = time.time()
+        expect(metric.get_by_test_id("stMetricValue")).not_to_have_text(before, timeout=15_000)
+        answered = time.time() - started
+        after = metric.get_by_test_id("stMetricValue").inner_text()
+        page.screenshot(path=str(SHOTS / "4-attack-after.png"), full_page=True)
+        assert float(after.rstrip("%")) < float(before.rstrip("%"))
+        assert answered < 5, f"slider took {answered:.1f} s to answer"
+        browser.close()

@@ -1,0 +1,62 @@
+"""The command line as a user runs it: real subprocesses, real (small) MNIST."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, requires_mnist
+
+
+def cli(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True,
+                          text=True, env=dict(os.environ), timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def test_help_lists_the_commands():
+    out = cli("--help").stdout
+    for cmd in ("train", "evaluate", "attack", "sweep", "runs", "reproduce"):
+        assert cmd in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--dataset", "svhn"], "valid datasets: mnist, cifar10, imagefolder:PATH"),
+    (["train", "--model", "vgg"], "valid models: seed-resnet, resnet20"),
+    (["train", "--defense", "magic"], "valid: none, fgsm-at, fast-at, pgd-at, trades, iat"),
+    (["train", "--epochs", "0"], "epochs must be a positive whole number"),
+    (["train", "--batch-size", "0"], "batch size must be a positive whole number"),
+    (["train", "--lr", "-1"], "learning rate must be a positive number"),
+    (["train", "--defense", "pgd-at", "--eps", "1.5"], r"eps must be in [0, 1]"),
+    (["evaluate", "no-such-run"], "no run with id 'no-such-run'"),
+    (["evaluate", "../../etc/passwd"], "invalid run id"),
+])
+def test_bad_input_gets_one_clear_error_and_creates_no_run(args, message):
+    before = cli("runs").stdout
+    proc = cli(*args, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0, "one line"
+    assert cli("runs").stdout == before
+
+
+@requires_mnist
+def test_train_evaluate_attack_sweep_from_the_command_line():
+    out = cli("train", "--dataset", "mnist", "--epochs", "1", "--train-subset", "2000",
+              "--test-subset", "300", "--name", "cli").stdout
+    assert "completed: test accuracy" in out and "300 test images" in out
+    run_id = out.split()[1].rstrip(":")
+    ev = cli("evaluate", run_id, "-n", "300").stdout
+    assert "micro-F1" in ev and "confusion matrix" in ev and "misclassified" in ev
+    at = cli("attack", run_id, "--attack", "pgd", "--eps", "0.1", "--steps", "5", "-n", "100").stdout
+    assert "under attack" in at and "success rate" in at
+    bad = cli("attack", run_id, "--attack", "fgsm", "--eps", "-0.1", check=False)
+    assert bad.returncode == 2 and "eps must be a number in [0.0, 1.0]" in bad.stderr
+    sw = cli("sweep", run_id, "--attacks", "noise,fgsm,pgd", "--eps", "0,0.1", "--steps", "3",
+             "-n", "50").stdout
+    assert "| pgd" in sw and "worst case" in sw and "sweep.csv" in sw
+    table = cli("runs").stdout
+    for kind in ("train", "evaluate", "attack", "sweep"):
+        assert kind in table
