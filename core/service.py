@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from . import checkpoint, data, jobs
 from .attacks import ATTACKS, build_attack
-from .paths import InputError, run_dir
+from .paths import InputError, artifacts_dir, confine, data_dir, run_dir
 from .store import Run, RunStore
 from .training import TrainConfig, pick_device
 
@@ -97,6 +97,10 @@ def train_form_defaults(run: Run | None = None) -> dict:
 def launch_training(store: RunStore, values: dict, name: str | None = None) -> str:
     """Validate a training form and start its worker; returns the run id."""
     cfg = TrainConfig.from_dict(values)
+    if cfg.dataset.startswith("imagefolder:"):
+        # A path typed into the browser may only point inside the data or artifacts folders.
+        folder = confine(cfg.dataset.split(":", 1)[1], data_dir(cfg.data_dir), artifacts_dir())
+        cfg.dataset = f"imagefolder:{folder}"
     return jobs.launch(store, "train", cfg.to_dict(), name=name or None)
 
 

@@ -1,0 +1,184 @@
+"""Reliability: jobs outlive their launcher, concurrent jobs lose nothing, a failing disk leaves
+the previous checkpoint intact, bad uploads and paths are refused, attacks keep their contract
+for any parameters (hypothesis)."""
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from core import checkpoint, jobs
+from core.attacks import build_attack
+from core.models import build_model
+from core.paths import InputError, run_dir
+from core.service import launch_training, progress, read_upload
+from core.store import RunStore
+from core.training import TrainConfig
+
+from conftest import ROOT, requires_mnist
+
+SMALL = dict(dataset="mnist", train_subset=1280, test_subset=200, batch_size=64, lr=0.05)
+
+
+def _wait(pred, timeout=240.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return True
+        time.sleep(0.3)
+    return False
+
+
+@requires_mnist
+def test_jobs_survive_the_process_that_launched_them():
+    """A launcher (like the dashboard server) killed with SIGKILL does not take its job along;
+    a fresh process (a restarted dashboard) finds the job in the store."""
+    code = ("import sys; from core.jobs import launch; from core.store import RunStore; "
+            "from core.training import TrainConfig; "
+            f"rid = launch(RunStore(), 'train', TrainConfig(epochs=2, **{SMALL!r}).to_dict()); "
+            "print(rid, flush=True); import time; time.sleep(600)")
+    launcher = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
+                                text=True, env=dict(os.environ))
+    run_id = launcher.stdout.readline().strip()
+    store = RunStore()
+    assert _wait(lambda: store.get(run_id).status == "running")
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+    assert _wait(lambda: store.get(run_id).status == "completed"), store.get(run_id).error
+    assert run_id in [r.id for r in RunStore().list_runs(kind="train")]
+
+
+@requires_mnist
+def test_two_trainings_and_a_sweep_at_once_with_a_polling_reader(mnist_model):
+    _, _, model_run = mnist_model
+    store = RunStore()
+    cfg = TrainConfig(epochs=2, **SMALL).to_dict()
+    trains = [jobs.launch(store, "train", cfg) for _ in range(2)]
+    sweep = jobs.launch(store, "sweep", {"model_run": model_run, "budgets": [0.05, 0.1, 0.2],
+                                         "n": 200, "attacks": [{"name": "fgsm", "params": {}},
+                                                               {"name": "pgd",
+                                                                "params": {"steps": 5}}]})
+    everything = trains + [sweep]
+    polls = 0
+    while not all(store.get(r).status in ("completed", "failed") for r in everything):
+        for r in everything:  # what the dashboard's fragments do every second or two
+            progress(store, r)
+            store.metrics(r)
+        store.mark_stale()
+        polls += 1
+        time.sleep(0.2)
+    assert [store.get(r).status for r in everything] == ["completed"] * 3, [
+        store.get(r).error for r in everything]
+    steps = 1280 // 64 * 2
+    for r in trains:
+        rows = store.metrics(r)
+        assert sum(m["name"] == "train_loss_step" for m in rows) == steps
+        assert sum(m["name"] == "lr" for m in rows) == steps // 10
+        assert sum(m["name"] == "test_acc" for m in rows) == 2
+    assert len(store.get(sweep).summary["rows"]) == 6
+    assert sum(m["name"] == "progress" for m in store.metrics(sweep)) == 6
+    assert polls > 5
+
+
+def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    model = build_model("seed-resnet", (1, 28, 28), 10)
+    path = tmp_path / "checkpoint.safetensors"
+    good = {f"model.{k}": v for k, v in model.state_dict().items()}
+    checkpoint.save(path, good, {"epoch": 1})
+    before = path.read_bytes()
+
+    def full_disk(tensors, filename, metadata=None):
+        with open(filename, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint.save(path, {k: v + 1 for k, v in good.items()}, {"epoch": 2})
+    assert path.read_bytes() == before
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+    tensors, meta = checkpoint.load(path)
+    assert meta["epoch"] == 1 and torch.equal(tensors["model.fc.weight"], good["model.fc.weight"])
+
+
+def test_uploads_that_are_not_images_or_too_big_are_refused():
+    with pytest.raises(InputError, match="not an image"):
+        read_upload(b"%PDF-1.4 definitely not a picture", [1, 28, 28])
+    with pytest.raises(InputError, match="limit is 5 MB"):
+        read_upload(b"\0" * (6 * 1024 * 1024), [1, 28, 28])
+
+
+def test_uploaded_image_is_resized_to_the_model_input(tmp_path):
+    from io import BytesIO
+
+    from PIL import Image
+
+    buf = BytesIO()
+    Image.new("RGB", (64, 48), (255, 0, 0)).save(buf, format="PNG")
+    x = read_upload(buf.getvalue(), [3, 32, 32])
+    assert x.shape == (1, 3, 32, 32) and torch.allclose(x[0, 0], torch.ones(32, 32))
+    assert read_upload(buf.getvalue(), [1, 28, 28]).shape == (1, 1, 28, 28)
+
+
+def test_imagefolder_paths_from_the_ui_are_confined(tmp_path):
+    store = RunStore(tmp_path / "r.db")
+    values = dict(TrainConfig().to_dict(), dataset="imagefolder:/etc")
+    with pytest.raises(InputError, match="outside the allowed folders"):
+        launch_training(store, values)
+    assert store.list_runs() == []
+
+
+def test_sigterm_is_a_cooperative_cancel(tmp_path):
+    from core.training import _CancelWatch, Cancelled
+
+    watch = _CancelWatch(None, None)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(Cancelled):
+            watch.check()
+    finally:
+        watch.close()
+
+
+ATTACK_PARAMS = {
+    "noise": st.fixed_dictionaries({"sigma": st.floats(-0.5, 1.5),
+                                    "distribution": st.sampled_from(["gaussian", "uniform", "x"])}),
+    "fgsm": st.fixed_dictionaries({"eps": st.floats(-0.5, 1.5), "targeted": st.booleans()}),
+    "pgd": st.fixed_dictionaries({"eps": st.floats(-0.5, 1.5), "steps": st.integers(-1, 3),
+                                  "norm": st.sampled_from(["linf", "l2", "l1"]),
+                                  "restarts": st.integers(0, 2)}),
+    "semantic": st.fixed_dictionaries({"mode": st.sampled_from(["negative", "hsv", "blur"]),
+                                       "trials": st.integers(-1, 3)}),
+    "cw": st.fixed_dictionaries({"steps": st.integers(-1, 3), "search_steps": st.integers(0, 2),
+                                 "confidence": st.floats(-1, 5), "lr": st.floats(0, 0.5)}),
+}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), name=st.sampled_from(sorted(ATTACK_PARAMS)), batch=st.integers(1, 3),
+       channels=st.sampled_from([1, 3]), size=st.sampled_from([8, 16]))
+def test_every_attack_keeps_its_contract_or_raises_a_clear_error(data, name, batch, channels,
+                                                                 size):
+    params = data.draw(ATTACK_PARAMS[name])
+    torch.manual_seed(0)
+    model = build_model("seed-resnet", (channels, size, size), 10, width=4, blocks=1)
+    x = torch.rand(batch, channels, size, size)
+    y = torch.randint(0, 10, (batch,))
+    try:
+        attack = build_attack(name, **params)
+        adv = attack(model, x, y)
+    except InputError as err:
+        assert str(err) and "\n" not in str(err)
+        return
+    assert adv.shape == x.shape and adv.dtype == x.dtype
+    assert adv.min() >= 0 and adv.max() <= 1
+    if attack.norm_bounded:
+        delta = (adv - x).flatten(1)
+        size_ = delta.norm(dim=1).max() if getattr(attack, "norm", "linf") == "l2" else delta.abs().max()
+        assert size_ <= attack.eps + 1e-5
