@@ -12,7 +12,8 @@ from .cli import attack_params, sweep_attacks, train_config
 from .jobs import run_job
 from .paths import InputError, run_dir
 from .store import RunStore
-from .training import Cancelled, TrainConfig
+from . import distributed
+from .training import Cancelled, TrainConfig, fit
 
 
 def _execute(store: RunStore, run_id: str, resume: bool = False) -> dict | None:
@@ -26,6 +27,8 @@ def _execute(store: RunStore, run_id: str, resume: bool = False) -> dict | None:
 
 def train(args: argparse.Namespace) -> int:
     """``train``: validate, create the run, train in the foreground, print the outcome."""
+    if distributed.launched_by_torchrun():
+        return _train_distributed(args)
     store = RunStore()
     if args.resume:
         return _resume(store, args.resume)
@@ -33,6 +36,29 @@ def train(args: argparse.Namespace) -> int:
     run_id = store.create_run("train", cfg.to_dict(), name=args.name)
     print(f"run {run_id}: training {cfg.model} on {cfg.dataset} for {cfg.epochs} epoch(s)")
     return _report_training(store, run_id, _execute(store, run_id))
+
+
+def _train_distributed(args: argparse.Namespace) -> int:
+    """``torchrun ... -m core train``: rank 0 creates (or resumes) the run and writes it; every
+    rank trains its shard with DistributedDataParallel."""
+    ctx = distributed.init(args.device)
+    try:
+        cfg = TrainConfig.from_dict(train_config(args))
+        store = RunStore() if ctx.is_main else None
+        run_id = args.resume
+        if ctx.is_main and not run_id:
+            run_id = store.create_run("train", cfg.to_dict(), name=args.name)
+            print(f"run {run_id}: training on {ctx.world} processes")
+        run_id = distributed.broadcast(run_id, ctx)
+        if ctx.is_main:
+            return _report_training(store, run_id,
+                                    _execute(store, run_id, resume=bool(args.resume)))
+        if args.resume:
+            cfg = TrainConfig.from_dict(RunStore().get(run_id).config)
+        fit(cfg, None, run_id, resume=bool(args.resume), progress=False)
+        return 0
+    finally:
+        distributed.shutdown()
 
 
 def resume(args: argparse.Namespace) -> int:

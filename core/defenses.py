@@ -15,6 +15,12 @@ from .attacks import PGD, attack_mode, input_grad
 from .paths import InputError
 
 
+def _inner(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper: crafting must not run DDP's
+    forward, which expects exactly one backward through the parameters per forward."""
+    return getattr(model, "module", model)
+
+
 def _ce(logits: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor:
     return F.cross_entropy(logits, y, label_smoothing=smoothing)
 
@@ -71,7 +77,7 @@ class _Adversarial(Objective):
     def craft(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """PGD examples at the current epsilon, seeded from the global (per-epoch) RNG."""
         return PGD(eps=self.current_eps, steps=self.steps, step_size=self.step_size,
-                   seed=None)(model, x, y)
+                   seed=None)(_inner(model), x, y)
 
 
 def single_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float,
@@ -84,7 +90,7 @@ def single_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, 
     if random_start:
         delta = ((torch.rand_like(x) * 2 - 1) * eps + x).clamp(0, 1) - x
     delta.requires_grad_(True)
-    loss = F.cross_entropy(model(x + delta), y, reduction="sum")
+    loss = F.cross_entropy(_inner(model)(x + delta), y, reduction="sum")
     (grad,) = torch.autograd.grad(loss, delta)
     delta = (delta.detach() + alpha * grad.sign()).clamp(-eps, eps)
     return (x + delta).clamp(0, 1).detach()
@@ -157,6 +163,7 @@ class TRADES(_Adversarial):
     def craft_kl(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Adversary of TRADES: maximize KL between clean and perturbed predictions."""
         eps, alpha = self.current_eps, self.step_size or 2.5 * self.current_eps / self.steps
+        model = _inner(model)
         with attack_mode(model):
             with torch.no_grad():
                 target = F.softmax(model(x).float(), dim=1)

@@ -145,18 +145,19 @@ def run_attack(model: nn.Module, data: TensorData, attack: Attack, batch_size: i
 
 def sweep(model: nn.Module, data: TensorData, attacks: Sequence[Attack],
           budgets: Sequence[float], batch_size: int = 250,
-          progress: Progress | None = None) -> dict:
+          progress: Progress | None = None, runner: Callable = None) -> dict:
     """Run each attack at each budget (attacks without a budget once).
 
     Returns ``rows`` (the tidy table), ``worst_case`` (per budget, accuracy when an example
     counts as robust only if every budgeted attack failed on it) and ``warnings``.
     """
+    runner = runner or run_attack  # core.distributed.sharded_attack splits it across ranks
     jobs = [(a, b) for a in attacks for b in (budgets if a.budget else [None])]
     rows, correct_by_budget = [], {}
     warnings = sanity_warnings(model, data.floats(slice(0, 64)), data.labels[:64])
     for k, (attack, budget) in enumerate(jobs):
         concrete = with_budget(attack, budget) if budget is not None else attack
-        outcome = run_attack(model, data, concrete, batch_size)
+        outcome = runner(model, data, concrete, batch_size)
         summary = outcome.summary()
         rows.append({key: summary[key] for key in (
             "attack", "budget", "n", "clean_acc", "adv_acc", "success_rate", "l2_mean",

@@ -19,6 +19,8 @@ def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str],
         hovertemplate="true %{y}<br>predicted %{x}<br>%{z} images<extra></extra>"))
     fig.update_layout(title=title, xaxis_title="predicted", yaxis_title="true",
                       yaxis_autorange="reversed", height=520, margin=dict(l=60, r=20, t=50, b=60))
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(type="category")
     return fig
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import checkpoint, data
+from . import checkpoint, data, distributed
 from .models import MODELS, build_model
 from .paths import InputError, run_dir
 from .store import RunStore
@@ -161,13 +161,13 @@ class Setup:
     device: torch.device
 
 
-def prepare(cfg: TrainConfig) -> Setup:
-    """Load data, build model, optimizer and objective for ``cfg``."""
+def prepare(cfg: TrainConfig, device: torch.device | None = None) -> Setup:
+    """Load data, build model, optimizer and objective for ``cfg`` (on ``device`` if given)."""
     from .defenses import build_defense
 
     train = data.load(cfg.dataset, "train", cfg.data_dir).subset(cfg.train_subset, cfg.seed)
     test = data.load(cfg.dataset, "test", cfg.data_dir).subset(cfg.test_subset, cfg.seed + 1)
-    device = pick_device(cfg.device)
+    device = device or pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, train.input_shape, train.num_classes, train.mean, train.std,
                         **cfg.model_args).to(device)
@@ -220,7 +220,11 @@ def fit(cfg: TrainConfig, store: RunStore | None = None, run_id: str | None = No
     data for distributed training (only rank 0 writes); ``wrap`` wraps the model (DDP).
     """
     cfg.validate()
-    setup = prepare(cfg)
+    device = None
+    if world == 1 and distributed.launched_by_torchrun():
+        ctx = distributed.init(cfg.device)
+        rank, world, device, wrap = ctx.rank, ctx.world, ctx.device, distributed.ddp_wrapper(ctx)
+    setup = prepare(cfg, device)
     folder = run_dir(run_id) if run_id else None
     writer = store if rank == 0 else None
     start_epoch, best = 0, None
@@ -230,12 +234,15 @@ def fit(cfg: TrainConfig, store: RunStore | None = None, run_id: str | None = No
             writer.clear_metrics_after(run_id, start_epoch - 1)
     net = wrap(setup.model) if wrap else setup.model
     per_rank = len(setup.train) // world
-    steps_per_epoch = max(1, math.ceil(per_rank / cfg.batch_size))
+    # --batch-size is the global batch: each rank takes its share, so N processes take the
+    # same steps with the same schedule as one.
+    steps_per_epoch = max(1, math.ceil(per_rank / max(cfg.batch_size // world, 1)))
     total = steps_per_epoch * cfg.epochs
     if writer:
         writer.set_summary(run_id, {"total_steps": total, "steps_per_epoch": steps_per_epoch,
                                     "n_train": len(setup.train), "n_test": len(setup.test),
-                                    "dataset_source": setup.train.source, "epoch": start_epoch})
+                                    "dataset_source": setup.train.source, "epoch": start_epoch,
+                                    "world_size": world})
     guard = _guard(setup)
     if guard is not None and best:
         guard.best_acc, guard.best_epoch = best["robust_acc"], best["epoch"]
@@ -281,7 +288,8 @@ def _train_epoch(setup: Setup, net: nn.Module, epoch: int, steps_per_epoch: int,
     model.train()
     loss_sum = correct = seen = 0.0
     pending: list = []
-    for i, (x, y, _) in enumerate(data.batches(setup.train, cfg.batch_size, order, augment, gen)):
+    batch = max(cfg.batch_size // world, 1)
+    for i, (x, y, _) in enumerate(data.batches(setup.train, batch, order, augment, gen)):
         if len(y) < 2:  # BatchNorm cannot train on a batch of one
             continue
         step = epoch * steps_per_epoch + i
