@@ -11,9 +11,10 @@ import time
 from common import machine
 
 from core.evaluation import clean_report
+from core.jobs import run_job
 from core.store import RunStore
 from core.tasks import test_split
-from core.training import TrainConfig, fit, load_model, run_model_path
+from core.training import TrainConfig, load_model, run_model_path
 
 SEED_ACC = 0.6518
 SETTINGS = dict(dataset="cifar10", model="seed-resnet", batch_size=128, optimizer="nesterov",
@@ -33,7 +34,7 @@ def main() -> None:
     store = RunStore()
     run_id = store.create_run("train", cfg.to_dict(), name="benchmark cifar10")
     start = time.perf_counter()
-    fit(cfg, store, run_id, progress=False)
+    run_job(store, run_id, progress=False)
     wall = time.perf_counter() - start
     per_epoch = [m["value"] for m in store.metrics(run_id, ["test_acc"])]
     for e, acc in enumerate(per_epoch, 1):

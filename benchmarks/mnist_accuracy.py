@@ -8,8 +8,9 @@ import time
 
 from common import machine
 
+from core.jobs import run_job
 from core.store import RunStore
-from core.training import TrainConfig, fit
+from core.training import TrainConfig
 
 SETTINGS = dict(dataset="mnist", model="seed-resnet", epochs=5, batch_size=128,
                 optimizer="nesterov", lr=0.1, schedule="onecycle")
@@ -21,7 +22,7 @@ def main() -> None:
     store = RunStore()
     run_id = store.create_run("train", cfg.to_dict(), name="benchmark mnist")
     start = time.perf_counter()
-    summary = fit(cfg, store, run_id, progress=False)
+    summary = run_job(store, run_id, progress=False)
     acc = summary["final"]["test_acc"]
     print(f"run {run_id}: test accuracy {acc:.2%} on {summary['n_test']} images, "
           f"wall {time.perf_counter() - start:.0f} s; target >= 99.0%: "

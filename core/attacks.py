@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Callable, ClassVar, Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .paths import InputError
+from .paths import InputError, build_registered
 
 NORMS = ("linf", "l2")
 
@@ -453,15 +453,7 @@ ATTACKS: dict[str, type[Attack]] = {
 
 def build_attack(name: str, **params) -> Attack:
     """Build a registered attack; unknown names or parameters get an error listing valid ones."""
-    if name not in ATTACKS:
-        raise InputError(f"unknown attack {name!r}; valid attacks: {', '.join(ATTACKS)}")
-    cls = ATTACKS[name]
-    valid = [f.name for f in fields(cls)]
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        raise InputError(f"unknown parameter(s) {unknown} for attack {name!r}; valid: "
-                         f"{', '.join(valid)}")
-    return cls(**params)
+    return build_registered("attack", ATTACKS, name, params)
 
 
 def with_budget(attack: Attack, value: float) -> Attack:

@@ -4,9 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import time
 from typing import Sequence
 
 from .paths import InputError

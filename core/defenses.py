@@ -4,7 +4,7 @@ examples are crafted with the attacks of :mod:`core.attacks` (eval mode, frozen 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 import torch
@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attacks import PGD, attack_mode, input_grad
-from .paths import InputError
+from .paths import InputError, build_registered
 
 
 def _inner(model: nn.Module) -> nn.Module:
@@ -235,15 +235,7 @@ SINGLE_STEP = ("fgsm-at", "fast-at")
 
 def build_defense(name: str, **params) -> Objective:
     """Build a registered defense objective; unknown names or parameters list the valid ones."""
-    if name not in DEFENSES:
-        raise InputError(f"unknown defense {name!r}; valid defenses: {', '.join(DEFENSES)}")
-    cls = DEFENSES[name]
-    valid = [f.name for f in fields(cls)]
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        raise InputError(f"unknown parameter(s) {unknown} for defense {name!r}; valid: "
-                         f"{', '.join(valid)}")
-    return cls(**params)
+    return build_registered("defense", DEFENSES, name, params)
 
 
 class RobustGuard:

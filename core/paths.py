@@ -74,3 +74,18 @@ def confine(path: str | os.PathLike, *roots: Path) -> Path:
             return resolved
     allowed = ", ".join(str(r) for r in roots)
     raise InputError(f"path {str(path)!r} is outside the allowed folders ({allowed})")
+
+
+def build_registered(kind: str, registry: dict, name: str, params: dict):
+    """Instantiate ``registry[name]`` (a dataclass) with ``params``, naming the valid names or
+    fields when either is wrong."""
+    from dataclasses import fields
+
+    if name not in registry:
+        raise InputError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(registry)}")
+    valid = [f.name for f in fields(registry[name])]
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise InputError(f"unknown parameter(s) {unknown} for {kind} {name!r}; valid: "
+                         f"{', '.join(valid)}")
+    return registry[name](**params)

@@ -6,7 +6,6 @@ import io
 import json
 import time
 from dataclasses import fields
-from pathlib import Path
 
 import pandas as pd
 import torch

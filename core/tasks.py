@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -174,7 +175,8 @@ def reproduce_task(store: RunStore, run_id: str, resume: bool, progress: bool) -
 def _bar(enabled: bool, total: int, desc: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, disable=not enabled, desc=desc, dynamic_ncols=True)
+    return tqdm(total=total, disable=not enabled or not sys.stderr.isatty(), desc=desc,
+                dynamic_ncols=True)
 
 
 def _tick(store: RunStore, run_id: str, bar, done: int, total: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -271,7 +272,9 @@ def fit(cfg: TrainConfig, store: RunStore | None = None, run_id: str | None = No
 def _progress_bar(total: int, initial: int, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="step",
+    # Only on a terminal: redirected output (logs, CI) would get thousands of bar redraws.
+    return tqdm(total=total, initial=initial, disable=not enabled or not sys.stderr.isatty(),
+                unit="step",
                 dynamic_ncols=True, desc="train")
 
 

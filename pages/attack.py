@@ -4,17 +4,14 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.attacks import ATTACKS
-from core.service import (DEFAULT_GRID, attack_single, eps_label, grid_result, grid_run,
-                          read_upload, to_display, trained_runs)
+from core.service import (attack_single, eps_label, grid_result, grid_run,
+                          read_upload, to_display)
 from core.tasks import model_for_run
-from pages.common import get_store, pick_run, show_error
+from pages.common import require_trained_runs, get_store, pick_run, show_error
 
 store = get_store()
 st.title("Attack playground")
-runs = trained_runs(store)
-if not runs:
-    st.info("No completed training runs yet. Train one on the **Train** page.")
-    st.stop()
+runs = require_trained_runs(store)
 c1, c2, c3 = st.columns([3, 1, 1])
 with c1:
     run = pick_run("Model", runs, "model")

@@ -32,6 +32,17 @@ def pick_run(label: str, runs: list, key: str, help: str | None = None):
     return choice
 
 
+def require_trained_runs(store: RunStore) -> list:
+    """Completed training runs, or a friendly note and a stop when there are none."""
+    from core.service import trained_runs
+
+    runs = trained_runs(store)
+    if not runs:
+        st.info("No completed training runs yet. Train one on the **Train** page.")
+        st.stop()
+    return runs
+
+
 def show_error(err: Exception) -> None:
     """A readable message, never a traceback."""
     if isinstance(err, InputError):

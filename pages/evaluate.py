@@ -4,16 +4,13 @@ import streamlit as st
 
 from core.evaluation import misclassified
 from core.figures import confusion_figure
-from core.service import cached_evaluation, gallery_images, trained_runs
+from core.service import cached_evaluation, gallery_images
 from core.tasks import load_report
-from pages.common import get_store, pick_run, show_error
+from pages.common import require_trained_runs, get_store, pick_run, show_error
 
 store = get_store()
 st.title("Evaluate a model")
-runs = trained_runs(store)
-if not runs:
-    st.info("No completed training runs yet. Train one on the **Train** page.")
-    st.stop()
+runs = require_trained_runs(store)
 run = pick_run("Model", runs, "model")
 evaluation = cached_evaluation(store, run.id)
 

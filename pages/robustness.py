@@ -5,15 +5,12 @@ import streamlit as st
 from core import jobs
 from core.attacks import ATTACKS
 from core.figures import robustness_figure
-from core.service import progress, run_label, sweep_curves, trained_runs
-from pages.common import get_store, show_error
+from core.service import progress, run_label, sweep_curves
+from pages.common import require_trained_runs, get_store, show_error
 
 store = get_store()
 st.title("Robustness curves")
-runs = trained_runs(store)
-if not runs:
-    st.info("No completed training runs yet. Train one on the **Train** page.")
-    st.stop()
+runs = require_trained_runs(store)
 
 with st.form("sweep-form"):
     st.markdown("**Launch a sweep**")

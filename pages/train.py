@@ -82,7 +82,6 @@ def live(run_id: str) -> None:
     cols = st.columns([3, 1, 1, 1])
     cols[0].progress(info["fraction"], text=f"{run.status} · {info['label']} · "
                      f"{fmt_seconds(info['seconds_left'])} left")
-    final = (run.summary or {}).get("final") or {}
     epoch_rows = store.metrics(run_id, ["test_acc", "robust_acc"])
     last = {m["name"]: m["value"] for m in epoch_rows}
     cols[1].metric("Clean test accuracy", f"{last['test_acc']:.2%}" if "test_acc" in last else "—")

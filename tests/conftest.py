@@ -21,6 +21,18 @@ if "ROBUSTLAB_ARTIFACTS" not in os.environ:
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def wait_for(predicate, timeout: float = 240.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` seconds pass."""
+    import time
+
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        time.sleep(0.25)
+    return False
+
+
 def has_mnist() -> bool:
     from core import data
 

@@ -3,7 +3,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.attacks import ATTACKS, PGD, build_attack, hsv_to_rgb, rgb_to_hsv, with_budget
+from core.attacks import PGD, build_attack, hsv_to_rgb, rgb_to_hsv
 from core.evaluation import run_attack, sanity_warnings, sweep
 from core.models import build_model
 from core.paths import InputError

@@ -1,15 +1,12 @@
 """streamlit.testing AppTest: every page renders; the train form creates a run; the epsilon
 slider changes the accuracy shown; the gallery filters by class."""
-import time
-
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.service import grid_run
 from core.store import RunStore
-from core.tasks import model_for_run
 
-from conftest import requires_mnist
+from conftest import wait_for, requires_mnist
 
 TIMEOUT = 60
 
@@ -26,13 +23,6 @@ def _no_exceptions(at: AppTest) -> None:
     assert not at.exception, [e.message for e in at.exception]
 
 
-def _wait(pred, timeout=180):
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return True
-        time.sleep(0.5)
-    return False
 
 
 @pytest.mark.parametrize("page", ["train", "evaluate", "attack", "robustness", "compare"])
@@ -56,7 +46,7 @@ def test_train_form_creates_a_run(tmp_path, monkeypatch):
     runs = store.list_runs(kind="train")
     assert len(runs) == 1 and runs[0].name == "apptest run"
     assert runs[0].config["epochs"] == 1 and runs[0].config["train_subset"] == 500
-    assert _wait(lambda: store.get(runs[0].id).status == "completed")
+    assert wait_for(lambda: store.get(runs[0].id).status == "completed")
 
 
 @requires_mnist
@@ -67,7 +57,7 @@ def test_pages_with_a_trained_model(mnist_model):
         at = _app(page, model=run_id, run=run_id).run()
         _no_exceptions(at)
     # evaluation runs as a job; wait for it, then the gallery filters by class
-    assert _wait(lambda: any(r.status == "completed"
+    assert wait_for(lambda: any(r.status == "completed"
                              for r in store.list_runs(kind="evaluate", parent=run_id)))
     at = _app("evaluate", model=run_id).run()
     _no_exceptions(at)
@@ -90,7 +80,7 @@ def test_epsilon_slider_changes_the_accuracy_shown(mnist_model):
     at = _app("attack", model=run_id).run()
     _no_exceptions(at)
     grid = grid_run(store, run_id, "pgd", {"steps": 10, "norm": "linf", "restarts": 1}, 200)
-    assert _wait(lambda: store.get(grid.id).status == "completed", 300), store.get(grid.id).error
+    assert wait_for(lambda: store.get(grid.id).status == "completed", 300), store.get(grid.id).error
     values = {}
     for eps in (0.0, 0.1, 0.3):
         at.select_slider(key="eps").set_value(eps).run()

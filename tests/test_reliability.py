@@ -16,23 +16,16 @@ from hypothesis import strategies as st
 from core import checkpoint, jobs
 from core.attacks import build_attack
 from core.models import build_model
-from core.paths import InputError, run_dir
+from core.paths import InputError
 from core.service import launch_training, progress, read_upload
 from core.store import RunStore
 from core.training import TrainConfig
 
-from conftest import ROOT, requires_mnist
+from conftest import wait_for, ROOT, requires_mnist
 
 SMALL = dict(dataset="mnist", train_subset=1280, test_subset=200, batch_size=64, lr=0.05)
 
 
-def _wait(pred, timeout=240.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return True
-        time.sleep(0.3)
-    return False
 
 
 @requires_mnist
@@ -47,10 +40,10 @@ def test_jobs_survive_the_process_that_launched_them():
                                 text=True, env=dict(os.environ))
     run_id = launcher.stdout.readline().strip()
     store = RunStore()
-    assert _wait(lambda: store.get(run_id).status == "running")
+    assert wait_for(lambda: store.get(run_id).status == "running")
     launcher.send_signal(signal.SIGKILL)
     launcher.wait()
-    assert _wait(lambda: store.get(run_id).status == "completed"), store.get(run_id).error
+    assert wait_for(lambda: store.get(run_id).status == "completed"), store.get(run_id).error
     assert run_id in [r.id for r in RunStore().list_runs(kind="train")]
 
 

@@ -1,4 +1,3 @@
-import math
 import os
 import signal
 import time
@@ -13,7 +12,7 @@ from core.paths import InputError, run_dir
 from core.store import RunStore
 from core.training import NonFiniteLoss, TrainConfig, fit, load_model, lr_at
 
-from conftest import requires_mnist
+from conftest import wait_for, requires_mnist
 
 SMALL = dict(dataset="mnist", train_subset=1200, test_subset=300, batch_size=64, lr=0.05)
 
@@ -102,13 +101,6 @@ def test_nan_loss_stops_without_saving_weights():
     assert not (run_dir(run_id) / "model.safetensors").exists()
 
 
-def _wait(predicate, timeout=120.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 @requires_mnist
@@ -120,13 +112,13 @@ def test_killed_worker_is_detected_and_resume_matches_uninterrupted_run():
 
     run_id = launch(store, "train", cfg)
     ckpt = run_dir(run_id) / "checkpoint.safetensors"
-    assert _wait(lambda: ckpt.exists() and store.get(run_id).status == "running")
+    assert wait_for(lambda: ckpt.exists() and store.get(run_id).status == "running")
     # let it get into the second epoch, then kill it hard
-    assert _wait(lambda: any(m["epoch"] == 1 for m in store.metrics(run_id, ["train_loss_step"])))
+    assert wait_for(lambda: any(m["epoch"] == 1 for m in store.metrics(run_id, ["train_loss_step"])))
     pid = store.get(run_id).pid
     os.kill(pid, signal.SIGKILL)
     started = time.time()
-    assert _wait(lambda: run_id in store.mark_stale() or store.get(run_id).status == "failed", 10)
+    assert wait_for(lambda: run_id in store.mark_stale() or store.get(run_id).status == "failed", 10)
     assert time.time() - started < 10
     assert "resume" in store.get(run_id).error
 
@@ -142,6 +134,6 @@ def test_killed_worker_is_detected_and_resume_matches_uninterrupted_run():
 def test_cancel_flag_stops_a_worker_cooperatively():
     store = RunStore()
     run_id = launch(store, "train", TrainConfig(epochs=20, **SMALL).to_dict())
-    assert _wait(lambda: store.get(run_id).status == "running")
+    assert wait_for(lambda: store.get(run_id).status == "running")
     store.request_cancel(run_id)
-    assert _wait(lambda: store.get(run_id).status == "cancelled", 60)
+    assert wait_for(lambda: store.get(run_id).status == "cancelled", 60)
