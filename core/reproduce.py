@@ -20,7 +20,7 @@ from .attacks import build_attack
 from .evaluation import clean_report, misclassified, run_attack, sweep
 from .paths import reports_dir, run_dir
 from .store import RunStore
-from .tasks import save_grid, table_frame, test_split
+from .tasks import save_grid, table_frame, test_split, write_table
 from .training import TrainConfig, fit, load_model, run_model_path
 
 SEED = {"cifar_acc": 0.6518, "cifar_micro_f1": 0.680, "mnist_acc": 0.9828,
@@ -151,8 +151,7 @@ def _part_b(ctx: _Context, plan: Plan) -> dict:
     ctx.store.set_summary(sweep_run, dict(result, n=len(sample), source=sample.source,
                                           model_run=child))
     ctx.store.set_status(sweep_run, "completed")
-    frame = table_frame(result["rows"])
-    frame.to_csv(ctx.folder / "mnist_attack_table.csv", index=False)
+    write_table(result, ctx.folder / "mnist_attack_table")
     curves = _curves(result["rows"])
     figures.curves_png(curves, ctx.folder / "mnist_attacks.png",
                        f"seed-resnet on MNIST ({len(sample)} test images)")

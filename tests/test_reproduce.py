@@ -20,7 +20,7 @@ def test_quick_reproduce_writes_the_whole_report():
     assert "micro-F1" in text and "seed FGSM-AT" in text and "| iat |" in text
     for name in ("cifar_confusion.png", "cifar_confusion.html", "cifar_misclassified.png",
                  "mnist_attacks.png", "mnist_attacks.html", "defenses.png", "defenses.html",
-                 "mnist_attack_table.csv", "results.json"):
+                 "mnist_attack_table.csv", "mnist_attack_table.md", "results.json"):
         assert (folder / name).stat().st_size > 0, name
     results = json.loads((folder / "results.json").read_text())
     attacks = {r["attack"] for r in results["mnist"]["rows"]}
