@@ -19,6 +19,7 @@ from .paths import InputError, artifacts_dir, check_run_id
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 KINDS = ("train", "evaluate", "attack", "sweep", "grid", "reproduce")
 STALE_AFTER_S = 15.0
+QUEUED_TIMEOUT_S = 60.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -232,6 +233,12 @@ class RunStore:
                     "worker stopped unexpectedly (no heartbeat for "
                     f"{now - (run.heartbeat or now):.0f} s); resume it to continue from the "
                     "last checkpoint"))
+                stale.append(run.id)
+        for run in self.list_runs(status="queued"):
+            if run.pid is None and now - run.created > QUEUED_TIMEOUT_S:
+                self.set_status(run.id, "failed", error=(
+                    f"no worker picked this run up within {QUEUED_TIMEOUT_S:.0f} s; launch it "
+                    "again"))
                 stale.append(run.id)
         return stale
 

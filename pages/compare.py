@@ -28,12 +28,13 @@ for r in chosen:
                  final.get("robust_acc"), **pgd, "training time": fmt_seconds(r.duration),
                  "test images": (r.summary or {}).get("n_test")})
 frame = pd.DataFrame(rows)
-st.dataframe(frame.style.format({c: "{:.2%}" for c in frame.columns
-                                 if "acc" in c or c.startswith("PGD")}, na_rep="—"),
+numeric = [c for c in frame.columns if "acc" in c or c.startswith("PGD")]
+frame[numeric] = frame[numeric].astype(float)  # None -> NaN, shown as "—"
+st.dataframe(frame.style.format({c: "{:.2%}" for c in numeric}, na_rep="—"),
              hide_index=True, width="stretch")
 st.subheader("Configuration differences")
 diff = config_diff(chosen)
 if diff.empty:
     st.caption("The configurations are identical.")
 else:
-    st.dataframe(diff.astype(str), width="stretch")
+    st.dataframe(diff.map(lambda v: "—" if v is None else str(v)), width="stretch")

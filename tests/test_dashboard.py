@@ -88,3 +88,17 @@ def test_epsilon_slider_changes_the_accuracy_shown(mnist_model):
         metric = next(m for m in at.metric if m.label == "Accuracy under attack")
         values[eps] = float(metric.value.rstrip("%"))
     assert values[0.0] > values[0.1] > values[0.3]
+
+
+def test_a_failed_run_shows_its_error_on_the_train_page(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path))
+    store = RunStore()
+    run_id = store.create_run("train", {"dataset": "mnist", "epochs": 1})
+    store.set_status(run_id, "running")
+    store._conn.execute("UPDATE runs SET heartbeat=0, pid=NULL WHERE id=?", (run_id,))
+    at = _app("train", run=run_id).run()
+    _no_exceptions(at)
+    assert store.get(run_id).status == "failed"  # the page's poll marked the dead worker
+    errors = [e.value for e in at.error]
+    assert any("worker stopped unexpectedly" in e and "resume" in e for e in errors), errors
+    assert any(b.label == "Resume from last checkpoint" for b in at.button)

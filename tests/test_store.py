@@ -66,3 +66,13 @@ def test_stale_heartbeat_marks_failed(tmp_path):
     store._conn.execute("UPDATE runs SET heartbeat=?, pid=NULL WHERE id=?", (time.time() - 60, rid))
     assert store.mark_stale() == [rid]
     assert store.get(rid).status == "failed" and "no heartbeat" in store.get(rid).error
+
+
+def test_a_queued_run_that_no_worker_picks_up_fails(tmp_path):
+    store = RunStore(tmp_path / "r.db")
+    rid = store.create_run("train", {})
+    store._conn.execute("UPDATE runs SET created=? WHERE id=?", (time.time() - 120, rid))
+    fresh = store.create_run("train", {})
+    assert store.mark_stale() == [rid]
+    assert "no worker picked this run up" in store.get(rid).error
+    assert store.get(fresh).status == "queued"

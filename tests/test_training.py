@@ -137,3 +137,14 @@ def test_cancel_flag_stops_a_worker_cooperatively():
     assert wait_for(lambda: store.get(run_id).status == "running")
     store.request_cancel(run_id)
     assert wait_for(lambda: store.get(run_id).status == "cancelled", 60)
+
+
+@requires_mnist
+def test_seed_resnet_on_real_mnist_one_epoch_reaches_95_percent():
+    store = RunStore()
+    cfg = TrainConfig(dataset="mnist", epochs=1, train_subset=10000, test_subset=2000,
+                      batch_size=64, lr=0.05, seed=0)
+    run_id = store.create_run("train", cfg.to_dict())
+    summary = run_job(store, run_id, progress=False)
+    assert summary["n_train"] == 10000 and summary["n_test"] == 2000
+    assert summary["final"]["test_acc"] >= 0.95
