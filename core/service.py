@@ -130,6 +130,12 @@ def to_display(img: torch.Tensor, scale: int = 4):
     return arr[:, :, 0] if arr.shape[2] == 1 else arr
 
 
+def amplified_perturbation(x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+    """The perturbation scaled to fill [0, 1] around mid-grey, so tiny changes are visible."""
+    delta = x_adv - x
+    return delta / (2 * delta.abs().max().clamp_min(1e-8)) + 0.5
+
+
 def attack_fields(name: str) -> list[dict]:
     """The hyperparameters of an attack (name, type, default), for building widgets."""
     if name not in ATTACKS:

@@ -4,7 +4,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.attacks import ATTACKS
-from core.service import (attack_single, eps_label, grid_result, grid_run,
+from core.service import (amplified_perturbation, attack_single, eps_label, grid_result, grid_run,
                           read_upload, to_display)
 from core.tasks import model_for_run
 from pages.common import require_trained_runs, get_store, pick_run, show_error
@@ -92,8 +92,7 @@ def examples(result: dict, classes: list) -> None:
     st.subheader("Examples")
     for k in range(min(6, len(result["x"]))):
         cols = st.columns([1, 1, 1, 2])
-        delta = result["x_adv"][k] - result["x"][k]
-        amp = (delta / (2 * delta.abs().max().clamp_min(1e-8)) + 0.5)
+        amp = amplified_perturbation(result["x"][k], result["x_adv"][k])
         cols[0].image(to_display(result["x"][k]), caption="clean", width="stretch")
         cols[1].image(to_display(result["x_adv"][k]), caption="adversarial", width="stretch")
         cols[2].image(to_display(amp), caption="perturbation (amplified)", width="stretch")
