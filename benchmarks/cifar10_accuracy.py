@@ -26,10 +26,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=SETTINGS["lr"])
     parser.add_argument("--batch-size", type=int, default=SETTINGS["batch_size"])
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     args = parser.parse_args()
     print(f"machine: {machine()}")
     cfg = TrainConfig(**dict(SETTINGS, epochs=args.epochs, lr=args.lr,
-                                batch_size=args.batch_size))
+                                batch_size=args.batch_size, precision=args.precision))
     print(f"config: {cfg.to_dict()}")
     store = RunStore()
     run_id = store.create_run("train", cfg.to_dict(), name="benchmark cifar10")

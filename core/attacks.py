@@ -31,8 +31,11 @@ def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
     model.eval()
     for p, _ in flags:
         p.requires_grad_(False)
+    device = flags[0][0].device.type if flags else "cpu"
     try:
-        yield model
+        # Attack gradients in float32 even inside a mixed-precision training step.
+        with torch.autocast(device, enabled=False):
+            yield model
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)

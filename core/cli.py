@@ -96,6 +96,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--eps-ramp", type=int, help="grow eps linearly over the first N epochs")
     p.add_argument("--robust-eps", type=float, help="eps of the per-epoch PGD check")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="bf16 autocast for training (auto: on GPU only; attacks stay fp32)")
     p.add_argument("--name", help="a label for the run")
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
 
@@ -145,7 +147,7 @@ def train_config(args: argparse.Namespace) -> dict:
             "test_subset": args.test_subset, "augment": False if args.no_augment else None,
             "defense": args.defense, "defense_args": defense_args,
             "robust_eval": {"eps": args.robust_eps} if args.robust_eps is not None else {},
-            "data_dir": args.data_dir, "device": args.device}
+            "data_dir": args.data_dir, "device": args.device, "precision": args.precision}
 
 
 def attack_params(args: argparse.Namespace) -> dict:

@@ -90,7 +90,8 @@ def single_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, 
     if random_start:
         delta = ((torch.rand_like(x) * 2 - 1) * eps + x).clamp(0, 1) - x
     delta.requires_grad_(True)
-    loss = F.cross_entropy(_inner(model)(x + delta), y, reduction="sum")
+    with torch.autocast(x.device.type, enabled=False):  # the step's gradient in float32
+        loss = F.cross_entropy(_inner(model)(x + delta), y, reduction="sum")
     (grad,) = torch.autograd.grad(loss, delta)
     delta = (delta.detach() + alpha * grad.sign()).clamp(-eps, eps)
     return (x + delta).clamp(0, 1).detach()

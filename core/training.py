@@ -22,6 +22,7 @@ from .store import RunStore
 
 OPTIMIZERS = ("sgd", "nesterov", "adam")
 SCHEDULES = ("onecycle", "cosine", "constant")
+PRECISIONS = ("auto", "fp32", "bf16")
 LOG_EVERY_STEPS = 10
 
 
@@ -57,6 +58,7 @@ class TrainConfig:
     robust_eval: dict = field(default_factory=dict)
     data_dir: str | None = None
     device: str = "auto"
+    precision: str = "auto"
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -85,6 +87,7 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("defense", self.defense, tuple(DEFENSES))
+        _choice("precision", self.precision, PRECISIONS)
         _positive_int("epochs", self.epochs)
         _positive_int("batch size", self.batch_size)
         for name in ("train_subset", "test_subset"):
@@ -300,7 +303,8 @@ def _train_epoch(setup: Setup, net: nn.Module, epoch: int, steps_per_epoch: int,
             group["lr"] = lr_at(cfg, step, total)
         x = x.to(setup.device, memory_format=torch.channels_last)
         y = y.to(setup.device)
-        loss, logits = setup.objective(net, x, y)
+        with torch.autocast(setup.device.type, dtype=torch.bfloat16, enabled=_bf16(setup)):
+            loss, logits = setup.objective(net, x, y)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(
                 f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; stopped without "
@@ -322,6 +326,12 @@ def _train_epoch(setup: Setup, net: nn.Module, epoch: int, steps_per_epoch: int,
     if writer and pending:
         writer.log_metrics(run_id, pending)
     return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
+
+
+def _bf16(setup: Setup) -> bool:
+    """bfloat16 autocast for the training forward: asked for, or 'auto' on a GPU."""
+    p = setup.cfg.precision
+    return p == "bf16" or (p == "auto" and setup.device.type == "cuda")
 
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:

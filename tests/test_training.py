@@ -10,7 +10,7 @@ from core.jobs import launch, run_job
 from core.models import build_model
 from core.paths import InputError, run_dir
 from core.store import RunStore
-from core.training import NonFiniteLoss, TrainConfig, fit, load_model, lr_at
+from core.training import NonFiniteLoss, TrainConfig, fit, load_model, lr_at, run_model_path
 
 from conftest import wait_for, requires_mnist
 
@@ -148,3 +148,29 @@ def test_seed_resnet_on_real_mnist_one_epoch_reaches_95_percent():
     summary = run_job(store, run_id, progress=False)
     assert summary["n_train"] == 10000 and summary["n_test"] == 2000
     assert summary["final"]["test_acc"] >= 0.95
+
+
+@requires_mnist
+def test_bf16_training_keeps_attack_gradients_in_float32():
+    from core.attacks import input_grad, attack_mode
+
+    store = RunStore()
+    acc = {}
+    for precision in ("fp32", "bf16"):
+        cfg = TrainConfig(epochs=1, precision=precision, **SMALL)
+        rid = store.create_run("train", cfg.to_dict())
+        acc[precision] = run_job(store, rid, progress=False)["final"]["test_acc"]
+    assert abs(acc["bf16"] - acc["fp32"]) <= 0.03, acc
+    cfg = TrainConfig(epochs=1, precision="bf16", defense="fast-at", defense_args={"eps": 0.1},
+                      **SMALL)
+    run_id = store.create_run("train", cfg.to_dict())
+    summary = run_job(store, run_id, progress=False)
+    assert summary["final"]["test_acc"] > 0.5  # chance is 0.1
+    model, _ = load_model(run_model_path(run_id))
+    x = torch.rand(4, 1, 28, 28)
+    with torch.autocast("cpu", dtype=torch.bfloat16), attack_mode(model):
+        grad, logits = input_grad(model, x, torch.zeros(4, dtype=torch.long),
+                                  lambda z, t: torch.nn.functional.cross_entropy(z, t))
+    assert grad.dtype == torch.float32 and logits.dtype == torch.float32
+    with pytest.raises(InputError, match="valid: auto, fp32, bf16"):
+        TrainConfig.from_dict(dict(SMALL, precision="fp8"))
