@@ -2,7 +2,6 @@
 that writes to the run store and beats a heartbeat; anyone can launch, watch or cancel it."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -123,9 +122,3 @@ def worker_main(run_id: str, resume_flag: bool = False) -> int:
     finally:
         store.close()
     return 0
-
-
-def describe(store: RunStore, run_id: str) -> str:
-    """A one-line JSON description of a run (for logs and the CLI)."""
-    run = store.get(run_id)
-    return json.dumps({"id": run.id, "kind": run.kind, "status": run.status, "error": run.error})

@@ -7,6 +7,7 @@ import json
 import time
 from dataclasses import fields
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -113,12 +114,16 @@ def cached_evaluation(store: RunStore, model_run: str) -> Run:
     return store.get(run_id)
 
 
-def gallery_images(model_run: str, meta_dataset: str, records: list[dict],
-                   data_dir: str | None = None) -> list:
+def gallery_images(meta_dataset: str, records: list[dict], data_dir: str | None = None) -> list:
     """uint8 HWC arrays of the examples named by ``records`` (test split, original index)."""
     split = data.load(meta_dataset, "test", data_dir)
     imgs = split.images[[r["index"] for r in records]] if records else split.images[:0]
     return [to_display(img) for img in imgs]
+
+
+def classes_for_run(run: Run) -> list[str]:
+    """Class names of a training run's dataset (the split is cached in memory)."""
+    return data.load(run.config["dataset"], "test", run.config.get("data_dir")).classes
 
 
 def to_display(img: torch.Tensor, scale: int = 4):
@@ -188,7 +193,7 @@ def read_upload(raw: bytes, input_shape: list[int]) -> torch.Tensor:
                          "BMP, GIF or WebP)") from err
     c, h, w = input_shape
     img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
-    t = torch.from_numpy(__import__("numpy").asarray(img).copy()).float() / 255
+    t = torch.from_numpy(np.asarray(img).copy()).float() / 255
     return (t.unsqueeze(0) if c == 1 else t.permute(2, 0, 1)).unsqueeze(0)
 
 

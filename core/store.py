@@ -120,10 +120,10 @@ class RunStore:
     def get(self, run_id: str) -> Run:
         """Fetch one run, raising RunNotFound with a clear message when absent."""
         check_run_id(run_id)
-        row = self._conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-        if row is None:
+        rows = self._runs("SELECT * FROM runs WHERE id = ?", (run_id,))
+        if not rows:
             raise RunNotFound(f"no run with id {run_id!r}; list runs with `python -m core runs`")
-        return self._to_run(row)
+        return rows[0]
 
     def list_runs(self, kind: str | None = None, parent: str | None = None,
                   status: str | None = None) -> list[Run]:
@@ -133,12 +133,15 @@ class RunStore:
             if val is not None:
                 sql += f" AND {col} = ?"
                 params.append(val)
-        rows = self._conn.execute(sql + " ORDER BY created DESC", params).fetchall()
-        return [self._to_run(r) for r in rows]
+        return self._runs(sql + " ORDER BY created DESC", params)
 
-    def _to_run(self, row: tuple) -> Run:
-        cols = [d[0] for d in self._conn.execute("SELECT * FROM runs LIMIT 0").description]
-        rec = dict(zip(cols, row))
+    def _runs(self, sql: str, params) -> list[Run]:
+        cursor = self._conn.execute(sql, tuple(params))
+        cols = [d[0] for d in cursor.description]
+        return [self._to_run(dict(zip(cols, row))) for row in cursor.fetchall()]
+
+    @staticmethod
+    def _to_run(rec: dict) -> Run:
         for key in ("config", "summary", "warnings"):
             rec[key] = json.loads(rec[key]) if rec[key] else None
         rec["warnings"] = rec["warnings"] or []

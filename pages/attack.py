@@ -4,8 +4,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.attacks import ATTACKS
-from core.service import (amplified_perturbation, attack_single, eps_label, grid_result, grid_run,
-                          read_upload, to_display)
+from core.service import (amplified_perturbation, attack_single, classes_for_run, eps_label,
+                          grid_result, grid_run, read_upload, to_display)
 from core.tasks import model_for_run
 from pages.common import require_trained_runs, get_store, pick_run, show_error
 
@@ -66,7 +66,7 @@ def show(grid_id: str, index: int) -> None:
     if result is None:
         st.info("This epsilon is still being computed…")
         return
-    classes = run_classes()
+    classes = classes_for_run(run)
     m = st.columns(4)
     m[0].metric("Clean accuracy", f"{result['clean_acc']:.2%}")
     m[1].metric("Accuracy under attack", f"{result['adv_acc']:.2%}",
@@ -80,12 +80,6 @@ def show(grid_id: str, index: int) -> None:
                             xaxis_title="epsilon", yaxis_tickformat=".0%", yaxis_range=[0, 1])
         st.plotly_chart(curve, width="stretch", key=f"curve-{len(done)}")
     examples(result, classes)
-
-
-def run_classes():
-    from core.data import load
-
-    return load(run.config["dataset"], "test", run.config.get("data_dir")).classes
 
 
 def examples(result: dict, classes: list) -> None:

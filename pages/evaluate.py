@@ -68,7 +68,7 @@ page = f3.number_input(f"Page (of {pages})", 1, pages, 1)
 st.caption(f"{len(wrong)} misclassified examples match.")
 shown = wrong[(page - 1) * per_page: page * per_page]
 try:
-    images = gallery_images(run.id, run.config["dataset"], shown, run.config.get("data_dir"))
+    images = gallery_images(run.config["dataset"], shown, run.config.get("data_dir"))
 except Exception as err:
     show_error(err)
     images = []
