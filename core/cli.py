@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="final weights, or best by robust accuracy (defended runs)")
     p.add_argument("--split", choices=("train", "test"), default="test")
     p.add_argument("-n", type=int, default=None, help="evaluate on a subset of N examples")
+    _device_option(p)
     _attack_parser(sub)
     _sweep_parser(sub)
     p = sub.add_parser("runs", help="table of runs")
@@ -95,7 +97,7 @@ def _train_parser(sub) -> None:
                    help="other defense parameter, e.g. beta=6 (trades), alpha=1 (iat)")
     p.add_argument("--eps-ramp", type=int, help="grow eps linearly over the first N epochs")
     p.add_argument("--robust-eps", type=float, help="eps of the per-epoch PGD check")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    _device_option(p)
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="bf16 autocast for training (auto: on GPU only; attacks stay fp32)")
     p.add_argument("--name", help="a label for the run")
@@ -114,6 +116,7 @@ def _attack_parser(sub) -> None:
     p.add_argument("-n", type=int, default=1000, help="test examples to attack (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="which sample of the test split")
     p.add_argument("--which", choices=("final", "best"), default="final")
+    _device_option(p)
 
 
 def _sweep_parser(sub) -> None:
@@ -127,6 +130,13 @@ def _sweep_parser(sub) -> None:
     p.add_argument("-n", type=int, default=1000, help="test examples (default 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--which", choices=("final", "best"), default="final")
+    _device_option(p)
+
+
+def _device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when available), cpu, cuda or cuda:N; under torchrun each "
+                   "rank uses its local GPU")
 
 
 def train_config(args: argparse.Namespace) -> dict:
@@ -187,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank has the error
+            print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Callable
 
 import pandas as pd
 
@@ -13,7 +14,8 @@ from .jobs import run_job
 from .paths import InputError, run_dir
 from .store import RunStore
 from . import distributed
-from .training import Cancelled, TrainConfig, fit
+from .tasks import follow, model_path
+from .training import Cancelled, TrainConfig, fit, pick_device
 
 
 def _execute(store: RunStore, run_id: str, resume: bool = False) -> dict | None:
@@ -39,23 +41,32 @@ def train(args: argparse.Namespace) -> int:
 
 
 def _train_distributed(args: argparse.Namespace) -> int:
-    """``torchrun ... -m core train``: rank 0 creates (or resumes) the run and writes it; every
-    rank trains its shard with DistributedDataParallel."""
+    """``torchrun ... -m core train``: rank 0 checks the input and creates (or resumes) the run
+    and writes it; every rank trains its shard with DistributedDataParallel."""
     ctx = distributed.init(args.device)
     try:
-        cfg = TrainConfig.from_dict(train_config(args))
         store = RunStore() if ctx.is_main else None
-        run_id = args.resume
-        if ctx.is_main and not run_id:
+
+        def plan() -> tuple[str, dict]:
+            if args.resume:
+                _reopen(store, args.resume)
+                print(f"resuming {args.resume} from its last checkpoint on {ctx.world} processes")
+                return args.resume, store.get(args.resume).config
+            cfg = TrainConfig.from_dict(train_config(args))
             run_id = store.create_run("train", cfg.to_dict(), name=args.name)
-            print(f"run {run_id}: training on {ctx.world} processes")
-        run_id = distributed.broadcast(run_id, ctx)
+            print(f"run {run_id}: training {cfg.model} on {cfg.dataset} for {cfg.epochs} "
+                  f"epoch(s) on {ctx.world} processes")
+            return run_id, cfg.to_dict()
+
+        run_id, config = distributed.decide(ctx, plan)
         if ctx.is_main:
             return _report_training(store, run_id,
                                     _execute(store, run_id, resume=bool(args.resume)))
-        if args.resume:
-            cfg = TrainConfig.from_dict(RunStore().get(run_id).config)
-        fit(cfg, None, run_id, resume=bool(args.resume), progress=False)
+        try:
+            fit(TrainConfig.from_dict(config), None, run_id, resume=bool(args.resume),
+                progress=False)
+        except Cancelled:  # rank 0 reports it; every rank stopped at the same step
+            return 1
         return 0
     finally:
         distributed.shutdown()
@@ -66,13 +77,21 @@ def resume(args: argparse.Namespace) -> int:
     return _resume(RunStore(), args.run)
 
 
-def _resume(store: RunStore, run_id: str) -> int:
+def _reopen(store: RunStore, run_id: str) -> None:
+    """Check that a training run can be resumed and queue it again (which also clears the
+    cancel request that stopped it, or it would stop again at its first step)."""
+    store.mark_stale()  # a worker that died without a word is failed, hence resumable
     run = store.get(run_id)
     if run.kind != "train" or run.status in ("completed", "running"):
         raise InputError(f"run {run_id} is a {run.status} {run.kind} run; only failed or "
                          "cancelled training runs can be resumed")
     if not (run_dir(run_id) / "checkpoint.safetensors").exists():
         raise InputError(f"run {run_id} has no checkpoint to resume from")
+    store.set_status(run_id, "queued")
+
+
+def _resume(store: RunStore, run_id: str) -> int:
+    _reopen(store, run_id)
     print(f"resuming {run_id} from its last checkpoint")
     return _report_training(store, run_id, _execute(store, run_id, resume=True))
 
@@ -91,16 +110,52 @@ def _report_training(store: RunStore, run_id: str, summary: dict | None) -> int:
     return 0
 
 
+def _job(args: argparse.Namespace, kind: str, plan: Callable[[RunStore], dict],
+         report: Callable[[RunStore, str, dict], int]) -> int:
+    """Validate with ``plan`` (which returns the run's config), create the run, execute it here
+    and print it with ``report``. Under torchrun every rank computes its shard of the examples
+    and rank 0 alone creates, writes and prints the run."""
+    if not distributed.launched_by_torchrun():
+        store = RunStore()
+        run_id = store.create_run(kind, plan(store), parent=args.run)
+        summary = _execute(store, run_id)
+        return 1 if summary is None else report(store, run_id, summary)
+    ctx = distributed.init(args.device)
+    try:
+        store = RunStore() if ctx.is_main else None
+
+        def create() -> tuple[str, dict]:
+            config = plan(store)
+            return store.create_run(kind, config, parent=args.run), config
+
+        run_id, config = distributed.decide(ctx, create)
+        if not ctx.is_main:
+            follow(kind, config)
+            return 0
+        summary = _execute(store, run_id)
+        return 1 if summary is None else report(store, run_id, summary)
+    finally:
+        distributed.shutdown()
+
+
+def _model_config(store: RunStore, args: argparse.Namespace) -> dict:
+    """The part of a job's config that names the model, after checking it exists."""
+    model_path(store, args.run, args.which)
+    pick_device(args.device)
+    return {"model_run": args.run, "which": args.which, "data_dir": args.data_dir,
+            "device": args.device}
+
+
 def evaluate(args: argparse.Namespace) -> int:
     """``evaluate RUN``: clean metrics, per-class table, confusion matrix, misclassified grid."""
-    store = RunStore()
-    store.get(args.run)
-    config = {"model_run": args.run, "which": args.which, "split": args.split, "n": args.n,
-              "data_dir": args.data_dir}
-    run_id = store.create_run("evaluate", config, parent=args.run)
-    s = _execute(store, run_id)
-    if s is None:
-        return 1
+    def plan(store: RunStore) -> dict:
+        return dict(_model_config(store, args), split=args.split, n=args.n)
+
+    return _job(args, "evaluate", plan, lambda store, run_id, s: _print_evaluation(
+        run_id, args, s))
+
+
+def _print_evaluation(run_id: str, args: argparse.Namespace, s: dict) -> int:
     print(f"evaluation {run_id} of {args.run} on {s['n']:,} {args.split} images ({s['source']})")
     print(f"  accuracy {s['accuracy']:.2%}   micro-F1 {s['micro_f1']:.2%}   "
           f"macro-F1 {s['macro_f1']:.2%}   (micro-F1 equals accuracy for single-label data)")
@@ -115,43 +170,43 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def attack(args: argparse.Namespace) -> int:
     """``attack RUN``: one attack on a test sample; prints accuracy, success rate, norms."""
-    store = RunStore()
-    store.get(args.run)
-    params = attack_params(args)
-    atk = build_attack(args.attack, **params)
-    config = {"model_run": args.run, "attack": args.attack, "params": atk.params(), "n": args.n,
-              "seed": args.seed, "which": args.which, "data_dir": args.data_dir}
-    run_id = store.create_run("attack", config, parent=args.run)
-    s = _execute(store, run_id)
-    if s is None:
-        return 1
-    print(f"attack {run_id}: {args.attack} {atk.params()} on {s['n']:,} test images")
-    print(f"  clean accuracy {s['clean_acc']:.2%}  ->  under attack {s['adv_acc']:.2%}   "
-          f"success rate {s['success_rate']:.2%}")
-    print(f"  perturbation of flipped examples: L2 mean {s['l2_mean']:.4f} median "
-          f"{s['l2_median']:.4f}; L-inf mean {s['linf_mean']:.4f}")
-    for warning in store.get(run_id).warnings:
-        print(f"  warning: {warning}")
-    print(f"  records {run_dir(run_id) / 'records.csv'}")
-    return 0
+    atk = build_attack(args.attack, **attack_params(args))
+
+    def plan(store: RunStore) -> dict:
+        return dict(_model_config(store, args), attack=args.attack, params=atk.params(),
+                    n=args.n, seed=args.seed)
+
+    def report(store: RunStore, run_id: str, s: dict) -> int:
+        print(f"attack {run_id}: {args.attack} {atk.params()} on {s['n']:,} test images")
+        print(f"  clean accuracy {s['clean_acc']:.2%}  ->  under attack {s['adv_acc']:.2%}   "
+              f"success rate {s['success_rate']:.2%}")
+        print(f"  perturbation of flipped examples: L2 mean {s['l2_mean']:.4f} median "
+              f"{s['l2_median']:.4f}; L-inf mean {s['linf_mean']:.4f}")
+        for warning in store.get(run_id).warnings:
+            print(f"  warning: {warning}")
+        print(f"  records {run_dir(run_id) / 'records.csv'}")
+        return 0
+
+    return _job(args, "attack", plan, report)
 
 
 def sweep(args: argparse.Namespace) -> int:
     """``sweep RUN``: attacks over a grid of budgets, printed as the attack table and saved."""
-    store = RunStore()
-    store.get(args.run)
     specs = sweep_attacks(args)
     for spec in specs:
         build_attack(spec["name"], **spec["params"])
     bad = [e for e in args.eps if not 0 <= e <= 1]
     if bad:
         raise InputError(f"budgets must lie in [0, 1] (pixel units), got {bad}")
-    config = {"model_run": args.run, "attacks": specs, "budgets": args.eps, "n": args.n,
-              "seed": args.seed, "which": args.which, "data_dir": args.data_dir}
-    run_id = store.create_run("sweep", config, parent=args.run)
-    s = _execute(store, run_id)
-    if s is None:
-        return 1
+
+    def plan(store: RunStore) -> dict:
+        return dict(_model_config(store, args), attacks=specs, budgets=args.eps, n=args.n,
+                    seed=args.seed)
+
+    return _job(args, "sweep", plan, lambda store, run_id, s: _print_sweep(run_id, args, s))
+
+
+def _print_sweep(run_id: str, args: argparse.Namespace, s: dict) -> int:
     from .tasks import table_frame
 
     print(f"sweep {run_id} of {args.run} on {s['n']:,} test images ({s['source']})")

@@ -248,6 +248,7 @@ class RobustGuard:
         self.x, self.y, self.attack, self.collapse_drop = x, y, attack, collapse_drop
         self.best_acc = -math.inf
         self.best_epoch: int | None = None
+        self.collapsed = False
 
     @classmethod
     def for_config(cls, cfg, test) -> "RobustGuard":
@@ -276,13 +277,17 @@ class RobustGuard:
         return {"robust_acc": correct / max(len(self.x), 1), "robust_eps": self.attack.eps}
 
     def update(self, history: dict, epoch: int) -> tuple[str | None, bool]:
-        """Record an epoch's robust accuracy; return (collapse warning or None, is_best)."""
+        """Record an epoch's robust accuracy; return (collapse warning or None, is_best). A
+        collapse is reported once, at its first epoch; it is reported again only after the
+        accuracy came back within ``collapse_drop`` of the best and fell once more."""
         acc = history["robust_acc"]
         warning = None
-        if self.best_epoch is not None and acc < self.best_acc - self.collapse_drop:
+        below = self.best_epoch is not None and acc < self.best_acc - self.collapse_drop
+        if below and not self.collapsed:
             warning = (f"catastrophic overfitting suspected at epoch {epoch + 1}: PGD accuracy "
                        f"fell from {self.best_acc:.1%} (epoch {self.best_epoch}) to {acc:.1%}; "
                        f"the best checkpoint by robust accuracy is kept (best.safetensors)")
+        self.collapsed = below
         is_best = acc >= self.best_acc
         if is_best:
             self.best_acc, self.best_epoch = acc, epoch + 1

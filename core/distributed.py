@@ -8,15 +8,20 @@ equal a single-process run's.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
 
 from .data import TensorData
+from .paths import InputError
 
 if TYPE_CHECKING:
     from .evaluation import AttackOutcome
@@ -45,6 +50,9 @@ def init(device: str = "auto") -> Context:
     """Join the process group described by torchrun's environment (a no-op for one process)."""
     if not launched_by_torchrun():
         return Context()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} requested but no CUDA GPU is available; use cpu "
+                         "or auto")
     use_cuda = torch.cuda.is_available() and device != "cpu"
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
@@ -52,6 +60,16 @@ def init(device: str = "auto") -> Context:
     dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
+    return Context(dist.get_rank(), dist.get_world_size(), dev)
+
+
+def current() -> Context:
+    """The context of the process group this process has joined (one process when none)."""
+    if not dist.is_initialized():
+        return Context()
+    dev = torch.device("cpu")
+    if dist.get_backend() == "nccl":
+        dev = torch.device(f"cuda:{torch.cuda.current_device()}")
     return Context(dist.get_rank(), dist.get_world_size(), dev)
 
 
@@ -68,6 +86,50 @@ def broadcast(value, ctx: Context):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def decide(ctx: Context, plan: Callable[[], Any]) -> Any:
+    """Rank 0 runs ``plan`` (validation, creating the run) and every rank gets its result; an
+    InputError on rank 0 is raised on every rank, so no rank waits for a peer that gave up."""
+    outcome: dict = {}
+    if ctx.is_main:
+        try:
+            outcome = {"value": plan()}
+        except InputError as err:
+            outcome = {"error": str(err)}
+    outcome = broadcast(outcome, ctx)
+    if "error" in outcome:
+        raise InputError(outcome["error"])
+    return outcome["value"]
+
+
+def any_rank(flag: bool, ctx: Context) -> bool:
+    """Whether ``flag`` holds on any rank (every rank must call this at the same point)."""
+    if ctx.world == 1:
+        return flag
+    box = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return bool(box.item())
+
+
+def shared_checkpoint(path: str | Path | None, ctx: Context) -> tuple[dict[str, torch.Tensor], dict]:
+    """Rank 0 reads and verifies a checkpoint and sends it to every rank as safetensors bytes,
+    so nodes without a shared file system resume and evaluate from the same weights."""
+    from . import checkpoint
+
+    if ctx.world == 1:
+        return checkpoint.load(path)
+    payload: list = [None, None]
+    if ctx.is_main:
+        tensors, meta = checkpoint.load(path)
+        blob = safetensors_save({k: v.contiguous() for k, v in tensors.items()})
+        payload = [len(blob), json.dumps(meta)]
+    payload = broadcast(payload, ctx)
+    buffer = torch.empty(payload[0], dtype=torch.uint8, device=ctx.device)
+    if ctx.is_main:
+        buffer.copy_(torch.frombuffer(bytearray(blob), dtype=torch.uint8))
+    dist.broadcast(buffer, src=0)
+    return safetensors_load(buffer.cpu().numpy().tobytes()), json.loads(payload[1])
 
 
 def ddp_wrapper(ctx: Context) -> Callable[[nn.Module], nn.Module] | None:
@@ -91,19 +153,61 @@ def sharded_attack(ctx: Context, batch_size: int = 250) -> Callable[..., "Attack
                keep_examples: int = 0, progress=None) -> AttackOutcome:
         if ctx.world == 1:
             return run_attack(model, data, attack, batch_size_, keep_examples, progress)
-        starts = list(range(0, len(data), batch_size_))[ctx.rank::ctx.world]
-        mine = torch.cat([torch.arange(s, min(s + batch_size_, len(data))) for s in starts]) \
-            if starts else torch.empty(0, dtype=torch.long)
-        local = run_attack(model, _take(data, mine), attack, batch_size_, 0, None)
-        parts: list = [None] * ctx.world
-        dist.all_gather_object(parts, (mine, _tensors(local)))
-        positions = torch.cat([p[0] for p in parts])
-        order = torch.argsort(positions)
-        merged = {k: torch.cat([p[1][k] for p in parts])[order] for k in parts[0][1]}
-        return AttackOutcome(local.attack, local.params, local.budget, classes=data.classes,
-                             examples={}, **merged)
+        mine = my_positions(ctx, len(data), batch_size_)
+        local = None
+        if len(mine):
+            # Rank 0 holds the first batch, so the examples it keeps are the single run's too.
+            local = run_attack(model, _take(data, mine), attack, batch_size_,
+                               keep_examples if ctx.is_main else 0,
+                               _scaled(progress, len(data)) if ctx.is_main else None)
+        merged = gather_in_order(ctx, mine, _tensors(local) if local else {})
+        budget = getattr(attack, attack.budget) if attack.budget else None
+        return AttackOutcome(attack.name, attack.params(), budget, classes=data.classes,
+                             examples=local.examples if local else {}, **merged)
 
     return runner
+
+
+def sharded_predict(ctx: Context) -> Callable[..., torch.Tensor]:
+    """A drop-in for :func:`core.training.predict` that splits whole batches across ranks and
+    gathers the logits in their original order."""
+    from .training import predict
+
+    def runner(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+        if ctx.world == 1:
+            return predict(model, x, batch_size)
+        mine = my_positions(ctx, len(x), batch_size)
+        mine_logits = {"logits": predict(model, x[mine], batch_size)} if len(mine) else {}
+        return gather_in_order(ctx, mine, mine_logits)["logits"]
+
+    return runner
+
+
+def my_positions(ctx: Context, n: int, batch_size: int) -> torch.Tensor:
+    """Positions of the whole batches this rank handles (batch k goes to rank k mod world),
+    so batch boundaries, and with them seeded attack noise, match a single process."""
+    starts = list(range(0, n, batch_size))[ctx.rank::ctx.world]
+    if not starts:
+        return torch.empty(0, dtype=torch.long)
+    return torch.cat([torch.arange(s, min(s + batch_size, n)) for s in starts])
+
+
+def gather_in_order(ctx: Context, positions: torch.Tensor,
+                    tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every rank's ``tensors`` (rows at ``positions``), concatenated in position order. A rank
+    with no rows passes an empty dict."""
+    parts: list = [None] * ctx.world
+    dist.all_gather_object(parts, (positions, {k: v.cpu() for k, v in tensors.items()}))
+    parts = [p for p in parts if len(p[0])]
+    order = torch.argsort(torch.cat([p[0] for p in parts]))
+    return {k: torch.cat([p[1][k] for p in parts])[order] for k in parts[0][1]}
+
+
+def _scaled(progress, total: int):
+    """Rank 0's progress through its shard, reported as progress through the whole split."""
+    if progress is None:
+        return None
+    return lambda done, mine: progress(min(total, round(done / max(mine, 1) * total)), total)
 
 
 _TENSOR_FIELDS = ("clean_pred", "clean_conf", "adv_pred", "adv_conf", "l2", "linf", "labels",

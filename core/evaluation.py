@@ -17,9 +17,11 @@ from .training import predict
 Progress = Callable[[int, int], None]
 
 
-def clean_report(model: nn.Module, data: TensorData, batch_size: int = 500) -> dict:
-    """Metrics of ``model`` on ``data`` plus per-example predictions and confidences."""
-    logits = predict(model, data.floats(), batch_size)
+def clean_report(model: nn.Module, data: TensorData, batch_size: int = 500,
+                 predictor: Callable[..., torch.Tensor] = predict) -> dict:
+    """Metrics of ``model`` on ``data`` plus per-example predictions and confidences
+    (``core.distributed.sharded_predict`` as ``predictor`` splits the work across ranks)."""
+    logits = predictor(model, data.floats(), batch_size)
     probs = F.softmax(logits, dim=1)
     conf, pred = probs.max(1)
     report = classification_report(data.labels.numpy(), pred.numpy(), data.classes)
@@ -40,13 +42,15 @@ def misclassified(report: dict, true: int | None = None, pred: int | None = None
 def sanity_warnings(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[str]:
     """Signs that an evaluation would mislead: train mode, probability outputs, zero gradients."""
     warnings = []
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
     if model.training:
         warnings.append("model was in train mode; attacks evaluate it in eval mode")
     with attack_mode(model):
         with torch.no_grad():
             out = model(x[:64]).float()
-        if out.min() >= 0 and out.max() <= 1 and torch.allclose(out.sum(1), torch.ones(len(out)),
-                                                                atol=1e-3):
+        if out.min() >= 0 and out.max() <= 1 and torch.allclose(
+                out.sum(1), torch.ones(len(out), device=device), atol=1e-3):
             warnings.append("model outputs look like probabilities, not logits: gradient "
                             "attacks on softmax outputs are weakened (remove the softmax)")
         grad, _ = input_grad(model, x[:64], y[:64],

@@ -193,8 +193,10 @@ def model_meta(setup: Setup) -> dict:
 class _CancelWatch:
     """Cooperative cancellation: SIGTERM in this process, or the run store's cancel flag."""
 
-    def __init__(self, store: RunStore | None, run_id: str | None) -> None:
-        self.store, self.run_id, self.flag, self.last_poll = store, run_id, False, 0.0
+    def __init__(self, store: RunStore | None, run_id: str | None,
+                 ctx: distributed.Context | None = None) -> None:
+        self.store, self.run_id, self.ctx = store, run_id, ctx or distributed.Context()
+        self.flag, self.last_poll = False, 0.0
         self._previous = None
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._on_signal)
@@ -202,11 +204,18 @@ class _CancelWatch:
     def _on_signal(self, *_: Any) -> None:
         self.flag = True
 
-    def check(self) -> None:
+    def check(self, step: int = 0) -> None:
+        """Raise Cancelled once a stop was asked for. Ranks compare notes every
+        LOG_EVERY_STEPS steps so that all of them stop at the same step (a rank that stopped
+        alone would leave the others waiting in their next all-reduce)."""
         now = time.monotonic()
         if self.store and self.run_id and now - self.last_poll > 1.0:
             self.last_poll = now
             self.flag = self.flag or self.store.cancel_requested(self.run_id)
+        if self.ctx.world > 1:
+            if step % LOG_EVERY_STEPS:
+                return
+            self.flag = distributed.any_rank(self.flag, self.ctx)
         if self.flag:
             raise Cancelled("training cancelled")
 
@@ -216,57 +225,57 @@ class _CancelWatch:
 
 
 def fit(cfg: TrainConfig, store: RunStore | None = None, run_id: str | None = None,
-        resume: bool = False, progress: bool = True, rank: int = 0, world: int = 1,
-        wrap: Callable[[nn.Module], nn.Module] | None = None) -> dict:
+        resume: bool = False, progress: bool = True) -> dict:
     """Train per ``cfg``; log to ``store`` under ``run_id``; return the final summary.
 
-    With ``resume`` it continues from the run's last checkpoint. ``rank``/``world`` shard the
-    data for distributed training (only rank 0 writes); ``wrap`` wraps the model (DDP).
+    With ``resume`` it continues from the run's last checkpoint. Under torchrun every rank
+    trains its shard with DistributedDataParallel and only rank 0 writes.
     """
     cfg.validate()
-    device = None
-    if world == 1 and distributed.launched_by_torchrun():
-        ctx = distributed.init(cfg.device)
-        rank, world, device, wrap = ctx.rank, ctx.world, ctx.device, distributed.ddp_wrapper(ctx)
-    setup = prepare(cfg, device)
-    folder = run_dir(run_id) if run_id else None
-    writer = store if rank == 0 else None
+    ctx = distributed.init(cfg.device) if distributed.launched_by_torchrun() else None
+    setup = prepare(cfg, ctx.device if ctx else None)
+    ctx = ctx or distributed.Context(device=setup.device)
+    folder = run_dir(run_id) if run_id and ctx.is_main else None
+    writer = store if ctx.is_main else None
     start_epoch, best = 0, None
     if resume:
-        start_epoch, best = _restore(setup, folder / "checkpoint.safetensors")
+        # Only rank 0 reads the file; it sends the weights to the other ranks.
+        path = folder / "checkpoint.safetensors" if folder else None
+        start_epoch, best = _restore(setup, path, ctx)
         if writer:
             writer.clear_metrics_after(run_id, start_epoch - 1)
+    wrap = distributed.ddp_wrapper(ctx)
     net = wrap(setup.model) if wrap else setup.model
-    per_rank = len(setup.train) // world
+    per_rank = len(setup.train) // ctx.world
     # --batch-size is the global batch: each rank takes its share, so N processes take the
     # same steps with the same schedule as one.
-    steps_per_epoch = max(1, math.ceil(per_rank / max(cfg.batch_size // world, 1)))
+    steps_per_epoch = max(1, math.ceil(per_rank / max(cfg.batch_size // ctx.world, 1)))
     total = steps_per_epoch * cfg.epochs
     if writer:
         writer.set_summary(run_id, {"total_steps": total, "steps_per_epoch": steps_per_epoch,
                                     "n_train": len(setup.train), "n_test": len(setup.test),
                                     "dataset_source": setup.train.source, "epoch": start_epoch,
-                                    "world_size": world})
+                                    "world_size": ctx.world})
     guard = _guard(setup)
     if guard is not None and best:
         guard.best_acc, guard.best_epoch = best["robust_acc"], best["epoch"]
-    watch = _CancelWatch(store, run_id)
-    bar = _progress_bar(total, start_epoch * steps_per_epoch, progress and rank == 0)
+    watch = _CancelWatch(store if ctx.is_main else None, run_id, ctx)
+    bar = _progress_bar(total, start_epoch * steps_per_epoch, progress and ctx.is_main)
     history: dict = {}
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            train_stats = _train_epoch(setup, net, epoch, steps_per_epoch, total, rank, world,
+            train_stats = _train_epoch(setup, net, epoch, steps_per_epoch, total, ctx,
                                        writer, run_id, watch, bar)
             history = dict(train_stats, **evaluate_epoch(setup, guard))
             if writer:
                 writer.log_metrics(run_id, [(None, epoch, k, v) for k, v in history.items()])
             best = _maybe_best(setup, guard, history, best, folder, writer, run_id, epoch)
-            if folder and rank == 0:
+            if folder:
                 _save_checkpoint(setup, folder, epoch + 1, best)
     finally:
         bar.close()
         watch.close()
-    summary = _final(setup, folder, history, best, rank == 0)
+    summary = _final(setup, folder, history, best)
     if writer:
         writer.set_summary(run_id, dict(writer.get(run_id).summary or {}, **summary))
     return summary
@@ -282,13 +291,14 @@ def _progress_bar(total: int, initial: int, enabled: bool):
 
 
 def _train_epoch(setup: Setup, net: nn.Module, epoch: int, steps_per_epoch: int, total: int,
-                 rank: int, world: int, writer: RunStore | None, run_id: str | None,
+                 ctx: distributed.Context, writer: RunStore | None, run_id: str | None,
                  watch: _CancelWatch, bar) -> dict:
-    cfg, model = setup.cfg, setup.model
-    # Re-seeding per epoch makes a resumed run draw the same random numbers as an unbroken one.
-    torch.manual_seed(cfg.seed * 1009 + epoch)
-    gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
-    order = data.epoch_order(len(setup.train), cfg.seed, epoch, rank, world)
+    cfg, model, world = setup.cfg, setup.model, ctx.world
+    # Re-seeding per epoch makes a resumed run draw the same random numbers as an unbroken one;
+    # the rank offset gives each rank its own crops and attack starts (rank 0's are unchanged).
+    torch.manual_seed(cfg.seed * 1009 + epoch + ctx.rank * 1_000_003)
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch + ctx.rank * 1_000_003)
+    order = data.epoch_order(len(setup.train), cfg.seed, epoch, ctx.rank, world)
     augment = setup.train.augment if cfg.augment is None else cfg.augment
     setup.objective.begin_epoch(epoch)
     model.train()
@@ -305,7 +315,7 @@ def _train_epoch(setup: Setup, net: nn.Module, epoch: int, steps_per_epoch: int,
         y = y.to(setup.device)
         with torch.autocast(setup.device.type, dtype=torch.bfloat16, enabled=_bf16(setup)):
             loss, logits = setup.objective(net, x, y)
-        if not torch.isfinite(loss):
+        if not _finite_everywhere(loss, ctx):
             raise NonFiniteLoss(
                 f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; stopped without "
                 "saving these weights (lower the learning rate or check the data)")
@@ -322,10 +332,16 @@ def _train_epoch(setup: Setup, net: nn.Module, epoch: int, steps_per_epoch: int,
             pending = []
         bar.update(1)
         bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-        watch.check()
+        watch.check(i + 1)
     if writer and pending:
         writer.log_metrics(run_id, pending)
     return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
+
+
+def _finite_everywhere(loss: torch.Tensor, ctx: distributed.Context) -> bool:
+    """Whether the loss is finite on every rank: all ranks must stop together, or the ones
+    still training would wait forever in the gradient all-reduce."""
+    return not distributed.any_rank(not bool(torch.isfinite(loss)), ctx)
 
 
 def _bf16(setup: Setup) -> bool:
@@ -393,18 +409,17 @@ def _save_checkpoint(setup: Setup, folder: Path, epoch: int, best: dict | None) 
                     dict(model_meta(setup), epoch=epoch, optimizer=opt_meta, best=best))
 
 
-def _restore(setup: Setup, path: Path) -> tuple[int, dict | None]:
-    tensors, meta = checkpoint.load(path)
+def _restore(setup: Setup, path: Path | None, ctx: distributed.Context) -> tuple[int, dict | None]:
+    tensors, meta = distributed.shared_checkpoint(path, ctx)
     checkpoint.load_into(setup.model, tensors)
     checkpoint.restore_optimizer(setup.optimizer, tensors, meta["optimizer"])
     torch.set_rng_state(tensors["rng_cpu"])
     return int(meta["epoch"]), meta.get("best")
 
 
-def _final(setup: Setup, folder: Path | None, history: dict, best: dict | None,
-           write: bool) -> dict:
+def _final(setup: Setup, folder: Path | None, history: dict, best: dict | None) -> dict:
     meta = dict(model_meta(setup), epoch=setup.cfg.epochs, metrics=history)
-    if folder and write:
+    if folder:
         checkpoint.save(folder / "model.safetensors", _model_tensors(setup.model), meta)
     return {"final": history, "best": best, "n_train": len(setup.train),
             "n_test": len(setup.test), "dataset_source": setup.train.source}
@@ -413,14 +428,18 @@ def _final(setup: Setup, folder: Path | None, history: dict, best: dict | None,
 def load_model(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild a model from a checkpoint written by ``fit`` (no pickle involved)."""
     tensors, meta = checkpoint.load(path)
+    return model_from(tensors, meta, pick_device(device)), meta
+
+
+def model_from(tensors: dict[str, torch.Tensor], meta: dict, device: torch.device) -> nn.Module:
+    """A model in eval mode on ``device`` from checkpoint tensors and their sidecar."""
     try:
         model = build_model(meta["model"], meta["input_shape"], meta["num_classes"],
                             meta["mean"], meta["std"], **meta.get("model_args", {}))
     except KeyError as err:
-        raise checkpoint.CheckpointError(f"checkpoint sidecar of {path} lacks {err}") from err
+        raise checkpoint.CheckpointError(f"checkpoint sidecar lacks {err}") from err
     checkpoint.load_into(model, tensors)
-    model = model.to(pick_device(device), memory_format=torch.channels_last).eval()
-    return model, meta
+    return model.to(device, memory_format=torch.channels_last).eval()
 
 
 def run_model_path(run_id: str, which: str = "final") -> Path:

@@ -114,7 +114,7 @@ upload = st.file_uploader("An image (PNG, JPEG, …, at most 5 MB); it is resize
                           "input", type=None, key="upload")
 if upload is not None:
     try:
-        model, meta = model_for_run(store, run.id)
+        model, meta = model_for_run(store, run.id, device="cpu")  # one image: no GPU needed
         x = read_upload(upload.getvalue(), meta["input_shape"])
         single = dict(params)
         if budgeted:

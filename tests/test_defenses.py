@@ -96,6 +96,15 @@ def test_overfitting_guard_fires_on_a_constructed_collapse():
     assert guard.best_epoch == 3
 
 
+def test_overfitting_guard_warns_once_per_collapse():
+    guard = RobustGuard(torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.long), PGD(eps=0.1))
+    history = [0.40, 0.10, 0.05, 0.08, 0.38, 0.02]
+    warnings = [guard.update({"robust_acc": a}, e)[0] for e, a in enumerate(history)]
+    fired = [e + 1 for e, w in enumerate(warnings) if w]
+    assert fired == [2, 6]  # epochs 3 and 4 stay collapsed; epoch 5 recovered, 6 fell again
+    assert "epoch 6" in warnings[5] and guard.best_epoch == 1
+
+
 def test_eps_ramp_grows_linearly():
     d = build_defense("pgd-at", eps=0.3, eps_ramp_epochs=3)
     seen = []
