@@ -112,7 +112,8 @@ def any_rank(flag: bool, ctx: Context) -> bool:
     return bool(box.item())
 
 
-def shared_checkpoint(path: str | Path | None, ctx: Context) -> tuple[dict[str, torch.Tensor], dict]:
+def shared_checkpoint(path: str | Path | None,
+                      ctx: Context) -> tuple[dict[str, torch.Tensor], dict]:
     """Rank 0 reads and verifies a checkpoint and sends it to every rank as safetensors bytes,
     so nodes without a shared file system resume and evaluate from the same weights."""
     from . import checkpoint
