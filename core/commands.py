@@ -28,34 +28,23 @@ def _execute(store: RunStore, run_id: str, resume: bool = False) -> dict | None:
 
 
 def train(args: argparse.Namespace) -> int:
-    """``train``: validate, create the run, train in the foreground, print the outcome."""
-    if distributed.launched_by_torchrun():
-        return _train_distributed(args)
-    store = RunStore()
-    if args.resume:
-        return _resume(store, args.resume)
-    cfg = TrainConfig.from_dict(train_config(args))
-    run_id = store.create_run("train", cfg.to_dict(), name=args.name)
-    print(f"run {run_id}: training {cfg.model} on {cfg.dataset} for {cfg.epochs} epoch(s)")
-    return _report_training(store, run_id, _execute(store, run_id))
-
-
-def _train_distributed(args: argparse.Namespace) -> int:
-    """``torchrun ... -m core train``: rank 0 checks the input and creates (or resumes) the run
-    and writes it; every rank trains its shard with DistributedDataParallel."""
+    """``train``: validate, create (or reopen) the run, train in the foreground, print the
+    outcome. Under torchrun rank 0 checks the input and writes the run; every rank trains its
+    shard with DistributedDataParallel."""
     ctx = distributed.init(args.device)
     try:
         store = RunStore() if ctx.is_main else None
+        where = f" on {ctx.world} processes" if ctx.world > 1 else ""
 
         def plan() -> tuple[str, dict]:
             if args.resume:
                 _reopen(store, args.resume)
-                print(f"resuming {args.resume} from its last checkpoint on {ctx.world} processes")
+                print(f"resuming {args.resume} from its last checkpoint{where}")
                 return args.resume, store.get(args.resume).config
             cfg = TrainConfig.from_dict(train_config(args))
             run_id = store.create_run("train", cfg.to_dict(), name=args.name)
             print(f"run {run_id}: training {cfg.model} on {cfg.dataset} for {cfg.epochs} "
-                  f"epoch(s) on {ctx.world} processes")
+                  f"epoch(s){where}")
             return run_id, cfg.to_dict()
 
         run_id, config = distributed.decide(ctx, plan)
@@ -114,12 +103,7 @@ def _job(args: argparse.Namespace, kind: str, plan: Callable[[RunStore], dict],
          report: Callable[[RunStore, str, dict], int]) -> int:
     """Validate with ``plan`` (which returns the run's config), create the run, execute it here
     and print it with ``report``. Under torchrun every rank computes its shard of the examples
-    and rank 0 alone creates, writes and prints the run."""
-    if not distributed.launched_by_torchrun():
-        store = RunStore()
-        run_id = store.create_run(kind, plan(store), parent=args.run)
-        summary = _execute(store, run_id)
-        return 1 if summary is None else report(store, run_id, summary)
+    and rank 0 alone creates, writes and prints the run (one process is rank 0 of 1)."""
     ctx = distributed.init(args.device)
     try:
         store = RunStore() if ctx.is_main else None

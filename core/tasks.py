@@ -15,7 +15,7 @@ from .evaluation import (AttackOutcome, Progress, clean_report, misclassified, r
                          sanity_warnings, sweep)
 from .paths import InputError, run_dir
 from .store import RunStore
-from .training import TrainConfig, fit, load_model, model_from, run_model_path
+from .training import TrainConfig, fit, load_model, model_from, pick_device, run_model_path
 
 
 def model_path(store: RunStore, run_id: str, which: str = "final") -> Path:
@@ -36,13 +36,11 @@ def job_model(store: RunStore | None, cfg: dict) -> tuple[nn.Module, dict]:
     """The model a job's config names. Under torchrun rank 0 reads the file and sends it to
     the other ranks (which have no run store), and each rank uses its own device."""
     ctx = distributed.current()
-    if ctx.world == 1:
-        return model_for_run(store, cfg["model_run"], cfg.get("which", "final"),
-                             cfg.get("device", "auto"))
     path = model_path(store, cfg["model_run"], cfg.get("which", "final")) if ctx.is_main \
         else None
     tensors, meta = distributed.shared_checkpoint(path, ctx)
-    return model_from(tensors, meta, ctx.device), meta
+    device = ctx.device if ctx.world > 1 else pick_device(cfg.get("device", "auto"))
+    return model_from(tensors, meta, device), meta
 
 
 def test_split(meta: dict, split: str = "test", n: int | None = None, seed: int = 0,
@@ -192,12 +190,12 @@ def grid_task(store: RunStore, run_id: str, resume: bool, progress: bool) -> dic
     split = test_split(meta, "test", cfg.get("n"), cfg.get("seed", 0), cfg.get("data_dir"))
     budgets = cfg["budgets"] if attack.budget else [None]
     done = {}
+    device = next(model.parameters()).device
     for k, budget in enumerate(budgets):
         concrete = with_budget(attack, budget) if budget is not None else attack
         outcome = run_attack(model, split, concrete, keep_examples=cfg.get("keep", 12))
         summary = {key: v for key, v in outcome.summary().items()
                    if key not in ("confusion_adv", "per_class_adv_acc")}
-        device = next(model.parameters()).device
         with torch.no_grad():
             clean_prob = torch.softmax(model(outcome.examples["x"].to(device)).float(), 1).cpu()
             adv_prob = torch.softmax(model(outcome.examples["x_adv"].to(device)).float(),
