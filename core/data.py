@@ -73,11 +73,22 @@ class TensorData:
         if n <= 0:
             raise InputError(f"subset size must be positive, got {n}")
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
-        order, _ = order.sort()
-        base = self.indices if self.indices is not None else torch.arange(len(self))
-        return TensorData(self.name, self.split, self.images[order], self.labels[order],
+        return self.take(order.sort()[0])
+
+    def holdout(self, n: int, seed: int = 0) -> tuple["TensorData", "TensorData"]:
+        """Split into (the rest, ``n`` reproducibly chosen held-out examples), disjoint."""
+        if not 0 < n < len(self):
+            raise InputError(f"cannot hold out {n} of {len(self)} examples; hold out between 1 "
+                             f"and {len(self) - 1}")
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        return self.take(order[n:].sort()[0]), self.take(order[:n].sort()[0])
+
+    def take(self, positions: torch.Tensor) -> "TensorData":
+        """The examples at ``positions``, keeping their index in the full split."""
+        base = self.original_index()
+        return TensorData(self.name, self.split, self.images[positions], self.labels[positions],
                           self.classes, self.source, self.mean, self.std, self.augment,
-                          base[order])
+                          base[positions])
 
     def original_index(self) -> torch.Tensor:
         """Index of each example in the full split (for per-example records)."""

@@ -240,8 +240,9 @@ def build_defense(name: str, **params) -> Objective:
 
 
 class RobustGuard:
-    """Per-epoch PGD accuracy on a fixed held-out batch; flags catastrophic overfitting
-    (Wong et al. 2020) when it collapses and tracks the best epoch by robust accuracy."""
+    """Per-epoch PGD accuracy on fixed held-out training images (never trained on, never test
+    images); flags catastrophic overfitting (Wong et al. 2020) when it collapses and tracks the
+    best epoch by robust accuracy (selection on a validation split, as Rice et al. 2020)."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, attack: PGD,
                  collapse_drop: float = 0.2) -> None:
@@ -251,18 +252,18 @@ class RobustGuard:
         self.collapsed = False
 
     @classmethod
-    def for_config(cls, cfg, test) -> "RobustGuard":
-        """Guard for a TrainConfig: ``robust_eval`` may set eps, steps, n, collapse_drop."""
+    def for_config(cls, cfg, held_out) -> "RobustGuard":
+        """Guard for a TrainConfig on its held-out images: ``robust_eval`` may set eps, steps,
+        n, collapse_drop."""
         opts = dict(cfg.robust_eval)
         eps = float(opts.pop("eps", cfg.defense_args.get("eps", 0.1)))
-        n = int(opts.pop("n", 500))
+        opts.pop("n", None)  # the size of held_out (core.training.held_out_size)
         steps = int(opts.pop("steps", 10))
         drop = float(opts.pop("collapse_drop", 0.2))
         if opts:
             raise InputError(f"unknown robust_eval options {sorted(opts)}; valid: eps, steps, n, "
                              "collapse_drop")
-        idx = torch.arange(min(n, len(test)))
-        return cls(test.floats(idx), test.labels[idx], PGD(eps=eps, steps=steps, seed=0), drop)
+        return cls(held_out.floats(), held_out.labels, PGD(eps=eps, steps=steps, seed=0), drop)
 
     def measure(self, model: nn.Module) -> dict:
         """PGD accuracy of ``model`` on the held-out batch (and the eps used)."""

@@ -158,7 +158,7 @@ def sharded_attack(ctx: Context, batch_size: int = 250) -> Callable[..., "Attack
         local = None
         if len(mine):
             # Rank 0 holds the first batch, so the examples it keeps are the single run's too.
-            local = run_attack(model, _take(data, mine), attack, batch_size_,
+            local = run_attack(model, data.take(mine), attack, batch_size_,
                                keep_examples if ctx.is_main else 0,
                                _scaled(progress, len(data)) if ctx.is_main else None)
         merged = gather_in_order(ctx, mine, _tensors(local) if local else {})
@@ -217,11 +217,4 @@ _TENSOR_FIELDS = ("clean_pred", "clean_conf", "adv_pred", "adv_conf", "l2", "lin
 
 def _tensors(outcome: "AttackOutcome") -> dict[str, torch.Tensor]:
     return {k: getattr(outcome, k) for k in _TENSOR_FIELDS}
-
-
-def _take(data: TensorData, positions: torch.Tensor) -> TensorData:
-    base = data.original_index()
-    return TensorData(data.name, data.split, data.images[positions], data.labels[positions],
-                      data.classes, data.source, data.mean, data.std, data.augment,
-                      base[positions])
 

@@ -39,7 +39,7 @@ def training_figure(metrics: list[dict], title: str = "Training") -> go.Figure:
     spe = max((m["step"] for m in step), default=1) / max(len(series.get("test_loss", [1])), 1)
     styles = {"test_loss": (1, PALETTE[0], "test loss"), "train_acc": (2, "#93c5fd", "train acc"),
               "test_acc": (2, PALETTE[0], "clean test acc"),
-              "robust_acc": (2, PALETTE[1], "robust (PGD) acc")}
+              "robust_acc": (2, PALETTE[1], "held-out PGD acc")}
     for name, (col, color, label) in styles.items():
         rows = series.get(name, [])
         if rows:

@@ -173,7 +173,7 @@ def _part_c(ctx: _Context, plan: Plan) -> list[dict]:
     rows = []
     for name, args in plan.defenses.items():
         cfg = dict(plan.defense_common, defense=name, defense_args=args,
-                   robust_eval={"eps": args["eps"], "n": 500, "steps": 10})
+                   robust_eval={"eps": args["eps"], "steps": 10})
         child, wall = ctx.train(f"seed study (c): {name}", **cfg)
         rows.append(_defense_row(ctx, plan, name, args, child, wall))
     curves = {r["defense"]: [(b, r[f"pgd@{b}"]) for b in plan.defense_budgets] for r in rows}

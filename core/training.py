@@ -163,6 +163,7 @@ class Setup:
     optimizer: torch.optim.Optimizer
     objective: Callable
     device: torch.device
+    held_out: data.TensorData | None = None
 
 
 def prepare(cfg: TrainConfig, device: torch.device | None = None) -> Setup:
@@ -171,6 +172,11 @@ def prepare(cfg: TrainConfig, device: torch.device | None = None) -> Setup:
 
     train = data.load(cfg.dataset, "train", cfg.data_dir).subset(cfg.train_subset, cfg.seed)
     test = data.load(cfg.dataset, "test", cfg.data_dir).subset(cfg.test_subset, cfg.seed + 1)
+    held_out = None
+    if _guarded(cfg):
+        # The guard picks the best epoch, so it must not look at test images: it gets training
+        # images that are never trained on (Rice et al. 2020 select on a validation split).
+        train, held_out = train.holdout(held_out_size(cfg, len(train)), cfg.seed + 2)
     device = device or pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, train.input_shape, train.num_classes, train.mean, train.std,
@@ -178,7 +184,25 @@ def prepare(cfg: TrainConfig, device: torch.device | None = None) -> Setup:
     model = model.to(memory_format=torch.channels_last)
     objective = build_defense(cfg.defense, label_smoothing=cfg.label_smoothing,
                               **cfg.defense_args)
-    return Setup(cfg, train, test, model, make_optimizer(cfg, model), objective, device)
+    return Setup(cfg, train, test, model, make_optimizer(cfg, model), objective, device,
+                 held_out)
+
+
+def held_out_size(cfg: TrainConfig, n_train: int) -> int:
+    """Training images the robustness guard holds out: ``robust_eval["n"]``, else 500 or a
+    tenth of the training images, whichever is fewer."""
+    n = cfg.robust_eval.get("n")
+    if n is None:
+        return max(1, min(500, n_train // 10))
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= n_train // 2:
+        raise InputError(f"robust_eval n (training images held out for the guard) must be a "
+                         f"whole number from 1 to {n_train // 2} (half of the {n_train} "
+                         f"training images), got {n!r}")
+    return n
+
+
+def _guarded(cfg: TrainConfig) -> bool:
+    return cfg.defense != "none" or bool(cfg.robust_eval)
 
 
 def model_meta(setup: Setup) -> dict:
@@ -254,6 +278,7 @@ def fit(cfg: TrainConfig, store: RunStore | None = None, run_id: str | None = No
     if writer:
         writer.set_summary(run_id, {"total_steps": total, "steps_per_epoch": steps_per_epoch,
                                     "n_train": len(setup.train), "n_test": len(setup.test),
+                                    "n_held_out": _held(setup),
                                     "dataset_source": setup.train.source, "epoch": start_epoch,
                                     "world_size": ctx.world})
     guard = _guard(setup)
@@ -378,9 +403,9 @@ def evaluate_epoch(setup: Setup, guard) -> dict:
 def _guard(setup: Setup):
     from .defenses import RobustGuard
 
-    if setup.cfg.defense == "none" and not setup.cfg.robust_eval:
+    if setup.held_out is None:
         return None
-    return RobustGuard.for_config(setup.cfg, setup.test)
+    return RobustGuard.for_config(setup.cfg, setup.held_out)
 
 
 def _maybe_best(setup: Setup, guard, history: dict, best: dict | None, folder: Path | None,
@@ -422,7 +447,12 @@ def _final(setup: Setup, folder: Path | None, history: dict, best: dict | None) 
     if folder:
         checkpoint.save(folder / "model.safetensors", _model_tensors(setup.model), meta)
     return {"final": history, "best": best, "n_train": len(setup.train),
-            "n_test": len(setup.test), "dataset_source": setup.train.source}
+            "n_test": len(setup.test), "n_held_out": _held(setup),
+            "dataset_source": setup.train.source}
+
+
+def _held(setup: Setup) -> int:
+    return len(setup.held_out) if setup.held_out is not None else 0
 
 
 def load_model(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:

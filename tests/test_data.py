@@ -113,3 +113,18 @@ def test_mnist_loads_as_uint8_tensors():
     assert d.labels[:5].tolist() == [7, 2, 1, 0, 4]
     sub = d.subset(100, seed=0)
     assert len(sub) == 100 and torch.equal(sub.images, d.images[sub.original_index()])
+
+
+def test_holdout_splits_disjointly_and_keeps_original_indices():
+    split = data.TensorData("toy", "train", torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1),
+                            torch.arange(20) % 10, [str(i) for i in range(10)], "toy",
+                            (0.5,), (0.5,)).subset(15, seed=1)
+    rest, held = split.holdout(4, seed=2)
+    assert len(rest) == 11 and len(held) == 4
+    both = torch.cat([rest.original_index(), held.original_index()]).sort()[0]
+    assert torch.equal(both, split.original_index())
+    # the stored pixel equals the original index here, so rows still match their index
+    assert torch.equal(held.images.flatten().long(), held.original_index())
+    assert torch.equal(split.holdout(4, seed=2)[1].original_index(), held.original_index())
+    with pytest.raises(InputError, match="cannot hold out 15 of 15 examples"):
+        split.holdout(15)

@@ -9,7 +9,7 @@ from core.defenses import DEFENSES, IAT, TRADES, RobustGuard, build_defense
 from core.evaluation import run_attack
 from core.models import build_model
 from core.paths import InputError
-from core.training import TrainConfig, fit, load_model, run_model_path
+from core.training import TrainConfig, fit, load_model, prepare, run_model_path
 from core.store import RunStore
 
 from conftest import requires_mnist
@@ -26,7 +26,8 @@ def _robust_acc(defense: str, mnist_test) -> float:
     cfg = TrainConfig(defense=defense, defense_args=DEFENSE_ARGS.get(defense, {}),
                       robust_eval={"eps": 0.1, "n": 100, "steps": 5}, **TRAIN)
     run_id = store.create_run("train", cfg.to_dict())
-    fit(cfg, store, run_id, progress=False)
+    summary = fit(cfg, store, run_id, progress=False)
+    assert (summary["n_train"], summary["n_held_out"]) == (3900, 100)
     model, _ = load_model(run_model_path(run_id))
     out = run_attack(model, mnist_test.subset(300, seed=5), PGD(eps=0.1, steps=10))
     epochs = {m["name"] for m in store.metrics(run_id)}
@@ -44,6 +45,28 @@ def undefended_robust_acc(mnist_test):
 def test_each_defense_beats_the_undefended_model_under_pgd(defense, undefended_robust_acc,
                                                           mnist_test):
     assert _robust_acc(defense, mnist_test) > undefended_robust_acc + 0.05
+
+
+@requires_mnist
+def test_guard_selects_on_held_out_training_images_never_trained_on_nor_test_images():
+    setup = prepare(TrainConfig(defense="fgsm-at", defense_args={"eps": 0.1}, **TRAIN))
+    held, train = setup.held_out, setup.train
+    assert held.split == "train" and len(held) == 400 and len(train) == 3600  # a tenth
+    assert not set(held.original_index().tolist()) & set(train.original_index().tolist())
+    guard = RobustGuard.for_config(setup.cfg, held)
+    assert torch.equal(guard.x, held.floats()) and torch.equal(guard.y, held.labels)
+    # the same images on every run and rank with this seed (resume and DDP rely on it)
+    again = prepare(TrainConfig(defense="fgsm-at", defense_args={"eps": 0.1}, **TRAIN)).held_out
+    assert torch.equal(again.original_index(), held.original_index())
+    assert prepare(TrainConfig(**TRAIN)).held_out is None  # undefended runs train on all
+
+
+@requires_mnist
+@pytest.mark.parametrize("n", [0, 2001, 1.5])
+def test_held_out_size_must_leave_half_the_training_images(n):
+    cfg = TrainConfig(defense="fgsm-at", robust_eval={"n": n}, **TRAIN)
+    with pytest.raises(InputError, match=r"robust_eval n .* from 1 to 2000 .* got"):
+        prepare(cfg)
 
 
 def _setup():
