@@ -175,22 +175,36 @@ def _part_c(ctx: _Context, plan: Plan) -> list[dict]:
         cfg = dict(plan.defense_common, defense=name, defense_args=args,
                    robust_eval={"eps": args["eps"], "steps": 10})
         child, wall = ctx.train(f"seed study (c): {name}", **cfg)
-        rows.append(_defense_row(ctx, plan, name, args, child, wall))
-    curves = {r["defense"]: [(b, r[f"pgd@{b}"]) for b in plan.defense_budgets] for r in rows}
+        rows += [_defense_row(ctx, plan, name, args, child, wall, which)
+                 for which in _weights_to_report(ctx, child)]
+    curves = {_label(r): [(b, r[f"pgd@{b}"]) for b in plan.defense_budgets] for r in rows}
     figures.curves_png(curves, ctx.folder / "defenses.png", "PGD accuracy of defended MNIST models")
     figures.save_html(figures.robustness_figure(curves, "PGD accuracy of defended MNIST models"),
                       ctx.folder / "defenses.html")
     return rows
 
 
+def _weights_to_report(ctx: _Context, child: str) -> list[str]:
+    """The final weights, and beside them the guard's best epoch when it saw a collapse and
+    kept an earlier epoch: the table shows what the guard's choice costs and gains."""
+    run = ctx.store.get(child)
+    best = (run.summary or {}).get("best") or {}
+    kept_earlier = best.get("epoch", run.config["epochs"]) < run.config["epochs"]
+    has_file = (run_dir(child) / "best.safetensors").exists()
+    return ["final", "best"] if run.warnings and kept_earlier and has_file else ["final"]
+
+
+def _label(row: dict) -> str:
+    return row["defense"] + (f" (best epoch, {row['epoch']})" if row["weights"] == "best" else "")
+
+
 def _defense_row(ctx: _Context, plan: Plan, name: str, args: dict, child: str,
-                 wall: float) -> dict:
+                 wall: float, which: str = "final") -> dict:
     warnings = ctx.store.get(child).warnings
-    # The guard's best-robust checkpoint is used only when it saw a collapse.
-    which = "best" if warnings and (run_dir(child) / "best.safetensors").exists() else "final"
     model, meta = load_model(run_model_path(child, which))
     full = test_split(meta, data_dir=ctx.data_dir)
     row = {"defense": name, "run": child, "settings": args, "train_s": wall, "weights": which,
+           "epoch": meta.get("epoch"),
            "clean": clean_report(model, full)["accuracy"], "n_clean": len(full)}
     sample = full.subset(plan.defense_eval_n, seed=0)
     for b in plan.defense_budgets:
@@ -248,12 +262,14 @@ def render(results: dict) -> str:
     lines.append("| seed FGSM-AT | eps 0.2 | 98.59% | " + " | ".join(
         _pct(seed.get(x)) for x in budgets) + " | — | — | — |")
     for r in results["defenses"]:
-        lines.append(f"| {r['defense']}{' (best epoch)' if r['weights'] == 'best' else ''} | "
+        lines.append(f"| {_label(r)} | "
                      f"{r['settings']} | {_pct(r['clean'])} | " + " | ".join(
             _pct(r[f'pgd@{x}']) for x in budgets) + f" | {_pct(r['cw_success'])} | "
             f"{r['cw_median_l2']:.3f} | {r['train_s']:.0f} s |")
     lines += ["", "![defenses](defenses.png) ([interactive](defenses.html))", ""]
     for r in results["defenses"]:
+        if r["weights"] == "best":
+            continue  # its run's warnings are listed with the final row
         for w in r["warnings"]:
             lines.append(f"- {r['defense']}: {w}")
     return "\n".join(lines) + "\n"

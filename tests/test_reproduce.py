@@ -26,3 +26,24 @@ def test_quick_reproduce_writes_the_whole_report():
     attacks = {r["attack"] for r in results["mnist"]["rows"]}
     assert attacks == {"noise", "fgsm", "pgd", "semantic", "cw"}
     assert 0 <= results["cifar"]["accuracy"] <= 1
+
+
+def test_a_defense_whose_guard_kept_an_earlier_epoch_is_reported_with_both_weights(tmp_path):
+    from core.paths import run_dir
+    from core.reproduce import _Context, _label, _weights_to_report
+    from core.store import RunStore
+
+    store = RunStore()
+    run = store.create_run("train", {"epochs": 5})
+    store.set_summary(run, {"best": {"epoch": 2}})
+    ctx = _Context(store, "parent", None, False, tmp_path)
+    assert _weights_to_report(ctx, run) == ["final"]  # no collapse seen
+    store.add_warning(run, "catastrophic overfitting suspected at epoch 3")
+    assert _weights_to_report(ctx, run) == ["final"]  # no best checkpoint written
+    run_dir(run).mkdir(parents=True, exist_ok=True)
+    (run_dir(run) / "best.safetensors").write_bytes(b"weights")
+    assert _weights_to_report(ctx, run) == ["final", "best"]
+    store.set_summary(run, {"best": {"epoch": 5}})
+    assert _weights_to_report(ctx, run) == ["final"]  # the best epoch is the last one
+    assert _label({"defense": "iat", "weights": "best", "epoch": 2}) == "iat (best epoch, 2)"
+    assert _label({"defense": "iat", "weights": "final", "epoch": 5}) == "iat"
