@@ -24,7 +24,7 @@ for r in chosen:
             if row["attack"] == "pgd":
                 pgd[f"PGD {row['budget']}"] = row["adv_acc"]
     rows.append({"run": r.name or r.id, "defense": r.config.get("defense"),
-                 "clean acc": final.get("test_acc"), "robust acc (per-epoch check)":
+                 "clean acc": final.get("test_acc"), "held-out PGD acc (guard)":
                  final.get("robust_acc"), **pgd, "training time": fmt_seconds(r.duration),
                  "test images": (r.summary or {}).get("n_test")})
 frame = pd.DataFrame(rows)
