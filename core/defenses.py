@@ -285,8 +285,9 @@ class RobustGuard:
         warning = None
         below = self.best_epoch is not None and acc < self.best_acc - self.collapse_drop
         if below and not self.collapsed:
-            warning = (f"catastrophic overfitting suspected at epoch {epoch + 1}: PGD accuracy "
-                       f"fell from {self.best_acc:.1%} (epoch {self.best_epoch}) to {acc:.1%}; "
+            warning = (f"catastrophic overfitting suspected at epoch {epoch + 1}: held-out PGD "
+                       f"accuracy fell from {self.best_acc:.1%} (epoch {self.best_epoch}) to "
+                       f"{acc:.1%}; "
                        f"the best checkpoint by robust accuracy is kept (best.safetensors)")
         self.collapsed = below
         is_best = acc >= self.best_acc

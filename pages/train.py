@@ -85,7 +85,7 @@ def live(run_id: str) -> None:
     epoch_rows = store.metrics(run_id, ["test_acc", "robust_acc"])
     last = {m["name"]: m["value"] for m in epoch_rows}
     cols[1].metric("Clean test accuracy", f"{last['test_acc']:.2%}" if "test_acc" in last else "—")
-    cols[2].metric("Held-out PGD accuracy",
+    cols[2].metric("Held-out PGD",
                    f"{last['robust_acc']:.2%}" if "robust_acc" in last else "—",
                    help="The overfitting guard's PGD accuracy on training images held out from "
                         "training; it picks the best epoch, so it never sees test images.")
