@@ -58,11 +58,17 @@ def test_train_evaluate_attack_in_a_real_browser(server):
     with sync_playwright() as p:
         browser = _browser(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"{server}/train")
-        expect(page.get_by_text("Train a model")).to_be_visible(timeout=60_000)
-        # the router's frame (not Streamlit's legacy pages/ list) even on a deep link
+        # A deep link as the server's first request gets the router's frame (not Streamlit's
+        # legacy pages/ list) and no "Page not found" dialog.
+        page.goto(f"{server}/compare")
+        expect(page.get_by_text("Compare runs")).to_be_visible(timeout=60_000)
         expect(page.get_by_text("Jobs running")).to_be_visible(timeout=30_000)
         expect(page.get_by_role("link", name="Robustness")).to_be_visible()
+        expect(page.get_by_text("Page not found")).to_have_count(0)
+        # Train is the default page: its address is the root (a /train link would be unknown).
+        page.get_by_role("link", name="Train").click()
+        expect(page.get_by_text("Train a model")).to_be_visible(timeout=60_000)
+        assert page.url.rstrip("/") == server
         page.get_by_label("Epochs").fill("1")
         page.get_by_label("Training images (0 = all)").fill("1000")
         page.get_by_label("Run name (optional)").fill("browser test")
@@ -76,6 +82,7 @@ def test_train_evaluate_attack_in_a_real_browser(server):
         page.goto(f"{server}/evaluate?model={run_id}")
         expect(page.get_by_text("Confusion matrix")).to_be_visible(timeout=120_000)
         expect(page.get_by_text("Per class")).to_be_visible()
+        expect(page.get_by_text("Page not found")).to_have_count(0)
         page.screenshot(path=str(SHOTS / "2-evaluate.png"), full_page=True)
 
         page.goto(f"{server}/attack?model={run_id}")
