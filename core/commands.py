@@ -92,7 +92,8 @@ def _report_training(store: RunStore, run_id: str, summary: dict | None) -> int:
     print(f"run {run_id} completed: test accuracy {final['test_acc']:.2%} on "
           f"{summary['n_test']:,} test images ({summary['dataset_source']})")
     if "robust_acc" in final:
-        print(f"  robust (PGD eps {final['robust_eps']}) accuracy {final['robust_acc']:.2%}")
+        print(f"  held-out PGD (eps {final['robust_eps']}) accuracy {final['robust_acc']:.2%} on "
+              f"{summary['n_held_out']:,} held-out training images")
     for warning in store.get(run_id).warnings:
         print(f"  warning: {warning}")
     print(f"  weights: {run_dir(run_id) / 'model.safetensors'}")
@@ -227,7 +228,7 @@ def headline(run) -> str:
     if run.kind == "train" and s.get("final"):
         text = f"test acc {s['final']['test_acc']:.2%} (n={s.get('n_test')})"
         if "robust_acc" in s["final"]:
-            text += f", robust {s['final']['robust_acc']:.2%}"
+            text += f", held-out PGD {s['final']['robust_acc']:.2%}"
         return text
     if run.kind == "evaluate" and "accuracy" in s:
         return f"acc {s['accuracy']:.2%}, macro-F1 {s['macro_f1']:.2%}"

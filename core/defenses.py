@@ -266,7 +266,7 @@ class RobustGuard:
         return cls(held_out.floats(), held_out.labels, PGD(eps=eps, steps=steps, seed=0), drop)
 
     def measure(self, model: nn.Module) -> dict:
-        """PGD accuracy of ``model`` on the held-out batch (and the eps used)."""
+        """PGD accuracy of ``model`` on the held-out images (and the eps used)."""
         device = next(model.parameters()).device
         correct = 0
         for start in range(0, len(self.x), 250):
@@ -287,8 +287,8 @@ class RobustGuard:
         if below and not self.collapsed:
             warning = (f"catastrophic overfitting suspected at epoch {epoch + 1}: held-out PGD "
                        f"accuracy fell from {self.best_acc:.1%} (epoch {self.best_epoch}) to "
-                       f"{acc:.1%}; "
-                       f"the best checkpoint by robust accuracy is kept (best.safetensors)")
+                       f"{acc:.1%}; the best checkpoint by robust accuracy is kept "
+                       "(best.safetensors)")
         self.collapsed = below
         is_best = acc >= self.best_acc
         if is_best:
