@@ -2,7 +2,7 @@
 computation lives in ``core``, and long work runs in worker processes."""
 import streamlit as st
 
-from core import data
+from core import catalog
 from core.paths import data_dir
 from core.service import device_label
 from pages.common import get_store as store
@@ -31,7 +31,7 @@ navigation = st.navigation(PAGES)
 with st.sidebar:
     st.markdown("### :material/shield: RobustLab")
     st.caption("Train classifiers, then find out how easily they are fooled.")
-    found = data.available()
+    found = catalog.available()
     st.caption(f"Data folder: `{data_dir()}`")
     for name in ("mnist", "cifar10"):
         icon = ":material/check_circle:" if name in found else ":material/cancel:"

@@ -6,19 +6,23 @@ call, so their ``.grad`` is untouched and no weight gradients are computed); the
 eval mode and its previous mode is restored; the result is detached, of the input's shape,
 dtype and device, inside [0, 1] and, for norm-bounded attacks, inside the epsilon-ball.
 Random attacks take a ``seed``; ``seed=None`` draws from torch's global generator (training).
+Hyperparameters, their defaults and checks live in :mod:`core.hyperparams`; each class here adds
+only the computation.
 """
 from __future__ import annotations
 
 import math
+import weakref
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from typing import Callable, ClassVar, Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .paths import InputError, build_registered
+from . import hyperparams as hp
+from .paths import InputError
 
 NORMS = ("linf", "l2")
 
@@ -42,25 +46,80 @@ def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def fast_copy(model: nn.Module) -> nn.Module:
-    """A copy of an eval-mode model for attacking: BatchNorm folded into the convolutions
-    (exact in eval mode) and weights in channels-last layout. Small convolutions are bound by
-    memory traffic, so the folded BatchNorm passes are a large share of every PGD step. Models
-    torch.fx cannot trace are used as they are."""
-    import copy
+class _Folded:
+    """A model's graph traced once with every Conv2d -> BatchNorm2d pair replaced by one
+    convolution whose weights are refolded only when the original weights or running statistics
+    change (exact in eval mode). The other layers are the model's own modules, shared."""
 
-    from torch.fx.experimental.optimization import fuse
-    from torch.fx.proxy import TraceError
+    def __init__(self, model: nn.Module) -> None:
+        from torch.fx import symbolic_trace
 
-    if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
-        return model
-    try:
-        fused = fuse(copy.deepcopy(model))
-    except (TraceError, TypeError, RuntimeError, NotImplementedError, AttributeError):
-        return model  # dynamic control flow: attack the model as it is
-    for p in fused.parameters():
-        p.requires_grad_(False)
-    return fused.to(memory_format=torch.channels_last)
+        module = symbolic_trace(model)
+        found = dict(module.named_modules())
+        self.pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d, nn.Conv2d]] = []
+        for node in list(module.graph.nodes):
+            conv_node = node.args[0] if node.op == "call_module" and node.args else None
+            bn = found.get(node.target) if node.op == "call_module" else None
+            if not (isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None
+                    and getattr(conv_node, "op", None) == "call_module"
+                    and isinstance(found.get(conv_node.target), nn.Conv2d)
+                    and len(conv_node.users) == 1):
+                continue
+            conv = found[conv_node.target]
+            fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                              conv.padding, conv.dilation, conv.groups, bias=True,
+                              padding_mode=conv.padding_mode).to(conv.weight.device)
+            fused.requires_grad_(False)
+            name = f"folded_{len(self.pairs)}"
+            module.add_submodule(name, fused.to(memory_format=torch.channels_last))
+            conv_node.target = name
+            node.replace_all_uses_with(conv_node)
+            module.graph.erase_node(node)
+            self.pairs.append((conv, bn, fused))
+        module.graph.lint()
+        module.recompile()
+        self.module = module
+        self.stamp: tuple = ()
+
+    def refresh(self) -> nn.Module:
+        """Refold the pairs whose weights or statistics changed since the last call."""
+        from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+        stamp = tuple((t._version, t.data_ptr()) for conv, bn, _ in self.pairs
+                      for t in (conv.weight, bn.weight, bn.bias, bn.running_mean,
+                                bn.running_var) if t is not None)
+        if stamp != self.stamp:
+            with torch.no_grad():
+                for conv, bn, fused in self.pairs:
+                    w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean,
+                                                bn.running_var, bn.eps, bn.weight, bn.bias)
+                    fused.weight.copy_(w)
+                    fused.bias.copy_(b)
+            self.stamp = stamp
+        return self.module
+
+
+_FOLDED: "weakref.WeakKeyDictionary[nn.Module, _Folded | None]" = weakref.WeakKeyDictionary()
+
+
+def folded(model: nn.Module) -> nn.Module:
+    """The model with BatchNorm folded into its convolutions, for attacking in eval mode.
+    Small convolutions are bound by memory traffic, so the BatchNorm passes are a large share
+    of every attack step. The graph is traced once per model; later calls only refold the
+    weights when an optimizer step or a BatchNorm update changed them. Models torch.fx cannot
+    trace are used as they are."""
+    if model not in _FOLDED:
+        from torch.fx.proxy import TraceError
+
+        entry = None
+        if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+            try:
+                entry = _Folded(model)
+            except (TraceError, TypeError, RuntimeError, NotImplementedError, AttributeError):
+                entry = None  # dynamic control flow: attack the model as it is
+        _FOLDED[model] = entry
+    entry = _FOLDED[model]
+    return model if entry is None else entry.refresh()
 
 
 def input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -112,40 +171,17 @@ def _check_input(x: torch.Tensor, y: torch.Tensor) -> None:
         raise InputError("attack input must lie in [0, 1] (normalization belongs in the model)")
 
 
-def _check_range(name: str, value: float, low: float, high: float) -> None:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
-        raise InputError(f"{name} must be a number in [{low}, {high}], got {value!r}")
-
-
-def _check_positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise InputError(f"{name} must be a positive whole number, got {value!r}")
-
-
-@dataclass
 class Attack:
-    """Base class: validation, eval-mode/frozen-parameter handling and the output contract."""
-
-    name: ClassVar[str] = "attack"
-    budget: ClassVar[str | None] = None  # the field a sweep varies (eps or sigma)
-    norm_bounded: ClassVar[bool] = False
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise InputError for out-of-range hyperparameters."""
-
-    def params(self) -> dict:
-        """Hyperparameters as a JSON-able dict."""
-        return asdict(self)
+    """Base of attack computations: input checks, eval mode with frozen parameters, the folded
+    model, and the output contract. Subclasses inherit their hyperparameters from
+    :mod:`core.hyperparams` and implement ``perturb``."""
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         _check_input(x, y)
         if x.shape[0] == 0:
             return x.detach().clone()
         with attack_mode(model):
-            fast = fast_copy(model)
+            fast = folded(model)
             out = self.perturb(fast, x.detach().contiguous(memory_format=torch.channels_last),
                                y.detach())
         return out.detach().clamp(0.0, 1.0).to(dtype=x.dtype).contiguous()
@@ -156,22 +192,10 @@ class Attack:
 
 
 @dataclass
-class Noise(Attack):
+class Noise(hp.NoiseSettings, Attack):
     """Random noise baseline (not an adversarial attack): additive Gaussian noise of standard
     deviation ``sigma`` (or uniform in [-sigma, sigma]), clipped to [0, 1]. Threat model:
     random corruption. Used as the noise row of the seed study's table."""
-
-    name: ClassVar[str] = "noise"
-    budget: ClassVar[str | None] = "sigma"
-    sigma: float = 0.1
-    distribution: str = "gaussian"
-    seed: int | None = 0
-
-    def validate(self) -> None:
-        _check_range("sigma", self.sigma, 0.0, 1.0)
-        if self.distribution not in ("gaussian", "uniform"):
-            raise InputError(f"noise distribution must be gaussian or uniform, got "
-                             f"{self.distribution!r}")
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         gen = _generator(self.seed)
@@ -183,19 +207,9 @@ class Noise(Attack):
 
 
 @dataclass
-class FGSM(Attack):
+class FGSM(hp.FGSMSettings, Attack):
     """Fast Gradient Sign Method, Goodfellow, Shlens & Szegedy 2015, "Explaining and Harnessing
     Adversarial Examples". Threat model: white-box, L-infinity ball of radius ``eps``."""
-
-    name: ClassVar[str] = "fgsm"
-    budget: ClassVar[str | None] = "eps"
-    norm_bounded: ClassVar[bool] = True
-    eps: float = 0.1
-    targeted: bool = False
-    target: int | None = None
-
-    def validate(self) -> None:
-        _check_range("eps", self.eps, 0.0, 1.0)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         labels, sign = _goal(model, x, y, self.targeted, self.target)
@@ -216,38 +230,11 @@ def _goal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, targeted: bool,
 
 
 @dataclass
-class PGD(Attack):
+class PGD(hp.PGDSettings, Attack):
     """Projected Gradient Descent, Madry et al. 2018, "Towards Deep Learning Models Resistant to
     Adversarial Attacks". Threat model: white-box, L-infinity or L2 ball of radius ``eps``.
     Random start, ``steps`` steps of size ``step_size`` (default 2.5 * eps / steps), and
     ``restarts`` keeping the worst case per example; optionally targeted."""
-
-    name: ClassVar[str] = "pgd"
-    budget: ClassVar[str | None] = "eps"
-    norm_bounded: ClassVar[bool] = True
-    eps: float = 0.1
-    norm: str = "linf"
-    steps: int = 10
-    step_size: float | None = None
-    random_start: bool = True
-    restarts: int = 1
-    targeted: bool = False
-    target: int | None = None
-    seed: int | None = 0
-
-    def validate(self) -> None:
-        _check_range("eps", self.eps, 0.0, 1.0 if self.norm == "linf" else 1e4)
-        if self.norm not in NORMS:
-            raise InputError(f"unknown norm {self.norm!r}; valid norms: {', '.join(NORMS)}")
-        _check_positive("steps", self.steps)
-        _check_positive("restarts", self.restarts)
-        if self.step_size is not None:
-            _check_range("step size", self.step_size, 0.0, 1e4)
-
-    @property
-    def alpha(self) -> float:
-        """Step size actually used."""
-        return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         labels, sign = _goal(model, x, y, self.targeted, self.target)
@@ -320,7 +307,7 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class Semantic(Attack):
+class Semantic(hp.SemanticSettings, Attack):
     """Semantic attacks without an epsilon. ``mode='negative'``: x' = 1 - x (Hosseini et al.
     2017, "On the Limitation of Convolutional Neural Networks in Recognizing Negative Images").
     ``mode='hsv'``: Hosseini & Poovendran 2018, "Semantic Adversarial Examples": per trial a
@@ -328,16 +315,6 @@ class Semantic(Attack):
     ``trials``, keeping per example the first shift that is misclassified (unfooled examples are returned
     unchanged; RGB inputs only).
     Threat model: large, semantics-preserving colour changes, not a norm ball."""
-
-    name: ClassVar[str] = "semantic"
-    mode: str = "negative"
-    trials: int = 100
-    seed: int | None = 0
-
-    def validate(self) -> None:
-        if self.mode not in ("negative", "hsv"):
-            raise InputError(f"semantic mode must be 'negative' or 'hsv', got {self.mode!r}")
-        _check_positive("trials", self.trials)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.mode == "negative":
@@ -366,29 +343,12 @@ class Semantic(Attack):
 
 
 @dataclass
-class CarliniWagner(Attack):
+class CarliniWagner(hp.CWSettings, Attack):
     """Carlini & Wagner 2017, "Towards Evaluating the Robustness of Neural Networks", L2 attack.
     Threat model: white-box, minimal L2 perturbation. Optimizes w in tanh space with Adam on
     ||x' - x||^2 + c * max(Z_y - max_{i != y} Z_i, -kappa), binary-searching c per example
     (``search_steps`` rounds from ``initial_const``), aborting early when the loss stalls, and
     keeping the smallest successful perturbation; unsuccessful examples are returned unchanged."""
-
-    name: ClassVar[str] = "cw"
-    confidence: float = 0.0
-    initial_const: float = 1e-3
-    search_steps: int = 9
-    steps: int = 1000
-    lr: float = 1e-2
-    abort_early: bool = True
-    targeted: bool = False
-    target: int | None = None
-
-    def validate(self) -> None:
-        _check_positive("search steps", self.search_steps)
-        _check_positive("steps", self.steps)
-        _check_range("learning rate", self.lr, 1e-8, 10.0)
-        _check_range("initial const", self.initial_const, 1e-10, 1e10)
-        _check_range("confidence", self.confidence, 0.0, 1e4)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         labels, sign = _goal(model, x, y, self.targeted, self.target)
@@ -449,18 +409,20 @@ class CarliniWagner(Attack):
         return best_other - own if targeted else own - best_other
 
 
-ATTACKS: dict[str, type[Attack]] = {
+ATTACKS: dict[str, type] = {
     "noise": Noise, "fgsm": FGSM, "pgd": PGD, "semantic": Semantic, "cw": CarliniWagner,
 }
 
 
-def build_attack(name: str, **params) -> Attack:
-    """Build a registered attack; unknown names or parameters get an error listing valid ones."""
-    return build_registered("attack", ATTACKS, name, params)
+def build_attack(name: str, strong: bool = False, **params) -> Attack:
+    """Build a registered attack (its strong setting with ``strong``); unknown names or
+    parameters get an error listing the valid ones."""
+    settings = hp.attack_settings(name, params, strong)
+    return ATTACKS[name](**settings.params())
 
 
 def with_budget(attack: Attack, value: float) -> Attack:
     """A copy of ``attack`` with its budget (eps or sigma) set to ``value``."""
     if attack.budget is None:
         return attack
-    return build_attack(attack.name, **dict(attack.params(), **{attack.budget: value}))
+    return build_attack(attack.name, **hp.with_budget(attack, value))

@@ -1,32 +1,52 @@
-"""Command line: ``python -m core {train,evaluate,attack,sweep,runs,cancel,resume,reproduce}``."""
+"""Command line: ``python -m core COMMAND``. Parses arguments into a job spec (every default
+lives in :mod:`core.specs`), hands it to :mod:`core.runner`, and prints the outcome with
+:mod:`core.console`. Nothing heavy is imported before the input has been validated."""
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .paths import InputError
 
 EXAMPLES = """examples:
   python -m core train --dataset mnist --epochs 5
-  python -m core train --dataset cifar10 --epochs 10 --lr 0.2 --batch-size 128
-  python -m core train --dataset mnist --defense iat --eps 0.2 --defense-steps 10
+  python -m core train --dataset mnist --defense iat --eps 0.2 --defense-steps 5
   python -m core evaluate RUN
-  python -m core attack RUN --attack pgd --eps 0.1 --steps 40
+  python -m core attack RUN --attack pgd --eps 0.1            (add --strong for 100 steps x 5)
+  python -m core attack RUN --attack cw -n 200                (--strong: the paper's 1000 x 9)
   python -m core sweep RUN --attacks noise,fgsm,pgd --eps 0,0.01,0.05,0.1,0.2,0.3
-  python -m core runs
+  python -m core runs | head
+  python -m core show RUN
   python -m core reproduce --quick
+
+global options (before or after the command):
+  --data-dir DIR        data root (else $ROBUSTLAB_DATA, else artifacts/data)
+  --artifacts-dir DIR   run database, run folders, reports (else $ROBUSTLAB_ARTIFACTS, else
+                        artifacts/ beside the code)
 """
 
 
 def _floats(text: str) -> list[float]:
+    items = [v.strip() for v in text.split(",")]
+    if not text.strip() or any(not v for v in items):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers like 0,0.1,0.3 with no empty item, got {text!r}")
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        return [float(v) for v in items]
     except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from err
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers like 0,0.1,0.3, got {text!r}") from err
+
+
+def _names(text: str) -> list[str]:
+    items = [v.strip() for v in text.split(",")]
+    if any(not v for v in items):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated names like noise,fgsm,pgd with no empty item, got {text!r}")
+    return items
 
 
 def _kv(text: str) -> tuple[str, object]:
@@ -39,176 +59,235 @@ def _kv(text: str) -> tuple[str, object]:
         return key.replace("-", "_"), raw
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other input error
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _global_options() -> argparse.ArgumentParser:
+    # SUPPRESS as default: a value given after the command is not overwritten by the default
+    # of the same option before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", default=argparse.SUPPRESS,
+                        help="data root (default: $ROBUSTLAB_DATA, else artifacts/data)")
+    common.add_argument("--artifacts-dir", default=argparse.SUPPRESS,
+                        help="run database and run folders (default: $ROBUSTLAB_ARTIFACTS, "
+                        "else artifacts/)")
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser for every subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="python -m core", description="RobustLab: train image classifiers and measure how "
-        "easily adversarial attacks fool them.", epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", help="data root (default: $ROBUSTLAB_DATA or artifacts/data)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _train_parser(sub)
-    p = sub.add_parser("evaluate", help="clean metrics, confusion matrix, misclassified examples")
-    p.add_argument("run", help="training run id")
-    p.add_argument("--which", choices=("final", "best"), default="final",
-                   help="final weights, or best by robust accuracy (defended runs)")
-    p.add_argument("--split", choices=("train", "test"), default="test")
-    p.add_argument("-n", type=int, default=None, help="evaluate on a subset of N examples")
-    _device_option(p)
-    _attack_parser(sub)
-    _sweep_parser(sub)
-    p = sub.add_parser("runs", help="table of runs")
-    p.add_argument("--kind", help="only runs of this kind (train, evaluate, attack, sweep, ...)")
-    p = sub.add_parser("cancel", help="ask a running job to stop")
+    """The argparse parser for every command."""
+    common = _global_options()
+    parser = _Parser(prog="python -m core", parents=[common], epilog=EXAMPLES,
+                     description="RobustLab: train image classifiers and measure how easily "
+                     "adversarial attacks fool them.",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
+    add = lambda name, help: sub.add_parser(name, help=help, description=help,  # noqa: E731
+                                            parents=[common])
+    _train_parser(add("train", "train a model (foreground; progress on stderr)"))
+    p = add("evaluate", "clean metrics, confusion-matrix PNG, mistakes grid PNG")
+    _model_options(p)
+    p.add_argument("--split", choices=("train", "test"), default=None, help="default: test")
+    p.add_argument("-n", type=int, default=None, help="evaluate on a seeded subset of N images")
+    _attack_parser(add("attack", "one attack on a sample of test images"))
+    _sweep_parser(add("sweep", "several attacks over a grid of budgets (the attack table)"))
+    p = add("runs", "table of runs, newest first")
+    p.add_argument("--kind", help="only runs of this kind (train, evaluate, attack, sweep, "
+                   "grid, reproduce)")
+    p.add_argument("--full", action="store_true", help="do not shorten error messages")
+    p = add("show", "everything about one run: status, full error, config, result, files")
     p.add_argument("run")
-    p = sub.add_parser("resume", help="continue a failed or cancelled training run (foreground)")
+    p = add("cancel", "stop a queued or running job")
     p.add_argument("run")
-    p = sub.add_parser("reproduce", help="regenerate the whole seed study into artifacts/reports")
+    p = add("resume", "continue a failed or cancelled training run from its checkpoint")
+    p.add_argument("run")
+    p = add("reproduce", "regenerate the whole seed study into artifacts/reports/")
     p.add_argument("--quick", action="store_true", help="small subsets, a few minutes")
-    p = sub.add_parser("worker", help=argparse.SUPPRESS)
-    p.add_argument("run")
-    p.add_argument("--resume", action="store_true")
+    _device_option(p)
     return parser
 
 
-def _train_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a model (foreground, with a progress bar)")
-    p.add_argument("--dataset", default="mnist", help="mnist, cifar10 or imagefolder:PATH")
-    p.add_argument("--model", default="seed-resnet", help="seed-resnet or resnet20")
+def _train_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", help="mnist (default), cifar10 or imagefolder:PATH")
+    p.add_argument("--model", help="seed-resnet (default) or resnet20")
     p.add_argument("--width", type=int, help="seed-resnet channel width (default 16)")
     p.add_argument("--blocks", type=int, help="seed-resnet residual blocks (default 3)")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--optimizer", default="sgd", help="sgd, nesterov or adam")
-    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--schedule", default="onecycle", help="onecycle, cosine or constant")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-subset", type=int, help="train on N examples")
-    p.add_argument("--test-subset", type=int, help="evaluate on N test examples")
+    p.add_argument("--epochs", type=int, help="default 5")
+    p.add_argument("--batch-size", type=int, help="global batch (default 128)")
+    p.add_argument("--optimizer", help="sgd (default), nesterov or adam")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 0.05)")
+    p.add_argument("--momentum", type=float, help="default 0.9")
+    p.add_argument("--weight-decay", type=float, help="default 5e-4")
+    p.add_argument("--schedule", help="onecycle (default), cosine or constant")
+    p.add_argument("--label-smoothing", type=float, help="default 0")
+    p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument("--train-subset", type=int, help="train on N images")
+    p.add_argument("--test-subset", type=int, help="evaluate each epoch on N test images")
     p.add_argument("--no-augment", action="store_true", help="no crop/flip (CIFAR-10)")
-    p.add_argument("--defense", default="none",
-                   help="none, fgsm-at, fast-at, pgd-at, trades or iat")
-    p.add_argument("--eps", type=float, help="defense budget in pixel units (e.g. 0.3, 8/255=0.031)")
+    p.add_argument("--defense", help="none (default), fgsm-at, fast-at, pgd-at, trades or iat")
+    p.add_argument("--eps", type=float, help="defense budget in pixel units (0.3, 8/255=0.031)")
     p.add_argument("--defense-steps", type=int, help="attack steps inside the defense")
     p.add_argument("--defense-param", type=_kv, action="append", default=[], metavar="KEY=VALUE",
                    help="other defense parameter, e.g. beta=6 (trades), alpha=1 (iat)")
     p.add_argument("--eps-ramp", type=int, help="grow eps linearly over the first N epochs")
-    p.add_argument("--robust-eps", type=float, help="eps of the per-epoch PGD check")
+    p.add_argument("--robust-eps", type=float, help="eps of the per-epoch held-out PGD check")
     _device_option(p)
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="bf16 autocast for training (auto: on GPU only; attacks stay fp32)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="bf16 autocast for training (auto, the default: on GPU only)")
     p.add_argument("--name", help="a label for the run")
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
 
 
-def _attack_parser(sub) -> None:
-    p = sub.add_parser("attack", help="attack a trained model on a test sample")
+def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="training run id")
+    p.add_argument("--which", choices=("final", "best"), default=None,
+                   help="final weights (default), or the best epoch by held-out robust "
+                   "accuracy (defended runs)")
+    _device_option(p)
+
+
+def _attack_parser(p: argparse.ArgumentParser) -> None:
+    _model_options(p)
     p.add_argument("--attack", required=True, help="noise, fgsm, pgd, semantic or cw")
     p.add_argument("--eps", type=float, help="L-inf (or L2) budget in pixel units")
     p.add_argument("--sigma", type=float, help="noise standard deviation")
-    p.add_argument("--steps", type=int, help="iterations (pgd, cw)")
+    p.add_argument("--steps", type=int, help="iterations (pgd: 40 by default; cw: per search)")
+    p.add_argument("--strong", action="store_true",
+                   help="the strong setting: pgd 100 steps x 5 restarts; cw 1000 steps x 9 "
+                   "searches, lr 0.01 (Carlini & Wagner's); slow on a CPU")
     p.add_argument("--param", type=_kv, action="append", default=[], metavar="KEY=VALUE",
                    help="other attack parameter, e.g. norm=l2, restarts=5, mode=hsv")
-    p.add_argument("-n", type=int, default=1000, help="test examples to attack (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="which sample of the test split")
-    p.add_argument("--which", choices=("final", "best"), default="final")
-    _device_option(p)
+    p.add_argument("-n", type=int, help="test images to attack (default 1000)")
+    p.add_argument("--seed", type=int, help="which sample of the test split (default 0)")
 
 
-def _sweep_parser(sub) -> None:
-    p = sub.add_parser("sweep", help="several attacks over a grid of budgets (the attack table)")
-    p.add_argument("run", help="training run id")
-    p.add_argument("--attacks", default="noise,fgsm,pgd", help="comma-separated attack names")
-    p.add_argument("--eps", type=_floats, default=[0, 0.01, 0.05, 0.1, 0.2, 0.3],
-                   help="comma-separated budgets (sigma for noise)")
-    p.add_argument("--steps", type=int, default=40, help="PGD steps (default 40)")
-    p.add_argument("--cw-steps", type=int, default=100, help="CW iterations per search step")
-    p.add_argument("-n", type=int, default=1000, help="test examples (default 1000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--which", choices=("final", "best"), default="final")
-    _device_option(p)
+def _sweep_parser(p: argparse.ArgumentParser) -> None:
+    _model_options(p)
+    p.add_argument("--attacks", type=_names, help="comma-separated attack names (default "
+                   "noise,fgsm,pgd)")
+    p.add_argument("--eps", type=_floats, help="comma-separated budgets: eps for attacks, sigma "
+                   "for noise (default 0,0.01,0.05,0.1,0.2,0.3)")
+    p.add_argument("--steps", type=int, help="PGD steps (default 40)")
+    p.add_argument("--cw-steps", type=int, help="CW iterations per search step (default 100)")
+    p.add_argument("--strong", action="store_true", help="each attack's strong setting "
+                   "(pgd 100 x 5 restarts, cw 1000 x 9)")
+    p.add_argument("-n", type=int, help="test images (default 1000)")
+    p.add_argument("--seed", type=int, help="which sample of the test split (default 0)")
 
 
 def _device_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto",
-                   help="auto (CUDA when available), cpu, cuda or cuda:N; under torchrun each "
-                   "rank uses its local GPU")
+    p.add_argument("--device", help="auto (default: CUDA when available), cpu, cuda or "
+                   "cuda:N; under torchrun each rank uses its local GPU")
 
 
-def train_config(args: argparse.Namespace) -> dict:
-    """The TrainConfig dict for ``train`` arguments."""
-    model_args = {k: getattr(args, k) for k in ("width", "blocks") if getattr(args, k)}
+def _given(args: argparse.Namespace, **mapping: str) -> dict:
+    """Spec fields for the options the user gave (the spec's defaults fill the rest)."""
+    return {field: getattr(args, opt) for field, opt in mapping.items()
+            if getattr(args, opt, None) is not None}
+
+
+def train_spec(args: argparse.Namespace):
+    """The TrainSpec for ``train`` arguments."""
+    from .specs import TrainSpec
+
+    model_args = _given(args, width="width", blocks="blocks")
     defense_args = dict(args.defense_param)
-    if args.eps is not None:
-        defense_args["eps"] = args.eps
-    if args.defense_steps is not None:
-        defense_args["steps"] = args.defense_steps
-    if args.eps_ramp:
-        defense_args["eps_ramp_epochs"] = args.eps_ramp
-    return {"dataset": args.dataset, "model": args.model, "model_args": model_args,
-            "epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer,
-            "lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay,
-            "schedule": args.schedule, "label_smoothing": args.label_smoothing,
-            "seed": args.seed, "train_subset": args.train_subset,
-            "test_subset": args.test_subset, "augment": False if args.no_augment else None,
-            "defense": args.defense, "defense_args": defense_args,
-            "robust_eval": {"eps": args.robust_eps} if args.robust_eps is not None else {},
-            "data_dir": args.data_dir, "device": args.device, "precision": args.precision}
+    defense_args.update(_given(args, eps="eps", steps="defense_steps",
+                               eps_ramp_epochs="eps_ramp"))
+    values = _given(args, dataset="dataset", model="model", epochs="epochs",
+                    batch_size="batch_size", optimizer="optimizer", lr="lr",
+                    momentum="momentum", weight_decay="weight_decay", schedule="schedule",
+                    label_smoothing="label_smoothing", seed="seed", defense="defense",
+                    train_subset="train_subset", test_subset="test_subset",
+                    data_dir="data_dir", device="device", precision="precision")
+    if args.robust_eps is not None:
+        values["robust_eval"] = {"eps": args.robust_eps}
+    if args.no_augment:
+        values["augment"] = False
+    return TrainSpec(model_args=model_args, defense_args=defense_args, **values)
 
 
-def attack_params(args: argparse.Namespace) -> dict:
-    """Attack parameters from ``attack`` arguments."""
-    params = dict(args.param)
-    for key in ("eps", "sigma", "steps"):
-        if getattr(args, key) is not None:
-            params[key] = getattr(args, key)
-    return params
+def _model_fields(args: argparse.Namespace) -> dict:
+    return dict(model_run=args.run, **_given(args, which="which", data_dir="data_dir",
+                                             device="device"))
 
 
-def sweep_attacks(args: argparse.Namespace) -> list[dict]:
-    """Attack specs of a sweep, with the study's settings for PGD and CW."""
-    from .attacks import ATTACKS
+def evaluate_spec(args: argparse.Namespace):
+    """The EvaluateSpec for ``evaluate`` arguments."""
+    from .specs import EvaluateSpec
 
-    specs = []
-    for name in [a.strip() for a in args.attacks.split(",") if a.strip()]:
-        if name not in ATTACKS:
-            raise InputError(f"unknown attack {name!r}; valid attacks: {', '.join(ATTACKS)}")
-        params: dict = {}
-        if name == "pgd":
-            params = {"steps": args.steps}
-        elif name == "cw":
-            params = {"steps": args.cw_steps}
-        specs.append({"name": name, "params": params})
-    return specs
+    return EvaluateSpec(**_model_fields(args), **_given(args, split="split", n="n"))
+
+
+def attack_spec(args: argparse.Namespace):
+    """The AttackSpec for ``attack`` arguments."""
+    from .specs import AttackSpec
+
+    params = dict(args.param) | _given(args, eps="eps", sigma="sigma", steps="steps")
+    return AttackSpec(**_model_fields(args), attack=args.attack, params=params,
+                      strong=args.strong, **_given(args, n="n", seed="seed"))
+
+
+def sweep_spec(args: argparse.Namespace):
+    """The SweepSpec for ``sweep`` arguments."""
+    from .specs import SweepSpec
+
+    values = _given(args, attacks="attacks", budgets="eps", n="n", seed="seed")
+    if "attacks" in values:
+        overrides = {"pgd": _given(args, steps="steps"), "cw": _given(args, steps="cw_steps")}
+        values["attacks"] = [{"name": a, "params": overrides.get(a, {})}
+                             for a in values["attacks"]]
+    elif args.steps or args.cw_steps:
+        raise InputError("--steps and --cw-steps need --attacks naming pgd or cw")
+    return SweepSpec(**_model_fields(args), strong=args.strong, **values)
+
+
+def reproduce_spec(args: argparse.Namespace):
+    """The ReproduceSpec for ``reproduce`` arguments."""
+    from .specs import ReproduceSpec
+
+    return ReproduceSpec(quick=args.quick, **_given(args, data_dir="data_dir", device="device"))
+
+
+SPEC_BUILDERS: dict[str, Callable] = {"train": train_spec, "evaluate": evaluate_spec,
+                                      "attack": attack_spec, "sweep": sweep_spec,
+                                      "reproduce": reproduce_spec}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; return the exit status (2 with one clear message on bad input)."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    """Run the CLI; return the exit status (2 with one clear line on bad input)."""
     args = build_parser().parse_args(argv)
-    if args.command == "worker":
-        from .jobs import worker_main
-
-        return worker_main(args.run, args.resume)
+    if getattr(args, "artifacts_dir", None):
+        os.environ["ROBUSTLAB_ARTIFACTS"] = os.path.abspath(args.artifacts_dir)
     try:
         return _dispatch(args)
     except InputError as err:
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank has the error
-            print(f"error: {err}", file=sys.stderr)
+            print("error: " + " ".join(str(err).split()), file=sys.stderr)  # one line
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted before the job started; nothing was written", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `runs | head` closed the pipe: stop quietly, and keep Python's exit flush quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from . import commands
+    if args.command in SPEC_BUILDERS and not (args.command == "train" and args.resume):
+        spec = SPEC_BUILDERS[args.command](args)  # validated here, before torch is imported
+        from . import console
 
-    return getattr(commands, args.command)(args)
+        return console.run_job(spec, name=getattr(args, "name", None))
+    from . import console
+
+    if args.command == "train":
+        return console.run_resume(args.resume, _given(args, device="device"))
+    return getattr(console, f"cmd_{args.command}")(args)
 
 
 if __name__ == "__main__":

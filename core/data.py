@@ -7,7 +7,6 @@ source, and kept in memory; pixels leave this module as floats in [0, 1].
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -19,24 +18,17 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .paths import InputError, cache_dir, data_dir
+from .catalog import (CIFAR10_CLASSES, MNIST_FILES, DatasetNotFound, cache_path, has_files,
+                      scan_folder)
+from .paths import InputError, data_dir
+from .specs import DATASETS, SPLITS
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("mnist", "cifar10", "imagefolder:PATH")
-SPLITS = ("train", "test")
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck"]
 _STATS = {
     "mnist": ((0.1307,), (0.3081,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
 }
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
-
-
-class DatasetNotFound(InputError):
-    """A dataset is neither on disk nor downloadable."""
-
 
 @dataclass
 class TensorData:
@@ -128,10 +120,9 @@ def _mnist(split: str, base: Path) -> TensorData:
     from torchvision.datasets import MNIST
 
     raw = base / "MNIST" / "raw"
-    expected = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    expected = MNIST_FILES
     try:
-        ds = MNIST(str(base), train=split == "train", download=not _has_files(raw, expected))
+        ds = MNIST(str(base), train=split == "train", download=not has_files(raw, expected))
     except Exception as err:  # torchvision raises RuntimeError/URLError/OSError when offline
         raise DatasetNotFound(
             f"dataset 'mnist' not found in {raw} and could not be downloaded ({err}). "
@@ -143,10 +134,6 @@ def _mnist(split: str, base: Path) -> TensorData:
     mean, std = _STATS["mnist"]
     return TensorData("mnist", split, images, ds.targets.long(), [str(i) for i in range(10)],
                       f"torchvision MNIST at {base}", mean, std, augment=False)
-
-
-def _has_files(folder: Path, names: list[str]) -> bool:
-    return all((folder / n).exists() or (folder / f"{n}.gz").exists() for n in names)
 
 
 def _cifar10(split: str, base: Path) -> TensorData:
@@ -181,44 +168,27 @@ def _imagefolder_dataset(root: Path, split: str) -> TensorData:
     if not folder.is_dir():
         raise DatasetNotFound(
             f"dataset 'imagefolder:{root}' has no {split}/ folder. Expected {root}/train/<class>/"
-            f"<image> and {root}/test/<class>/<image> (any of {', '.join(sorted(_IMAGE_SUFFIXES))})."
-        )
+            f"<image> and {root}/test/<class>/<image>.")
     return _imagefolder_split(folder, f"imagefolder:{root}", split)
 
 
 def _imagefolder_split(folder: Path, name: str, split: str,
                        expect_classes: list[str] | None = None) -> TensorData:
-    files, classes = _scan_folder(folder)
+    files, classes = scan_folder(folder)
     if expect_classes is not None and classes != expect_classes:
         raise InputError(f"{folder}: classes {classes} differ from the expected {expect_classes}")
-    stamp = f"{folder.resolve()}|{len(files)}|{max(os.path.getmtime(p) for p, _ in files)}"
-    cached = cache_dir() / f"{hashlib.sha1(stamp.encode()).hexdigest()[:16]}.safetensors"
+    cached = cache_path(folder, files)
     if cached.exists():
         tensors = load_file(str(cached))
         images, labels = tensors["images"], tensors["labels"]
     else:
         images, labels = _decode(files, folder)
         tmp = cached.with_suffix(".tmp")
-        save_file({"images": images, "labels": labels}, str(tmp), metadata={"source": stamp})
+        save_file({"images": images, "labels": labels}, str(tmp))
         os.replace(tmp, cached)
     mean, std = _channel_stats(images)
     return TensorData(name, split, images, labels, classes, f"ImageFolder at {folder}",
                       mean, std, augment=False)
-
-
-def _scan_folder(folder: Path) -> tuple[list[tuple[str, int]], list[str]]:
-    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    files = []
-    for label, cls in enumerate(classes):
-        for entry in sorted(os.scandir(folder / cls), key=lambda e: e.name):
-            if entry.is_file() and Path(entry.name).suffix.lower() in _IMAGE_SUFFIXES:
-                files.append((entry.path, label))
-    if not files:
-        raise InputError(
-            f"ImageFolder {folder} holds no images: expected <class>/<image> files with one of "
-            f"{', '.join(sorted(_IMAGE_SUFFIXES))}"
-        )
-    return files, classes
 
 
 def _decode(files: list[tuple[str, int]], folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -288,16 +258,3 @@ def batches(data: TensorData, batch_size: int, order: torch.Tensor | None = None
         if augment:
             imgs = augment_batch(imgs, generator or torch.Generator().manual_seed(0))
         yield imgs.float().div_(255.0), data.labels[idx], idx
-
-
-def available(root: str | os.PathLike | None = None) -> dict[str, str]:
-    """Which built-in datasets are present under the data root, and where (for status panels)."""
-    base = data_dir(root)
-    found = {}
-    if _has_files(base / "MNIST" / "raw", ["train-images-idx3-ubyte", "t10k-images-idx3-ubyte"]):
-        found["mnist"] = str(base / "MNIST" / "raw")
-    if (base / "cifar-10-batches-py").exists():
-        found["cifar10"] = str(base / "cifar-10-batches-py")
-    elif (base / "cifar10-subset" / "train").is_dir():
-        found["cifar10"] = f"{base / 'cifar10-subset'} (subset: 1,000 test images)"
-    return found

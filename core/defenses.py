@@ -1,5 +1,5 @@
 """Defenses: training objectives plugged into ``fit``. Each is called as
-``objective(model, x, y) -> (loss, clean_logits)`` with the model in train mode; adversarial
+``objective(model, x, y) -> loss`` with the model in train mode; adversarial
 examples are crafted with the attacks of :mod:`core.attacks` (eval mode, frozen parameters)."""
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attacks import PGD, attack_mode, input_grad
-from .paths import InputError, build_registered
+from . import hyperparams as hp
+from .attacks import PGD, attack_mode, folded, input_grad
+from .paths import InputError
 
 
 def _inner(model: nn.Module) -> nn.Module:
@@ -25,54 +26,21 @@ def _ce(logits: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor
     return F.cross_entropy(logits, y, label_smoothing=smoothing)
 
 
-@dataclass
-class Objective:
-    """Plain cross-entropy (with optional label smoothing): the undefended objective."""
-
-    name: ClassVar[str] = "none"
-    label_smoothing: float = 0.0
-    eps: float = 0.0
-    eps_ramp_epochs: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.eps <= 1:
-            raise InputError(f"defense eps must be in [0, 1] (pixel units), got {self.eps}")
-        if not isinstance(self.eps_ramp_epochs, int) or self.eps_ramp_epochs < 0:
-            raise InputError(f"eps ramp epochs must be a whole number >= 0, got "
-                             f"{self.eps_ramp_epochs!r}")
-        self.current_eps = self.eps
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise InputError for invalid parameters."""
+class Objective(hp.DefenseSettings):
+    """Plain cross-entropy (with optional label smoothing): the undefended objective.
+    Defenses are called as ``objective(model, x, y) -> loss`` with the model in train mode."""
 
     def begin_epoch(self, epoch: int) -> None:
         """Epsilon ramp: grow the budget linearly over the first ``eps_ramp_epochs`` epochs."""
         if self.eps_ramp_epochs:
             self.current_eps = self.eps * min(1.0, (epoch + 1) / self.eps_ramp_epochs)
 
-    def params(self) -> dict:
-        """Parameters as a JSON-able dict."""
-        return asdict(self)
-
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
-        logits = model(x)
-        return _ce(logits, y, self.label_smoothing), logits
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return _ce(model(x), y, self.label_smoothing)
 
 
-@dataclass
-class _Adversarial(Objective):
-    """Shared budget of PGD-based defenses."""
-
-    eps: float = 0.1
-    steps: int = 10
-    step_size: float | None = None
-
-    def validate(self) -> None:
-        if not isinstance(self.steps, int) or self.steps <= 0:
-            raise InputError(f"defense steps must be a positive whole number, got {self.steps!r}")
-        if self.step_size is not None and self.step_size <= 0:
-            raise InputError(f"defense step size must be positive, got {self.step_size}")
+class _Adversarial(hp.MultiStepSettings, Objective):
+    """Shared crafting of PGD-based defenses."""
 
     def craft(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """PGD examples at the current epsilon, seeded from the global (per-epoch) RNG."""
@@ -98,74 +66,50 @@ def single_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, 
 
 
 @dataclass
-class FGSMTraining(Objective):
+class FGSMTraining(hp.FGSMTrainingSettings, Objective):
     """FGSM adversarial training, Goodfellow, Shlens & Szegedy 2015, "Explaining and Harnessing
     Adversarial Examples": loss = (1 - weight) * CE(clean) + weight * CE(FGSM(x))."""
-
-    name: ClassVar[str] = "fgsm-at"
-    eps: float = 0.1
-    weight: float = 0.5
-
-    def validate(self) -> None:
-        if not 0 <= self.weight <= 1:
-            raise InputError(f"fgsm-at weight must be in [0, 1], got {self.weight}")
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
         adv = single_step(model, x, y, self.current_eps, self.current_eps, random_start=False)
         logits = model(torch.cat([x, adv]))
         clean, adv_logits = logits[: len(x)], logits[len(x):]
-        loss = ((1 - self.weight) * _ce(clean, y, self.label_smoothing)
+        return ((1 - self.weight) * _ce(clean, y, self.label_smoothing)
                 + self.weight * _ce(adv_logits, y, self.label_smoothing))
-        return loss, clean
 
 
 @dataclass
-class FastAT(Objective):
+class FastAT(hp.FastATSettings, Objective):
     """"Fast is better than free", Wong, Rice & Kolter 2020: FGSM from a uniform random start
     in the eps-ball with step ``alpha_ratio`` * eps (1.25 by default), projected; train on it."""
-
-    name: ClassVar[str] = "fast-at"
-    eps: float = 0.1
-    alpha_ratio: float = 1.25
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
         eps = self.current_eps
         adv = single_step(model, x, y, eps, self.alpha_ratio * eps, random_start=True)
-        logits = model(adv)
-        return _ce(logits, y, self.label_smoothing), logits
+        return _ce(model(adv), y, self.label_smoothing)
 
 
 @dataclass
-class PGDTraining(_Adversarial):
+class PGDTraining(hp.PGDTrainingSettings, _Adversarial):
     """PGD adversarial training, Madry et al. 2018, "Towards Deep Learning Models Resistant to
     Adversarial Attacks": minimize CE on PGD examples (random start) of the current batch."""
 
-    name: ClassVar[str] = "pgd-at"
-
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
-        logits = model(self.craft(model, x, y))
-        return _ce(logits, y, self.label_smoothing), logits
+        return _ce(model(self.craft(model, x, y)), y, self.label_smoothing)
 
 
 @dataclass
-class TRADES(_Adversarial):
+class TRADES(hp.TRADESSettings, _Adversarial):
     """TRADES, Zhang et al. 2019, "Theoretically Principled Trade-off between Robustness and
     Accuracy": CE(f(x), y) + beta * KL(f(x) || f(x')), x' maximizing that KL by PGD from
     x + 0.001 * N(0, 1) inside the L-inf eps-ball."""
 
-    name: ClassVar[str] = "trades"
-    beta: float = 6.0
-
-    def validate(self) -> None:
-        super().validate()
-        if self.beta < 0:
-            raise InputError(f"trades beta must be >= 0, got {self.beta}")
-
     def craft_kl(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Adversary of TRADES: maximize KL between clean and perturbed predictions."""
         eps, alpha = self.current_eps, self.step_size or 2.5 * self.current_eps / self.steps
-        model = _inner(model)
-        with attack_mode(model):
+        inner = _inner(model)
+        with attack_mode(inner):
+            model = folded(inner)
             with torch.no_grad():
                 target = F.softmax(model(x).float(), dim=1)
             adv = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
@@ -183,27 +127,16 @@ class TRADES(_Adversarial):
         clean, adv_logits = logits[: len(x)], logits[len(x):]
         kl = F.kl_div(F.log_softmax(adv_logits, dim=1), F.softmax(clean, dim=1),
                       reduction="batchmean")
-        return _ce(clean, y, self.label_smoothing) + self.beta * kl, clean
+        return _ce(clean, y, self.label_smoothing) + self.beta * kl
 
 
 @dataclass
-class IAT(_Adversarial):
+class IAT(hp.IATSettings, _Adversarial):
     """Interpolated Adversarial Training, Lamb et al. 2019, "Interpolated Adversarial Training:
     Achieving Robust Neural Networks without Sacrificing Too Much Accuracy": craft PGD examples
     from the clean batch, apply mixup (lambda ~ Beta(alpha, alpha), a random pairing) separately
     to the clean and to the adversarial batch, loss = 1/2 (mixup CE clean + mixup CE adv).
     ``lam`` fixes lambda (for tests and ablations)."""
-
-    name: ClassVar[str] = "iat"
-    alpha: float = 1.0
-    lam: float | None = None
-
-    def validate(self) -> None:
-        super().validate()
-        if self.alpha <= 0:
-            raise InputError(f"iat alpha must be > 0, got {self.alpha}")
-        if self.lam is not None and not 0 <= self.lam <= 1:
-            raise InputError(f"iat lam must be in [0, 1], got {self.lam}")
 
     def _lambda(self) -> float:
         if self.lam is not None:
@@ -211,20 +144,19 @@ class IAT(_Adversarial):
         return float(torch.distributions.Beta(self.alpha, self.alpha).sample())
 
     def mixup_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                   lam: float, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                   lam: float, perm: torch.Tensor) -> torch.Tensor:
         """Mixup cross-entropy of Zhang et al. 2018 for one batch, a lambda and a pairing."""
         logits = model(lam * x + (1 - lam) * x[perm])
-        loss = (lam * _ce(logits, y, self.label_smoothing)
+        return (lam * _ce(logits, y, self.label_smoothing)
                 + (1 - lam) * _ce(logits, y[perm], self.label_smoothing))
-        return loss, logits
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
         adv = self.craft(model, x, y)
-        clean_loss, clean_logits = self.mixup_loss(model, x, y, self._lambda(),
-                                                   torch.randperm(len(x), device=x.device))
-        adv_loss, _ = self.mixup_loss(model, adv, y, self._lambda(),
-                                      torch.randperm(len(x), device=x.device))
-        return 0.5 * (clean_loss + adv_loss), clean_logits
+        clean_loss = self.mixup_loss(model, x, y, self._lambda(),
+                                     torch.randperm(len(x), device=x.device))
+        adv_loss = self.mixup_loss(model, adv, y, self._lambda(),
+                                   torch.randperm(len(x), device=x.device))
+        return 0.5 * (clean_loss + adv_loss)
 
 
 DEFENSES: dict[str, type[Objective]] = {
@@ -236,7 +168,8 @@ SINGLE_STEP = ("fgsm-at", "fast-at")
 
 def build_defense(name: str, **params) -> Objective:
     """Build a registered defense objective; unknown names or parameters list the valid ones."""
-    return build_registered("defense", DEFENSES, name, params)
+    settings = hp.defense_settings(name, **params)
+    return DEFENSES[name](**settings.params())
 
 
 class RobustGuard:

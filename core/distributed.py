@@ -1,4 +1,6 @@
-"""Multi-process training and evaluation on PyTorch's own engine (torch.distributed).
+"""Process-group plumbing on PyTorch's own engine (torch.distributed): joining the group,
+deciding on rank 0, broadcasting checkpoints, DDP wrapping, and splitting work by whole batches.
+The sharded evaluation itself lives beside the evaluation it shards (:mod:`core.evaluation`).
 
 ``torchrun --nproc_per_node=N -m core train ...`` trains with DistributedDataParallel (gloo on
 CPU, nccl on GPU); each rank sees a distinct shard of every epoch and rank 0 alone writes the
@@ -12,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -20,11 +22,7 @@ import torch.nn as nn
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
-from .data import TensorData
 from .paths import InputError
-
-if TYPE_CHECKING:
-    from .evaluation import AttackOutcome
 
 
 @dataclass(frozen=True)
@@ -145,45 +143,6 @@ def ddp_wrapper(ctx: Context) -> Callable[[nn.Module], nn.Module] | None:
     return wrap
 
 
-def sharded_attack(ctx: Context, batch_size: int = 250) -> Callable[..., "AttackOutcome"]:
-    """A drop-in for :func:`core.evaluation.run_attack` that splits whole batches across ranks
-    and gathers the per-example results in their original order."""
-    from .evaluation import AttackOutcome, run_attack
-
-    def runner(model: nn.Module, data: TensorData, attack, batch_size_: int = batch_size,
-               keep_examples: int = 0, progress=None) -> AttackOutcome:
-        if ctx.world == 1:
-            return run_attack(model, data, attack, batch_size_, keep_examples, progress)
-        mine = my_positions(ctx, len(data), batch_size_)
-        local = None
-        if len(mine):
-            # Rank 0 holds the first batch, so the examples it keeps are the single run's too.
-            local = run_attack(model, data.take(mine), attack, batch_size_,
-                               keep_examples if ctx.is_main else 0,
-                               _scaled(progress, len(data)) if ctx.is_main else None)
-        merged = gather_in_order(ctx, mine, _tensors(local) if local else {})
-        budget = getattr(attack, attack.budget) if attack.budget else None
-        return AttackOutcome(attack.name, attack.params(), budget, classes=data.classes,
-                             examples=local.examples if local else {}, **merged)
-
-    return runner
-
-
-def sharded_predict(ctx: Context) -> Callable[..., torch.Tensor]:
-    """A drop-in for :func:`core.training.predict` that splits whole batches across ranks and
-    gathers the logits in their original order."""
-    from .training import predict
-
-    def runner(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-        if ctx.world == 1:
-            return predict(model, x, batch_size)
-        mine = my_positions(ctx, len(x), batch_size)
-        mine_logits = {"logits": predict(model, x[mine], batch_size)} if len(mine) else {}
-        return gather_in_order(ctx, mine, mine_logits)["logits"]
-
-    return runner
-
-
 def my_positions(ctx: Context, n: int, batch_size: int) -> torch.Tensor:
     """Positions of the whole batches this rank handles (batch k goes to rank k mod world),
     so batch boundaries, and with them seeded attack noise, match a single process."""
@@ -202,19 +161,3 @@ def gather_in_order(ctx: Context, positions: torch.Tensor,
     parts = [p for p in parts if len(p[0])]
     order = torch.argsort(torch.cat([p[0] for p in parts]))
     return {k: torch.cat([p[1][k] for p in parts])[order] for k in parts[0][1]}
-
-
-def _scaled(progress, total: int):
-    """Rank 0's progress through its shard, reported as progress through the whole split."""
-    if progress is None:
-        return None
-    return lambda done, mine: progress(min(total, round(done / max(mine, 1) * total)), total)
-
-
-_TENSOR_FIELDS = ("clean_pred", "clean_conf", "adv_pred", "adv_conf", "l2", "linf", "labels",
-                  "index")
-
-
-def _tensors(outcome: "AttackOutcome") -> dict[str, torch.Tensor]:
-    return {k: getattr(outcome, k) for k in _TENSOR_FIELDS}
-

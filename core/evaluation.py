@@ -1,4 +1,8 @@
-"""Clean and adversarial evaluation, and sweeps over attack budgets."""
+"""Clean and adversarial evaluation, sweeps over attack budgets, and their sharding across
+torchrun ranks (whole batches per rank, results gathered in order, so every number equals a
+single process's). Every adversarial result carries its threat model; a worst case over
+attacks is only ever taken within one threat model, and noise (a corruption) never joins one.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,18 +13,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import distributed
 from .attacks import Attack, attack_mode, input_grad, with_budget
 from .data import TensorData
 from .metrics import classification_report
-from .training import predict
+from .prediction import predict
 
 Progress = Callable[[int, int], None]
 
 
 def clean_report(model: nn.Module, data: TensorData, batch_size: int = 500,
-                 predictor: Callable[..., torch.Tensor] = predict) -> dict:
-    """Metrics of ``model`` on ``data`` plus per-example predictions and confidences
-    (``core.distributed.sharded_predict`` as ``predictor`` splits the work across ranks)."""
+                 predictor: Callable[..., torch.Tensor] | None = None) -> dict:
+    """Metrics of ``model`` on ``data`` plus per-example predictions and confidences (split
+    across torchrun ranks when there are several)."""
+    predictor = predictor or sharded_predict(distributed.current())
     logits = predictor(model, data.floats(), batch_size)
     probs = F.softmax(logits, dim=1)
     conf, pred = probs.max(1)
@@ -68,6 +74,7 @@ class AttackOutcome:
     attack: str
     params: dict
     budget: float | None
+    threat: dict | None
     clean_pred: torch.Tensor
     clean_conf: torch.Tensor
     adv_pred: torch.Tensor
@@ -89,7 +96,7 @@ class AttackOutcome:
         report = classification_report(self.labels.numpy(), self.adv_pred.numpy(), self.classes)
         return {
             "attack": self.attack, "budget": self.budget, "params": self.params,
-            "n": int(len(self.labels)),
+            **threat_columns(self.threat, self.params), "n": int(len(self.labels)),
             "clean_acc": float(clean_ok.float().mean()),
             "adv_acc": float(adv_ok.float().mean()),
             "success_rate": float(flipped.sum()) / n_ok if n_ok else 0.0,
@@ -143,47 +150,120 @@ def run_attack(model: nn.Module, data: TensorData, attack: Attack, batch_size: i
                     "x_adv": torch.cat(kept_adv)[:keep_examples]}
     return AttackOutcome(attack.name, attack.params(),
                          getattr(attack, attack.budget) if attack.budget else None,
-                         cat["cp"], cat["cc"], cat["ap"], cat["ac"], cat["l2"], cat["linf"],
+                         _threat_dict(attack), cat["cp"], cat["cc"], cat["ap"], cat["ac"], cat["l2"], cat["linf"],
                          data.labels.clone(), data.original_index(), data.classes, examples)
+
+
+def _threat_dict(attack: Attack) -> dict | None:
+    threat = attack.threat()
+    return threat.to_dict() if threat else None
+
+
+def threat_columns(threat: dict | None, params: dict) -> dict:
+    """The columns that say where a number lives: ``kind`` (adversarial or corruption),
+    ``norm`` and ``eps`` for attacks, ``sigma`` for noise."""
+    if threat is None:
+        return {"kind": "corruption", "norm": None, "eps": None, "sigma": params.get("sigma")}
+    return {"kind": "adversarial", "norm": threat["norm"], "eps": threat["eps"], "sigma": None}
 
 
 def sweep(model: nn.Module, data: TensorData, attacks: Sequence[Attack],
           budgets: Sequence[float], batch_size: int = 250,
-          progress: Progress | None = None, runner: Callable = None) -> dict:
-    """Run each attack at each budget (attacks without a budget once).
+          progress: Progress | None = None, runner: Callable | None = None) -> dict:
+    """Run each attack at each budget (eps for attacks, sigma for noise; attacks without a
+    budget once).
 
-    Returns ``rows`` (the tidy table), ``worst_case`` (per budget, accuracy when an example
-    counts as robust only if every budgeted attack failed on it) and ``warnings``.
+    Returns ``rows`` (the tidy table, with each row's threat model), ``worst_case`` (per threat
+    model: accuracy when an example counts as robust only if every attack of that threat model
+    failed on it; noise is never part of one) and ``warnings``.
     """
-    runner = runner or run_attack  # core.distributed.sharded_attack splits it across ranks
+    runner = runner or sharded_attack(distributed.current())
     jobs = [(a, b) for a in attacks for b in (budgets if a.budget else [None])]
-    rows, correct_by_budget = [], {}
+    rows, robust = [], {}
+    members: dict[tuple, list[str]] = {}
     warnings = sanity_warnings(model, data.floats(slice(0, 64)), data.labels[:64])
+    n = len(data)
     for k, (attack, budget) in enumerate(jobs):
         concrete = with_budget(attack, budget) if budget is not None else attack
-        outcome = runner(model, data, concrete, batch_size)
+        tick = (lambda done, _total, k=k: progress(k * n + done, len(jobs) * n)) \
+            if progress else None
+        outcome = runner(model, data, concrete, batch_size, progress=tick)
         summary = outcome.summary()
         rows.append({key: summary[key] for key in (
-            "attack", "budget", "n", "clean_acc", "adv_acc", "success_rate", "l2_mean",
-            "l2_median", "linf_mean", "linf_median")} | {"params": summary["params"]})
-        if budget is not None:
+            "attack", "kind", "norm", "eps", "sigma", "budget", "n", "clean_acc", "adv_acc",
+            "success_rate", "l2_mean", "l2_median", "linf_mean", "linf_median")}
+            | {"params": summary["params"]})
+        if outcome.threat is not None:
+            key = (outcome.threat["norm"], outcome.threat["eps"])
             ok = outcome.adv_pred == outcome.labels
-            correct_by_budget[budget] = correct_by_budget.get(budget, ok) & ok
-        if progress:
-            progress(k + 1, len(jobs))
-    worst = [{"budget": b, "worst_case_acc": float(ok.float().mean())}
-             for b, ok in sorted(correct_by_budget.items())]
+            robust[key] = robust.get(key, ok) & ok
+            members.setdefault(key, []).append(attack.name)
+    worst = [{"norm": norm, "eps": eps, "attacks": ", ".join(members[(norm, eps)]),
+              "n": n, "worst_case_acc": float(ok.float().mean())}
+             for (norm, eps), ok in sorted(robust.items(), key=lambda kv: (kv[0][0],
+                                                                            kv[0][1] or 0))]
     return {"rows": rows, "worst_case": worst, "warnings": warnings + _ordering_warnings(rows)}
 
 
 def _ordering_warnings(rows: list[dict]) -> list[str]:
-    """A weaker attack beating PGD at the same budget hints at gradient masking or a bug."""
-    pgd = {r["budget"]: r["adv_acc"] for r in rows if r["attack"] == "pgd"}
+    """FGSM beating PGD in the same threat model hints at gradient masking or too few steps."""
+    pgd = {(r["norm"], r["eps"]): r["adv_acc"] for r in rows if r["attack"] == "pgd"}
     out = []
     for r in rows:
-        if r["attack"] in ("noise", "fgsm") and r["budget"] in pgd:
-            if r["adv_acc"] < pgd[r["budget"]] - 0.01:
-                out.append(f"{r['attack']} at {r['budget']} ({r['adv_acc']:.1%}) beats PGD "
-                           f"({pgd[r['budget']]:.1%}): possible gradient masking or too few "
-                           "PGD steps")
+        key = (r["norm"], r["eps"])
+        if r["attack"] == "fgsm" and key in pgd and r["adv_acc"] < pgd[key] - 0.01:
+            out.append(f"fgsm at {r['norm']} eps {r['eps']:g} ({r['adv_acc']:.1%}) beats PGD "
+                       f"({pgd[key]:.1%}) in the same threat model: possible gradient masking "
+                       "or too few PGD steps")
     return out
+
+
+def sharded_attack(ctx: distributed.Context, batch_size: int = 250
+                   ) -> Callable[..., AttackOutcome]:
+    """A drop-in for :func:`run_attack` that splits whole batches across ranks and gathers the
+    per-example results in their original order (plain :func:`run_attack` for one process)."""
+
+    def runner(model: nn.Module, data: TensorData, attack: Attack, batch_size_: int = batch_size,
+               keep_examples: int = 0, progress: Progress | None = None) -> AttackOutcome:
+        if ctx.world == 1:
+            return run_attack(model, data, attack, batch_size_, keep_examples, progress)
+        mine = distributed.my_positions(ctx, len(data), batch_size_)
+        local = None
+        if len(mine):
+            # Rank 0 holds the first batch, so the examples it keeps are the single run's too.
+            local = run_attack(model, data.take(mine), attack, batch_size_,
+                               keep_examples if ctx.is_main else 0,
+                               _scaled(progress, len(data)) if ctx.is_main else None)
+        fields_ = {k: getattr(local, k) for k in _TENSOR_FIELDS} if local else {}
+        merged = distributed.gather_in_order(ctx, mine, fields_)
+        budget = getattr(attack, attack.budget) if attack.budget else None
+        return AttackOutcome(attack.name, attack.params(), budget, _threat_dict(attack),
+                             classes=data.classes, examples=local.examples if local else {},
+                             **merged)
+
+    return runner
+
+
+def sharded_predict(ctx: distributed.Context) -> Callable[..., torch.Tensor]:
+    """A drop-in for :func:`core.prediction.predict` that splits whole batches across ranks
+    and gathers the logits in their original order."""
+
+    def runner(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+        if ctx.world == 1:
+            return predict(model, x, batch_size)
+        mine = distributed.my_positions(ctx, len(x), batch_size)
+        mine_logits = {"logits": predict(model, x[mine], batch_size)} if len(mine) else {}
+        return distributed.gather_in_order(ctx, mine, mine_logits)["logits"]
+
+    return runner
+
+
+def _scaled(progress: Progress | None, total: int) -> Progress | None:
+    """Rank 0's progress through its shard, reported as progress through the whole split."""
+    if progress is None:
+        return None
+    return lambda done, mine: progress(min(total, round(done / max(mine, 1) * total)), total)
+
+
+_TENSOR_FIELDS = ("clean_pred", "clean_conf", "adv_pred", "adv_conf", "l2", "linf", "labels",
+                  "index")

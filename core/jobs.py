@@ -1,124 +1,151 @@
-"""Background jobs: each long task runs in its own worker process (``python -m core worker``)
-that writes to the run store and beats a heartbeat; anyone can launch, watch or cancel it."""
+"""What each kind of job does, given its :class:`core.runner.JobContext`. Under torchrun every
+rank runs the same function on its share of the work; rank 0 alone writes files and the store.
+"""
 from __future__ import annotations
 
-import logging
-import os
-import subprocess
-import sys
-import threading
-import traceback
-from pathlib import Path
-from typing import Callable
+import torch
+import torch.nn as nn
 
-from .paths import PROJECT_ROOT, InputError, run_dir
-from .store import RunStore
-
-log = logging.getLogger(__name__)
-HEARTBEAT_S = 2.0
-Handler = Callable[[RunStore, str, bool, bool], dict]
+from . import checkpoint, data, distributed, estimate, reports
+from .attacks import build_attack, with_budget
+from .evaluation import clean_report, run_attack, sanity_warnings, sharded_attack, sweep as sweep_
+from .hyperparams import ATTACK_SETTINGS
+from .paths import run_dir
+from .prediction import model_from, pick_device, run_model_path
+from .specs import AttackSpec, EvaluateSpec, GridSpec, ModelJobSpec, SweepSpec
+from .training import fit
 
 
-class Heartbeat:
-    """A thread in the worker process that stamps the run's heartbeat every few seconds."""
-
-    def __init__(self, db_path: Path, run_id: str, every_s: float = HEARTBEAT_S) -> None:
-        self.db_path, self.run_id, self.every_s = db_path, run_id, every_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True)
-
-    def _beat(self) -> None:
-        store = RunStore(self.db_path)
-        try:
-            while not self._stop.wait(self.every_s):
-                store.heartbeat(self.run_id)
-        finally:
-            store.close()
-
-    def __enter__(self) -> "Heartbeat":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+def train(ctx) -> dict:
+    """Train per the TrainSpec (resuming from the run's checkpoint when asked)."""
+    return fit(ctx.spec, ctx.store if ctx.is_main else None, ctx.run_id, resume=ctx.resume,
+               progress=ctx.progress)
 
 
-def _handlers() -> dict[str, Handler]:
-    from . import tasks
+def job_model(ctx, spec: ModelJobSpec) -> tuple[nn.Module, dict]:
+    """The model a job names. Under torchrun rank 0 reads the file and sends it to the other
+    ranks (which need no run store), and each rank uses its own device."""
+    rank = ctx.rank
+    path = run_model_path(spec.model_run, spec.which) if rank.is_main else None
+    tensors, meta = distributed.shared_checkpoint(path, rank)
+    device = rank.device if rank.world > 1 else pick_device(spec.device)
+    return model_from(tensors, meta, device), meta
 
-    return {"train": tasks.train_task, "sweep": tasks.sweep_task, "attack": tasks.attack_task,
-            "evaluate": tasks.evaluate_task, "reproduce": tasks.reproduce_task,
-            "grid": tasks.grid_task}
+
+def split_for(meta: dict, spec: ModelJobSpec, split: str = "test", n: int | None = None,
+              seed: int = 0) -> data.TensorData:
+    """The split a model was trained for, optionally a seeded subset of ``n`` examples."""
+    root = spec.data_dir or meta["train_config"].get("data_dir")
+    return data.load(meta["dataset"], split, root).subset(n, seed)
 
 
-def run_job(store: RunStore, run_id: str, resume: bool = False, progress: bool = True) -> dict:
-    """Run a stored job in this process: mark it running, heartbeat, dispatch, record outcome."""
-    from .training import Cancelled
+def _per_pass(model: nn.Module, split: data.TensorData) -> float:
+    device = next(model.parameters()).device
+    x = split.floats(slice(0, 64)).to(device, memory_format=torch.channels_last)
+    return estimate.seconds_per_pass(model, x, split.labels[:64].to(device))
 
-    run = store.get(run_id)
-    handler = _handlers()[run.kind]
-    store.set_status(run_id, "running")
-    try:
-        with Heartbeat(store.path, run_id):
-            result = handler(store, run_id, resume, progress)
-    except Cancelled:
-        store.set_status(run_id, "cancelled", error="cancelled by request; resume to continue")
-        raise
-    except BaseException as err:  # record every failure on the run, then let it propagate
-        store.set_status(run_id, "failed", error=f"{type(err).__name__}: {err}")
-        raise
-    store.set_status(run_id, "completed")
+
+def evaluate(ctx) -> dict:
+    """Clean metrics, confusion matrix and mistakes of a model on a split."""
+    spec: EvaluateSpec = ctx.spec
+    model, meta = job_model(ctx, spec)
+    split = split_for(meta, spec, spec.split, spec.n)
+    ctx.progress.start(len(split))
+    report = clean_report(model, split, spec.batch_size)
+    ctx.progress.update(len(split))
+    if not ctx.is_main:
+        return {}
+    shown = reports.write_evaluation(ctx.folder, report, split)
+    summary = {k: v for k, v in report.items() if k != "records"}
+    summary.update(n_misclassified=sum(r["true"] != r["pred"] for r in report["records"]),
+                   n_mistakes_shown=len(shown), model_run=spec.model_run, split=spec.split)
+    ctx.store.set_summary(ctx.run_id, summary)
+    return summary
+
+
+def attack(ctx) -> dict:
+    """One attack on a seeded sample of test images: summary, records and example images."""
+    spec: AttackSpec = ctx.spec
+    atk = build_attack(spec.attack, **spec.params)
+    model, meta = job_model(ctx, spec)
+    split = split_for(meta, spec, "test", spec.n, spec.seed)
+    ctx.say(estimate.line(estimate.attack_seconds(atk, len(split), _per_pass(model, split)),
+                          f"{atk.gradients_per_image():,} gradient passes per image, "
+                          f"{len(split):,} images"))
+    ctx.progress.start(len(split))
+    runner = sharded_attack(ctx.rank)
+    outcome = runner(model, split, atk, spec.batch_size, keep_examples=spec.keep,
+                     progress=lambda done, _total: ctx.progress.update(done))
+    if not ctx.is_main:
+        return {}
+    threat = atk.threat()
+    summary = dict(outcome.summary(), n_test_source=split.source, model_run=spec.model_run,
+                   threat_label=threat.label() if threat else f"sigma {atk.params()['sigma']}")
+    for w in sanity_warnings(model, split.floats(slice(0, 64)), split.labels[:64]):
+        ctx.warn(w)
+    reports.write_attack(ctx.folder, outcome, summary, split.classes)
+    ctx.store.set_summary(ctx.run_id, summary)
+    return summary
+
+
+def sweep(ctx) -> dict:
+    """Attacks over a grid of budgets: the tidy table, the worst case per threat model, CSV
+    and Markdown."""
+    spec: SweepSpec = ctx.spec
+    attacks = [build_attack(a["name"], **a["params"]) for a in spec.attacks]
+    model, meta = job_model(ctx, spec)
+    split = split_for(meta, spec, "test", spec.n, spec.seed)
+    per_pass = _per_pass(model, split)
+    points = [(a, b) for a in attacks for b in (spec.budgets if a.budget else [None])]
+    seconds = sum(estimate.attack_seconds(a, len(split), per_pass) for a, _ in points)
+    ctx.say(estimate.line(seconds, f"{len(points)} attack runs on {len(split):,} images"))
+    ctx.progress.start(len(points) * len(split))
+    result = sweep_(model, split, attacks, spec.budgets, spec.batch_size,
+                    progress=lambda done, _total: ctx.progress.update(done),
+                    runner=sharded_attack(ctx.rank))
+    if not ctx.is_main:
+        return {}
+    reports.write_table(result, ctx.folder / "sweep")
+    for w in result["warnings"]:
+        ctx.warn(w)
+    summary = dict(result, n=len(split), source=split.source, model_run=spec.model_run)
+    ctx.store.set_summary(ctx.run_id, summary)
+    return summary
+
+
+def grid(ctx) -> dict:
+    """One attack over a grid of budgets, each point saved as soon as it is done, with a few
+    example images and their class probabilities (the dashboard's epsilon slider)."""
+    spec: GridSpec = ctx.spec
+    attack_ = build_attack(spec.attack, **spec.params)
+    model, meta = job_model(ctx, spec)
+    split = split_for(meta, spec, "test", spec.n, spec.seed)
+    budgets = spec.budgets if attack_.budget else [None]
+    ctx.progress.start(len(budgets) * len(split))
+    done, device = {}, next(model.parameters()).device
+    for k, budget in enumerate(budgets):
+        concrete = with_budget(attack_, budget) if budget is not None else attack_
+        outcome = run_attack(model, split, concrete, spec.batch_size, keep_examples=spec.keep,
+                             progress=lambda d, _t, k=k: ctx.progress.update(k * len(split) + d))
+        summary = {key: v for key, v in outcome.summary().items()
+                   if key not in ("confusion_adv", "per_class_adv_acc")}
+        _save_grid_point(ctx, k, outcome, model, device, summary)
+        done[str(k)] = summary["adv_acc"]
+        ctx.store.log_metrics(ctx.run_id, [(k, None, "adv_acc", summary["adv_acc"])])
+    result = {"adv_acc": done, "budgets": budgets, "n": len(split), "source": split.source,
+              "classes": split.classes, "kind": ATTACK_SETTINGS[spec.attack].kind}
+    ctx.store.set_summary(ctx.run_id, result)
     return result
 
 
-def launch(store: RunStore, kind: str, config: dict, parent: str | None = None,
-           name: str | None = None) -> str:
-    """Create a queued run and start its worker process; return the run id."""
-    run_id = store.create_run(kind, config, parent=parent, name=name)
-    start_worker(store, run_id)
-    return run_id
-
-
-def start_worker(store: RunStore, run_id: str, resume: bool = False) -> int:
-    """Spawn a detached worker for ``run_id`` (survives the caller, e.g. the dashboard)."""
-    log_path = run_dir(run_id) / "worker.log"
-    cmd = [sys.executable, "-m", "core", "worker", run_id]
-    if resume:
-        cmd.append("--resume")
-    env = dict(os.environ, ROBUSTLAB_DB=str(store.path), PYTHONUNBUFFERED="1")
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen(cmd, cwd=str(PROJECT_ROOT), stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-    return proc.pid
-
-
-def resume(store: RunStore, run_id: str) -> None:
-    """Continue a failed or cancelled training run from its last checkpoint in a new worker."""
-    run = store.get(run_id)
-    if run.kind != "train":
-        raise InputError(f"only training runs can be resumed; {run_id} is a {run.kind} run")
-    if run.status in ("running", "queued"):
-        raise InputError(f"run {run_id} is {run.status}; only failed or cancelled runs resume")
-    if not (run_dir(run_id) / "checkpoint.safetensors").exists():
-        raise InputError(f"run {run_id} has no checkpoint yet (it stopped in its first epoch); "
-                         "clone it into a new run instead")
-    store.set_status(run_id, "queued")
-    start_worker(store, run_id, resume=True)
-
-
-def worker_main(run_id: str, resume_flag: bool = False) -> int:
-    """Entry point of ``python -m core worker RUN``."""
-    from .training import Cancelled
-
-    store = RunStore(os.environ.get("ROBUSTLAB_DB") or None)
-    try:
-        run_job(store, run_id, resume=resume_flag, progress=False)
-    except Cancelled:
-        return 0
-    except BaseException:  # the error is already in the run store; keep the trace in the log
-        traceback.print_exc()
-        return 1
-    finally:
-        store.close()
-    return 0
+def _save_grid_point(ctx, k: int, outcome, model: nn.Module, device: torch.device,
+                     summary: dict) -> None:
+    with torch.no_grad():
+        clean_prob = torch.softmax(model(outcome.examples["x"].to(device)).float(), 1).cpu()
+        adv_prob = torch.softmax(model(outcome.examples["x_adv"].to(device)).float(), 1).cpu()
+    keep = len(outcome.examples["x"])
+    tensors = dict(outcome.examples, clean_prob=clean_prob, adv_prob=adv_prob,
+                   clean_pred=clean_prob.argmax(1), adv_pred=adv_prob.argmax(1),
+                   labels=outcome.labels[:keep])
+    checkpoint.save(run_dir(ctx.run_id) / f"grid-{k:03d}.safetensors", tensors,
+                    {"summary": summary})

@@ -2,7 +2,8 @@
 
 The data root comes from an explicit argument (the CLI's ``--data-dir``), else the environment
 variable ``ROBUSTLAB_DATA``, else ``artifacts/data``. Artifacts (run database, run folders,
-caches, reports) live under ``ROBUSTLAB_ARTIFACTS`` or ``artifacts/`` beside the package.
+caches, reports) live under the CLI's ``--artifacts-dir``, else ``ROBUSTLAB_ARTIFACTS``, else
+``artifacts/`` beside the package.
 """
 from __future__ import annotations
 
@@ -59,6 +60,11 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
+def runs_root() -> Path:
+    """Folder holding every run's folder."""
+    return artifacts_dir() / "runs"
+
+
 def run_dir(run_id: str) -> Path:
     """Folder holding one run's files (checkpoints, reports, logs)."""
     path = artifacts_dir() / "runs" / check_run_id(run_id)
@@ -74,18 +80,3 @@ def confine(path: str | os.PathLike, *roots: Path) -> Path:
             return resolved
     allowed = ", ".join(str(r) for r in roots)
     raise InputError(f"path {str(path)!r} is outside the allowed folders ({allowed})")
-
-
-def build_registered(kind: str, registry: dict, name: str, params: dict):
-    """Instantiate ``registry[name]`` (a dataclass) with ``params``, naming the valid names or
-    fields when either is wrong."""
-    from dataclasses import fields
-
-    if name not in registry:
-        raise InputError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(registry)}")
-    valid = [f.name for f in fields(registry[name])]
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        raise InputError(f"unknown parameter(s) {unknown} for {kind} {name!r}; valid: "
-                         f"{', '.join(valid)}")
-    return registry[name](**params)

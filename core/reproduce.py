@@ -3,25 +3,20 @@
 Part (a): seed-resnet on CIFAR-10. Part (b): seed-resnet on MNIST and its attack table.
 Part (c): adversarial training (FGSM-AT at eps 0.2, as the seed did) beside fast-AT, PGD-AT,
 TRADES and IAT, each evaluated with PGD at 0.01/0.1/0.2 and Carlini-Wagner.
-Every model is a training run of its own (parent: the reproduce run), so the dashboard shows
-them all.
+Every part is a child job run through the same runner as the CLI and the dashboard (its own
+run, heartbeat, status and files, parent: the reproduce run), so the dashboard shows them all.
 """
 from __future__ import annotations
 
 import json
-import time
+import shutil
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import pandas as pd
 
-from . import checkpoint, figures
-from .attacks import build_attack
-from .evaluation import clean_report, misclassified, run_attack, sweep
+from . import checkpoint, figures, reports
 from .paths import reports_dir, run_dir
-from .store import RunStore
-from .tasks import save_grid, table_frame, test_split, write_table
-from .training import TrainConfig, fit, load_model, run_model_path
+from .specs import AttackSpec, EvaluateSpec, ReproduceSpec, SweepSpec, TrainSpec
 
 SEED = {"cifar_acc": 0.6518, "cifar_micro_f1": 0.680, "mnist_acc": 0.9828,
         "fgsm_at": {"clean": 0.9859, 0.01: 0.9393, 0.1: 0.4697, 0.2: 0.3131}}
@@ -68,126 +63,137 @@ QUICK = Plan(
 )
 
 
-def reproduce(store: RunStore, run_id: str, quick: bool = False, data_dir: str | None = None,
-              progress: bool = False) -> dict:
+def reproduce(ctx) -> dict:
     """Run the study and write ``artifacts/reports/<run_id>/report.md`` with its figures."""
-    plan = QUICK if quick else FULL
-    folder = reports_dir() / run_id
+    spec: ReproduceSpec = ctx.spec
+    plan = QUICK if spec.quick else FULL
+    folder = reports_dir() / ctx.run_id
     folder.mkdir(parents=True, exist_ok=True)
-    ctx = _Context(store, run_id, data_dir, progress, folder)
-    results = {"quick": quick, "plan": asdict(plan)}
-    results["cifar"] = _part_a(ctx, plan)
-    results["mnist"] = _part_b(ctx, plan)
-    results["defenses"] = _part_c(ctx, plan)
-    checkpoint.atomic_write_text(folder / "results.json", json.dumps(results, indent=2,
-                                                                     default=str))
+    parts = _Parts(ctx, spec, plan, folder)
+    results = {"quick": spec.quick, "plan": asdict(plan)}
+    ctx.progress.start(3, "parts")
+    results["cifar"] = parts.part_a()
+    ctx.progress.update(1)
+    results["mnist"] = parts.part_b()
+    ctx.progress.update(2)
+    results["defenses"] = parts.part_c()
+    ctx.progress.update(3)
+    reports.write_json(folder / "results.json", results)
     checkpoint.atomic_write_text(folder / "report.md", render(results))
     summary = {"report": str(folder / "report.md"), "cifar_acc": results["cifar"]["accuracy"],
                "mnist_acc": results["mnist"]["accuracy"]}
-    store.set_summary(run_id, summary)
+    ctx.store.set_summary(ctx.run_id, summary)
     return summary
 
 
-@dataclass
-class _Context:
-    store: RunStore
-    run_id: str
-    data_dir: str | None
-    progress: bool
-    folder: Path
+class _Parts:
+    """The three parts, each made of child jobs."""
+
+    def __init__(self, ctx, spec: ReproduceSpec, plan: Plan, folder) -> None:
+        self.ctx, self.spec, self.plan, self.folder = ctx, spec, plan, folder
+
+    def _where(self) -> dict:
+        return {"data_dir": self.spec.data_dir, "device": self.spec.device}
 
     def train(self, name: str, **cfg) -> tuple[str, float]:
         """Train a child run; return its id and wall time."""
-        config = TrainConfig(**dict(cfg, data_dir=self.data_dir))
-        child = self.store.create_run("train", config.to_dict(), parent=self.run_id, name=name)
-        self.store.set_status(child, "running")
-        start = time.perf_counter()
-        fit(config, self.store, child, progress=self.progress)
-        self.store.set_status(child, "completed")
-        self.store.log_metrics(self.run_id, [(None, None, f"done:{name}", 1.0)])
-        return child, time.perf_counter() - start
+        child, _ = self.ctx.child(TrainSpec(**cfg, **self._where()), name)
+        return child, self.ctx.store.get(child).duration or 0.0
 
+    def evaluate(self, model_run: str, name: str, which: str = "final") -> tuple[str, dict]:
+        """Clean evaluation of a model on its whole test split, as a child run."""
+        return self.ctx.child(EvaluateSpec(model_run=model_run, which=which, **self._where()),
+                              name)
 
-def _part_a(ctx: _Context, plan: Plan) -> dict:
-    child, wall = ctx.train("seed study (a): cifar10", **plan.cifar)
-    model, meta = load_model(run_model_path(child))
-    split = test_split(meta, data_dir=ctx.data_dir)
-    report = clean_report(model, split)
-    title = f"CIFAR-10 seed-resnet ({len(split)} test images)"
-    figures.confusion_png(report["confusion"], report["classes"], ctx.folder / "cifar_confusion.png",
-                          title)
-    figures.save_html(figures.confusion_figure(report["confusion"], report["classes"], title),
-                      ctx.folder / "cifar_confusion.html")
-    wrong = misclassified(report)
-    save_grid(split, wrong[:64], ctx.folder / "cifar_misclassified.png")
-    per_epoch = [m["value"] for m in ctx.store.metrics(child, ["test_acc"])]
-    return {"run": child, "wall_s": wall, "n_test": len(split), "source": split.source,
-            "accuracy": report["accuracy"], "micro_f1": report["micro_f1"],
-            "macro_f1": report["macro_f1"], "per_class": report["per_class"],
-            "per_epoch_acc": per_epoch, "n_misclassified": len(wrong),
-            "misclassified_sample": [
-                {"index": r["index"], "true": report["classes"][r["true"]],
-                 "pred": report["classes"][r["pred"]], "confidence": r["confidence"]}
-                for r in wrong[:64]]}
+    def part_a(self) -> dict:
+        child, wall = self.train("seed study (a): cifar10", **self.plan.cifar)
+        eval_id, report = self.evaluate(child, "seed study (a): evaluation")
+        for name in ("confusion.png", "mistakes.png"):
+            shutil.copyfile(run_dir(eval_id) / name, self.folder / f"cifar_{name}")
+        title = f"CIFAR-10 seed-resnet ({report['n']} test images)"
+        figures.save_html(figures.confusion_figure(report["confusion"], report["classes"],
+                                                   title), self.folder / "cifar_confusion.html")
+        per_epoch = [m["value"] for m in self.ctx.store.metrics(child, ["test_acc"])]
+        return {"run": child, "evaluation": eval_id, "wall_s": wall, "n_test": report["n"],
+                "source": report["source"], "accuracy": report["accuracy"],
+                "micro_f1": report["micro_f1"], "macro_f1": report["macro_f1"],
+                "per_class": report["per_class"], "per_epoch_acc": per_epoch,
+                "n_misclassified": report["n_misclassified"]}
 
+    def part_b(self) -> dict:
+        child, wall = self.train("seed study (b): mnist", **self.plan.mnist)
+        _, clean = self.evaluate(child, "seed study (b): evaluation")
+        attacks = [{"name": "noise", "params": {}}, {"name": "fgsm", "params": {}},
+                   {"name": "pgd", "params": {"steps": self.plan.pgd_steps}},
+                   {"name": "semantic", "params": {"mode": "negative"}},
+                   {"name": "cw", "params": self.plan.cw}]
+        sweep_run, result = self.ctx.child(SweepSpec(
+            model_run=child, attacks=attacks, budgets=self.plan.budgets, n=self.plan.attack_n,
+            **self._where()), "seed attack table")
+        reports.write_table(result, self.folder / "mnist_attack_table")
+        curves = _curves(result["rows"])
+        figures.curves_png(curves, self.folder / "mnist_attacks.png",
+                           f"seed-resnet on MNIST ({result['n']} test images)")
+        figures.save_html(figures.robustness_figure(curves), self.folder / "mnist_attacks.html")
+        return {"run": child, "sweep_run": sweep_run, "wall_s": wall,
+                "accuracy": clean["accuracy"], "n_test": clean["n"], "n_attack": result["n"],
+                "rows": result["rows"], "worst_case": result["worst_case"],
+                "warnings": result["warnings"]}
 
-def _attack_specs(plan: Plan) -> list:
-    return [build_attack("noise", sigma=0.1), build_attack("fgsm"),
-            build_attack("pgd", steps=plan.pgd_steps), build_attack("semantic", mode="negative"),
-            build_attack("cw", **plan.cw)]
+    def part_c(self) -> list[dict]:
+        rows = []
+        for name, args in self.plan.defenses.items():
+            cfg = dict(self.plan.defense_common, defense=name, defense_args=args,
+                       robust_eval={"eps": args["eps"], "steps": 10})
+            child, wall = self.train(f"seed study (c): {name}", **cfg)
+            rows += [self._defense_row(name, args, child, wall, which)
+                     for which in _weights_to_report(self.ctx.store, child)]
+        curves = {_label(r): [(b, r[f"pgd@{b}"]) for b in self.plan.defense_budgets]
+                  for r in rows}
+        title = "PGD accuracy of defended MNIST models"
+        figures.curves_png(curves, self.folder / "defenses.png", title)
+        figures.save_html(figures.robustness_figure(curves, title),
+                          self.folder / "defenses.html")
+        return rows
 
-
-def _part_b(ctx: _Context, plan: Plan) -> dict:
-    child, wall = ctx.train("seed study (b): mnist", **plan.mnist)
-    model, meta = load_model(run_model_path(child))
-    full = test_split(meta, data_dir=ctx.data_dir)
-    clean = clean_report(model, full)
-    sample = full.subset(plan.attack_n, seed=0)
-    result = sweep(model, sample, _attack_specs(plan), plan.budgets)
-    sweep_run = ctx.store.create_run("sweep", {"model_run": child, "budgets": plan.budgets,
-                                               "n": plan.attack_n, "attacks": [
-        {"name": a.name, "params": a.params()} for a in _attack_specs(plan)]},
-        parent=child, name="seed attack table")
-    ctx.store.set_summary(sweep_run, dict(result, n=len(sample), source=sample.source,
-                                          model_run=child))
-    ctx.store.set_status(sweep_run, "completed")
-    write_table(result, ctx.folder / "mnist_attack_table")
-    curves = _curves(result["rows"])
-    figures.curves_png(curves, ctx.folder / "mnist_attacks.png",
-                       f"seed-resnet on MNIST ({len(sample)} test images)")
-    figures.save_html(figures.robustness_figure(curves), ctx.folder / "mnist_attacks.html")
-    return {"run": child, "sweep_run": sweep_run, "wall_s": wall, "accuracy": clean["accuracy"],
-            "n_test": len(full), "n_attack": len(sample), "rows": result["rows"],
-            "worst_case": result["worst_case"], "warnings": result["warnings"]}
+    def _defense_row(self, name: str, args: dict, child: str, wall: float,
+                     which: str = "final") -> dict:
+        plan, store = self.plan, self.ctx.store
+        meta = json.loads((run_dir(child) / ("best.safetensors.json" if which == "best"
+                                             else "model.safetensors.json")).read_text())
+        _, clean = self.evaluate(child, f"{name}: evaluation ({which})", which)
+        _, pgd = self.ctx.child(SweepSpec(
+            model_run=child, which=which, attacks=[{"name": "pgd", "params": {
+                "steps": plan.pgd_steps}}], budgets=plan.defense_budgets,
+            n=plan.defense_eval_n, **self._where()), f"{name}: PGD ({which})")
+        _, cw = self.ctx.child(AttackSpec(model_run=child, which=which, attack="cw",
+                                          params=plan.cw, n=plan.cw_n, keep=0, **self._where()),
+                               f"{name}: CW ({which})")
+        row = {"defense": name, "run": child, "settings": args, "train_s": wall,
+               "weights": which, "epoch": meta.get("epoch"), "clean": clean["accuracy"],
+               "n_clean": clean["n"], "n_pgd": pgd["n"], "n_cw": cw["n"],
+               "cw_success": cw["success_rate"], "cw_median_l2": cw["l2_median"],
+               "warnings": store.get(child).warnings}
+        for r in pgd["rows"]:
+            row[f"pgd@{r['budget']}"] = r["adv_acc"]
+        return row
 
 
 def _curves(rows: list[dict]) -> dict:
+    """Accuracy-versus-budget series of the bounded attacks (noise by sigma, labelled so)."""
     curves: dict = {}
     for r in rows:
         if r["budget"] is not None:
-            curves.setdefault(r["attack"], []).append((r["budget"], r["adv_acc"]))
+            label = r["attack"] + (" (sigma)" if r["kind"] == "corruption" else
+                                   f" ({r['norm']})")
+            curves.setdefault(label, []).append((r["budget"], r["adv_acc"]))
     return curves
 
 
-def _part_c(ctx: _Context, plan: Plan) -> list[dict]:
-    rows = []
-    for name, args in plan.defenses.items():
-        cfg = dict(plan.defense_common, defense=name, defense_args=args,
-                   robust_eval={"eps": args["eps"], "steps": 10})
-        child, wall = ctx.train(f"seed study (c): {name}", **cfg)
-        rows += [_defense_row(ctx, plan, name, args, child, wall, which)
-                 for which in _weights_to_report(ctx, child)]
-    curves = {_label(r): [(b, r[f"pgd@{b}"]) for b in plan.defense_budgets] for r in rows}
-    figures.curves_png(curves, ctx.folder / "defenses.png", "PGD accuracy of defended MNIST models")
-    figures.save_html(figures.robustness_figure(curves, "PGD accuracy of defended MNIST models"),
-                      ctx.folder / "defenses.html")
-    return rows
-
-
-def _weights_to_report(ctx: _Context, child: str) -> list[str]:
+def _weights_to_report(store, child: str) -> list[str]:
     """The final weights, and beside them the guard's best epoch when it saw a collapse and
     kept an earlier epoch: the table shows what the guard's choice costs and gains."""
-    run = ctx.store.get(child)
+    run = store.get(child)
     best = (run.summary or {}).get("best") or {}
     kept_earlier = best.get("epoch", run.config["epochs"]) < run.config["epochs"]
     has_file = (run_dir(child) / "best.safetensors").exists()
@@ -196,25 +202,6 @@ def _weights_to_report(ctx: _Context, child: str) -> list[str]:
 
 def _label(row: dict) -> str:
     return row["defense"] + (f" (best epoch, {row['epoch']})" if row["weights"] == "best" else "")
-
-
-def _defense_row(ctx: _Context, plan: Plan, name: str, args: dict, child: str,
-                 wall: float, which: str = "final") -> dict:
-    warnings = ctx.store.get(child).warnings
-    model, meta = load_model(run_model_path(child, which))
-    full = test_split(meta, data_dir=ctx.data_dir)
-    row = {"defense": name, "run": child, "settings": args, "train_s": wall, "weights": which,
-           "epoch": meta.get("epoch"),
-           "clean": clean_report(model, full)["accuracy"], "n_clean": len(full)}
-    sample = full.subset(plan.defense_eval_n, seed=0)
-    for b in plan.defense_budgets:
-        out = run_attack(model, sample, build_attack("pgd", eps=b, steps=plan.pgd_steps))
-        row[f"pgd@{b}"] = out.summary()["adv_acc"]
-    cw = run_attack(model, full.subset(plan.cw_n, seed=0), build_attack("cw", **plan.cw))
-    s = cw.summary()
-    row.update(cw_success=s["success_rate"], cw_median_l2=s["l2_median"], n_pgd=len(sample),
-               n_cw=plan.cw_n, warnings=warnings)
-    return row
 
 
 def _pct(v: float | None) -> str:
@@ -237,16 +224,17 @@ def render(results: dict) -> str:
              "Accuracy after each epoch: " + ", ".join(_pct(v) for v in a["per_epoch_acc"]), "",
              pd.DataFrame(a["per_class"]).to_markdown(index=False, floatfmt=".3f"), "",
              "![confusion](cifar_confusion.png) ([interactive](cifar_confusion.html))", "",
-             f"{a['n_misclassified']} misclassified; the first 64:", "",
-             "![misclassified](cifar_misclassified.png)", "",
+             f"{a['n_misclassified']} misclassified; up to 64, drawn across classes:", "",
+             "![mistakes](cifar_mistakes.png)", "",
              "## (b) seed-resnet on MNIST and its attack table", "",
              f"Clean accuracy {_pct(b['accuracy'])} on {b['n_test']} test images (seed 98.28%). "
              f"Attacks on {b['n_attack']} test images; PGD: {plan['pgd_steps']} steps, step "
              f"2.5·eps/steps, random start; CW: {plan['cw']}; noise: Gaussian, sigma = budget; "
              "semantic: negative images. Norms are of the successful perturbations.", "",
-             table_frame(b["rows"]).to_markdown(index=False, floatfmt=".4f"), "",
-             "Worst case over noise, FGSM and PGD per budget (per example):", "",
-             pd.DataFrame(b["worst_case"]).to_markdown(index=False, floatfmt=".4f"), "",
+             reports.markdown(reports.table_frame(b["rows"])), "",
+             "Worst case over attacks per threat model (per example; noise is a corruption and "
+             "never part of one):", "",
+             reports.markdown(pd.DataFrame(b["worst_case"])), "",
              "![attacks](mnist_attacks.png) ([interactive](mnist_attacks.html))", ""]
     for w in b["warnings"]:
         lines.append(f"- warning: {w}")

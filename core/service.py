@@ -12,14 +12,16 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, data, jobs
-from .attacks import ATTACKS, build_attack
+from . import checkpoint, data, runner
+from .attacks import build_attack
+from .console import headline
+from .hyperparams import ATTACK_SETTINGS
 from .paths import InputError, artifacts_dir, confine, data_dir, run_dir
-from .store import Run, RunStore
-from .training import TrainConfig, pick_device
+from .prediction import load_model, pick_device, run_model_path
+from .specs import DEFAULT_GRID, EvaluateSpec, GridSpec, SweepSpec, TrainSpec
+from .store import Run, RunStore, resume_refusal
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
-DEFAULT_GRID = [0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
 
 
 def eps_label(eps: float) -> str:
@@ -47,8 +49,6 @@ def run_label(run: Run) -> str:
 
 def runs_frame(store: RunStore, kind: str | None = None) -> pd.DataFrame:
     """Runs as a table for display."""
-    from .commands import headline
-
     rows = [{"id": r.id, "name": r.name or "", "kind": r.kind, "status": r.status,
              "created": time.strftime("%m-%d %H:%M", time.localtime(r.created)),
              "seconds": round(r.duration or 0), "result": headline(r)}
@@ -88,7 +88,7 @@ def progress(store: RunStore, run_id: str) -> dict:
 
 def train_form_defaults(run: Run | None = None) -> dict:
     """Form values: the defaults, or a run's config (to clone it)."""
-    base = TrainConfig().to_dict()
+    base = TrainSpec().to_dict()
     if run is not None:
         base.update({k: v for k, v in run.config.items() if k in base})
     return base
@@ -96,12 +96,31 @@ def train_form_defaults(run: Run | None = None) -> dict:
 
 def launch_training(store: RunStore, values: dict, name: str | None = None) -> str:
     """Validate a training form and start its worker; returns the run id."""
-    cfg = TrainConfig.from_dict(values)
+    cfg = TrainSpec.from_dict(values)
     if cfg.dataset.startswith("imagefolder:"):
         # A path typed into the browser may only point inside the data or artifacts folders.
         folder = confine(cfg.dataset.split(":", 1)[1], data_dir(cfg.data_dir), artifacts_dir())
         cfg.dataset = f"imagefolder:{folder}"
-    return jobs.launch(store, "train", cfg.to_dict(), name=name or None)
+    return runner.submit(store, cfg, name=name or None)
+
+
+def resumable(run: Run) -> bool:
+    """Whether the dashboard may offer Resume for ``run`` (the runner's one rule)."""
+    return resume_refusal(run) is None
+
+
+def resume(store: RunStore, run_id: str) -> None:
+    """Resume a training run in a new worker."""
+    runner.resume_in_worker(store, run_id)
+
+
+def launch_sweep(store: RunStore, model_run: str, attacks: list[str], budgets: list[float],
+                 n: int, pgd_steps: int | None = None) -> str:
+    """Start a sweep job (the attacks' own defaults, one strength everywhere)."""
+    specs = [{"name": a, "params": {"steps": pgd_steps} if a == "pgd" and pgd_steps else {}}
+             for a in attacks]
+    return runner.submit(store, SweepSpec(model_run=model_run, attacks=specs, budgets=budgets,
+                                          n=n), parent=model_run)
 
 
 def cached_evaluation(store: RunStore, model_run: str) -> Run:
@@ -109,8 +128,7 @@ def cached_evaluation(store: RunStore, model_run: str) -> Run:
     for run in store.list_runs(kind="evaluate", parent=model_run):
         if run.status in ("completed", "running", "queued"):
             return run
-    run_id = jobs.launch(store, "evaluate", {"model_run": model_run, "which": "final",
-                                             "split": "test", "n": None}, parent=model_run)
+    run_id = runner.submit(store, EvaluateSpec(model_run=model_run), parent=model_run)
     return store.get(run_id)
 
 
@@ -143,10 +161,11 @@ def amplified_perturbation(x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor
 
 def attack_fields(name: str) -> list[dict]:
     """The hyperparameters of an attack (name, type, default), for building widgets."""
-    if name not in ATTACKS:
-        raise InputError(f"unknown attack {name!r}; valid attacks: {', '.join(ATTACKS)}")
+    if name not in ATTACK_SETTINGS:
+        raise InputError(f"unknown attack {name!r}; valid attacks: "
+                         f"{', '.join(ATTACK_SETTINGS)}")
     out = []
-    for f in fields(ATTACKS[name]):
+    for f in fields(ATTACK_SETTINGS[name]):
         default = f.default
         out.append({"name": f.name, "type": type(default).__name__ if default is not None
                     else "optional", "default": default})
@@ -156,14 +175,30 @@ def attack_fields(name: str) -> list[dict]:
 def grid_run(store: RunStore, model_run: str, attack: str, params: dict, n: int,
              budgets: list[float] | None = None, keep: int = 12) -> Run:
     """The attack-grid job for these settings: reuse a matching one, else launch it."""
-    budgets = budgets or DEFAULT_GRID
-    build_attack(attack, **params)
-    config = {"model_run": model_run, "attack": attack, "params": params, "n": n,
-              "budgets": budgets, "keep": keep}
+    spec = GridSpec(model_run=model_run, attack=attack, params=params, n=n,
+                    budgets=list(budgets or DEFAULT_GRID), keep=keep)
+    config = spec.to_dict()
     for run in store.list_runs(kind="grid", parent=model_run):
         if run.config == config and run.status in ("completed", "running", "queued"):
             return run
-    return store.get(jobs.launch(store, "grid", config, parent=model_run))
+    return store.get(runner.submit(store, spec, parent=model_run))
+
+
+def model_for_run(store: RunStore, run_id: str, which: str = "final",
+                  device: str = "auto") -> tuple[torch.nn.Module, dict]:
+    """Load the trained model of a training run."""
+    run = store.get(run_id)
+    if run.kind != "train":
+        raise InputError(f"run {run_id} is a {run.kind} run; pick a training run")
+    return load_model(run_model_path(run_id, which), device)
+
+
+def load_report(run_id: str) -> dict:
+    """The full evaluation report (with per-example records) of an evaluate run."""
+    path = run_dir(run_id) / "evaluation.json"
+    if not path.exists():
+        raise InputError(f"run {run_id} has no evaluation report")
+    return json.loads(path.read_text())
 
 
 def grid_result(run_id: str, index: int) -> dict | None:
@@ -240,7 +275,9 @@ def sweep_curves(store: RunStore, sweep_ids: list[str]) -> tuple[dict, pd.DataFr
         rows = summary.get("rows", [])
         for r in rows:
             if r["budget"] is not None:
-                series.setdefault(f"{label} · {r['attack']}", []).append((r["budget"], r["adv_acc"]))
+                axis = "sigma" if r.get("kind") == "corruption" else r.get("norm", "")
+                series.setdefault(f"{label} · {r['attack']} ({axis})", []).append(
+                    (r["budget"], r["adv_acc"]))
         if rows:
             frame = pd.DataFrame([{k: v for k, v in r.items() if k != "params"} for r in rows])
             frame.insert(0, "model", label)

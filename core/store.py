@@ -5,6 +5,7 @@ while one writer commits, and a generous busy timeout absorbs writer contention.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -26,7 +27,7 @@ CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, parent TEXT,
     name TEXT, config TEXT NOT NULL, summary TEXT, warnings TEXT NOT NULL DEFAULT '[]',
     created REAL NOT NULL, started REAL, finished REAL, heartbeat REAL, pid INTEGER,
-    error TEXT, cancel_requested INTEGER NOT NULL DEFAULT 0
+    error TEXT, cancel_requested INTEGER NOT NULL DEFAULT 0, owner TEXT
 );
 CREATE TABLE IF NOT EXISTS metrics (
     run TEXT NOT NULL, step INTEGER, epoch INTEGER, name TEXT NOT NULL, value REAL,
@@ -39,6 +40,10 @@ CREATE INDEX IF NOT EXISTS runs_parent ON runs(parent);
 
 class RunNotFound(InputError):
     """No run with that id."""
+
+
+class RunBusy(InputError):
+    """Another process holds the run's lease (it is its one writer)."""
 
 
 @dataclass
@@ -60,6 +65,7 @@ class Run:
     pid: int | None
     error: str | None
     cancel_requested: bool
+    owner: str | None = None
 
     @property
     def duration(self) -> float | None:
@@ -81,6 +87,9 @@ class RunStore:
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA busy_timeout=60000")
         self._conn.executescript(_SCHEMA)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(runs)")}
+        if "owner" not in columns:  # a database written before leases existed
+            self._conn.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
 
     def close(self) -> None:
         """Close the connection."""
@@ -164,9 +173,36 @@ class RunStore:
             self._write("UPDATE runs SET status=?, finished=?, error=? WHERE id=?",
                         (status, now, error, run_id))
 
-    def heartbeat(self, run_id: str) -> None:
-        """Record that the run's worker is alive."""
-        self._write("UPDATE runs SET heartbeat=? WHERE id=?", (time.time(), run_id))
+    def heartbeat(self, run_id: str, owner: str | None = None) -> None:
+        """Record that the run's worker (the lease holder, when ``owner`` is given) is alive."""
+        if owner is None:
+            self._write("UPDATE runs SET heartbeat=? WHERE id=?", (time.time(), run_id))
+        else:
+            self._write("UPDATE runs SET heartbeat=? WHERE id=? AND owner=?",
+                        (time.time(), run_id, owner))
+
+    def acquire(self, run_id: str, owner: str, stale_after_s: float = STALE_AFTER_S) -> None:
+        """Take the run's lease: this process becomes its one writer. Refused with RunBusy
+        while another live process holds it (a lease whose holder stopped beating for
+        ``stale_after_s`` or died is taken over)."""
+        now = time.time()
+        with self._lock():
+            row = self._conn.execute("SELECT owner, heartbeat, pid FROM runs WHERE id=?",
+                                     (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFound(f"no run with id {run_id!r}")
+            holder, beat, pid = row
+            alive = pid is not None and _pid_alive(pid)
+            if holder and holder != owner and alive and beat and now - beat < stale_after_s:
+                raise RunBusy(f"run {run_id} is already being run by process {pid} (last "
+                              f"heartbeat {now - beat:.0f} s ago); a run has one writer: wait "
+                              f"for it, or stop it with `python -m core cancel {run_id}`")
+            self._conn.execute("UPDATE runs SET owner=?, pid=?, heartbeat=? WHERE id=?",
+                               (owner, os.getpid(), now, run_id))
+
+    def release(self, run_id: str, owner: str) -> None:
+        """Give the lease back (only its holder can)."""
+        self._write("UPDATE runs SET owner=NULL WHERE id=? AND owner=?", (run_id, owner))
 
     def set_summary(self, run_id: str, summary: dict) -> None:
         """Store the run's result summary (JSON)."""
@@ -183,10 +219,15 @@ class RunStore:
             warnings.append(message)
             self._write("UPDATE runs SET warnings=? WHERE id=?", (json.dumps(warnings), run_id))
 
-    def request_cancel(self, run_id: str) -> None:
-        """Ask the run's worker to stop at its next check."""
+    def request_cancel(self, run_id: str) -> bool:
+        """Ask a queued or running run's worker to stop; False (and no change) when the run
+        has already finished."""
         self.get(run_id)
-        self._write("UPDATE runs SET cancel_requested=1 WHERE id=?", (run_id,))
+        with self._lock():
+            changed = self._conn.execute(
+                "UPDATE runs SET cancel_requested=1 WHERE id=? AND status IN "
+                "('queued', 'running')", (run_id,)).rowcount
+        return bool(changed)
 
     def cancel_requested(self, run_id: str) -> bool:
         """Whether a cancel was requested for the run."""
@@ -234,8 +275,8 @@ class RunStore:
             if dead or silent:
                 self.set_status(run.id, "failed", error=(
                     "worker stopped unexpectedly (no heartbeat for "
-                    f"{now - (run.heartbeat or now):.0f} s); resume it to continue from the "
-                    "last checkpoint"))
+                    f"{now - (run.heartbeat or now):.0f} s); " + restart_hint(run)))
+                self._write("UPDATE runs SET owner=NULL WHERE id=?", (run.id,))
                 stale.append(run.id)
         for run in self.list_runs(status="queued"):
             if run.pid is None and now - run.created > QUEUED_TIMEOUT_S:
@@ -244,6 +285,35 @@ class RunStore:
                     "again"))
                 stale.append(run.id)
         return stale
+
+
+def has_checkpoint(run: Run) -> bool:
+    """Whether a training run saved a checkpoint it can resume from."""
+    from .paths import runs_root
+
+    return run.kind == "train" and (runs_root() / run.id / "checkpoint.safetensors").exists()
+
+
+def resume_refusal(run: Run) -> str | None:
+    """Why ``run`` cannot be resumed, or None when it can: only a failed or cancelled training
+    run with a checkpoint resumes (the one rule, for the CLI and the dashboard)."""
+    if run.kind != "train":
+        return (f"run {run.id} is a {run.kind} run; only training runs resume (start it again "
+                "instead)")
+    if run.status not in ("failed", "cancelled"):
+        return (f"run {run.id} is {run.status}; only failed or cancelled training runs can be "
+                "resumed")
+    if not has_checkpoint(run):
+        return (f"run {run.id} stopped before its first checkpoint (end of epoch 1), so there "
+                "is nothing to resume; start it again (Clone into form on the Train page)")
+    return None
+
+
+def restart_hint(run: Run) -> str:
+    """What a user can do with a stopped run: resume it, or start it again."""
+    if resume_refusal(dataclasses.replace(run, status="failed")) is None:
+        return f"resume it with `python -m core resume {run.id}`"
+    return "start it again (it cannot be resumed)"
 
 
 def _pid_alive(pid: int) -> bool:

@@ -1,133 +1,40 @@
 """The training loop (``fit``): tensor data pipeline, pluggable objective, run-store logging,
-atomic per-epoch checkpoints, resume, and cooperative cancellation."""
+atomic per-epoch checkpoints, resume, and cancellation (see :mod:`core.cancellation`).
+
+"train acc" means the same for every defense: clean accuracy, in eval mode, on every
+``LOG_EVERY_STEPS``-th training batch as drawn (augmented, before any attack). "train loss" is
+the defense's own training objective.
+"""
 from __future__ import annotations
 
 import math
-import signal
-import sys
-import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import checkpoint, data, distributed
-from .models import MODELS, build_model
+from . import checkpoint, data, distributed, estimate
+from .cancellation import STATE as CANCEL
+from .cancellation import Cancelled
+from .models import build_model
 from .paths import InputError, run_dir
+from .prediction import pick_device, predict
+from .progress import Progress, Quiet, fmt_duration
+from .specs import TrainSpec
 from .store import RunStore
 
-OPTIMIZERS = ("sgd", "nesterov", "adam")
-SCHEDULES = ("onecycle", "cosine", "constant")
-PRECISIONS = ("auto", "fp32", "bf16")
 LOG_EVERY_STEPS = 10
-
-
-class Cancelled(Exception):
-    """Training stopped because a cancel was requested."""
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; weights are not saved."""
 
 
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (stored as the run's config)."""
-
-    dataset: str = "mnist"
-    model: str = "seed-resnet"
-    model_args: dict = field(default_factory=dict)
-    epochs: int = 5
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "onecycle"
-    label_smoothing: float = 0.0
-    seed: int = 0
-    train_subset: int | None = None
-    test_subset: int | None = None
-    augment: bool | None = None
-    defense: str = "none"
-    defense_args: dict = field(default_factory=dict)
-    robust_eval: dict = field(default_factory=dict)
-    data_dir: str | None = None
-    device: str = "auto"
-    precision: str = "auto"
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        """Build from a dict, refusing unknown keys."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InputError(f"unknown training options {unknown}; valid: {sorted(known)}")
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
-
-    def to_dict(self) -> dict:
-        """Plain-JSON form."""
-        return asdict(self)
-
-    def validate(self) -> None:
-        """Raise InputError naming the first invalid value and what is valid."""
-        from .defenses import DEFENSES, build_defense
-
-        if self.model not in MODELS:
-            raise InputError(f"unknown model {self.model!r}; valid models: {', '.join(MODELS)}")
-        if self.dataset not in ("mnist", "cifar10") and not self.dataset.startswith("imagefolder:"):
-            raise InputError(f"unknown dataset {self.dataset!r}; valid datasets: "
-                             f"{', '.join(data.DATASETS)}")
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("defense", self.defense, tuple(DEFENSES))
-        _choice("precision", self.precision, PRECISIONS)
-        _positive_int("epochs", self.epochs)
-        _positive_int("batch size", self.batch_size)
-        for name in ("train_subset", "test_subset"):
-            if getattr(self, name) is not None:
-                _positive_int(name.replace("_", " "), getattr(self, name))
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise InputError(f"learning rate must be a positive number, got {self.lr}")
-        if not 0 <= self.label_smoothing < 1:
-            raise InputError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise InputError("weight decay must be >= 0 and momentum in [0, 1)")
-        build_defense(self.defense, label_smoothing=self.label_smoothing, **self.defense_args)
-        unknown = sorted(set(self.robust_eval) - {"eps", "steps", "n", "collapse_drop"})
-        if unknown:
-            raise InputError(f"unknown robust_eval options {unknown}; valid: eps, steps, n, "
-                             "collapse_drop")
-
-
-def _choice(what: str, value: str, valid: tuple) -> None:
-    if value not in valid:
-        raise InputError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
-
-
-def _positive_int(what: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise InputError(f"{what} must be a positive whole number, got {value!r}")
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """CUDA when available (or asked for), else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("device 'cuda' requested but no CUDA GPU is available; use cpu or auto")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise InputError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N")
-    return torch.device(name)
-
-
-def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+def lr_at(cfg: TrainSpec, step: int, total: int) -> float:
     """Learning rate at ``step`` of ``total`` for the configured schedule."""
     t = min(step / max(total, 1), 1.0)
     if cfg.schedule == "constant":
@@ -140,7 +47,7 @@ def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * (t - warm) / (1 - warm))) + cfg.lr * 1e-4
 
 
-def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(cfg: TrainSpec, model: nn.Module) -> torch.optim.Optimizer:
     """SGD (optionally Nesterov) or Adam; no weight decay on BatchNorm and bias parameters."""
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
@@ -156,7 +63,7 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
 class Setup:
     """Everything a training run holds in memory."""
 
-    cfg: TrainConfig
+    cfg: TrainSpec
     train: data.TensorData
     test: data.TensorData
     model: nn.Module
@@ -166,14 +73,14 @@ class Setup:
     held_out: data.TensorData | None = None
 
 
-def prepare(cfg: TrainConfig, device: torch.device | None = None) -> Setup:
+def prepare(cfg: TrainSpec, device: torch.device | None = None) -> Setup:
     """Load data, build model, optimizer and objective for ``cfg`` (on ``device`` if given)."""
     from .defenses import build_defense
 
     train = data.load(cfg.dataset, "train", cfg.data_dir).subset(cfg.train_subset, cfg.seed)
     test = data.load(cfg.dataset, "test", cfg.data_dir).subset(cfg.test_subset, cfg.seed + 1)
     held_out = None
-    if _guarded(cfg):
+    if cfg.guarded:
         # The guard picks the best epoch, so it must not look at test images: it gets training
         # images that are never trained on (Rice et al. 2020 select on a validation split).
         train, held_out = train.holdout(held_out_size(cfg, len(train)), cfg.seed + 2)
@@ -188,7 +95,7 @@ def prepare(cfg: TrainConfig, device: torch.device | None = None) -> Setup:
                  held_out)
 
 
-def held_out_size(cfg: TrainConfig, n_train: int) -> int:
+def held_out_size(cfg: TrainSpec, n_train: int) -> int:
     """Training images the robustness guard holds out: ``robust_eval["n"]``, else 500 or a
     tenth of the training images, whichever is fewer."""
     n = cfg.robust_eval.get("n")
@@ -201,10 +108,6 @@ def held_out_size(cfg: TrainConfig, n_train: int) -> int:
     return n
 
 
-def _guarded(cfg: TrainConfig) -> bool:
-    return cfg.defense != "none" or bool(cfg.robust_eval)
-
-
 def model_meta(setup: Setup) -> dict:
     """The sidecar description that lets a checkpoint be rebuilt without the run store."""
     cfg, train = setup.cfg, setup.train
@@ -214,42 +117,8 @@ def model_meta(setup: Setup) -> dict:
             "mean": list(train.mean), "std": list(train.std), "train_config": cfg.to_dict()}
 
 
-class _CancelWatch:
-    """Cooperative cancellation: SIGTERM in this process, or the run store's cancel flag."""
-
-    def __init__(self, store: RunStore | None, run_id: str | None,
-                 ctx: distributed.Context | None = None) -> None:
-        self.store, self.run_id, self.ctx = store, run_id, ctx or distributed.Context()
-        self.flag, self.last_poll = False, 0.0
-        self._previous = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._on_signal)
-
-    def _on_signal(self, *_: Any) -> None:
-        self.flag = True
-
-    def check(self, step: int = 0) -> None:
-        """Raise Cancelled once a stop was asked for. Ranks compare notes every
-        LOG_EVERY_STEPS steps so that all of them stop at the same step (a rank that stopped
-        alone would leave the others waiting in their next all-reduce)."""
-        now = time.monotonic()
-        if self.store and self.run_id and now - self.last_poll > 1.0:
-            self.last_poll = now
-            self.flag = self.flag or self.store.cancel_requested(self.run_id)
-        if self.ctx.world > 1:
-            if step % LOG_EVERY_STEPS:
-                return
-            self.flag = distributed.any_rank(self.flag, self.ctx)
-        if self.flag:
-            raise Cancelled("training cancelled")
-
-    def close(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
-def fit(cfg: TrainConfig, store: RunStore | None = None, run_id: str | None = None,
-        resume: bool = False, progress: bool = True) -> dict:
+def fit(cfg: TrainSpec, store: RunStore | None = None, run_id: str | None = None,
+        resume: bool = False, progress: Progress | None = None) -> dict:
     """Train per ``cfg``; log to ``store`` under ``run_id``; return the final summary.
 
     With ``resume`` it continues from the run's last checkpoint. Under torchrun every rank
@@ -261,6 +130,7 @@ def fit(cfg: TrainConfig, store: RunStore | None = None, run_id: str | None = No
     ctx = ctx or distributed.Context(device=setup.device)
     folder = run_dir(run_id) if run_id and ctx.is_main else None
     writer = store if ctx.is_main else None
+    report = progress if progress is not None and ctx.is_main else Quiet()
     start_epoch, best = 0, None
     if resume:
         # Only rank 0 reads the file; it sends the weights to the other ranks.
@@ -281,43 +151,57 @@ def fit(cfg: TrainConfig, store: RunStore | None = None, run_id: str | None = No
                                     "n_held_out": _held(setup),
                                     "dataset_source": setup.train.source, "epoch": start_epoch,
                                     "world_size": ctx.world})
+    if writer and report.enabled:
+        _announce(setup, report, writer, run_id, cfg.epochs - start_epoch)
     guard = _guard(setup)
     if guard is not None and best:
         guard.best_acc, guard.best_epoch = best["robust_acc"], best["epoch"]
-    watch = _CancelWatch(store if ctx.is_main else None, run_id, ctx)
-    bar = _progress_bar(total, start_epoch * steps_per_epoch, progress and ctx.is_main)
+    report.start(total, "steps", cfg.batch_size, done=start_epoch * steps_per_epoch)
     history: dict = {}
     try:
         for epoch in range(start_epoch, cfg.epochs):
+            began = time.monotonic()
             train_stats = _train_epoch(setup, net, epoch, steps_per_epoch, total, ctx,
-                                       writer, run_id, watch, bar)
+                                       writer, run_id, report)
             history = dict(train_stats, **evaluate_epoch(setup, guard))
             if writer:
                 writer.log_metrics(run_id, [(None, epoch, k, v) for k, v in history.items()])
             best = _maybe_best(setup, guard, history, best, folder, writer, run_id, epoch)
             if folder:
                 _save_checkpoint(setup, folder, epoch + 1, best)
+            report.say(_epoch_line(epoch, cfg.epochs, history, time.monotonic() - began))
     finally:
-        bar.close()
-        watch.close()
+        report.close()
     summary = _final(setup, folder, history, best)
     if writer:
         writer.set_summary(run_id, dict(writer.get(run_id).summary or {}, **summary))
     return summary
 
 
-def _progress_bar(total: int, initial: int, enabled: bool):
-    from tqdm import tqdm
+def _announce(setup: Setup, report: Progress, writer: RunStore, run_id: str,
+              epochs: int) -> None:
+    """State the run's estimated duration before it starts (and keep it in the summary)."""
+    x = setup.train.floats(slice(0, 64)).to(setup.device, memory_format=torch.channels_last)
+    per_pass = estimate.seconds_per_pass(setup.model, x, setup.train.labels[:64].to(setup.device))
+    guard_steps = int(setup.cfg.robust_eval.get("steps", 10)) if setup.held_out else 0
+    seconds = estimate.training_seconds(setup.objective, epochs, len(setup.train),
+                                        len(setup.test), _held(setup), guard_steps, per_pass)
+    report.say(estimate.line(seconds, f"{epochs} epoch(s) of {len(setup.train):,} images, "
+                                      f"{1 / per_pass:,.0f} img/s per plain training pass"))
+    writer.set_summary(run_id, dict(writer.get(run_id).summary or {}, estimated_s=seconds))
 
-    # Only on a terminal: redirected output (logs, CI) would get thousands of bar redraws.
-    return tqdm(total=total, initial=initial, disable=not enabled or not sys.stderr.isatty(),
-                unit="step",
-                dynamic_ncols=True, desc="train")
+
+def _epoch_line(epoch: int, epochs: int, h: dict, seconds: float) -> str:
+    text = (f"epoch {epoch + 1}/{epochs}: train loss {h['train_loss']:.4f} · train acc "
+            f"{h['train_acc']:.2%} · test acc {h['test_acc']:.2%}")
+    if "robust_acc" in h:
+        text += f" · held-out PGD {h['robust_acc']:.2%}"
+    return text + f" · {fmt_duration(seconds)}"
 
 
 def _train_epoch(setup: Setup, net: nn.Module, epoch: int, steps_per_epoch: int, total: int,
                  ctx: distributed.Context, writer: RunStore | None, run_id: str | None,
-                 watch: _CancelWatch, bar) -> dict:
+                 report: Progress) -> dict:
     cfg, model, world = setup.cfg, setup.model, ctx.world
     # Re-seeding per epoch makes a resumed run draw the same random numbers as an unbroken one;
     # the rank offset gives each rank its own crops and attack starts (rank 0's are unchanged).
@@ -327,8 +211,11 @@ def _train_epoch(setup: Setup, net: nn.Module, epoch: int, steps_per_epoch: int,
     augment = setup.train.augment if cfg.augment is None else cfg.augment
     setup.objective.begin_epoch(epoch)
     model.train()
-    loss_sum = correct = seen = 0.0
-    pending: list = []
+    # Losses stay on the device and reach the host only at logging points: a .item() per step
+    # would stall a GPU's queue every step.
+    loss_sum = torch.zeros((), device=setup.device)
+    pending: list[tuple[int, torch.Tensor]] = []
+    counts = {"seen": 0, "correct": 0, "measured": 0}
     batch = max(cfg.batch_size // world, 1)
     for i, (x, y, _) in enumerate(data.batches(setup.train, batch, order, augment, gen)):
         if len(y) < 2:  # BatchNorm cannot train on a batch of one
@@ -339,54 +226,59 @@ def _train_epoch(setup: Setup, net: nn.Module, epoch: int, steps_per_epoch: int,
         x = x.to(setup.device, memory_format=torch.channels_last)
         y = y.to(setup.device)
         with torch.autocast(setup.device.type, dtype=torch.bfloat16, enabled=_bf16(setup)):
-            loss, logits = setup.objective(net, x, y)
-        if not _finite_everywhere(loss, ctx):
-            raise NonFiniteLoss(
-                f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; stopped without "
-                "saving these weights (lower the learning rate or check the data)")
+            loss = setup.objective(net, x, y)
         setup.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         setup.optimizer.step()
-        loss_sum += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
-        seen += len(y)
-        pending.append((step + 1, epoch, "train_loss_step", loss.item()))
-        if writer and (len(pending) >= LOG_EVERY_STEPS or i == steps_per_epoch - 1):
-            writer.log_metrics(run_id, pending + [(step + 1, epoch, "lr",
-                                                   setup.optimizer.param_groups[0]["lr"])])
+        loss_sum += loss.detach() * len(y)
+        counts["seen"] += len(y)
+        pending.append((step + 1, loss.detach()))
+        if len(pending) >= LOG_EVERY_STEPS or i == steps_per_epoch - 1:
+            _log_point(setup, pending, x, y, counts, ctx, writer, run_id, epoch, i)
+            report.update(step + 1, f"epoch {epoch + 1}/{cfg.epochs} · loss "
+                                    f"{float(pending[-1][1]):.3f}")
             pending = []
-        bar.update(1)
-        bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-        watch.check(i + 1)
-    if writer and pending:
-        writer.log_metrics(run_id, pending)
-    return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
+    if pending:
+        _log_point(setup, pending, x, y, counts, ctx, writer, run_id, epoch, i)
+    seen = max(counts["seen"], 1)
+    return {"train_loss": float(loss_sum) / seen,
+            "train_acc": counts["correct"] / max(counts["measured"], 1)}
 
 
-def _finite_everywhere(loss: torch.Tensor, ctx: distributed.Context) -> bool:
-    """Whether the loss is finite on every rank: all ranks must stop together, or the ones
-    still training would wait forever in the gradient all-reduce."""
-    return not distributed.any_rank(not bool(torch.isfinite(loss)), ctx)
+def _log_point(setup: Setup, pending: list, x: torch.Tensor, y: torch.Tensor, counts: dict,
+               ctx: distributed.Context, writer: RunStore | None, run_id: str | None,
+               epoch: int, i: int) -> None:
+    """Once every LOG_EVERY_STEPS steps: the losses reach the host (one transfer), a NaN on any
+    rank stops every rank, a stop request is honoured on every rank, train accuracy is
+    measured on this batch, and the rows are written."""
+    losses = torch.stack([v for _, v in pending]).float().cpu()
+    if distributed.any_rank(not bool(torch.isfinite(losses).all()), ctx):
+        raise NonFiniteLoss(
+            f"loss became {losses.tolist()[-1]} at epoch {epoch + 1}, step {i + 1}; stopped "
+            "without saving these weights (lower the learning rate or check the data)")
+    if ctx.world > 1 and distributed.any_rank(CANCEL.requested, ctx):
+        raise Cancelled(CANCEL.reason or "cancel requested")
+    counts["correct"] += _clean_correct(setup.model, x, y)
+    counts["measured"] += len(y)
+    if writer:
+        rows = [(s, epoch, "train_loss_step", v) for (s, _), v in zip(pending, losses.tolist())]
+        writer.log_metrics(run_id, rows + [(pending[-1][0], epoch, "lr",
+                                            setup.optimizer.param_groups[0]["lr"])])
+
+
+def _clean_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Correct eval-mode predictions on the clean batch (train mode restored)."""
+    model.eval()
+    with torch.no_grad():
+        correct = int((model(x).argmax(1) == y).sum())
+    model.train()
+    return correct
 
 
 def _bf16(setup: Setup) -> bool:
     """bfloat16 autocast for the training forward: asked for, or 'auto' on a GPU."""
     p = setup.cfg.precision
     return p == "bf16" or (p == "auto" and setup.device.type == "cuda")
-
-
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Logits of ``model`` in eval mode for float images ``x``, batched, without gradients."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    outs = []
-    with torch.inference_mode():
-        for start in range(0, len(x), batch_size):
-            chunk = x[start:start + batch_size].to(device, memory_format=torch.channels_last)
-            outs.append(model(chunk).float().cpu())
-    model.train(was_training)
-    return torch.cat(outs) if outs else torch.empty(0)
 
 
 def evaluate_epoch(setup: Setup, guard) -> dict:
@@ -455,29 +347,7 @@ def _held(setup: Setup) -> int:
     return len(setup.held_out) if setup.held_out is not None else 0
 
 
-def load_model(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild a model from a checkpoint written by ``fit`` (no pickle involved)."""
-    tensors, meta = checkpoint.load(path)
-    return model_from(tensors, meta, pick_device(device)), meta
 
 
-def model_from(tensors: dict[str, torch.Tensor], meta: dict, device: torch.device) -> nn.Module:
-    """A model in eval mode on ``device`` from checkpoint tensors and their sidecar."""
-    try:
-        model = build_model(meta["model"], meta["input_shape"], meta["num_classes"],
-                            meta["mean"], meta["std"], **meta.get("model_args", {}))
-    except KeyError as err:
-        raise checkpoint.CheckpointError(f"checkpoint sidecar lacks {err}") from err
-    checkpoint.load_into(model, tensors)
-    return model.to(device, memory_format=torch.channels_last).eval()
 
 
-def run_model_path(run_id: str, which: str = "final") -> Path:
-    """Path of a training run's final (or best-robust) weights."""
-    folder = run_dir(run_id)
-    path = folder / ("best.safetensors" if which == "best" else "model.safetensors")
-    if not path.exists():
-        raise checkpoint.CheckpointError(
-            f"run {run_id} has no {'best' if which == 'best' else 'final'} weights yet "
-            f"({path.name} missing): it has not completed")
-    return path

@@ -3,10 +3,9 @@ the background; upload your own image to attack it."""
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.attacks import ATTACKS
+from core.hyperparams import ATTACK_SETTINGS as ATTACKS
 from core.service import (amplified_perturbation, attack_single, classes_for_run, eps_label,
-                          grid_result, grid_run, read_upload, to_display)
-from core.tasks import model_for_run
+                          grid_result, grid_run, model_for_run, read_upload, to_display)
 from pages.common import require_trained_runs, get_store, pick_run, show_error
 
 store = get_store()
@@ -22,14 +21,14 @@ params = {}
 with st.expander("Attack parameters", expanded=False):
     if attack == "pgd":
         p1, p2, p3 = st.columns(3)
-        params["steps"] = p1.number_input("Steps", 1, 200, 10)
+        params["steps"] = p1.number_input("Steps", 1, 200, ATTACKS["pgd"].steps)
         params["norm"] = p2.selectbox("Norm", ["linf", "l2"])
         params["restarts"] = p3.number_input("Restarts", 1, 10, 1)
     elif attack == "cw":
         p1, p2 = st.columns(2)
-        params["steps"] = p1.number_input("Steps per search", 10, 1000, 50)
-        params["search_steps"] = p2.number_input("Binary search steps", 1, 9, 5)
-        params["lr"] = 0.05
+        params["steps"] = p1.number_input("Steps per search", 10, 1000, ATTACKS["cw"].steps)
+        params["search_steps"] = p2.number_input("Binary search steps", 1, 9,
+                                                 ATTACKS["cw"].search_steps)
     elif attack == "semantic":
         params["mode"] = st.selectbox("Mode", ["negative", "hsv"])
     elif attack == "noise":

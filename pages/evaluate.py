@@ -4,8 +4,7 @@ import streamlit as st
 
 from core.evaluation import misclassified
 from core.figures import confusion_figure
-from core.service import cached_evaluation, gallery_images
-from core.tasks import load_report
+from core.service import cached_evaluation, gallery_images, load_report
 from pages.common import require_trained_runs, get_store, pick_run, show_error
 
 store = get_store()

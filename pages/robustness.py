@@ -2,10 +2,9 @@
 table, CSV download; sweeps launch as background jobs."""
 import streamlit as st
 
-from core import jobs
-from core.attacks import ATTACKS
 from core.figures import robustness_figure
-from core.service import progress, run_label, sweep_curves
+from core.hyperparams import ATTACK_SETTINGS
+from core.service import launch_sweep, progress, run_label, sweep_curves
 from pages.common import require_trained_runs, get_store, show_error
 
 store = get_store()
@@ -16,11 +15,11 @@ with st.form("sweep-form"):
     st.markdown("**Launch a sweep**")
     c1, c2 = st.columns([3, 2])
     models = c1.multiselect("Models", runs, default=runs[:1], format_func=run_label)
-    attacks = c2.multiselect("Attacks", list(ATTACKS), default=["noise", "fgsm", "pgd"])
+    attacks = c2.multiselect("Attacks", list(ATTACK_SETTINGS), default=["noise", "fgsm", "pgd"])
     c1, c2, c3 = st.columns(3)
     eps_text = c1.text_input("Epsilons (pixel units)", "0, 0.01, 0.05, 0.1, 0.2, 0.3")
     n = c2.number_input("Test images", 10, 10000, 500, step=100)
-    steps = c3.number_input("PGD steps", 1, 200, 20)
+    steps = c3.number_input("PGD steps", 1, 200, 40)
     go = st.form_submit_button("Run sweep", type="primary", icon=":material/play_arrow:")
 if go:
     try:
@@ -30,12 +29,8 @@ if go:
             raise ValueError(f"epsilons must be numbers in [0, 1], got {eps_text!r}")
         if not models or not attacks:
             raise ValueError("pick at least one model and one attack")
-        specs = [{"name": a, "params": {"steps": int(steps)} if a == "pgd" else
-                  ({"steps": 50, "lr": 0.05, "search_steps": 5} if a == "cw" else {})}
-                 for a in attacks]
         for m in models:
-            jobs.launch(store, "sweep", {"model_run": m.id, "attacks": specs, "budgets": budgets,
-                                         "n": int(n)}, parent=m.id)
+            launch_sweep(store, m.id, attacks, budgets, int(n), int(steps))
         st.toast(f"Launched {len(models)} sweep job(s)")
     except Exception as err:
         show_error(err)

@@ -1,12 +1,12 @@
 """Train: a form that launches a background training job, and the live view of a job."""
 import streamlit as st
 
-from core import jobs
-from core.defenses import DEFENSES
 from core.figures import training_figure
-from core.models import MODELS
-from core.service import launch_training, progress, run_label, runs_frame, train_form_defaults
-from core.training import OPTIMIZERS, SCHEDULES
+from core.hyperparams import DEFENSE_SETTINGS as DEFENSES
+from core.hyperparams import MODEL_ARGS as MODELS
+from core.service import (launch_training, progress, resumable, resume, run_label, runs_frame,
+                          train_form_defaults)
+from core.specs import OPTIMIZERS, SCHEDULES
 from pages.common import fmt_seconds, get_store, show_error
 
 store = get_store()
@@ -98,7 +98,7 @@ def live(run_id: str) -> None:
     elif run.status == "failed":
         st.error(f"This run failed: {run.error}", icon=":material/error:")
     elif run.status == "cancelled":
-        st.warning("This run was cancelled.", icon=":material/stop_circle:")
+        st.warning(f"This run was {run.error}", icon=":material/stop_circle:")
     for w in run.warnings:
         st.warning(w, icon=":material/warning:")
     metrics = store.metrics(run_id)
@@ -114,10 +114,10 @@ def live(run_id: str) -> None:
 live(selected.id)
 run = store.get(selected.id)
 b1, b2, _ = st.columns([1, 1, 4])
-if run.status in ("failed", "cancelled"):
+if resumable(run):
     if b1.button("Resume from last checkpoint", icon=":material/replay:"):
         try:
-            jobs.resume(store, run.id)
+            resume(store, run.id)
             st.rerun()
         except Exception as err:
             show_error(err)

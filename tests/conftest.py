@@ -34,9 +34,9 @@ def wait_for(predicate, timeout: float = 240.0) -> bool:
 
 
 def has_mnist() -> bool:
-    from core import data
+    from core import catalog
 
-    return "mnist" in data.available()
+    return "mnist" in catalog.available()
 
 
 requires_mnist = pytest.mark.skipif(not has_mnist(), reason="real MNIST not found; set "
@@ -46,15 +46,16 @@ requires_mnist = pytest.mark.skipif(not has_mnist(), reason="real MNIST not foun
 @pytest.fixture(scope="session")
 def mnist_model():
     """seed-resnet trained for one epoch on 6,000 real MNIST images (about 95% accurate)."""
-    from core.jobs import run_job
+    from core.runner import execute
     from core.store import RunStore
-    from core.training import TrainConfig, load_model, run_model_path
+    from core.prediction import load_model, run_model_path
+    from core.specs import TrainSpec
 
     store = RunStore()
-    cfg = TrainConfig(dataset="mnist", epochs=1, train_subset=6000, test_subset=500,
+    cfg = TrainSpec(dataset="mnist", epochs=1, train_subset=6000, test_subset=500,
                       batch_size=64, lr=0.05, seed=0)
     run_id = store.create_run("train", cfg.to_dict())
-    run_job(store, run_id, progress=False)
+    execute(store, run_id, echo=False)
     model, meta = load_model(run_model_path(run_id))
     return model, meta, run_id
 

@@ -52,7 +52,8 @@ def test_attack_contract(key):
     assert adv.shape == x.shape and adv.dtype == x.dtype and adv.device == x.device
     assert not adv.requires_grad and adv.grad_fn is None
     assert adv.min() >= 0 and adv.max() <= 1
-    if attack.norm_bounded:
+    threat = attack.threat()
+    if threat is not None and threat.norm != "none":
         delta = (adv - x).flatten(1)
         if getattr(attack, "norm", "linf") == "linf":
             assert delta.abs().max() <= attack.eps + 1e-6
@@ -149,8 +150,10 @@ def test_attack_strength_ordering_on_real_mnist(mnist_model, mnist_test):
     for eps in (0.1, 0.3):
         assert acc[("pgd", eps)] <= acc[("fgsm", eps)] <= acc[("noise", eps)]
     assert acc[("pgd", 0.3)] < 0.10
-    worst = {w["budget"]: w["worst_case_acc"] for w in result["worst_case"]}
-    assert worst[0.3] <= acc[("pgd", 0.3)]
+    worst = {(w["norm"], w["eps"]): w for w in result["worst_case"]}
+    assert worst[("linf", 0.3)]["worst_case_acc"] <= acc[("pgd", 0.3)]
+    assert worst[("linf", 0.3)]["attacks"] == "fgsm, pgd"  # noise is never part of a worst case
+    assert all(r["kind"] == "corruption" for r in result["rows"] if r["attack"] == "noise")
     assert result["warnings"] == []
 
 

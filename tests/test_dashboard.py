@@ -79,7 +79,7 @@ def test_epsilon_slider_changes_the_accuracy_shown(mnist_model):
     store = RunStore()
     at = _app("attack", model=run_id).run()
     _no_exceptions(at)
-    grid = grid_run(store, run_id, "pgd", {"steps": 10, "norm": "linf", "restarts": 1}, 200)
+    grid = grid_run(store, run_id, "pgd", {"steps": 40, "norm": "linf", "restarts": 1}, 200)
     assert wait_for(lambda: store.get(grid.id).status == "completed", 300), store.get(grid.id).error
     values = {}
     for eps in (0.0, 0.1, 0.3):

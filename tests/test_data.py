@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from core import data
-from core.paths import InputError
+from core import catalog, data
+from core.paths import InputError, cache_dir
 
 from conftest import requires_mnist
 
@@ -47,7 +47,7 @@ def test_imagefolder_loads_and_caches(tmp_path):
     d = data.load(f"imagefolder:{root}", "train")
     assert d.images.shape == (8, 3, 8, 8) and d.images.dtype == torch.uint8
     assert d.classes == ["cat", "dog"] and d.labels.tolist() == [0] * 4 + [1] * 4
-    assert any(p.suffix == ".safetensors" for p in (data.cache_dir()).iterdir())
+    assert any(p.suffix == ".safetensors" for p in (cache_dir()).iterdir())
 
 
 def test_imagefolder_without_images(tmp_path):
@@ -75,7 +75,7 @@ def test_imagefolder_without_split_folder(tmp_path):
 
 
 def test_cifar10_falls_back_to_the_subset_and_says_so():
-    if "cifar10" not in data.available():
+    if "cifar10" not in catalog.available():
         pytest.skip("cifar10-subset not found under ROBUSTLAB_DATA")
     test = data.load("cifar10", "test")
     assert len(test) == 1000 and test.input_shape == (3, 32, 32)

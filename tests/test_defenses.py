@@ -9,7 +9,9 @@ from core.defenses import DEFENSES, IAT, TRADES, RobustGuard, build_defense
 from core.evaluation import run_attack
 from core.models import build_model
 from core.paths import InputError
-from core.training import TrainConfig, fit, load_model, prepare, run_model_path
+from core.prediction import load_model, run_model_path
+from core.specs import TrainSpec
+from core.training import fit, prepare
 from core.store import RunStore
 
 from conftest import requires_mnist
@@ -23,10 +25,10 @@ DEFENSE_ARGS = {"fgsm-at": {"eps": 0.1}, "fast-at": {"eps": 0.1},
 
 def _robust_acc(defense: str, mnist_test) -> float:
     store = RunStore()
-    cfg = TrainConfig(defense=defense, defense_args=DEFENSE_ARGS.get(defense, {}),
+    cfg = TrainSpec(defense=defense, defense_args=DEFENSE_ARGS.get(defense, {}),
                       robust_eval={"eps": 0.1, "n": 100, "steps": 5}, **TRAIN)
     run_id = store.create_run("train", cfg.to_dict())
-    summary = fit(cfg, store, run_id, progress=False)
+    summary = fit(cfg, store, run_id)
     assert (summary["n_train"], summary["n_held_out"]) == (3900, 100)
     model, _ = load_model(run_model_path(run_id))
     out = run_attack(model, mnist_test.subset(300, seed=5), PGD(eps=0.1, steps=10))
@@ -49,22 +51,22 @@ def test_each_defense_beats_the_undefended_model_under_pgd(defense, undefended_r
 
 @requires_mnist
 def test_guard_selects_on_held_out_training_images_never_trained_on_nor_test_images():
-    setup = prepare(TrainConfig(defense="fgsm-at", defense_args={"eps": 0.1}, **TRAIN))
+    setup = prepare(TrainSpec(defense="fgsm-at", defense_args={"eps": 0.1}, **TRAIN))
     held, train = setup.held_out, setup.train
     assert held.split == "train" and len(held) == 400 and len(train) == 3600  # a tenth
     assert not set(held.original_index().tolist()) & set(train.original_index().tolist())
     guard = RobustGuard.for_config(setup.cfg, held)
     assert torch.equal(guard.x, held.floats()) and torch.equal(guard.y, held.labels)
     # the same images on every run and rank with this seed (resume and DDP rely on it)
-    again = prepare(TrainConfig(defense="fgsm-at", defense_args={"eps": 0.1}, **TRAIN)).held_out
+    again = prepare(TrainSpec(defense="fgsm-at", defense_args={"eps": 0.1}, **TRAIN)).held_out
     assert torch.equal(again.original_index(), held.original_index())
-    assert prepare(TrainConfig(**TRAIN)).held_out is None  # undefended runs train on all
+    assert prepare(TrainSpec(**TRAIN)).held_out is None  # undefended runs train on all
 
 
 @requires_mnist
 @pytest.mark.parametrize("n", [0, 2001, 1.5])
 def test_held_out_size_must_leave_half_the_training_images(n):
-    cfg = TrainConfig(defense="fgsm-at", robust_eval={"n": n}, **TRAIN)
+    cfg = TrainSpec(defense="fgsm-at", robust_eval={"n": n}, **TRAIN)
     with pytest.raises(InputError, match=r"robust_eval n .* from 1 to 2000 .* got"):
         prepare(cfg)
 
@@ -82,7 +84,7 @@ def test_iat_loss_equals_hand_computed_mixture():
     lam = 0.3
     iat = IAT(eps=0.1, steps=2, lam=lam)
     torch.manual_seed(42)
-    loss, _ = iat(model, x, y)
+    loss = iat(model, x, y)
     model = twin
     torch.manual_seed(42)
     adv = PGD(eps=0.1, steps=2, seed=None)(model, x, y)
@@ -98,14 +100,14 @@ def test_iat_loss_equals_hand_computed_mixture():
 
 def test_trades_with_beta_zero_is_the_clean_loss():
     model, x, y = _setup()
-    loss, _ = TRADES(eps=0.1, steps=2, beta=0.0)(model, x, y)
+    loss = TRADES(eps=0.1, steps=2, beta=0.0)(model, x, y)
     assert torch.allclose(loss, F.cross_entropy(model(x), y), atol=1e-7)
 
 
 def test_trades_kl_term_is_nonnegative_and_adds():
     model, x, y = _setup()
     torch.manual_seed(0)
-    loss, _ = TRADES(eps=0.1, steps=2, beta=6.0)(model, x, y)
+    loss = TRADES(eps=0.1, steps=2, beta=6.0)(model, x, y)
     assert loss >= F.cross_entropy(model(x), y) - 1e-6
 
 

@@ -13,13 +13,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core import checkpoint, jobs
+from core import checkpoint
 from core.attacks import build_attack
 from core.models import build_model
 from core.paths import InputError
 from core.service import launch_training, progress, read_upload
 from core.store import RunStore
-from core.training import TrainConfig
+from core.runner import submit
+from core.specs import SweepSpec, TrainSpec
 
 from conftest import wait_for, ROOT, requires_mnist
 
@@ -32,9 +33,9 @@ SMALL = dict(dataset="mnist", train_subset=1280, test_subset=200, batch_size=64,
 def test_jobs_survive_the_process_that_launched_them():
     """A launcher (like the dashboard server) killed with SIGKILL does not take its job along;
     a fresh process (a restarted dashboard) finds the job in the store."""
-    code = ("import sys; from core.jobs import launch; from core.store import RunStore; "
-            "from core.training import TrainConfig; "
-            f"rid = launch(RunStore(), 'train', TrainConfig(epochs=2, **{SMALL!r}).to_dict()); "
+    code = ("import sys; from core.runner import submit; from core.store import RunStore; "
+            "from core.specs import TrainSpec; "
+            f"rid = submit(RunStore(), TrainSpec(epochs=2, **{SMALL!r})); "
             "print(rid, flush=True); import time; time.sleep(600)")
     launcher = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
                                 text=True, env=dict(os.environ))
@@ -51,12 +52,11 @@ def test_jobs_survive_the_process_that_launched_them():
 def test_two_trainings_and_a_sweep_at_once_with_a_polling_reader(mnist_model):
     _, _, model_run = mnist_model
     store = RunStore()
-    cfg = TrainConfig(epochs=2, **SMALL).to_dict()
-    trains = [jobs.launch(store, "train", cfg) for _ in range(2)]
-    sweep = jobs.launch(store, "sweep", {"model_run": model_run, "budgets": [0.05, 0.1, 0.2],
-                                         "n": 200, "attacks": [{"name": "fgsm", "params": {}},
-                                                               {"name": "pgd",
-                                                                "params": {"steps": 5}}]})
+    cfg = TrainSpec(epochs=2, **SMALL)
+    trains = [submit(store, cfg) for _ in range(2)]
+    sweep = submit(store, SweepSpec(model_run=model_run, budgets=[0.05, 0.1, 0.2], n=200,
+                                    attacks=[{"name": "fgsm", "params": {}},
+                                             {"name": "pgd", "params": {"steps": 5}}]))
     everything = trains + [sweep]
     polls = 0
     while not all(store.get(r).status in ("completed", "failed") for r in everything):
@@ -121,22 +121,24 @@ def test_uploaded_image_is_resized_to_the_model_input(tmp_path):
 
 def test_imagefolder_paths_from_the_ui_are_confined(tmp_path):
     store = RunStore(tmp_path / "r.db")
-    values = dict(TrainConfig().to_dict(), dataset="imagefolder:/etc")
+    values = dict(TrainSpec().to_dict(), dataset="imagefolder:/etc")
     with pytest.raises(InputError, match="outside the allowed folders"):
         launch_training(store, values)
     assert store.list_runs() == []
 
 
-def test_sigterm_is_a_cooperative_cancel(tmp_path):
-    from core.training import _CancelWatch, Cancelled
+def test_sigterm_under_torchrun_is_recorded_for_a_cooperative_stop():
+    from core.cancellation import Cancellation, Cancelled
 
-    watch = _CancelWatch(None, None)
+    state = Cancellation()
+    assert state.install(immediate=False)
     try:
         os.kill(os.getpid(), signal.SIGTERM)
+        assert state.requested and state.reason == "SIGTERM"
         with pytest.raises(Cancelled):
-            watch.check()
+            state.check()
     finally:
-        watch.close()
+        state.uninstall()
 
 
 ATTACK_PARAMS = {
@@ -171,7 +173,8 @@ def test_every_attack_keeps_its_contract_or_raises_a_clear_error(data, name, bat
         return
     assert adv.shape == x.shape and adv.dtype == x.dtype
     assert adv.min() >= 0 and adv.max() <= 1
-    if attack.norm_bounded:
+    threat = attack.threat()
+    if threat is not None and threat.norm != "none":
         delta = (adv - x).flatten(1)
         size_ = delta.norm(dim=1).max() if getattr(attack, "norm", "linf") == "l2" else delta.abs().max()
         assert size_ <= attack.eps + 1e-5

@@ -18,7 +18,7 @@ def test_quick_reproduce_writes_the_whole_report():
     for heading in ("(a) seed-resnet on CIFAR-10", "(b) seed-resnet on MNIST", "(c) adversarial"):
         assert heading in text
     assert "micro-F1" in text and "seed FGSM-AT" in text and "| iat |" in text
-    for name in ("cifar_confusion.png", "cifar_confusion.html", "cifar_misclassified.png",
+    for name in ("cifar_confusion.png", "cifar_confusion.html", "cifar_mistakes.png",
                  "mnist_attacks.png", "mnist_attacks.html", "defenses.png", "defenses.html",
                  "mnist_attack_table.csv", "mnist_attack_table.md", "results.json"):
         assert (folder / name).stat().st_size > 0, name
@@ -30,20 +30,19 @@ def test_quick_reproduce_writes_the_whole_report():
 
 def test_a_defense_whose_guard_kept_an_earlier_epoch_is_reported_with_both_weights(tmp_path):
     from core.paths import run_dir
-    from core.reproduce import _Context, _label, _weights_to_report
+    from core.reproduce import _label, _weights_to_report
     from core.store import RunStore
 
     store = RunStore()
     run = store.create_run("train", {"epochs": 5})
     store.set_summary(run, {"best": {"epoch": 2}})
-    ctx = _Context(store, "parent", None, False, tmp_path)
-    assert _weights_to_report(ctx, run) == ["final"]  # no collapse seen
+    assert _weights_to_report(store, run) == ["final"]  # no collapse seen
     store.add_warning(run, "catastrophic overfitting suspected at epoch 3")
-    assert _weights_to_report(ctx, run) == ["final"]  # no best checkpoint written
+    assert _weights_to_report(store, run) == ["final"]  # no best checkpoint written
     run_dir(run).mkdir(parents=True, exist_ok=True)
     (run_dir(run) / "best.safetensors").write_bytes(b"weights")
-    assert _weights_to_report(ctx, run) == ["final", "best"]
+    assert _weights_to_report(store, run) == ["final", "best"]
     store.set_summary(run, {"best": {"epoch": 5}})
-    assert _weights_to_report(ctx, run) == ["final"]  # the best epoch is the last one
+    assert _weights_to_report(store, run) == ["final"]  # the best epoch is the last one
     assert _label({"defense": "iat", "weights": "best", "epoch": 2}) == "iat (best epoch, 2)"
     assert _label({"defense": "iat", "weights": "final", "epoch": 5}) == "iat"

@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from core import checkpoint
-from core.jobs import launch, run_job
+from core.runner import execute, submit
 from core.models import build_model
 from core.paths import InputError, run_dir
 from core.store import RunStore
-from core.training import NonFiniteLoss, TrainConfig, fit, load_model, lr_at, run_model_path
+from core.prediction import load_model, run_model_path
+from core.specs import TrainSpec
+from core.training import NonFiniteLoss, fit, lr_at
 
 from conftest import wait_for, requires_mnist
 
@@ -27,15 +29,15 @@ def test_same_seed_gives_identical_weights():
     store = RunStore()
     runs = []
     for _ in range(2):
-        cfg = TrainConfig(epochs=1, seed=7, **SMALL)
+        cfg = TrainSpec(epochs=1, seed=7, **SMALL)
         run_id = store.create_run("train", cfg.to_dict())
-        fit(cfg, store, run_id, progress=False)
+        fit(cfg, store, run_id)
         runs.append(_weights(run_id))
     assert runs[0].keys() == runs[1].keys()
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
-    other = TrainConfig(epochs=1, seed=8, **SMALL)
+    other = TrainSpec(epochs=1, seed=8, **SMALL)
     rid = store.create_run("train", other.to_dict())
-    fit(other, store, rid, progress=False)
+    fit(other, store, rid)
     assert not torch.equal(_weights(rid)["model.fc.weight"], runs[0]["model.fc.weight"])
 
 
@@ -69,7 +71,7 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
 
 
 def test_one_cycle_schedule_shape():
-    cfg = TrainConfig(lr=0.1)
+    cfg = TrainSpec(lr=0.1)
     lrs = [lr_at(cfg, s, 100) for s in range(101)]
     assert lrs[0] == pytest.approx(0.004) and max(lrs) == pytest.approx(0.1, rel=1e-3)
     assert lrs[-1] < 1e-3 and lrs.index(max(lrs)) == 25
@@ -86,16 +88,16 @@ def test_one_cycle_schedule_shape():
 ])
 def test_bad_training_options_are_refused(change, message):
     with pytest.raises(InputError, match=message):
-        TrainConfig.from_dict(dict(SMALL, **change))
+        TrainSpec.from_dict(dict(SMALL, **change))
 
 
 @requires_mnist
 def test_nan_loss_stops_without_saving_weights():
     store = RunStore()
-    cfg = TrainConfig(epochs=1, **dict(SMALL, lr=1e30, schedule="constant"))
+    cfg = TrainSpec(epochs=1, **dict(SMALL, lr=1e30, schedule="constant"))
     run_id = store.create_run("train", cfg.to_dict())
     with pytest.raises(NonFiniteLoss, match="stopped without saving"):
-        run_job(store, run_id, progress=False)
+        execute(store, run_id, echo=False)
     assert store.get(run_id).status == "failed"
     assert "NonFiniteLoss" in store.get(run_id).error
     assert not (run_dir(run_id) / "model.safetensors").exists()
@@ -106,11 +108,11 @@ def test_nan_loss_stops_without_saving_weights():
 @requires_mnist
 def test_killed_worker_is_detected_and_resume_matches_uninterrupted_run():
     store = RunStore()
-    cfg = TrainConfig(epochs=3, seed=3, **SMALL).to_dict()
-    reference = store.create_run("train", cfg)
-    run_job(store, reference, progress=False)
+    cfg = TrainSpec(epochs=3, seed=3, **SMALL)
+    reference = store.create_run("train", cfg.to_dict())
+    execute(store, reference, echo=False)
 
-    run_id = launch(store, "train", cfg)
+    run_id = submit(store, cfg)
     ckpt = run_dir(run_id) / "checkpoint.safetensors"
     assert wait_for(lambda: ckpt.exists() and store.get(run_id).status == "running")
     # let it get into the second epoch, then kill it hard
@@ -122,7 +124,7 @@ def test_killed_worker_is_detected_and_resume_matches_uninterrupted_run():
     assert time.time() - started < 10
     assert "resume" in store.get(run_id).error
 
-    run_job(store, run_id, resume=True, progress=False)
+    execute(store, run_id, resume=True, echo=False)
     assert store.get(run_id).status == "completed"
     a, b = _weights(reference), _weights(run_id)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -133,7 +135,7 @@ def test_killed_worker_is_detected_and_resume_matches_uninterrupted_run():
 @requires_mnist
 def test_cancel_flag_stops_a_worker_cooperatively():
     store = RunStore()
-    run_id = launch(store, "train", TrainConfig(epochs=20, **SMALL).to_dict())
+    run_id = submit(store, TrainSpec(epochs=20, **SMALL))
     assert wait_for(lambda: store.get(run_id).status == "running")
     store.request_cancel(run_id)
     assert wait_for(lambda: store.get(run_id).status == "cancelled", 60)
@@ -142,10 +144,10 @@ def test_cancel_flag_stops_a_worker_cooperatively():
 @requires_mnist
 def test_seed_resnet_on_real_mnist_one_epoch_reaches_95_percent():
     store = RunStore()
-    cfg = TrainConfig(dataset="mnist", epochs=1, train_subset=10000, test_subset=2000,
+    cfg = TrainSpec(dataset="mnist", epochs=1, train_subset=10000, test_subset=2000,
                       batch_size=64, lr=0.05, seed=0)
     run_id = store.create_run("train", cfg.to_dict())
-    summary = run_job(store, run_id, progress=False)
+    summary = execute(store, run_id, echo=False)
     assert summary["n_train"] == 10000 and summary["n_test"] == 2000
     assert summary["final"]["test_acc"] >= 0.95
 
@@ -157,14 +159,14 @@ def test_bf16_training_keeps_attack_gradients_in_float32():
     store = RunStore()
     acc = {}
     for precision in ("fp32", "bf16"):
-        cfg = TrainConfig(epochs=1, precision=precision, **SMALL)
+        cfg = TrainSpec(epochs=1, precision=precision, **SMALL)
         rid = store.create_run("train", cfg.to_dict())
-        acc[precision] = run_job(store, rid, progress=False)["final"]["test_acc"]
+        acc[precision] = execute(store, rid, echo=False)["final"]["test_acc"]
     assert abs(acc["bf16"] - acc["fp32"]) <= 0.03, acc
-    cfg = TrainConfig(epochs=1, precision="bf16", defense="fast-at", defense_args={"eps": 0.1},
+    cfg = TrainSpec(epochs=1, precision="bf16", defense="fast-at", defense_args={"eps": 0.1},
                       **SMALL)
     run_id = store.create_run("train", cfg.to_dict())
-    summary = run_job(store, run_id, progress=False)
+    summary = execute(store, run_id, echo=False)
     assert summary["final"]["test_acc"] > 0.5  # chance is 0.1
     model, _ = load_model(run_model_path(run_id))
     x = torch.rand(4, 1, 28, 28)
@@ -173,4 +175,4 @@ def test_bf16_training_keeps_attack_gradients_in_float32():
                                   lambda z, t: torch.nn.functional.cross_entropy(z, t))
     assert grad.dtype == torch.float32 and logits.dtype == torch.float32
     with pytest.raises(InputError, match="valid: auto, fp32, bf16"):
-        TrainConfig.from_dict(dict(SMALL, precision="fp8"))
+        TrainSpec.from_dict(dict(SMALL, precision="fp8"))

@@ -1,0 +1,234 @@
+"""What the command line prints: running a spec in the foreground (under torchrun too), the
+outcome of each kind of job, and the run table. Progress goes to stderr, results to stdout."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+import time
+
+from . import distributed
+from .cancellation import Cancelled
+from .paths import run_dir
+from .specs import Spec, TrainSpec
+from .store import Run, RunStore
+
+ERROR_WIDTH = 70
+
+
+def run_job(spec: Spec, name: str | None = None) -> int:
+    """Create the spec's run (rank 0 checks it; bad input stops every rank with one line),
+    execute it here under the one runner, and print its outcome."""
+    from . import runner
+
+    ctx = distributed.init(spec.device)
+    try:
+        store = RunStore() if ctx.is_main else None
+        where = f" on {ctx.world} processes" if ctx.world > 1 else ""
+
+        def plan() -> str:
+            run_id = runner.create(store, spec, name=name)
+            print(f"run {run_id}: {spec.describe()}{where}", flush=True)
+            return run_id
+
+        run_id = distributed.decide(ctx, plan)
+        if not ctx.is_main:
+            return _follow(spec)
+        return _execute_and_print(store, run_id, resume=False)
+    finally:
+        distributed.shutdown()
+
+
+def run_resume(run_id: str, overrides: dict | None = None) -> int:
+    """``train --resume RUN`` and ``resume RUN`` (under torchrun too)."""
+    from . import runner
+
+    ctx = distributed.init((overrides or {}).get("device", "auto"))
+    try:
+        store = RunStore() if ctx.is_main else None
+
+        def plan() -> dict:
+            run = runner.reopen(store, run_id)
+            where = f" on {ctx.world} processes" if ctx.world > 1 else ""
+            print(f"resuming {run_id} from its last checkpoint{where}", flush=True)
+            return run.config
+
+        config = distributed.decide(ctx, plan)
+        if not ctx.is_main:
+            return _follow(TrainSpec.from_dict(config), resume=True)
+        return _execute_and_print(store, run_id, resume=True)
+    finally:
+        distributed.shutdown()
+
+
+def _follow(spec: Spec, resume: bool = False) -> int:
+    from . import runner
+
+    try:
+        if resume:
+            from .training import fit
+
+            fit(spec, None, None, resume=True)
+        else:
+            runner.follow(spec)
+    except Cancelled:  # rank 0 reports it; every rank stopped at the same step
+        return 1
+    return 0
+
+
+def _execute_and_print(store: RunStore, run_id: str, resume: bool) -> int:
+    from . import runner
+
+    try:
+        summary = runner.execute(store, run_id, resume=resume)
+    except Cancelled:
+        run = store.get(run_id)
+        print(f"run {run_id} {run.error}", file=sys.stderr)
+        return 130
+    run = store.get(run_id)
+    PRINTERS[run.kind](store, run, summary)
+    for warning in store.get(run_id).warnings:
+        print(f"  warning: {warning}")
+    return 0
+
+
+def _print_train(store: RunStore, run: Run, s: dict) -> None:
+    final = s["final"]
+    print(f"run {run.id} completed: test accuracy {final['test_acc']:.2%} on "
+          f"{s['n_test']:,} test images ({s['dataset_source']})")
+    if "robust_acc" in final:
+        print(f"  held-out PGD (eps {final['robust_eps']}) accuracy {final['robust_acc']:.2%} on "
+              f"{s['n_held_out']:,} held-out training images")
+    print(f"  weights: {run_dir(run.id) / 'model.safetensors'}")
+
+
+def _print_evaluate(store: RunStore, run: Run, s: dict) -> None:
+    import pandas as pd
+
+    print(f"evaluation {run.id} of {s['model_run']} on {s['n']:,} {s['split']} images "
+          f"({s['source']})")
+    print(f"  accuracy {s['accuracy']:.2%}   micro-F1 {s['micro_f1']:.2%}   macro-F1 "
+          f"{s['macro_f1']:.2%}   (micro-F1 equals accuracy for single-label data)")
+    print(pd.DataFrame(s["per_class"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print("confusion matrix (rows: true, columns: predicted):")
+    print(pd.DataFrame(s["confusion"], index=s["classes"], columns=s["classes"]).to_string())
+    folder = run_dir(run.id)
+    print(f"  {s['n_misclassified']} misclassified; files: {folder / 'evaluation.json'}, "
+          f"{folder / 'confusion.png'}, {folder / 'mistakes.png'}")
+
+
+def _print_attack(store: RunStore, run: Run, s: dict) -> None:
+    print(f"attack {run.id}: {s['attack']} ({s['threat_label']}) on {s['n']:,} test images of "
+          f"{s['model_run']}")
+    print(f"  clean accuracy {s['clean_acc']:.2%}  ->  under attack {s['adv_acc']:.2%}   "
+          f"success rate {s['success_rate']:.2%}")
+    print(f"  perturbation of flipped examples: L2 mean {s['l2_mean']:.4f} median "
+          f"{s['l2_median']:.4f}; L-inf mean {s['linf_mean']:.4f}")
+    folder = run_dir(run.id)
+    print(f"  files: {folder / 'summary.json'}, {folder / 'records.csv'}, "
+          f"{folder / 'examples.png'}")
+
+
+def _print_sweep(store: RunStore, run: Run, s: dict) -> None:
+    import pandas as pd
+
+    from .reports import markdown, table_frame
+
+    print(f"sweep {run.id} of {s['model_run']} on {s['n']:,} test images ({s['source']})")
+    print(markdown(table_frame(s["rows"])))
+    if s["worst_case"]:
+        print("worst case over attacks, per threat model:")
+        print(markdown(pd.DataFrame(s["worst_case"])))
+    print(f"saved {run_dir(run.id) / 'sweep.csv'} and sweep.md")
+
+
+def _print_reproduce(store: RunStore, run: Run, s: dict) -> None:
+    print(f"report written to {s['report']}")
+
+
+PRINTERS = {"train": _print_train, "evaluate": _print_evaluate, "attack": _print_attack,
+            "sweep": _print_sweep, "reproduce": _print_reproduce,
+            "grid": lambda store, run, s: print(f"grid {run.id} completed")}
+
+
+def headline(run: Run) -> str:
+    """A short result string for a run (accuracy, or the failure)."""
+    s = run.summary or {}
+    if run.status in ("failed", "cancelled"):
+        return run.error or run.status
+    if run.kind == "train" and s.get("final"):
+        text = f"test acc {s['final']['test_acc']:.2%} (n={s.get('n_test')})"
+        if "robust_acc" in s["final"]:
+            text += f", held-out PGD {s['final']['robust_acc']:.2%}"
+        return text
+    if run.kind == "evaluate" and "accuracy" in s:
+        return f"acc {s['accuracy']:.2%}, macro-F1 {s['macro_f1']:.2%} (n={s['n']})"
+    if run.kind == "attack" and "adv_acc" in s:
+        return (f"{s['attack']} {s.get('threat_label', '')}: {s['clean_acc']:.2%} -> "
+                f"{s['adv_acc']:.2%} (n={s['n']})")
+    if run.kind == "sweep" and s.get("rows"):
+        return f"{len(s['rows'])} rows (n={s['n']})"
+    return ""
+
+
+def _shorten(text: str, full: bool) -> str:
+    if full or len(text) <= ERROR_WIDTH:
+        return text
+    return textwrap.shorten(text, ERROR_WIDTH, placeholder=" … (show RUN)")
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """``runs``: a table of runs, newest first (stale workers are marked failed first)."""
+    import pandas as pd
+
+    store = RunStore()
+    store.mark_stale()
+    rows = [{"id": r.id, "kind": r.kind, "status": r.status, "parent": r.parent or "",
+             "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created)),
+             "seconds": round(r.duration or 0), "result": _shorten(headline(r), args.full)}
+            for r in store.list_runs(kind=args.kind)]
+    if not rows:
+        print("no runs yet; start one with `python -m core train --dataset mnist`")
+        return 0
+    with pd.option_context("display.max_colwidth", None, "display.width", 250):
+        print(pd.DataFrame(rows).to_string(index=False))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """``show RUN``: status, full error, warnings, config, summary and files of one run."""
+    store = RunStore()
+    store.mark_stale()
+    run = store.get(args.run)
+    print(f"run {run.id} ({run.kind}{', ' + run.name if run.name else ''}): {run.status}"
+          + (f", parent {run.parent}" if run.parent else ""))
+    if run.error:
+        print(f"  {run.error}")
+    for w in run.warnings:
+        print(f"  warning: {w}")
+    if headline(run) and run.status == "completed":
+        print(f"  result: {headline(run)}")
+    print("config:\n" + textwrap.indent(json.dumps(run.config, indent=2), "  "))
+    folder = run_dir(run.id)
+    files = sorted(p.name for p in folder.iterdir() if not p.name.endswith(".tmp"))
+    print(f"files in {folder}: {', '.join(files) or 'none'}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """``cancel RUN``: stop a queued or running job; a finished one is left as it is."""
+    store = RunStore()
+    store.mark_stale()
+    if store.request_cancel(args.run):
+        print(f"cancel requested for {args.run}; it stops within a few seconds")
+        return 0
+    run = store.get(args.run)
+    print(f"run {args.run} has already finished ({run.status}); nothing to cancel")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """``resume RUN``: continue a failed or cancelled training run from its checkpoint."""
+    return run_resume(args.run)
+

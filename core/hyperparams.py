@@ -1,0 +1,374 @@
+"""Hyperparameters of every attack, defense and model: their defaults and their checks, in plain
+Python (no torch), so a job spec validates in milliseconds before anything heavy loads.
+
+The attack and defense classes of :mod:`core.attacks` and :mod:`core.defenses` inherit these
+dataclasses and add only the computation, so each default lives here, once.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+from .paths import InputError
+from .threat import ThreatModel
+
+
+def check_range(name: str, value: Any, low: float, high: float) -> None:
+    """Raise InputError unless ``value`` is a finite number in [low, high]."""
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+            or not math.isfinite(value) or not low <= value <= high):
+        raise InputError(f"{name} must be a number in [{low}, {high}], got {value!r}")
+
+
+def check_positive(name: str, value: Any) -> None:
+    """Raise InputError unless ``value`` is a whole number > 0."""
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise InputError(f"{name} must be a positive whole number, got {value!r}")
+
+
+def check_choice(name: str, value: Any, valid: tuple) -> None:
+    """Raise InputError unless ``value`` is one of ``valid``."""
+    if value not in valid:
+        raise InputError(f"unknown {name} {value!r}; valid: {', '.join(map(str, valid))}")
+
+
+def build_registered(kind: str, registry: dict, name: str, params: dict):
+    """Instantiate ``registry[name]`` (a dataclass) with ``params``, naming the valid names or
+    fields when either is wrong."""
+    if name not in registry:
+        raise InputError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(registry)}")
+    valid = [f.name for f in fields(registry[name])]
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise InputError(f"unknown parameter(s) {unknown} for {kind} {name!r}; valid: "
+                         f"{', '.join(valid)}")
+    return registry[name](**params)
+
+
+# --- attacks -----------------------------------------------------------------------------
+
+@dataclass
+class AttackSettings:
+    """Base of attack hyperparameters. ``kind`` is ``adversarial`` or ``corruption`` (random
+    noise, never part of a worst case); ``budget`` names the field a sweep varies; ``strong``
+    is the stronger setting that ``--strong`` selects."""
+
+    name: ClassVar[str] = "attack"
+    kind: ClassVar[str] = "adversarial"
+    budget: ClassVar[str | None] = None
+    strong: ClassVar[dict] = {}
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise InputError for out-of-range hyperparameters."""
+
+    def params(self) -> dict:
+        """Hyperparameters as a JSON-able dict."""
+        return asdict(self)
+
+    def threat(self) -> ThreatModel | None:
+        """The threat model this attack works in (None for a corruption)."""
+        return ThreatModel("none")
+
+    def gradients_per_image(self) -> int:
+        """Forward-backward passes per image (for cost estimates before a run starts)."""
+        return 1
+
+
+@dataclass
+class NoiseSettings(AttackSettings):
+    """Random noise of standard deviation ``sigma`` (a corruption, not an attack)."""
+
+    name: ClassVar[str] = "noise"
+    kind: ClassVar[str] = "corruption"
+    budget: ClassVar[str | None] = "sigma"
+    sigma: float = 0.1
+    distribution: str = "gaussian"
+    seed: int | None = 0
+
+    def validate(self) -> None:
+        check_range("sigma", self.sigma, 0.0, 1.0)
+        check_choice("noise distribution", self.distribution, ("gaussian", "uniform"))
+
+    def threat(self) -> ThreatModel | None:
+        return None
+
+    def gradients_per_image(self) -> int:
+        return 0
+
+
+@dataclass
+class FGSMSettings(AttackSettings):
+    """FGSM: one signed-gradient step of size ``eps`` (L-inf)."""
+
+    name: ClassVar[str] = "fgsm"
+    budget: ClassVar[str | None] = "eps"
+    eps: float = 0.1
+    targeted: bool = False
+    target: int | None = None
+
+    def validate(self) -> None:
+        check_range("eps", self.eps, 0.0, 1.0)
+
+    def threat(self) -> ThreatModel | None:
+        return ThreatModel("linf", self.eps)
+
+
+@dataclass
+class PGDSettings(AttackSettings):
+    """PGD: ``steps`` projected steps of size ``step_size`` (default 2.5 * eps / steps) from a
+    random start, ``restarts`` runs; L-inf or L2."""
+
+    name: ClassVar[str] = "pgd"
+    budget: ClassVar[str | None] = "eps"
+    strong: ClassVar[dict] = {"steps": 100, "restarts": 5}
+    eps: float = 0.1
+    norm: str = "linf"
+    steps: int = 40
+    step_size: float | None = None
+    random_start: bool = True
+    restarts: int = 1
+    targeted: bool = False
+    target: int | None = None
+    seed: int | None = 0
+
+    def validate(self) -> None:
+        if self.norm not in ("linf", "l2"):
+            raise InputError(f"unknown norm {self.norm!r}; valid norms: linf, l2")
+        check_range("eps", self.eps, 0.0, 1.0 if self.norm == "linf" else 1e4)
+        check_positive("steps", self.steps)
+        check_positive("restarts", self.restarts)
+        if self.step_size is not None:
+            check_range("step size", self.step_size, 0.0, 1e4)
+
+    @property
+    def alpha(self) -> float:
+        """Step size actually used."""
+        return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+
+    def threat(self) -> ThreatModel | None:
+        return ThreatModel(self.norm, self.eps)
+
+    def gradients_per_image(self) -> int:
+        return self.steps * self.restarts
+
+
+@dataclass
+class SemanticSettings(AttackSettings):
+    """Semantic attacks without an epsilon: negative images or HSV colour shifts."""
+
+    name: ClassVar[str] = "semantic"
+    mode: str = "negative"
+    trials: int = 100
+    seed: int | None = 0
+
+    def validate(self) -> None:
+        if self.mode not in ("negative", "hsv"):
+            raise InputError(f"semantic mode must be 'negative' or 'hsv', got {self.mode!r}")
+        check_positive("trials", self.trials)
+
+    def gradients_per_image(self) -> int:
+        return 0
+
+
+@dataclass
+class CWSettings(AttackSettings):
+    """Carlini-Wagner L2: ``search_steps`` binary-search rounds of ``steps`` Adam steps. The
+    default (100 x 9, lr 0.05) is the seed study's; ``--strong`` is the paper's 1000 x 9."""
+
+    name: ClassVar[str] = "cw"
+    strong: ClassVar[dict] = {"steps": 1000, "lr": 0.01}
+    confidence: float = 0.0
+    initial_const: float = 1e-3
+    search_steps: int = 9
+    steps: int = 100
+    lr: float = 0.05
+    abort_early: bool = True
+    targeted: bool = False
+    target: int | None = None
+
+    def validate(self) -> None:
+        check_positive("search steps", self.search_steps)
+        check_positive("steps", self.steps)
+        check_range("learning rate", self.lr, 1e-8, 10.0)
+        check_range("initial const", self.initial_const, 1e-10, 1e10)
+        check_range("confidence", self.confidence, 0.0, 1e4)
+
+    def gradients_per_image(self) -> int:
+        return self.steps * self.search_steps
+
+
+ATTACK_SETTINGS: dict[str, type[AttackSettings]] = {
+    cls.name: cls for cls in (NoiseSettings, FGSMSettings, PGDSettings, SemanticSettings,
+                              CWSettings)}
+
+
+def attack_settings(name: str, params: dict | None = None, strong: bool = False
+                    ) -> AttackSettings:
+    """Validated hyperparameters of attack ``name`` (with its strong setting when asked);
+    explicit ``params`` win over the strong setting."""
+    cls = ATTACK_SETTINGS.get(name)
+    merged = dict(cls.strong if cls and strong else {}, **(params or {}))
+    return build_registered("attack", ATTACK_SETTINGS, name, merged)
+
+
+def with_budget(settings: AttackSettings, value: float) -> dict:
+    """The parameters of ``settings`` with its budget (eps or sigma) set to ``value``."""
+    params = settings.params()
+    if settings.budget is not None:
+        params[settings.budget] = value
+    return params
+
+
+# --- defenses ----------------------------------------------------------------------------
+
+@dataclass
+class DefenseSettings:
+    """Base of defense hyperparameters: label smoothing, epsilon and its ramp."""
+
+    name: ClassVar[str] = "none"
+    paper: ClassVar[str] = ""
+    label_smoothing: float = 0.0
+    eps: float = 0.0
+    eps_ramp_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.eps, (int, float)) or not 0 <= self.eps <= 1:
+            raise InputError(f"defense eps must be in [0, 1] (pixel units), got {self.eps}")
+        if not isinstance(self.eps_ramp_epochs, int) or self.eps_ramp_epochs < 0:
+            raise InputError(f"eps ramp epochs must be a whole number >= 0, got "
+                             f"{self.eps_ramp_epochs!r}")
+        self.current_eps = self.eps
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise InputError for invalid parameters."""
+
+    def params(self) -> dict:
+        """Parameters as a JSON-able dict."""
+        return asdict(self)
+
+    def attack_steps(self) -> int:
+        """Attack gradient steps per training step (for cost estimates)."""
+        return 0
+
+
+@dataclass
+class FGSMTrainingSettings(DefenseSettings):
+    """FGSM-AT: loss = (1 - weight) CE(clean) + weight CE(FGSM)."""
+
+    name: ClassVar[str] = "fgsm-at"
+    eps: float = 0.1
+    weight: float = 0.5
+
+    def validate(self) -> None:
+        if not 0 <= self.weight <= 1:
+            raise InputError(f"fgsm-at weight must be in [0, 1], got {self.weight}")
+
+    def attack_steps(self) -> int:
+        return 1
+
+
+@dataclass
+class FastATSettings(DefenseSettings):
+    """fast-AT: FGSM from a random start with step ``alpha_ratio`` * eps."""
+
+    name: ClassVar[str] = "fast-at"
+    eps: float = 0.1
+    alpha_ratio: float = 1.25
+
+    def validate(self) -> None:
+        check_range("fast-at alpha ratio", self.alpha_ratio, 0.0, 10.0)
+
+    def attack_steps(self) -> int:
+        return 1
+
+
+@dataclass
+class MultiStepSettings(DefenseSettings):
+    """Shared budget of PGD-based defenses."""
+
+    eps: float = 0.1
+    steps: int = 10
+    step_size: float | None = None
+
+    def validate(self) -> None:
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps <= 0:
+            raise InputError(f"defense steps must be a positive whole number, got {self.steps!r}")
+        if self.step_size is not None and self.step_size <= 0:
+            raise InputError(f"defense step size must be positive, got {self.step_size}")
+
+    def attack_steps(self) -> int:
+        return self.steps
+
+
+@dataclass
+class PGDTrainingSettings(MultiStepSettings):
+    """PGD-AT: cross-entropy on PGD examples."""
+
+    name: ClassVar[str] = "pgd-at"
+
+
+@dataclass
+class TRADESSettings(MultiStepSettings):
+    """TRADES: CE(clean) + beta KL(clean || adversarial)."""
+
+    name: ClassVar[str] = "trades"
+    beta: float = 6.0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.beta < 0:
+            raise InputError(f"trades beta must be >= 0, got {self.beta}")
+
+
+@dataclass
+class IATSettings(MultiStepSettings):
+    """IAT: mixup on the clean and on the adversarial batch."""
+
+    name: ClassVar[str] = "iat"
+    alpha: float = 1.0
+    lam: float | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if self.alpha <= 0:
+            raise InputError(f"iat alpha must be > 0, got {self.alpha}")
+        if self.lam is not None and not 0 <= self.lam <= 1:
+            raise InputError(f"iat lam must be in [0, 1], got {self.lam}")
+
+
+DEFENSE_SETTINGS: dict[str, type[DefenseSettings]] = {
+    cls.name: cls for cls in (DefenseSettings, FGSMTrainingSettings, FastATSettings,
+                              PGDTrainingSettings, TRADESSettings, IATSettings)}
+
+
+def defense_settings(name: str, **params) -> DefenseSettings:
+    """Validated hyperparameters of defense ``name``."""
+    return build_registered("defense", DEFENSE_SETTINGS, name, params)
+
+
+# --- models ------------------------------------------------------------------------------
+
+MODEL_ARGS: dict[str, dict[str, int]] = {
+    "seed-resnet": {"width": 16, "blocks": 3},
+    "resnet20": {"depth": 20},
+}
+
+
+def check_model(name: str, args: dict) -> None:
+    """Raise InputError for an unknown model or bad architecture arguments."""
+    if name not in MODEL_ARGS:
+        raise InputError(f"unknown model {name!r}; valid models: {', '.join(MODEL_ARGS)}")
+    unknown = sorted(set(args) - set(MODEL_ARGS[name]))
+    if unknown:
+        raise InputError(f"unknown argument(s) {unknown} for model {name!r}; valid: "
+                         f"{', '.join(MODEL_ARGS[name]) or 'none'}")
+    for key, value in args.items():
+        check_positive(f"{name} {key}", value)
+    depth = args.get("depth", 20)
+    if name == "resnet20" and (depth - 2) % 6:
+        raise InputError(f"resnet depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}")

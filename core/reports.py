@@ -1,0 +1,165 @@
+"""Every file a job writes for people: JSON summaries, CSV and Markdown tables, and labelled
+PNGs (confusion matrix, mistakes grid, attack examples). Each file is written to a temporary
+name and renamed into place."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import torch
+
+from . import checkpoint, figures
+from .data import TensorData
+
+MISTAKES_SHOWN = 64
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """JSON, atomically."""
+    checkpoint.atomic_write_text(path, json.dumps(payload, indent=2, default=str))
+
+
+def table_frame(rows: list[dict]) -> pd.DataFrame:
+    """A sweep's tidy table as a DataFrame (params left out)."""
+    return pd.DataFrame([{k: v for k, v in r.items() if k != "params"} for r in rows])
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    """A DataFrame as a Markdown table, blanks (None, NaN) as '—'."""
+    return frame.astype(object).where(frame.notna(), "—").to_markdown(index=False,
+                                                                       floatfmt=".4f")
+
+
+def write_table(result: dict, stem: Path) -> pd.DataFrame:
+    """A sweep's rows as ``stem``.csv and ``stem``.md (with the worst case per threat model)."""
+    frame = table_frame(result["rows"])
+    tmp = stem.with_name(stem.name + ".csv.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, stem.with_suffix(".csv"))
+    text = markdown(frame)
+    if result.get("worst_case"):
+        text += ("\n\nWorst case over attacks, per threat model:\n\n"
+                 + markdown(pd.DataFrame(result["worst_case"])))
+    checkpoint.atomic_write_text(stem.with_suffix(".md"), text + "\n")
+    return frame
+
+
+def spread_mistakes(records: list[dict], limit: int = MISTAKES_SHOWN) -> list[dict]:
+    """Misclassified records drawn across true classes in turn (most confident first within a
+    class), so one class's mistakes do not fill the grid."""
+    by_class: dict[int, list[dict]] = {}
+    for r in sorted(records, key=lambda r: -r["confidence"]):
+        by_class.setdefault(r["true"], []).append(r)
+    out: list[dict] = []
+    while len(out) < limit and any(by_class.values()):
+        for cls in sorted(by_class):
+            if by_class[cls] and len(out) < limit:
+                out.append(by_class[cls].pop(0))
+    return out
+
+
+def _images(split: TensorData, records: list[dict]) -> torch.Tensor:
+    position = {int(i): k for k, i in enumerate(split.original_index())}
+    return split.floats(torch.tensor([position[r["index"]] for r in records]))
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _show(ax, img: torch.Tensor, title: str) -> None:
+    arr = img.clamp(0, 1).permute(1, 2, 0).numpy()
+    ax.imshow(arr[:, :, 0] if arr.shape[2] == 1 else arr, cmap="gray" if arr.shape[2] == 1
+              else None, vmin=0, vmax=1)
+    ax.set_title(title, fontsize=7)
+    ax.axis("off")
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp)
+    os.replace(tmp, path)
+
+
+def mistakes_png(split: TensorData, records: list[dict], classes: Sequence[str], path: Path,
+                 cols: int = 8) -> None:
+    """A grid of mistakes, each titled 'true → predicted (confidence)'."""
+    if not records:
+        return
+    plt = _plt()
+    images = _images(split, records)
+    rows = math.ceil(len(records) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.45), dpi=110,
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, r in zip(axes.flat, images, records):
+        _show(ax, img, f"{classes[r['true']]} → {classes[r['pred']]}\n({r['confidence']:.0%})")
+    fig.suptitle("Mistakes (true → predicted, confidence), across classes", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def write_evaluation(folder: Path, report: dict, split: TensorData) -> list[dict]:
+    """evaluation.json, confusion.png and mistakes.png; returns the mistakes shown."""
+    write_json(folder / "evaluation.json", report)
+    title = f"Confusion matrix ({report['n']:,} {split.split} images)"
+    tmp = folder / "confusion.tmp.png"
+    figures.confusion_png(report["confusion"], report["classes"], tmp, title)
+    os.replace(tmp, folder / "confusion.png")
+    shown = spread_mistakes([r for r in report["records"] if r["true"] != r["pred"]])
+    mistakes_png(split, shown, report["classes"], folder / "mistakes.png")
+    return shown
+
+
+def examples_png(x: torch.Tensor, x_adv: torch.Tensor, labels: torch.Tensor,
+                 clean_pred: torch.Tensor, adv_pred: torch.Tensor, classes: Sequence[str],
+                 path: Path, title: str, rows: int = 8) -> None:
+    """Rows of clean image, adversarial image and amplified perturbation, labelled."""
+    rows = min(rows, len(x))
+    if rows == 0:
+        return
+    plt = _plt()
+    fig, axes = plt.subplots(rows, 3, figsize=(4.6, rows * 1.55), dpi=110, squeeze=False)
+    for k in range(rows):
+        delta = x_adv[k] - x[k]
+        amp = delta / (2 * delta.abs().max().clamp_min(1e-8)) + 0.5
+        true = classes[int(labels[k])]
+        _show(axes[k, 0], x[k], f"clean: {classes[int(clean_pred[k])]} (true {true})")
+        _show(axes[k, 1], x_adv[k], f"attacked: {classes[int(adv_pred[k])]}")
+        _show(axes[k, 2], amp, f"perturbation (L∞ {delta.abs().max():.3f})")
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def write_attack(folder: Path, outcome, summary: dict, classes: Sequence[str]) -> None:
+    """records.csv, summary.json, examples.safetensors and examples.png of one attack."""
+    tmp = folder / "records.csv.tmp"
+    pd.DataFrame(outcome.records()).to_csv(tmp, index=False)
+    os.replace(tmp, folder / "records.csv")
+    write_json(folder / "summary.json", summary)
+    if not outcome.examples:
+        return
+    checkpoint.save(folder / "examples.safetensors", outcome.examples,
+                    {"attack": outcome.attack})
+    keep = len(outcome.examples["x"])
+    flipped = [k for k in range(keep) if int(outcome.clean_pred[k]) == int(outcome.labels[k])
+               and int(outcome.adv_pred[k]) != int(outcome.labels[k])]
+    order = (flipped + [k for k in range(keep) if k not in flipped])[:8]
+    idx = torch.tensor(order, dtype=torch.long)
+    examples_png(outcome.examples["x"][idx], outcome.examples["x_adv"][idx],
+                 outcome.labels[idx], outcome.clean_pred[idx], outcome.adv_pred[idx], classes,
+                 folder / "examples.png",
+                 f"{outcome.attack} {summary.get('threat_label', '')}: flipped examples first")

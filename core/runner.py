@@ -1,0 +1,240 @@
+"""The one runner: every job, whoever starts it (CLI, dashboard, ``reproduce``, torchrun,
+tests), goes through :func:`submit` or :func:`create` and then :func:`execute`.
+
+``create`` validates the spec (already done on construction), checks what the job refers to
+(the model run, the data) and only then writes the run row, so bad input leaves nothing behind.
+``execute`` takes the run's lease (one writer per run), marks it running, beats a heartbeat,
+turns SIGINT and SIGTERM into a ``cancelled`` run, reports progress, and records the outcome.
+``submit`` does the same in a detached worker process (``python -m core.worker RUN``).
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import catalog, distributed
+from .cancellation import STATE as CANCEL
+from .cancellation import Cancelled
+from .paths import PROJECT_ROOT, InputError, run_dir
+from .progress import Progress, Quiet
+from .specs import ModelJobSpec, ReproduceSpec, Spec, TrainSpec, spec_from_config
+from .store import Run, RunStore, restart_hint, resume_refusal
+
+HEARTBEAT_S = 2.0
+
+
+@dataclass
+class JobContext:
+    """What a job function gets: its spec, where to write, how to report and nest."""
+
+    spec: Spec
+    store: RunStore | None
+    run_id: str | None
+    progress: Progress
+    resume: bool = False
+    rank: distributed.Context = field(default_factory=distributed.Context)
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 (or the only process) writes files and the store."""
+        return self.rank.is_main and self.store is not None
+
+    @property
+    def folder(self) -> Path:
+        """The run's folder."""
+        return run_dir(self.run_id)
+
+    def warn(self, message: str) -> None:
+        """Attach a warning to the run."""
+        if self.is_main:
+            self.store.add_warning(self.run_id, message)
+
+    def say(self, text: str) -> None:
+        """A line for the person watching (stderr)."""
+        self.progress.say(text)
+
+    def child(self, spec: Spec, name: str) -> tuple[str, dict]:
+        """Run ``spec`` as a child run of this one, in this process, through the same runner
+        (its own row, lease, heartbeat and status); return its id and summary."""
+        run_id = create(self.store, spec, parent=self.run_id, name=name)
+        self.say(f"run {run_id}: {spec.describe()}")
+        return run_id, execute(self.store, run_id, echo=self.progress.enabled)
+
+
+class _Heartbeat:
+    """A thread that stamps the run's heartbeat, delivers a cancel found in the store, and
+    prints the plain progress line when it is due."""
+
+    def __init__(self, db_path: Path, run_id: str, owner: str, progress: Progress) -> None:
+        self.db_path, self.run_id, self.owner, self.progress = db_path, run_id, owner, progress
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        store = RunStore(self.db_path)
+        try:
+            while not self._stop.wait(HEARTBEAT_S):
+                store.heartbeat(self.run_id, self.owner)
+                if store.cancel_requested(self.run_id):
+                    CANCEL.request("cancel requested")
+                self.progress.tick()
+        finally:
+            store.close()
+
+    def __enter__(self) -> "_Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def preflight(store: RunStore, spec: Spec) -> None:
+    """Check what a spec refers to before its run exists: the model run and its weights, the
+    dataset on disk (downloading a built-in one when it is missing)."""
+    if isinstance(spec, ModelJobSpec):
+        model = store.get(spec.model_run)
+        if model.kind != "train":
+            raise InputError(f"run {spec.model_run} is a {model.kind} run; pick a training run")
+        name = "best.safetensors" if spec.which == "best" else "model.safetensors"
+        if not (run_dir(spec.model_run) / name).exists():
+            raise InputError(f"run {spec.model_run} has no {spec.which} weights ({name}); "
+                             f"it is {model.status}" + (
+                                 "" if spec.which == "final" else
+                                 " (best weights exist only for defended runs)"))
+        _check_data(model.config["dataset"], spec.data_dir or model.config.get("data_dir"))
+    elif isinstance(spec, TrainSpec):
+        _check_data(spec.dataset, spec.data_dir)
+    elif isinstance(spec, ReproduceSpec):
+        for name in ("mnist", "cifar10"):
+            _check_data(name, spec.data_dir)
+
+
+def _check_data(name: str, root: str | None) -> None:
+    if catalog.check(name, root) == "download":
+        from . import data
+
+        for split in ("train", "test"):  # torchvision downloads here, or says why it cannot
+            data.load(name, split, root)
+
+
+def create(store: RunStore, spec: Spec, parent: str | None = None,
+           name: str | None = None) -> str:
+    """Check ``spec``'s references and data, then create its queued run; return the id."""
+    spec.validate()
+    preflight(store, spec)
+    return store.create_run(spec.kind, spec.to_dict(), parent=parent, name=name)
+
+
+def _jobs() -> dict[str, Callable[[JobContext], dict]]:
+    from . import jobs, reproduce
+
+    return {"train": jobs.train, "evaluate": jobs.evaluate, "attack": jobs.attack,
+            "sweep": jobs.sweep, "grid": jobs.grid, "reproduce": reproduce.reproduce}
+
+
+def execute(store: RunStore, run_id: str, resume: bool = False, echo: bool = True) -> dict:
+    """Run a stored job in this process under its lease; return its summary. A stop request
+    (SIGINT, SIGTERM, ``cancel``) raises Cancelled after marking the run ``cancelled``."""
+    run = store.get(run_id)
+    spec = spec_from_config(run.kind, run.config)
+    owner = f"{os.getpid()}-{secrets.token_hex(4)}"
+    store.acquire(run_id, owner)
+    world = distributed.current().world if distributed.launched_by_torchrun() else 1
+    outermost = CANCEL.install(immediate=world == 1)
+    immediate = CANCEL.immediate
+    progress = Progress(run.kind, store, run_id, enabled=echo)
+    try:
+        store.set_status(run_id, "running")
+        ctx = JobContext(spec, store, run_id, progress, resume, distributed.current())
+        with _Heartbeat(store.path, run_id, owner, progress):
+            summary = _jobs()[run.kind](ctx)
+        CANCEL.immediate = False  # from here on a late signal must not interrupt bookkeeping
+        store.set_status(run_id, "completed")
+        return summary
+    except Cancelled as err:
+        store.set_status(run_id, "cancelled", error=_cancel_message(store.get(run_id), err))
+        raise
+    except BaseException as err:  # record every failure on the run, then let it propagate
+        store.set_status(run_id, "failed", error=f"{type(err).__name__}: {err}")
+        raise
+    finally:
+        progress.close()
+        store.release(run_id, owner)
+        CANCEL.immediate = immediate
+        if outermost:
+            CANCEL.uninstall()
+
+
+def _cancel_message(run: Run, err: Cancelled) -> str:
+    why = str(err) or "cancel requested"
+    return f"cancelled ({why}); " + restart_hint(run)
+
+
+def follow(spec: Spec) -> dict:
+    """A torchrun rank other than 0: compute this rank's share of a job; rank 0 writes."""
+    ctx = JobContext(spec, None, None, Quiet(), rank=distributed.current())
+    return _jobs()[spec.kind](ctx)
+
+
+def submit(store: RunStore, spec: Spec, parent: str | None = None,
+           name: str | None = None) -> str:
+    """Create the run and start a detached worker process for it; return the run id."""
+    run_id = create(store, spec, parent=parent, name=name)
+    start_worker(store, run_id)
+    return run_id
+
+
+def start_worker(store: RunStore, run_id: str, resume: bool = False) -> int:
+    """Spawn a detached, lower-priority worker for ``run_id`` (it survives the caller, e.g. the
+    dashboard server, whose responsiveness it must not take)."""
+    log_path = run_dir(run_id) / "worker.log"
+    cmd = [sys.executable, "-m", "core.worker", run_id] + (["--resume"] if resume else [])
+    env = dict(os.environ, ROBUSTLAB_DB=str(store.path), PYTHONUNBUFFERED="1")
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(cmd, cwd=str(PROJECT_ROOT), stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                preexec_fn=lambda: os.nice(5))
+    return proc.pid
+
+
+def reopen(store: RunStore, run_id: str) -> Run:
+    """Queue a failed or cancelled training run again for resuming (the one rule of
+    :func:`core.store.resume_refusal`); clears the cancel request that stopped it."""
+    store.mark_stale()
+    run = store.get(run_id)
+    refusal = resume_refusal(run)
+    if refusal:
+        raise InputError(refusal)
+    store.set_status(run_id, "queued")
+    return run
+
+
+def resume_in_worker(store: RunStore, run_id: str) -> None:
+    """Continue a failed or cancelled training run from its last checkpoint in a new worker."""
+    reopen(store, run_id)
+    start_worker(store, run_id, resume=True)
+
+
+def worker_main(argv: list[str]) -> int:
+    """Entry point of ``python -m core.worker RUN [--resume]``."""
+    run_id, resume = argv[0], "--resume" in argv[1:]
+    store = RunStore(os.environ.get("ROBUSTLAB_DB") or None)
+    try:
+        execute(store, run_id, resume=resume)
+    except Cancelled:
+        return 0
+    except BaseException:  # the error is already in the run store; keep the trace in the log
+        traceback.print_exc()
+        return 1
+    finally:
+        store.close()
+    return 0

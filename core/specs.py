@@ -1,0 +1,322 @@
+"""Typed job specs: one dataclass per kind of job, the only input of :mod:`core.runner`.
+
+A spec validates itself completely on construction, in plain Python (no torch, no data), and
+serializes to the run's config JSON; ``spec_from_config`` reads it back. The CLI, the dashboard,
+``reproduce``, torchrun and the tests all build specs, and every default lives here, once (the
+hyperparameters of attacks and defenses live in :mod:`core.hyperparams`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+from . import hyperparams as hp
+from .paths import InputError, check_run_id
+
+DATASETS = ("mnist", "cifar10", "imagefolder:PATH")
+OPTIMIZERS = ("sgd", "nesterov", "adam")
+SCHEDULES = ("onecycle", "cosine", "constant")
+PRECISIONS = ("auto", "fp32", "bf16")
+WEIGHTS = ("final", "best")
+SPLITS = ("train", "test")
+ROBUST_EVAL_KEYS = ("eps", "steps", "n", "collapse_drop")
+DEFAULT_BUDGETS = (0.0, 0.01, 0.05, 0.1, 0.2, 0.3)
+DEFAULT_GRID = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
+
+
+def check_device(device: Any) -> None:
+    """Raise InputError unless ``device`` names a device (availability is checked at run)."""
+    ok = isinstance(device, str) and (device in ("auto", "cpu", "cuda") or (
+        device.startswith("cuda:") and device[5:].isdigit()))
+    if not ok:
+        raise InputError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N")
+
+
+def check_dataset(name: Any) -> None:
+    """Raise InputError unless ``name`` is a dataset name (presence is checked at run)."""
+    ok = isinstance(name, str) and (name in ("mnist", "cifar10") or (
+        name.startswith("imagefolder:") and len(name) > len("imagefolder:")))
+    if not ok:
+        raise InputError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
+
+
+def _optional_positive(name: str, value: Any) -> None:
+    if value is not None:
+        hp.check_positive(name, value)
+
+
+@dataclass
+class Spec:
+    """Base of job specs: validation on construction and the JSON round trip."""
+
+    kind: ClassVar[str] = "job"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise InputError naming the first invalid value and what is valid."""
+
+    def to_dict(self) -> dict:
+        """Plain-JSON form (the run's config)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Spec":
+        """Build from a dict, refusing unknown keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(f"unknown {cls.kind} options {unknown}; valid: {sorted(known)}")
+        return cls(**values)
+
+    def describe(self) -> str:
+        """One line saying what the job does."""
+        return self.kind
+
+
+@dataclass
+class TrainSpec(Spec):
+    """Train a model, optionally with a defense; ``robust_eval`` sets the overfitting guard
+    (eps, steps, n held-out training images, collapse_drop)."""
+
+    kind: ClassVar[str] = "train"
+    dataset: str = "mnist"
+    model: str = "seed-resnet"
+    model_args: dict = field(default_factory=dict)
+    epochs: int = 5
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    label_smoothing: float = 0.0
+    seed: int = 0
+    train_subset: int | None = None
+    test_subset: int | None = None
+    augment: bool | None = None
+    defense: str = "none"
+    defense_args: dict = field(default_factory=dict)
+    robust_eval: dict = field(default_factory=dict)
+    data_dir: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+
+    def validate(self) -> None:
+        check_dataset(self.dataset)
+        hp.check_model(self.model, self.model_args)
+        hp.check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        hp.check_choice("schedule", self.schedule, SCHEDULES)
+        hp.check_choice("defense", self.defense, tuple(hp.DEFENSE_SETTINGS))
+        hp.check_choice("precision", self.precision, PRECISIONS)
+        hp.check_positive("epochs", self.epochs)
+        hp.check_positive("batch size", self.batch_size)
+        _optional_positive("train subset", self.train_subset)
+        _optional_positive("test subset", self.test_subset)
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"learning rate must be a positive number, got {self.lr}")
+        if not 0 <= self.label_smoothing < 1:
+            raise InputError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise InputError("weight decay must be >= 0 and momentum in [0, 1)")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise InputError(f"seed must be a whole number >= 0, got {self.seed!r}")
+        check_device(self.device)
+        self.defense_settings()
+        unknown = sorted(set(self.robust_eval) - set(ROBUST_EVAL_KEYS))
+        if unknown:
+            raise InputError(f"unknown robust_eval options {unknown}; valid: "
+                             f"{', '.join(ROBUST_EVAL_KEYS)}")
+        if "eps" in self.robust_eval:
+            hp.check_range("robust_eval eps", self.robust_eval["eps"], 0.0, 1.0)
+        if "steps" in self.robust_eval:
+            hp.check_positive("robust_eval steps", self.robust_eval["steps"])
+
+    def defense_settings(self) -> hp.DefenseSettings:
+        """The defense's validated hyperparameters."""
+        return hp.defense_settings(self.defense, label_smoothing=self.label_smoothing,
+                                   **self.defense_args)
+
+    @property
+    def guarded(self) -> bool:
+        """Whether the overfitting guard runs (defended runs, or a robust_eval was asked for)."""
+        return self.defense != "none" or bool(self.robust_eval)
+
+    def describe(self) -> str:
+        defense = "" if self.defense == "none" else f" with {self.defense}"
+        return f"training {self.model} on {self.dataset}{defense} for {self.epochs} epoch(s)"
+
+
+@dataclass
+class ModelJobSpec(Spec):
+    """Base of jobs on a trained model: which run, which weights, where the data is."""
+
+    model_run: str = ""
+    which: str = "final"
+    data_dir: str | None = None
+    device: str = "auto"
+
+    def validate(self) -> None:
+        if not self.model_run:
+            raise InputError("name the training run to use (a run id from `python -m core runs`)")
+        check_run_id(self.model_run)
+        hp.check_choice("weights", self.which, WEIGHTS)
+        check_device(self.device)
+
+
+@dataclass
+class EvaluateSpec(ModelJobSpec):
+    """Clean metrics, confusion matrix and mistakes of a model on a split."""
+
+    kind: ClassVar[str] = "evaluate"
+    split: str = "test"
+    n: int | None = None
+    batch_size: int = 500
+
+    def validate(self) -> None:
+        super().validate()
+        hp.check_choice("split", self.split, SPLITS)
+        _optional_positive("n", self.n)
+        hp.check_positive("batch size", self.batch_size)
+
+    def describe(self) -> str:
+        return f"evaluating {self.model_run} on the {self.split} split"
+
+
+@dataclass
+class AttackSpec(ModelJobSpec):
+    """One attack on a seeded sample of ``n`` test images. ``params`` are stored resolved
+    (every hyperparameter, defaults included); ``strong`` selects the attack's strong setting."""
+
+    kind: ClassVar[str] = "attack"
+    attack: str = "pgd"
+    params: dict = field(default_factory=dict)
+    strong: bool = False
+    n: int = 1000
+    seed: int = 0
+    batch_size: int = 250
+    keep: int = 64
+
+    def validate(self) -> None:
+        super().validate()
+        self.params = hp.attack_settings(self.attack, self.params, self.strong).params()
+        hp.check_positive("n", self.n)
+        hp.check_positive("batch size", self.batch_size)
+        if not isinstance(self.keep, int) or self.keep < 0:
+            raise InputError(f"keep must be a whole number >= 0, got {self.keep!r}")
+
+    def settings(self) -> hp.AttackSettings:
+        """The attack's hyperparameters."""
+        return hp.attack_settings(self.attack, self.params)
+
+    def describe(self) -> str:
+        threat = self.settings().threat()
+        where = f" ({threat.label()})" if threat else ""
+        return f"{self.attack}{where} on {self.n:,} test images of {self.model_run}"
+
+
+def _attack_list(attacks: Any, strong: bool) -> list[dict]:
+    if not isinstance(attacks, (list, tuple)) or not attacks:
+        raise InputError("a sweep needs at least one attack; valid attacks: "
+                         f"{', '.join(hp.ATTACK_SETTINGS)}")
+    out = []
+    for item in attacks:
+        name, params = (item, {}) if isinstance(item, str) else (item.get("name"),
+                                                                 item.get("params", {}))
+        out.append({"name": name, "params": hp.attack_settings(name, params, strong).params()})
+    return out
+
+
+def check_budgets(budgets: Any, what: str = "budgets") -> list[float]:
+    """A non-empty list of numbers in [0, 1], as floats."""
+    if not isinstance(budgets, (list, tuple)) or not budgets:
+        raise InputError(f"{what} must be a non-empty list of numbers in [0, 1] (pixel units)")
+    for b in budgets:
+        hp.check_range(f"each of the {what}", b, 0.0, 1.0)
+    return [float(b) for b in budgets]
+
+
+@dataclass
+class SweepSpec(ModelJobSpec):
+    """Several attacks over a grid of budgets (eps for attacks, sigma for noise)."""
+
+    kind: ClassVar[str] = "sweep"
+    attacks: list = field(default_factory=lambda: ["noise", "fgsm", "pgd"])
+    budgets: list = field(default_factory=lambda: list(DEFAULT_BUDGETS))
+    strong: bool = False
+    n: int = 1000
+    seed: int = 0
+    batch_size: int = 250
+
+    def validate(self) -> None:
+        super().validate()
+        self.attacks = _attack_list(self.attacks, self.strong)
+        self.budgets = check_budgets(self.budgets)
+        hp.check_positive("n", self.n)
+        hp.check_positive("batch size", self.batch_size)
+
+    def describe(self) -> str:
+        names = ", ".join(a["name"] for a in self.attacks)
+        return f"sweep of {names} over {len(self.budgets)} budget(s) on {self.n:,} test images"
+
+
+@dataclass
+class GridSpec(ModelJobSpec):
+    """One attack over a grid of budgets, each point saved as it completes, with example images
+    (the dashboard's epsilon slider)."""
+
+    kind: ClassVar[str] = "grid"
+    attack: str = "pgd"
+    params: dict = field(default_factory=dict)
+    strong: bool = False
+    budgets: list = field(default_factory=lambda: list(DEFAULT_GRID))
+    n: int = 200
+    seed: int = 0
+    keep: int = 12
+    batch_size: int = 250
+
+    def validate(self) -> None:
+        super().validate()
+        self.params = hp.attack_settings(self.attack, self.params, self.strong).params()
+        self.budgets = check_budgets(self.budgets)
+        hp.check_positive("n", self.n)
+        if not isinstance(self.keep, int) or self.keep < 0:
+            raise InputError(f"keep must be a whole number >= 0, got {self.keep!r}")
+
+    def settings(self) -> hp.AttackSettings:
+        """The attack's hyperparameters."""
+        return hp.attack_settings(self.attack, self.params)
+
+    def describe(self) -> str:
+        return f"{self.attack} grid over {len(self.budgets)} budget(s) on {self.n:,} images"
+
+
+@dataclass
+class ReproduceSpec(Spec):
+    """The whole seed study into ``artifacts/reports/RUN``; ``quick`` uses small subsets."""
+
+    kind: ClassVar[str] = "reproduce"
+    quick: bool = False
+    data_dir: str | None = None
+    device: str = "auto"
+
+    def validate(self) -> None:
+        if not isinstance(self.quick, bool):
+            raise InputError(f"quick must be true or false, got {self.quick!r}")
+        check_device(self.device)
+
+    def describe(self) -> str:
+        return "the seed study" + (" (quick)" if self.quick else "")
+
+
+SPECS: dict[str, type[Spec]] = {cls.kind: cls for cls in (
+    TrainSpec, EvaluateSpec, AttackSpec, SweepSpec, GridSpec, ReproduceSpec)}
+
+
+def spec_from_config(kind: str, config: dict) -> Spec:
+    """The spec of a stored run (its kind and config JSON)."""
+    if kind not in SPECS:
+        raise InputError(f"unknown job kind {kind!r}; valid: {', '.join(SPECS)}")
+    return SPECS[kind].from_dict(config)

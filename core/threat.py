@@ -1,0 +1,64 @@
+"""The threat model: a norm and a budget in pixel units, as a value.
+
+Adversarial numbers are only ever combined within one threat model: a worst case over attacks
+is taken per (norm, eps), never across norms. Unbounded attacks (Carlini-Wagner, semantic) have
+norm ``none``. Random noise is not a threat model but a corruption with its own sigma axis.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .paths import InputError
+
+NORMS = ("linf", "l2", "none")
+_SYMBOL = {"linf": "L∞", "l2": "L2", "none": "unbounded"}
+
+
+@dataclass(frozen=True, order=True)
+class ThreatModel:
+    """A norm (``linf``, ``l2`` or ``none``) and epsilon in pixel units (None when unbounded)."""
+
+    norm: str
+    eps: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise InputError(f"unknown norm {self.norm!r}; valid norms: {', '.join(NORMS)}")
+        if self.norm == "none":
+            if self.eps is not None:
+                raise InputError("an unbounded threat model has no epsilon")
+            return
+        limit = 1.0 if self.norm == "linf" else 1e4
+        if (not isinstance(self.eps, (int, float)) or isinstance(self.eps, bool)
+                or not math.isfinite(self.eps) or not 0 <= self.eps <= limit):
+            raise InputError(f"eps must be a number in [0, {limit:g}] for norm {self.norm}, "
+                             f"got {self.eps!r}")
+
+    @property
+    def key(self) -> str:
+        """A stable text key, e.g. ``linf:0.1``, ``none``."""
+        return self.norm if self.eps is None else f"{self.norm}:{self.eps:g}"
+
+    def label(self) -> str:
+        """Human label with the k/255 form beside L-inf budgets, e.g. ``L∞ ε=0.0314 (8/255)``."""
+        if self.eps is None:
+            return _SYMBOL[self.norm]
+        text = f"{_SYMBOL[self.norm]} ε={self.eps:.4g}"
+        return text + (f" ({self.eps * 255:.3g}/255)" if self.norm == "linf" else "")
+
+    def to_dict(self) -> dict:
+        """Plain-JSON form."""
+        return {"norm": self.norm, "eps": self.eps}
+
+    @classmethod
+    def parse(cls, text: str) -> "ThreatModel":
+        """``linf:0.1``, ``l2:0.5`` or ``none``."""
+        norm, _, eps = text.partition(":")
+        if norm == "none":
+            return cls("none")
+        try:
+            return cls(norm, float(eps))
+        except ValueError as err:
+            raise InputError(f"threat model must look like linf:0.1, l2:0.5 or none, "
+                             f"got {text!r}") from err
