@@ -118,7 +118,7 @@ class RunStore:
         """Insert a run and return its new id."""
         if kind not in KINDS:
             raise InputError(f"unknown run kind {kind!r}; valid kinds: {', '.join(KINDS)}")
-        run_id = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        run_id = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         self._write(
             "INSERT INTO runs (id, kind, status, parent, name, config, created) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",

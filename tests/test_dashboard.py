@@ -100,5 +100,11 @@ def test_a_failed_run_shows_its_error_on_the_train_page(tmp_path, monkeypatch):
     _no_exceptions(at)
     assert store.get(run_id).status == "failed"  # the page's poll marked the dead worker
     errors = [e.value for e in at.error]
-    assert any("worker stopped unexpectedly" in e and "resume" in e for e in errors), errors
+    # it died before its first checkpoint: nothing to resume, and the page says so
+    assert any("worker stopped unexpectedly" in e and "start it again" in e for e in errors), errors
+    assert not any(b.label == "Resume from last checkpoint" for b in at.button)
+    from core.paths import run_dir
+
+    (run_dir(run_id) / "checkpoint.safetensors").write_bytes(b"weights")
+    at = _app("train", run=run_id).run()
     assert any(b.label == "Resume from last checkpoint" for b in at.button)
