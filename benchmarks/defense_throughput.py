@@ -20,6 +20,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "datasets"
+if SHARED.is_dir():
+    os.environ.setdefault("ROBUSTLAB_DATA", str(SHARED))
 
 CHILD = r"""
 import json, os, sys, time
@@ -63,6 +66,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="robustlab-before-") as tmp:
+        os.environ["ROBUSTLAB_ARTIFACTS"] = str(Path(tmp) / "artifacts")
         before = Path(tmp) / "tree"
         subprocess.run(["git", "worktree", "add", "--detach", str(before), args.before],
                        cwd=ROOT, check=True, capture_output=True)

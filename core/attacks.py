@@ -184,7 +184,10 @@ class Attack:
             fast = folded(model)
             out = self.perturb(fast, x.detach().contiguous(memory_format=torch.channels_last),
                                y.detach())
-        return out.detach().clamp(0.0, 1.0).to(dtype=x.dtype).contiguous()
+        layout = (torch.channels_last if x.dim() == 4 and x.is_contiguous(
+            memory_format=torch.channels_last) and not x.is_contiguous() else
+            torch.contiguous_format)  # the input's layout: a training forward needs no reorder
+        return out.detach().clamp(0.0, 1.0).to(dtype=x.dtype).contiguous(memory_format=layout)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The attack itself; called with the model in eval mode and parameters frozen."""
