@@ -18,6 +18,7 @@ EXAMPLES = """examples:
   python -m core attack RUN --attack pgd --eps 0.1            (add --strong for 100 steps x 5)
   python -m core attack RUN --attack cw -n 200                (--strong: the paper's 1000 x 9)
   python -m core sweep RUN --attacks noise,fgsm,pgd --eps 0,0.01,0.05,0.1,0.2,0.3
+  python -m core audit RUN --norm linf --eps 0.3 [--version standard|fast] [-n 1000]
   python -m core runs | head
   python -m core show RUN
   python -m core reproduce --quick
@@ -94,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=None, help="evaluate on a seeded subset of N images")
     _attack_parser(add("attack", "one attack on a sample of test images"))
     _sweep_parser(add("sweep", "several attacks over a grid of budgets (the attack table)"))
+    _audit_parser(add("audit", "the robustness audit: AutoAttack cascade and indicators of "
+                      "attack failure"))
     p = add("runs", "table of runs, newest first")
     p.add_argument("--kind", help="only runs of this kind (train, evaluate, attack, sweep, "
                    "grid, reproduce)")
@@ -178,6 +181,19 @@ def _sweep_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="which sample of the test split (default 0)")
 
 
+def _audit_parser(p: argparse.ArgumentParser) -> None:
+    _model_options(p)
+    p.add_argument("--norm", choices=("linf", "l2"), default=None, help="default linf")
+    p.add_argument("--eps", type=float, help="budget in pixel units (0.3 MNIST, 0.0314 CIFAR-10)")
+    p.add_argument("--version", choices=("standard", "fast"), default=None,
+                   help="standard (default): APGD-CE, APGD-T, FAB-T, Square; fast: APGD-CE, "
+                   "APGD-T")
+    p.add_argument("-n", type=int, help="test images (default 1000)")
+    p.add_argument("--seed", type=int, help="which sample of the test split (default 0)")
+    p.add_argument("--steps", type=int, help="APGD iterations (default 100, the reference's)")
+    p.add_argument("--queries", type=int, help="Square queries (default 5000)")
+
+
 def _device_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto (default: CUDA when available), cpu, cuda or "
                    "cuda:N; under torchrun each rank uses its local GPU")
@@ -245,6 +261,15 @@ def sweep_spec(args: argparse.Namespace):
     return SweepSpec(**_model_fields(args), strong=args.strong, **values)
 
 
+def audit_spec(args: argparse.Namespace):
+    """The AuditSpec for ``audit`` arguments."""
+    from .specs import AuditSpec
+
+    return AuditSpec(**_model_fields(args), **_given(
+        args, norm="norm", eps="eps", version="version", n="n", seed="seed", steps="steps",
+        queries="queries"))
+
+
 def reproduce_spec(args: argparse.Namespace):
     """The ReproduceSpec for ``reproduce`` arguments."""
     from .specs import ReproduceSpec
@@ -254,7 +279,7 @@ def reproduce_spec(args: argparse.Namespace):
 
 SPEC_BUILDERS: dict[str, Callable] = {"train": train_spec, "evaluate": evaluate_spec,
                                       "attack": attack_spec, "sweep": sweep_spec,
-                                      "reproduce": reproduce_spec}
+                                      "reproduce": reproduce_spec, "audit": audit_spec}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,11 +10,12 @@ import time
 
 from . import distributed
 from .cancellation import Cancelled
-from .paths import run_dir
+from .paths import InputError, run_dir
 from .specs import Spec, TrainSpec
 from .store import Run, RunStore
 
 ERROR_WIDTH = 70
+SHARDED = ("train", "evaluate", "attack", "sweep")
 
 
 def run_job(spec: Spec, name: str | None = None) -> int:
@@ -28,6 +29,9 @@ def run_job(spec: Spec, name: str | None = None) -> int:
         where = f" on {ctx.world} processes" if ctx.world > 1 else ""
 
         def plan() -> str:
+            if ctx.world > 1 and spec.kind not in SHARDED:
+                raise InputError(f"{spec.kind} jobs do not run under torchrun yet; run them in "
+                                 f"one process (valid under torchrun: {', '.join(SHARDED)})")
             run_id = runner.create(store, spec, name=name)
             print(f"run {run_id}: {spec.describe()}{where}", flush=True)
             return run_id
@@ -147,8 +151,28 @@ def _print_reproduce(store: RunStore, run: Run, s: dict) -> None:
     print(f"report written to {s['report']}")
 
 
+def _print_audit(store: RunStore, run: Run, s: dict) -> None:
+    import pandas as pd
+
+    from .reports import markdown
+
+    print(f"audit {run.id} of {s['model_run']}: {s['threat_label']}, {s['version']} version, "
+          f"{s['n']:,} test images ({s['source']})")
+    rows = [{"stage": "clean", "robust accuracy": f"{s['clean_acc']:.2%}", "seconds": "—"}]
+    rows += [{"stage": r["attack"], "robust accuracy": f"{r['robust_acc']:.2%}",
+              "seconds": f"{r['seconds']:.1f}"} for r in s["stages"]]
+    print(markdown(pd.DataFrame(rows)))
+    for note in s["notes"]:
+        print(f"  note: {note}")
+    print(f"robust accuracy {s['robust_acc']:.2%}; verdict: {s['verdict']}")
+    for c in s["indicators"]:
+        print(f"  [{c['status']:4s}] {c['name']}: {c['detail']}")
+    folder = run_dir(run.id)
+    print(f"  files: {folder / 'audit.json'}, {folder / 'audit.csv'}, {folder / 'audit.md'}")
+
+
 PRINTERS = {"train": _print_train, "evaluate": _print_evaluate, "attack": _print_attack,
-            "sweep": _print_sweep, "reproduce": _print_reproduce,
+            "sweep": _print_sweep, "reproduce": _print_reproduce, "audit": _print_audit,
             "grid": lambda store, run, s: print(f"grid {run.id} completed")}
 
 
@@ -167,6 +191,9 @@ def headline(run: Run) -> str:
     if run.kind == "attack" and "adv_acc" in s:
         return (f"{s['attack']} {s.get('threat_label', '')}: {s['clean_acc']:.2%} -> "
                 f"{s['adv_acc']:.2%} (n={s['n']})")
+    if run.kind == "audit" and "robust_acc" in s:
+        return (f"{s['threat_label']} {s['version']}: {s['clean_acc']:.2%} -> "
+                f"{s['robust_acc']:.2%} (n={s['n']}, {s['verdict']})")
     if run.kind == "sweep" and s.get("rows"):
         return f"{len(s['rows'])} rows (n={s['n']})"
     return ""

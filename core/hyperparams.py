@@ -201,9 +201,83 @@ class CWSettings(AttackSettings):
         return self.steps * self.search_steps
 
 
+@dataclass
+class APGDSettings(AttackSettings):
+    """APGD: ``steps`` iterations (100, the reference's), the ce or dlr loss, ``restarts``."""
+
+    name: ClassVar[str] = "apgd-ce"
+    budget: ClassVar[str | None] = "eps"
+    strong: ClassVar[dict] = {"restarts": 5}
+    eps: float = 0.1
+    norm: str = "linf"
+    steps: int = 100
+    loss: str = "ce"
+    restarts: int = 1
+    seed: int | None = 0
+    losses: ClassVar[tuple] = ("ce", "dlr")
+
+    def validate(self) -> None:
+        if self.norm not in ("linf", "l2"):
+            raise InputError(f"unknown norm {self.norm!r}; valid norms: linf, l2")
+        check_range("eps", self.eps, 0.0, 1.0 if self.norm == "linf" else 1e4)
+        check_positive("steps", self.steps)
+        check_positive("restarts", self.restarts)
+        check_choice(f"{self.name} loss", self.loss, self.losses)
+
+    def threat(self) -> ThreatModel | None:
+        return ThreatModel(self.norm, self.eps)
+
+    def gradients_per_image(self) -> int:
+        return self.steps * self.restarts
+
+
+@dataclass
+class APGDTSettings(APGDSettings):
+    """APGD-T: the targeted DLR loss against each of the ``targets`` most likely other classes."""
+
+    name: ClassVar[str] = "apgd-t"
+    strong: ClassVar[dict] = {}
+    losses: ClassVar[tuple] = ("dlr-targeted",)
+    loss: str = "dlr-targeted"
+    targets: int = 9
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive("targets", self.targets)
+
+    def gradients_per_image(self) -> int:
+        return self.steps * self.restarts * self.targets
+
+
+@dataclass
+class SquareSettings(AttackSettings):
+    """Square: ``queries`` forward passes per image at most, initial square share ``p_init``."""
+
+    name: ClassVar[str] = "square"
+    budget: ClassVar[str | None] = "eps"
+    eps: float = 0.1
+    norm: str = "linf"
+    queries: int = 5000
+    p_init: float = 0.8
+    seed: int | None = 0
+
+    def validate(self) -> None:
+        if self.norm not in ("linf", "l2"):
+            raise InputError(f"unknown norm {self.norm!r}; valid norms: linf, l2")
+        check_range("eps", self.eps, 0.0, 1.0 if self.norm == "linf" else 1e4)
+        check_positive("queries", self.queries)
+        check_range("p_init", self.p_init, 1e-4, 1.0)
+
+    def threat(self) -> ThreatModel | None:
+        return ThreatModel(self.norm, self.eps)
+
+    def gradients_per_image(self) -> int:
+        return self.queries // 2  # a query is a forward pass, about half a gradient pass
+
+
 ATTACK_SETTINGS: dict[str, type[AttackSettings]] = {
     cls.name: cls for cls in (NoiseSettings, FGSMSettings, PGDSettings, SemanticSettings,
-                              CWSettings)}
+                              CWSettings, APGDSettings, APGDTSettings, SquareSettings)}
 
 
 def attack_settings(name: str, params: dict | None = None, strong: bool = False

@@ -12,7 +12,7 @@ from .evaluation import clean_report, run_attack, sanity_warnings, sharded_attac
 from .hyperparams import ATTACK_SETTINGS
 from .paths import run_dir
 from .prediction import model_from, pick_device, run_model_path
-from .specs import AttackSpec, EvaluateSpec, GridSpec, ModelJobSpec, SweepSpec
+from .specs import AttackSpec, AuditSpec, EvaluateSpec, GridSpec, ModelJobSpec, SweepSpec
 from .training import fit
 
 
@@ -149,3 +149,34 @@ def _save_grid_point(ctx, k: int, outcome, model: nn.Module, device: torch.devic
                    labels=outcome.labels[:keep])
     checkpoint.save(run_dir(ctx.run_id) / f"grid-{k:03d}.safetensors", tensors,
                     {"summary": summary})
+
+
+def audit(ctx) -> dict:
+    """The AutoAttack-style cascade at one threat model, then the attack-failure indicators;
+    audit.json, audit.csv and audit.md in the run's folder."""
+    from . import audit as audit_
+
+    spec: AuditSpec = ctx.spec
+    threat = spec.threat()
+    model, meta = job_model(ctx, spec)
+    split = split_for(meta, spec, "test", spec.n, spec.seed)
+    plan, notes = audit_.stages(spec.version, threat, spec.steps, spec.queries, spec.seed)
+    per_pass = _per_pass(model, split)
+    seconds = sum(estimate.attack_seconds(s.attack, len(split), per_pass) for s in plan)
+    ctx.say(estimate.line(seconds, f"{', '.join(s.name for s in plan)} on at most "
+                                   f"{len(split):,} images; later stages only see the points "
+                                   "still robust"))
+    ctx.progress.start(len(plan) * len(split))
+    result = audit_.cascade(model, split, plan, spec.batch_size,
+                            progress=lambda done, _total: ctx.progress.update(done))
+    for row in result["stages"]:
+        ctx.say(f"after {row['attack']}: robust accuracy {row['robust_acc']:.2%} "
+                f"({row['seconds']:.0f} s)")
+    ctx.say("checking the indicators of attack failure…")
+    checks = audit_.indicators(model, split, threat, result, plan, spec.steps, spec.seed)
+    report = audit_.report(spec, threat, result, checks, notes, split)
+    reports.write_audit(ctx.folder, report)
+    summary = {k: v for k, v in report.items() if k != "examples"}
+    summary.update(model_run=spec.model_run, source=split.source)
+    ctx.store.set_summary(ctx.run_id, summary)
+    return summary

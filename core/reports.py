@@ -163,3 +163,29 @@ def write_attack(folder: Path, outcome, summary: dict, classes: Sequence[str]) -
                  outcome.labels[idx], outcome.clean_pred[idx], outcome.adv_pred[idx], classes,
                  folder / "examples.png",
                  f"{outcome.attack} {summary.get('threat_label', '')}: flipped examples first")
+
+
+def write_audit(folder: Path, report: dict) -> None:
+    """audit.json (everything), audit.csv (one row per example) and audit.md (stages and
+    indicators)."""
+    write_json(folder / "audit.json", report)
+    tmp = folder / "audit.csv.tmp"
+    pd.DataFrame(report["examples"]).to_csv(tmp, index=False)
+    os.replace(tmp, folder / "audit.csv")
+    checkpoint.atomic_write_text(folder / "audit.md", audit_markdown(report))
+
+
+def audit_markdown(report: dict) -> str:
+    """The audit as Markdown: what was measured, the stage waterfall, the indicators."""
+    stages = [{"stage": "clean", "robust accuracy": f"{report['clean_acc']:.2%}", "seconds": "—"}]
+    stages += [{"stage": s["attack"], "robust accuracy": f"{s['robust_acc']:.2%}",
+                "seconds": f"{s['seconds']:.1f}"} for s in report["stages"]]
+    checks = [{"indicator": c["name"], "status": c["status"], "what it means": c["detail"]}
+              for c in report["indicators"]]
+    lines = [f"# Audit: {report['threat_label']}, {report['version']} version, "
+             f"{report['n']:,} test images", "",
+             f"Robust accuracy **{report['robust_acc']:.2%}** (clean {report['clean_acc']:.2%});"
+             f" verdict: **{report['verdict']}**.", ""]
+    lines += [f"- note: {n}" for n in report["notes"]]
+    lines += ["", markdown(pd.DataFrame(stages)), "", markdown(pd.DataFrame(checks)), ""]
+    return "\n".join(lines)

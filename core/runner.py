@@ -138,7 +138,8 @@ def _jobs() -> dict[str, Callable[[JobContext], dict]]:
     from . import jobs, reproduce
 
     return {"train": jobs.train, "evaluate": jobs.evaluate, "attack": jobs.attack,
-            "sweep": jobs.sweep, "grid": jobs.grid, "reproduce": reproduce.reproduce}
+            "sweep": jobs.sweep, "grid": jobs.grid, "reproduce": reproduce.reproduce,
+            "audit": jobs.audit}
 
 
 def execute(store: RunStore, run_id: str, resume: bool = False, echo: bool = True) -> dict:

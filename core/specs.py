@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from . import hyperparams as hp
 from .paths import InputError, check_run_id
+from .threat import ThreatModel
 
 DATASETS = ("mnist", "cifar10", "imagefolder:PATH")
 OPTIMIZERS = ("sgd", "nesterov", "adam")
@@ -22,6 +23,7 @@ WEIGHTS = ("final", "best")
 SPLITS = ("train", "test")
 ROBUST_EVAL_KEYS = ("eps", "steps", "n", "collapse_drop")
 DEFAULT_BUDGETS = (0.0, 0.01, 0.05, 0.1, 0.2, 0.3)
+AUDIT_VERSIONS = ("standard", "fast")
 DEFAULT_GRID = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 
 
@@ -294,6 +296,44 @@ class GridSpec(ModelJobSpec):
 
 
 @dataclass
+class AuditSpec(ModelJobSpec):
+    """The robustness audit at one threat model: the AutoAttack cascade (``standard``:
+    APGD-CE, APGD-T, FAB-T, Square; ``fast``: APGD-CE, APGD-T) on a seeded sample of ``n``
+    test images, then the indicators of attack failure."""
+
+    kind: ClassVar[str] = "audit"
+    norm: str = "linf"
+    eps: float | None = None
+    version: str = "standard"
+    n: int = 1000
+    seed: int = 0
+    steps: int = 100
+    queries: int = 5000
+    batch_size: int = 250
+
+    def validate(self) -> None:
+        super().validate()
+        if self.eps is None:
+            raise InputError("an audit needs its epsilon (--eps), in pixel units: e.g. 0.3 for "
+                             "MNIST, 8/255 = 0.0314 for CIFAR-10")
+        if self.norm not in ("linf", "l2"):
+            raise InputError(f"an audit needs a bounded threat model; valid norms: linf, l2 "
+                             f"(got {self.norm!r})")
+        self.threat()
+        hp.check_choice("audit version", self.version, AUDIT_VERSIONS)
+        for name in ("n", "steps", "queries", "batch_size"):
+            hp.check_positive(name.replace("_", " "), getattr(self, name))
+
+    def threat(self) -> ThreatModel:
+        """The audited threat model."""
+        return ThreatModel(self.norm, self.eps)
+
+    def describe(self) -> str:
+        return (f"audit ({self.version}) of {self.model_run} at {self.threat().label()} on "
+                f"{self.n:,} test images")
+
+
+@dataclass
 class ReproduceSpec(Spec):
     """The whole seed study into ``artifacts/reports/RUN``; ``quick`` uses small subsets."""
 
@@ -312,7 +352,7 @@ class ReproduceSpec(Spec):
 
 
 SPECS: dict[str, type[Spec]] = {cls.kind: cls for cls in (
-    TrainSpec, EvaluateSpec, AttackSpec, SweepSpec, GridSpec, ReproduceSpec)}
+    TrainSpec, EvaluateSpec, AttackSpec, SweepSpec, GridSpec, ReproduceSpec, AuditSpec)}
 
 
 def spec_from_config(kind: str, config: dict) -> Spec:

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 from .paths import InputError, artifacts_dir, check_run_id
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
-KINDS = ("train", "evaluate", "attack", "sweep", "grid", "reproduce")
+KINDS = ("train", "evaluate", "attack", "sweep", "grid", "reproduce", "audit")
 STALE_AFTER_S = 15.0
 QUEUED_TIMEOUT_S = 60.0
 

@@ -51,6 +51,7 @@ def _browser(p):
         "--disable-component-update", "--disable-sync", "--no-first-run"])
 
 
+@pytest.mark.slow
 def test_train_evaluate_attack_in_a_real_browser(server):
     from playwright.sync_api import expect, sync_playwright
 

@@ -118,6 +118,7 @@ def _weights(run_id: str) -> dict:
 
 
 @requires_mnist
+@pytest.mark.slow
 def test_cancelled_ddp_run_resumes_under_torchrun_to_the_unbroken_weights():
     _, straight = _train([*SMALL, "--name", "ddp straight"], nproc=2)
     proc = subprocess.Popen(_command(["train", *SMALL, "--name", "ddp broken"], 2), cwd=ROOT,

@@ -133,6 +133,7 @@ SLOW = {"train": ["train", "--epochs", "30", "--train-subset", "2000", "--test-s
 
 
 @requires_mnist
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["train", "attack", "sweep"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_sigint_and_sigterm_leave_the_job_cancelled(kind, sig, mnist_model):
@@ -187,6 +188,7 @@ def test_a_cancel_from_the_store_interrupts_a_long_attack_batch(mnist_model):
 # --- reproduce's children heartbeat ------------------------------------------------------
 
 @requires_mnist
+@pytest.mark.slow
 def test_reproduce_children_stay_running_under_polling(tmp_path):
     env = dict(os.environ, ROBUSTLAB_ARTIFACTS=str(tmp_path))
     proc = subprocess.Popen([sys.executable, "-m", "core", "reproduce", "--quick"], cwd=ROOT,
@@ -201,11 +203,30 @@ def test_reproduce_children_stay_running_under_polling(tmp_path):
         time.sleep(0.5)
     out, err = proc.communicate()
     assert proc.returncode == 0, err[-2000:]
+    _check_report(Path(out.strip().split("report written to ")[1]))
     children = [r for r in store.list_runs() if r.parent]
     assert len(children) >= 10 and len(seen_running) >= 3
     assert all(r.status == "completed" for r in children)
     kinds = {r.kind for r in children}
     assert kinds == {"train", "evaluate", "sweep", "attack"}  # the same jobs as the CLI's
+
+
+def _check_report(report: Path) -> None:
+    import json
+
+    folder, text = report.parent, report.read_text()
+    for heading in ("(a) seed-resnet on CIFAR-10", "(b) seed-resnet on MNIST", "(c) adversarial"):
+        assert heading in text
+    assert "micro-F1" in text and "seed FGSM-AT" in text and "| iat |" in text
+    assert "per threat model" in text
+    for name in ("cifar_confusion.png", "cifar_confusion.html", "cifar_mistakes.png",
+                 "mnist_attacks.png", "mnist_attacks.html", "defenses.png", "defenses.html",
+                 "mnist_attack_table.csv", "mnist_attack_table.md", "results.json"):
+        assert (folder / name).stat().st_size > 0, name
+    results = json.loads((folder / "results.json").read_text())
+    assert {r["attack"] for r in results["mnist"]["rows"]} == {"noise", "fgsm", "pgd",
+                                                               "semantic", "cw"}
+    assert 0 <= results["cifar"]["accuracy"] <= 1
 
 
 # --- progress in every log ----------------------------------------------------------------
@@ -217,10 +238,10 @@ def test_progress_lines_appear_when_stderr_is_a_file(tmp_path, mnist_model):
     env = {"ROBUSTLAB_PROGRESS_EVERY": "1"}
     with open(log, "w") as fh:
         subprocess.run([sys.executable, "-m", "core", "train", "--epochs", "2", "--train-subset",
-                        "3000", "--test-subset", "100"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                        "1500", "--test-subset", "100"], cwd=ROOT, stdout=subprocess.DEVNULL,
                        stderr=fh, env=dict(os.environ, **env), check=True, timeout=600)
         subprocess.run([sys.executable, "-m", "core", "attack", model_run, "--attack", "cw",
-                        "-n", "250", "--steps", "30"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                        "-n", "250", "--steps", "12"], cwd=ROOT, stdout=subprocess.DEVNULL,
                        stderr=fh, env=dict(os.environ, **env), check=True, timeout=600)
     text = log.read_text()
     assert "\r" not in text  # no bar redraws in a log
@@ -290,9 +311,11 @@ def test_worst_case_never_crosses_threat_models(mnist_model, mnist_test):
 
 # --- command-line conventions ---------------------------------------------------------------
 
-def test_global_options_before_or_after_the_command(tmp_path, capsys):
+def test_global_options_before_or_after_the_command(tmp_path, capsys, monkeypatch):
     from core.cli import main
 
+    # --artifacts-dir sets ROBUSTLAB_ARTIFACTS for the process; restore it after the test
+    monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", os.environ["ROBUSTLAB_ARTIFACTS"])
     for argv in (["--artifacts-dir", str(tmp_path), "runs"], ["runs", "--artifacts-dir",
                                                               str(tmp_path)]):
         assert main(argv) == 0

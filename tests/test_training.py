@@ -25,6 +25,7 @@ def _weights(run_id):
 
 
 @requires_mnist
+@pytest.mark.slow
 def test_same_seed_gives_identical_weights():
     store = RunStore()
     runs = []

@@ -1,0 +1,188 @@
+"""Auto-PGD, Croce & Hein, ICML 2020, "Reliable evaluation of adversarial robustness with an
+ensemble of diverse parameter-free attacks": PGD with momentum and a step size that halves
+at checkpoints when progress stalls, with the cross-entropy or the DLR loss, untargeted
+(APGD) or targeted at the classes with the highest clean logits (APGD-T). L-inf and L2."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import hyperparams as hp
+from .contract import Attack, flat_norm, generator, project, rand
+
+MOMENTUM = 0.75
+RHO = 0.75
+
+
+def checkpoints(steps: int) -> list[int]:
+    """Iterations at which the step size may halve: the first after 0.22 N, then gaps that
+    shrink by 0.03 N down to 0.06 N (in whole iterations)."""
+    gap, shrink, floor = max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), \
+        max(int(0.06 * steps), 1)
+    marks, at = [], gap
+    while at < steps:
+        marks.append(at)
+        gap = max(gap - shrink, floor)
+        at += gap
+    return marks
+
+
+def dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None
+             ) -> torch.Tensor:
+    """Difference of Logits Ratio per example (to be maximized): untargeted
+    -(z_y - max_{i!=y} z_i) / (z_pi1 - z_pi3); targeted -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4)/2).
+    Invariant to shifting and rescaling the logits, so saturated softmaxes do not hide a point."""
+    ordered = logits.sort(dim=1, descending=True).values
+    own = logits.gather(1, y[:, None]).squeeze(1)
+    if target is None:
+        others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), -math.inf)
+        return -(own - others.max(1).values) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
+    aimed = logits.gather(1, target[:, None]).squeeze(1)
+    scale = ordered[:, 0] - (ordered[:, 2] + ordered[:, 3]) / 2 + 1e-12
+    return -(own - aimed) / scale
+
+
+def _loss(logits: torch.Tensor, y: torch.Tensor, kind: str,
+          target: torch.Tensor | None) -> torch.Tensor:
+    if kind == "ce":
+        return F.cross_entropy(logits, y, reduction="none")
+    return dlr_loss(logits, y, target)
+
+
+@dataclass
+class APGD(hp.APGDSettings, Attack):
+    """APGD (Croce & Hein 2020): ``steps`` iterations from a random start, initial step 2 eps,
+    momentum 0.75, the step halved at checkpoints when the loss rose in at most 75% of the steps
+    since the last one or when nothing improved; restarts only on still-robust points; per
+    example the misclassified iterate found (else the best-loss point) is returned. ``trace``
+    holds, per iteration of the first run of the last call, how many points were broken so far
+    (the audit checks that the optimisation had converged)."""
+
+    trace: list = field(default_factory=list, init=False, repr=False, compare=False)
+    broken: list = field(default_factory=list, init=False, repr=False, compare=False)
+    found_any: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        gen = generator(self.seed)
+        best = x.clone()
+        robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
+        self.found_any = torch.zeros_like(robust)
+        for restart in range(self.restarts):
+            idx = robust.nonzero().squeeze(1)
+            if not len(idx):
+                break
+            adv, fooled = self.run_once(model, x[idx], y[idx], None, gen)
+            if restart == 0:
+                self.trace = self.broken
+            best[idx] = adv
+            robust[idx[fooled]] = False
+            self.found_any[idx[fooled]] = True
+        return best
+
+    def run_once(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 target: torch.Tensor | None, gen: torch.Generator | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One APGD run; returns the points and which of them are misclassified (or hit the
+        target)."""
+        n, eps = len(x), self.eps
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        x_k = (x + self._start(x, gen)).clamp(0, 1)
+        eta = torch.full((n,), 2 * eps, device=x.device)
+        loss, grad, logits = self._loss_grad(model, x_k, y, target)
+        fooled = self._hit(logits, y, target)
+        best_adv = torch.where(fooled.view(shape), x_k, x)
+        loss_best, x_best, grad_best = loss.clone(), x_k.clone(), grad.clone()
+        x_prev = x_k.clone()
+        marks = set(checkpoints(self.steps))
+        last_mark, rises = 0, torch.zeros(n, device=x.device)
+        eta_at_mark, best_at_mark = eta.clone(), loss_best.clone()
+        halved_last = torch.zeros(n, dtype=torch.bool, device=x.device)
+        broken = [int(fooled.sum())]
+        for k in range(self.steps):
+            z = self._project(x, x_k + eta.view(shape) * self._direction(grad))
+            momentum = 0.0 if k == 0 else MOMENTUM
+            step = (x_k + momentum * (z - x_k) + (1 - momentum) * (x_k - x_prev)) if k else z
+            x_prev, x_k = x_k, self._project(x, step)
+            new_loss, grad, logits = self._loss_grad(model, x_k, y, target)
+            hit = self._hit(logits, y, target)
+            best_adv = torch.where(hit.view(shape), x_k, best_adv)
+            fooled |= hit
+            rises += (new_loss > loss).float()
+            loss = new_loss
+            better = new_loss > loss_best
+            loss_best = torch.where(better, new_loss, loss_best)
+            x_best = torch.where(better.view(shape), x_k, x_best)
+            grad_best = torch.where(better.view(shape), grad, grad_best)
+            broken.append(int(fooled.sum()))
+            if k + 1 in marks:
+                stalled = rises < RHO * (k + 1 - last_mark)
+                flat = ~halved_last & (eta_at_mark == eta) & (best_at_mark == loss_best)
+                halve = stalled | flat
+                eta = torch.where(halve, eta / 2, eta)
+                # restart the halved ones from their best point
+                x_k = torch.where(halve.view(shape), x_best, x_k)
+                grad = torch.where(halve.view(shape), grad_best, grad)
+                halved_last = halve
+                last_mark, rises = k + 1, torch.zeros_like(rises)
+                eta_at_mark, best_at_mark = eta.clone(), loss_best.clone()
+        self.broken = broken
+        return torch.where(fooled.view(shape), best_adv, x_best), fooled
+
+    def _start(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        if self.norm == "linf":
+            return (rand(x.shape, x, gen) * 2 - 1) * self.eps
+        direction = rand(x.shape, x, gen, "normal")
+        return direction / flat_norm(direction) * self.eps * 0.5
+
+    def _direction(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad.sign() if self.norm == "linf" else grad / flat_norm(grad)
+
+    def _project(self, x: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
+        return (x + project(point - x, self.eps, self.norm)).clamp(0, 1)
+
+    def _loss_grad(self, model: nn.Module, x_k: torch.Tensor, y: torch.Tensor,
+                   target: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        point = x_k.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(point).float()
+            losses = _loss(logits, y, self.loss, target)
+            (grad,) = torch.autograd.grad(losses.sum(), point)
+        return losses.detach(), grad, logits.detach()
+
+    @staticmethod
+    def _hit(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
+             ) -> torch.Tensor:
+        pred = logits.argmax(1)
+        return pred != y  # a targeted run succeeds as soon as the point is misclassified
+
+
+@dataclass
+class APGDT(hp.APGDTSettings, APGD):
+    """APGD-T (Croce & Hein 2020): APGD with the targeted DLR loss, one run per target class,
+    the targets being the classes with the 2nd to (k+1)-th highest clean logits; each run only
+    on the points still robust."""
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        gen = generator(self.seed)
+        with torch.no_grad():
+            logits = model(x).float()
+        classes = logits.shape[1]
+        order = logits.sort(dim=1, descending=True).indices
+        best = x.clone()
+        robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
+        self.found_any = torch.zeros_like(robust)
+        for rank in range(1, min(self.targets, classes - 1) + 1):
+            for _ in range(self.restarts):
+                idx = robust.nonzero().squeeze(1)
+                if not len(idx):
+                    return best
+                adv, fooled = self.run_once(model, x[idx], y[idx], order[idx, rank], gen)
+                best[idx] = adv
+                robust[idx[fooled]] = False
+                self.found_any[idx[fooled]] = True
+        return best

@@ -1,0 +1,177 @@
+"""The attack contract, shared by every attack: eval mode with frozen parameters, the model
+with BatchNorm folded, gradients with respect to the input only, projections onto the
+epsilon-balls, seeded randomness, and the checks on inputs and outputs (see
+:mod:`core.attacks`)."""
+from __future__ import annotations
+
+import weakref
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+import torch.nn as nn
+
+from .paths import InputError
+
+
+@contextmanager
+def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and frozen parameters for the duration of an attack, then restore both."""
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    device = flags[0][0].device.type if flags else "cpu"
+    try:
+        # Attack gradients in float32 even inside a mixed-precision training step.
+        with torch.autocast(device, enabled=False):
+            yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+class _Folded:
+    """A model's graph traced once with every Conv2d -> BatchNorm2d pair replaced by one
+    convolution whose weights are refolded only when the original weights or running statistics
+    change (exact in eval mode). The other layers are the model's own modules, shared."""
+
+    def __init__(self, model: nn.Module) -> None:
+        from torch.fx import symbolic_trace
+
+        module = symbolic_trace(model)
+        found = dict(module.named_modules())
+        self.pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d, nn.Conv2d]] = []
+        for node in list(module.graph.nodes):
+            conv_node = node.args[0] if node.op == "call_module" and node.args else None
+            bn = found.get(node.target) if node.op == "call_module" else None
+            if not (isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None
+                    and getattr(conv_node, "op", None) == "call_module"
+                    and isinstance(found.get(conv_node.target), nn.Conv2d)
+                    and len(conv_node.users) == 1):
+                continue
+            conv = found[conv_node.target]
+            fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                              conv.padding, conv.dilation, conv.groups, bias=True,
+                              padding_mode=conv.padding_mode).to(conv.weight.device)
+            fused.requires_grad_(False)
+            name = f"folded_{len(self.pairs)}"
+            module.add_submodule(name, fused.to(memory_format=torch.channels_last))
+            conv_node.target = name
+            node.replace_all_uses_with(conv_node)
+            module.graph.erase_node(node)
+            self.pairs.append((conv, bn, fused))
+        module.graph.lint()
+        module.recompile()
+        self.module = module
+        self.stamp: tuple = ()
+
+    def refresh(self) -> nn.Module:
+        """Refold the pairs whose weights or statistics changed since the last call."""
+        from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+        stamp = tuple((t._version, t.data_ptr()) for conv, bn, _ in self.pairs
+                      for t in (conv.weight, bn.weight, bn.bias, bn.running_mean,
+                                bn.running_var) if t is not None)
+        if stamp != self.stamp:
+            with torch.no_grad():
+                for conv, bn, fused in self.pairs:
+                    w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean,
+                                                bn.running_var, bn.eps, bn.weight, bn.bias)
+                    fused.weight.copy_(w)
+                    fused.bias.copy_(b)
+            self.stamp = stamp
+        return self.module
+
+
+_FOLDED: "weakref.WeakKeyDictionary[nn.Module, _Folded | None]" = weakref.WeakKeyDictionary()
+
+
+def folded(model: nn.Module) -> nn.Module:
+    """The model with BatchNorm folded into its convolutions, for attacking in eval mode.
+    Small convolutions are bound by memory traffic, so the BatchNorm passes are a large share
+    of every attack step. The graph is traced once per model; later calls only refold the
+    weights when an optimizer step or a BatchNorm update changed them. Models torch.fx cannot
+    trace are used as they are."""
+    if model not in _FOLDED:
+        from torch.fx.proxy import TraceError
+
+        entry = None
+        if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+            try:
+                entry = _Folded(model)
+            except (TraceError, TypeError, RuntimeError, NotImplementedError, AttributeError):
+                entry = None  # dynamic control flow: attack the model as it is
+        _FOLDED[model] = entry
+    entry = _FOLDED[model]
+    return model if entry is None else entry.refresh()
+
+
+def input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of ``loss_fn(model(x), y)`` (summed) with respect to ``x`` only; also the logits."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        loss = loss_fn(logits.float(), y)
+        (grad,) = torch.autograd.grad(loss, x)
+    return grad, logits.detach()
+
+
+def rand(shape: torch.Size, like: torch.Tensor, gen: torch.Generator | None,
+          kind: str = "uniform") -> torch.Tensor:
+    draw = torch.rand if kind == "uniform" else torch.randn
+    return draw(shape, generator=gen, device="cpu", dtype=torch.float32).to(like)
+
+
+def generator(seed: int | None) -> torch.Generator | None:
+    return None if seed is None else torch.Generator().manual_seed(int(seed))
+
+
+def flat_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
+
+
+def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Project perturbations onto the L-inf or L2 ball of radius ``eps``."""
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    factor = (eps / flat_norm(delta)).clamp(max=1.0)
+    return delta * factor
+
+
+def _check_input(x: torch.Tensor, y: torch.Tensor) -> None:
+    if x.dim() != 4:
+        raise InputError(f"attack input must have shape (B, C, H, W), got {tuple(x.shape)}")
+    if y.shape != (x.shape[0],):
+        raise InputError(f"labels must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+    if not x.is_floating_point():
+        raise InputError(f"attack input must be a float tensor in [0, 1], got {x.dtype}")
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise InputError("attack input must lie in [0, 1] (normalization belongs in the model)")
+
+
+class Attack:
+    """Base of attack computations: input checks, eval mode with frozen parameters, the folded
+    model, and the output contract. Subclasses inherit their hyperparameters from
+    :mod:`core.hyperparams` and implement ``perturb``."""
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        _check_input(x, y)
+        if x.shape[0] == 0:
+            return x.detach().clone()
+        with attack_mode(model):
+            fast = folded(model)
+            out = self.perturb(fast, x.detach().contiguous(memory_format=torch.channels_last),
+                               y.detach())
+        layout = (torch.channels_last if x.dim() == 4 and x.is_contiguous(
+            memory_format=torch.channels_last) and not x.is_contiguous() else
+            torch.contiguous_format)  # the input's layout: a training forward needs no reorder
+        return out.detach().clamp(0.0, 1.0).to(dtype=x.dtype).contiguous(memory_format=layout)
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The attack itself; called with the model in eval mode and parameters frozen."""
+        raise NotImplementedError

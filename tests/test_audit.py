@@ -1,0 +1,135 @@
+"""The audit: APGD, APGD-T and Square keep the attack contract, APGD matches a reference
+implementation, the cascade and its indicators tell a masked model from an honest one, and
+the CLI writes the audit's files."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+from core.apgd import APGD, checkpoints, dlr_loss
+from core.attacks import build_attack
+from core.evaluation import run_attack
+from core.models import build_model
+from core.square import square_fraction
+from core.threat import ThreatModel
+
+from conftest import ROOT, requires_mnist
+
+
+def test_checkpoints_follow_the_paper():
+    marks = checkpoints(100)
+    assert marks[:4] == [22, 41, 57, 70]  # 0.22 N, then gaps 0.19, 0.16, 0.13 N ...
+    gaps = [b - a for a, b in zip(marks, marks[1:])]
+    assert min(gaps) >= 5 and gaps == sorted(gaps, reverse=True)
+
+
+def test_square_schedule_halves_at_the_scaled_queries():
+    assert square_fraction(0.8, 5, 10000) == 0.8
+    assert square_fraction(0.8, 11, 10000) == 0.4
+    assert square_fraction(0.8, 26, 5000) == 0.2  # 26 of 5,000 is 52 of 10,000
+    assert square_fraction(0.8, 9000, 10000) == 0.8 / 2 ** 9
+
+
+def test_dlr_is_invariant_to_logit_scale():
+    z = torch.tensor([[3.0, 1.0, 0.5, -1.0], [0.1, 2.0, 1.0, 0.0]])
+    y = torch.tensor([0, 1])
+    assert torch.allclose(dlr_loss(z, y), dlr_loss(z * 100 + 7, y), atol=1e-5)
+
+
+@pytest.mark.parametrize("name, params", [
+    ("apgd-ce", {"eps": 0.1, "steps": 10}), ("apgd-ce", {"eps": 0.5, "norm": "l2", "steps": 8}),
+    ("apgd-ce", {"eps": 0.1, "loss": "dlr", "steps": 6, "restarts": 2}),
+    ("apgd-t", {"eps": 0.1, "steps": 5, "targets": 3}), ("square", {"eps": 0.1, "queries": 50}),
+])
+def test_new_attacks_keep_the_contract(name, params):
+    torch.manual_seed(0)
+    model = build_model("seed-resnet", (3, 16, 16), 10, width=8, blocks=1).train()
+    x, y = torch.rand(6, 3, 16, 16), torch.randint(0, 10, (6,))
+    for p in model.parameters():
+        p.grad = None
+    attack = build_attack(name, **params)
+    adv = attack(model, x, y)
+    assert adv.shape == x.shape and adv.dtype == x.dtype and not adv.requires_grad
+    assert 0 <= adv.min() and adv.max() <= 1 and model.training
+    assert all(p.grad is None for p in model.parameters())
+    delta = (adv - x).flatten(1)
+    size = delta.norm(dim=1).max() if params.get("norm") == "l2" else delta.abs().max()
+    assert size <= params["eps"] + 1e-5
+    assert attack.threat() == ThreatModel(params.get("norm", "linf"), params["eps"])
+
+
+@requires_mnist
+def test_apgd_ce_matches_the_reference_implementation(mnist_model, mnist_test):
+    """torchattacks' APGD with the same iterations and restarts (APGD-T's comparison takes
+    minutes: benchmarks/audit_reference.py)."""
+    torchattacks = pytest.importorskip("torchattacks")
+    model, _, _ = mnist_model
+    data = mnist_test.subset(200, seed=11)
+    ours = run_attack(model, data, APGD(eps=0.1, steps=100, seed=0)).summary()["adv_acc"]
+    reference = torchattacks.APGD(model, norm="Linf", eps=0.1, steps=100, n_restarts=1,
+                                  loss="ce", seed=0)
+    adv = reference(data.floats(), data.labels)
+    with torch.no_grad():
+        theirs = float((model(adv).argmax(1) == data.labels).float().mean())
+    assert abs(ours - theirs) <= 0.01, (ours, theirs)
+
+
+class Quantized(nn.Module):
+    """A masked model: its input is quantized by a step with zero gradient (shattered
+    gradients, Athalye et al. 2018), so gradient attacks see nothing."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(torch.round(x * 4) / 4)
+
+
+@requires_mnist
+@pytest.mark.slow
+def test_the_audit_flags_a_masked_model_and_passes_an_honest_one(mnist_model, mnist_test):
+    from core import audit
+
+    model, _, _ = mnist_model
+    data = mnist_test.subset(100, seed=12)
+    threat = ThreatModel("linf", 0.15)
+    plan, _ = audit.stages("standard", threat, steps=100, queries=600)
+    masked = Quantized(model).eval()
+    result = audit.cascade(masked, data, plan)
+    checks = {c["name"]: c for c in audit.indicators(masked, data, threat, result, plan, 100)}
+    assert checks["gradients"]["status"] == "fail"
+    assert checks["black-box"]["status"] == "fail"
+    square = sum(b == "square" for b in result["broken_by"])
+    assert square > 10  # Square breaks what APGD could not touch
+    honest = audit.cascade(model, data, plan)
+    checks = audit.indicators(model, data, threat, honest, plan, 100)
+    assert all(c["status"] == "pass" for c in checks), checks
+    assert honest["robust_acc"] <= honest["stages"][0]["robust_acc"] <= honest["clean_acc"]
+
+
+@requires_mnist
+def test_audit_from_the_command_line_writes_its_files(mnist_model, tmp_path):
+    _, _, run_id = mnist_model
+    proc = subprocess.run([sys.executable, "-m", "core", "audit", run_id, "--eps", "0.1",
+                           "--version", "fast", "-n", "60", "--steps", "20"], cwd=ROOT,
+                          capture_output=True, text=True, env=dict(os.environ), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "after apgd-ce: robust accuracy" in proc.stderr
+    audit_id = proc.stdout.split()[1].rstrip(":")
+    from core.paths import run_dir
+
+    folder = run_dir(audit_id)
+    report = json.loads((folder / "audit.json").read_text())
+    assert report["threat_model"] == {"norm": "linf", "eps": 0.1}
+    assert report["version"] == "fast" and report["n"] == 60
+    assert [s["attack"] for s in report["stages"]] == ["apgd-ce", "apgd-t"]
+    assert len(report["indicators"]) >= 8
+    assert {"index", "label", "clean_pred", "robust", "broken_by"} <= set(report["examples"][0])
+    robust = sum(e["robust"] for e in report["examples"]) / report["n"]
+    assert robust == pytest.approx(report["robust_acc"])
+    assert (folder / "audit.csv").stat().st_size > 0 and "verdict" in (folder / "audit.md").read_text()
