@@ -119,7 +119,7 @@ class APGD(hp.APGDSettings, Attack):
             grad_best = torch.where(better.view(shape), grad, grad_best)
             broken.append(int(fooled.sum()))
             if k + 1 in marks:
-                stalled = rises < RHO * (k + 1 - last_mark)
+                stalled = rises <= RHO * (k + 1 - last_mark)
                 flat = ~halved_last & (eta_at_mark == eta) & (best_at_mark == loss_best)
                 halve = stalled | flat
                 eta = torch.where(halve, eta / 2, eta)

@@ -63,12 +63,14 @@ def test_new_attacks_keep_the_contract(name, params):
 
 
 @requires_mnist
+@pytest.mark.slow
 def test_apgd_ce_matches_the_reference_implementation(mnist_model, mnist_test):
     """torchattacks' APGD with the same iterations and restarts (APGD-T's comparison takes
     minutes: benchmarks/audit_reference.py)."""
     torchattacks = pytest.importorskip("torchattacks")
     model, _, _ = mnist_model
-    data = mnist_test.subset(200, seed=11)
+    # random starts differ between the two, so a 1 pp tolerance needs a few hundred images
+    data = mnist_test.subset(600, seed=11)
     ours = run_attack(model, data, APGD(eps=0.1, steps=100, seed=0)).summary()["adv_acc"]
     reference = torchattacks.APGD(model, norm="Linf", eps=0.1, steps=100, n_restarts=1,
                                   loss="ce", seed=0)
