@@ -118,15 +118,29 @@ class FGSMSettings(AttackSettings):
 
 
 @dataclass
-class PGDSettings(AttackSettings):
+class BallSettings(AttackSettings):
+    """Base of attacks bounded by an L-inf or L2 ball of radius ``eps`` (pixel units)."""
+
+    budget: ClassVar[str | None] = "eps"
+    eps: float = 0.1
+    norm: str = "linf"
+
+    def validate(self) -> None:
+        if self.norm not in ("linf", "l2"):
+            raise InputError(f"unknown norm {self.norm!r}; valid norms: linf, l2")
+        check_range("eps", self.eps, 0.0, 1.0 if self.norm == "linf" else 1e4)
+
+    def threat(self) -> ThreatModel | None:
+        return ThreatModel(self.norm, self.eps)
+
+
+@dataclass
+class PGDSettings(BallSettings):
     """PGD: ``steps`` projected steps of size ``step_size`` (default 2.5 * eps / steps) from a
     random start, ``restarts`` runs; L-inf or L2."""
 
     name: ClassVar[str] = "pgd"
-    budget: ClassVar[str | None] = "eps"
     strong: ClassVar[dict] = {"steps": 100, "restarts": 5}
-    eps: float = 0.1
-    norm: str = "linf"
     steps: int = 40
     step_size: float | None = None
     random_start: bool = True
@@ -136,9 +150,7 @@ class PGDSettings(AttackSettings):
     seed: int | None = 0
 
     def validate(self) -> None:
-        if self.norm not in ("linf", "l2"):
-            raise InputError(f"unknown norm {self.norm!r}; valid norms: linf, l2")
-        check_range("eps", self.eps, 0.0, 1.0 if self.norm == "linf" else 1e4)
+        super().validate()
         check_positive("steps", self.steps)
         check_positive("restarts", self.restarts)
         if self.step_size is not None:
@@ -148,9 +160,6 @@ class PGDSettings(AttackSettings):
     def alpha(self) -> float:
         """Step size actually used."""
         return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
-
-    def threat(self) -> ThreatModel | None:
-        return ThreatModel(self.norm, self.eps)
 
     def gradients_per_image(self) -> int:
         return self.steps * self.restarts
@@ -202,14 +211,11 @@ class CWSettings(AttackSettings):
 
 
 @dataclass
-class APGDSettings(AttackSettings):
+class APGDSettings(BallSettings):
     """APGD: ``steps`` iterations (100, the reference's), the ce or dlr loss, ``restarts``."""
 
     name: ClassVar[str] = "apgd-ce"
-    budget: ClassVar[str | None] = "eps"
     strong: ClassVar[dict] = {"restarts": 5}
-    eps: float = 0.1
-    norm: str = "linf"
     steps: int = 100
     loss: str = "ce"
     restarts: int = 1
@@ -217,15 +223,10 @@ class APGDSettings(AttackSettings):
     losses: ClassVar[tuple] = ("ce", "dlr")
 
     def validate(self) -> None:
-        if self.norm not in ("linf", "l2"):
-            raise InputError(f"unknown norm {self.norm!r}; valid norms: linf, l2")
-        check_range("eps", self.eps, 0.0, 1.0 if self.norm == "linf" else 1e4)
+        super().validate()
         check_positive("steps", self.steps)
         check_positive("restarts", self.restarts)
         check_choice(f"{self.name} loss", self.loss, self.losses)
-
-    def threat(self) -> ThreatModel | None:
-        return ThreatModel(self.norm, self.eps)
 
     def gradients_per_image(self) -> int:
         return self.steps * self.restarts
@@ -250,26 +251,18 @@ class APGDTSettings(APGDSettings):
 
 
 @dataclass
-class SquareSettings(AttackSettings):
+class SquareSettings(BallSettings):
     """Square: ``queries`` forward passes per image at most, initial square share ``p_init``."""
 
     name: ClassVar[str] = "square"
-    budget: ClassVar[str | None] = "eps"
-    eps: float = 0.1
-    norm: str = "linf"
     queries: int = 5000
     p_init: float = 0.8
     seed: int | None = 0
 
     def validate(self) -> None:
-        if self.norm not in ("linf", "l2"):
-            raise InputError(f"unknown norm {self.norm!r}; valid norms: linf, l2")
-        check_range("eps", self.eps, 0.0, 1.0 if self.norm == "linf" else 1e4)
+        super().validate()
         check_positive("queries", self.queries)
         check_range("p_init", self.p_init, 1e-4, 1.0)
-
-    def threat(self) -> ThreatModel | None:
-        return ThreatModel(self.norm, self.eps)
 
     def gradients_per_image(self) -> int:
         return self.queries // 2  # a query is a forward pass, about half a gradient pass
@@ -331,34 +324,36 @@ class DefenseSettings:
 
 
 @dataclass
-class FGSMTrainingSettings(DefenseSettings):
-    """FGSM-AT: loss = (1 - weight) CE(clean) + weight CE(FGSM)."""
+class SingleStepSettings(DefenseSettings):
+    """Base of single-step defenses (one gradient step to craft each example)."""
 
-    name: ClassVar[str] = "fgsm-at"
     eps: float = 0.1
-    weight: float = 0.5
-
-    def validate(self) -> None:
-        if not 0 <= self.weight <= 1:
-            raise InputError(f"fgsm-at weight must be in [0, 1], got {self.weight}")
 
     def attack_steps(self) -> int:
         return 1
 
 
 @dataclass
-class FastATSettings(DefenseSettings):
+class FGSMTrainingSettings(SingleStepSettings):
+    """FGSM-AT: loss = (1 - weight) CE(clean) + weight CE(FGSM)."""
+
+    name: ClassVar[str] = "fgsm-at"
+    weight: float = 0.5
+
+    def validate(self) -> None:
+        if not 0 <= self.weight <= 1:
+            raise InputError(f"fgsm-at weight must be in [0, 1], got {self.weight}")
+
+
+@dataclass
+class FastATSettings(SingleStepSettings):
     """fast-AT: FGSM from a random start with step ``alpha_ratio`` * eps."""
 
     name: ClassVar[str] = "fast-at"
-    eps: float = 0.1
     alpha_ratio: float = 1.25
 
     def validate(self) -> None:
         check_range("fast-at alpha ratio", self.alpha_ratio, 0.0, 10.0)
-
-    def attack_steps(self) -> int:
-        return 1
 
 
 @dataclass

@@ -188,11 +188,10 @@ class EvaluateSpec(ModelJobSpec):
 
 
 @dataclass
-class AttackSpec(ModelJobSpec):
-    """One attack on a seeded sample of ``n`` test images. ``params`` are stored resolved
-    (every hyperparameter, defaults included); ``strong`` selects the attack's strong setting."""
+class OneAttackSpec(ModelJobSpec):
+    """Base of jobs running one attack. ``params`` are stored resolved (every hyperparameter,
+    defaults included); ``strong`` selects the attack's strong setting."""
 
-    kind: ClassVar[str] = "attack"
     attack: str = "pgd"
     params: dict = field(default_factory=dict)
     strong: bool = False
@@ -212,6 +211,13 @@ class AttackSpec(ModelJobSpec):
     def settings(self) -> hp.AttackSettings:
         """The attack's hyperparameters."""
         return hp.attack_settings(self.attack, self.params)
+
+
+@dataclass
+class AttackSpec(OneAttackSpec):
+    """One attack on a seeded sample of ``n`` test images."""
+
+    kind: ClassVar[str] = "attack"
 
     def describe(self) -> str:
         threat = self.settings().threat()
@@ -265,31 +271,18 @@ class SweepSpec(ModelJobSpec):
 
 
 @dataclass
-class GridSpec(ModelJobSpec):
+class GridSpec(OneAttackSpec):
     """One attack over a grid of budgets, each point saved as it completes, with example images
     (the dashboard's epsilon slider)."""
 
     kind: ClassVar[str] = "grid"
-    attack: str = "pgd"
-    params: dict = field(default_factory=dict)
-    strong: bool = False
-    budgets: list = field(default_factory=lambda: list(DEFAULT_GRID))
     n: int = 200
-    seed: int = 0
     keep: int = 12
-    batch_size: int = 250
+    budgets: list = field(default_factory=lambda: list(DEFAULT_GRID))
 
     def validate(self) -> None:
         super().validate()
-        self.params = hp.attack_settings(self.attack, self.params, self.strong).params()
         self.budgets = check_budgets(self.budgets)
-        hp.check_positive("n", self.n)
-        if not isinstance(self.keep, int) or self.keep < 0:
-            raise InputError(f"keep must be a whole number >= 0, got {self.keep!r}")
-
-    def settings(self) -> hp.AttackSettings:
-        """The attack's hyperparameters."""
-        return hp.attack_settings(self.attack, self.params)
 
     def describe(self) -> str:
         return f"{self.attack} grid over {len(self.budgets)} budget(s) on {self.n:,} images"

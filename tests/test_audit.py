@@ -67,7 +67,7 @@ def test_new_attacks_keep_the_contract(name, params):
 def test_apgd_ce_matches_the_reference_implementation(mnist_model, mnist_test):
     """torchattacks' APGD with the same iterations and restarts (APGD-T's comparison takes
     minutes: benchmarks/audit_reference.py)."""
-    torchattacks = pytest.importorskip("torchattacks")
+    import torchattacks  # dev-only reference: .ci/run and the README's test command install it
     model, _, _ = mnist_model
     # random starts differ between the two, so a 1 pp tolerance needs a few hundred images
     data = mnist_test.subset(600, seed=11)
