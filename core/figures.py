@@ -54,18 +54,32 @@ def training_figure(metrics: list[dict], title: str = "Training") -> go.Figure:
 
 def robustness_figure(series: dict[str, list[tuple[float, float]]],
                       title: str = "Accuracy under attack") -> go.Figure:
-    """Accuracy-versus-budget curves; ``series`` maps a label to (budget, accuracy) points."""
-    fig = go.Figure()
+    """Accuracy-versus-budget curves; ``series`` maps a label to (budget, accuracy) points.
+    Series labelled ``(sigma)`` are random noise, a corruption: they get their own sigma axis
+    beside the adversarial (epsilon) curves, never the same one."""
+    from plotly.subplots import make_subplots
+
+    noise = [label for label in series if label.endswith("(sigma)")]
+    columns = 2 if noise and len(noise) < len(series) else 1
+    fig = make_subplots(rows=1, cols=columns, subplot_titles=(
+        ("adversarial attacks", "random noise (a corruption, not an attack)")
+        if columns == 2 else None))
     for i, (label, points) in enumerate(series.items()):
         points = sorted(points)
+        col = 2 if columns == 2 and label in noise else 1
+        axis = "sigma" if label in noise else "eps"
         fig.add_scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers",
                         name=label, line=dict(color=PALETTE[i % len(PALETTE)]),
-                        customdata=[round(p[0] * 255, 1) for p in points],
-                        hovertemplate="eps %{x} (%{customdata}/255)<br>acc %{y:.1%}<extra>"
+                        customdata=[round(p[0] * 255, 1) for p in points], row=1, col=col,
+                        hovertemplate=axis + " %{x} (%{customdata}/255)<br>acc %{y:.1%}<extra>"
                                       + label + "</extra>")
-    fig.update_layout(title=title, xaxis_title="epsilon (pixel units)", yaxis_title="accuracy",
-                      yaxis_range=[0, 1], yaxis_tickformat=".0%", height=420,
-                      margin=dict(l=50, r=20, t=50, b=50))
+    fig.update_xaxes(title_text="epsilon (pixel units)", row=1, col=1)
+    if columns == 2:
+        fig.update_xaxes(title_text="noise sigma (pixel units)", row=1, col=2)
+    elif noise:
+        fig.update_xaxes(title_text="noise sigma (pixel units)", row=1, col=1)
+    fig.update_yaxes(range=[0, 1], tickformat=".0%", title_text="accuracy")
+    fig.update_layout(title=title, height=420, margin=dict(l=50, r=20, t=70, b=50))
     return fig
 
 
