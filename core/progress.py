@@ -96,14 +96,16 @@ class Progress:
             return None
         return (self.total - self.done) * self.images_per_unit / rate
 
+    def status(self) -> str:
+        """'120/470 steps (25.5%) · 512 img/s · 1 min 30 s left'."""
+        rate = self.rate()
+        return " · ".join([f"{self.done:,}/{self.total:,} {self.unit} ({self.fraction():.1%})",
+                           f"{rate:,.0f} img/s" if rate else "starting",
+                           f"{fmt_duration(self.seconds_left())} left"])
+
     def line(self) -> str:
         """'train: 120/470 steps (25.5%) · 512 img/s · 1 min 30 s left · loss 0.231'."""
-        rate = self.rate()
-        parts = [f"{self.what}: {self.done:,}/{self.total:,} {self.unit} "
-                 f"({self.fraction():.1%})",
-                 f"{rate:,.0f} img/s" if rate else "starting",
-                 f"{fmt_duration(self.seconds_left())} left"]
-        return " · ".join(parts + ([self.note] if self.note else []))
+        return " · ".join([f"{self.what}: {self.status()}"] + ([self.note] if self.note else []))
 
     def say(self, text: str) -> None:
         """Print a line (an epoch's or a stage's result) above the bar, or plainly."""

@@ -169,7 +169,8 @@ def fit(cfg: TrainSpec, store: RunStore | None = None, run_id: str | None = None
             best = _maybe_best(setup, guard, history, best, folder, writer, run_id, epoch)
             if folder:
                 _save_checkpoint(setup, folder, epoch + 1, best)
-            report.say(_epoch_line(epoch, cfg.epochs, history, time.monotonic() - began))
+            report.say(_epoch_line(epoch, cfg.epochs, history, time.monotonic() - began)
+                       + " · " + report.status())
     finally:
         report.close()
     summary = _final(setup, folder, history, best)
