@@ -4,7 +4,6 @@ at checkpoints when progress stalls, with the cross-entropy or the DLR loss, unt
 (APGD) or targeted at the classes with the highest clean logits (APGD-T). L-inf and L2."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -12,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import hyperparams as hp
-from .contract import Attack, flat_norm, generator, project, rand
+from .contract import Attack, flat_norm, generator, margin, project, rand
 
 MOMENTUM = 0.75
 RHO = 0.75
@@ -37,10 +36,9 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None 
     -(z_y - max_{i!=y} z_i) / (z_pi1 - z_pi3); targeted -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4)/2).
     Invariant to shifting and rescaling the logits, so saturated softmaxes do not hide a point."""
     ordered = logits.sort(dim=1, descending=True).values
-    own = logits.gather(1, y[:, None]).squeeze(1)
     if target is None:
-        others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), -math.inf)
-        return -(own - others.max(1).values) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
+        return -margin(logits, y) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
+    own = logits.gather(1, y[:, None]).squeeze(1)
     aimed = logits.gather(1, target[:, None]).squeeze(1)
     scale = ordered[:, 0] - (ordered[:, 2] + ordered[:, 3]) / 2 + 1e-12
     return -(own - aimed) / scale

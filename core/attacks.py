@@ -25,7 +25,7 @@ NORMS = ("linf", "l2")
 
 
 from .contract import (Attack, attack_mode, flat_norm, folded, generator,  # noqa: F401
-                       input_grad, project, rand)
+                       input_grad, margin, project, rand)
 
 
 def _ce_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -244,10 +244,7 @@ class CarliniWagner(hp.CWSettings, Attack):
 
     @staticmethod
     def _margin(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
-        own = logits.gather(1, labels[:, None]).squeeze(1)
-        others = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), -math.inf)
-        best_other = others.max(1).values
-        return best_other - own if targeted else own - best_other
+        return -margin(logits, labels) if targeted else margin(logits, labels)
 
 
 ATTACKS: dict[str, type] = {

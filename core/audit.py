@@ -17,9 +17,9 @@ import torch.nn as nn
 
 from .apgd import APGD, APGDT
 from .attacks import FGSM
-from .contract import attack_mode, input_grad
+from .contract import attack_mode, input_grad, margin, outputs_are_probabilities
 from .data import TensorData
-from .square import Square, margin
+from .square import Square
 from .threat import ThreatModel
 
 VERSIONS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
@@ -136,8 +136,7 @@ def probability_indicator(model: nn.Module, x: torch.Tensor) -> dict:
     """3. Outputs look like probabilities rather than logits."""
     with torch.no_grad(), attack_mode(model):
         out = model(x).float()
-    if out.min() >= 0 and out.max() <= 1 and torch.allclose(out.sum(1), torch.ones(len(out)),
-                                                              atol=1e-3):
+    if outputs_are_probabilities(out):
         return _indicator("logits", "fail", "the model outputs probabilities, not logits: "
                           "cross-entropy gradients vanish on saturated softmaxes; remove the "
                           "softmax from the model")

@@ -92,7 +92,7 @@ def _execute_and_print(store: RunStore, run_id: str, resume: bool) -> int:
         return 130
     run = store.get(run_id)
     PRINTERS[run.kind](store, run, summary)
-    for warning in store.get(run_id).warnings:
+    for warning in run.warnings:
         print(f"  warning: {warning}")
     return 0
 

@@ -135,6 +135,21 @@ def flat_norm(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
 
 
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """z_y - max_{i != y} z_i per example: negative once the point is misclassified. Unlike
+    cross-entropy it never saturates, so its gradient survives confident softmaxes."""
+    own = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.masked_fill(torch.nn.functional.one_hot(y, logits.shape[1]).bool(),
+                                -float("inf"))
+    return own - others.max(1).values
+
+
+def outputs_are_probabilities(out: torch.Tensor) -> bool:
+    """Whether a model's outputs look like softmax probabilities rather than logits."""
+    return bool(out.min() >= 0 and out.max() <= 1 and torch.allclose(
+        out.sum(1), torch.ones(len(out), device=out.device), atol=1e-3))
+
+
 def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     """Project perturbations onto the L-inf or L2 ball of radius ``eps``."""
     if norm == "linf":

@@ -4,8 +4,7 @@ examples are crafted with the attacks of :mod:`core.attacks` (eval mode, frozen 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import ClassVar
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from . import distributed
 from .attacks import Attack, attack_mode, input_grad, with_budget
+from .contract import outputs_are_probabilities
 from .data import TensorData
 from .metrics import classification_report
 from .prediction import predict
@@ -55,8 +56,7 @@ def sanity_warnings(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[
     with attack_mode(model):
         with torch.no_grad():
             out = model(x[:64]).float()
-        if out.min() >= 0 and out.max() <= 1 and torch.allclose(
-                out.sum(1), torch.ones(len(out), device=device), atol=1e-3):
+        if outputs_are_probabilities(out):
             warnings.append("model outputs look like probabilities, not logits: gradient "
                             "attacks on softmax outputs are weakened (remove the softmax)")
         grad, _ = input_grad(model, x[:64], y[:64],

@@ -261,6 +261,9 @@ class SquareSettings(BallSettings):
 
     def validate(self) -> None:
         super().validate()
+        if self.norm != "linf":
+            raise InputError("square supports norm linf only so far; the L2 version is not "
+                             "implemented yet")
         check_positive("queries", self.queries)
         check_range("p_init", self.p_init, 1e-4, 1.0)
 

@@ -149,8 +149,7 @@ def execute(store: RunStore, run_id: str, resume: bool = False, echo: bool = Tru
     spec = spec_from_config(run.kind, run.config)
     owner = f"{os.getpid()}-{secrets.token_hex(4)}"
     store.acquire(run_id, owner)
-    world = distributed.current().world if distributed.launched_by_torchrun() else 1
-    outermost = CANCEL.install(immediate=world == 1)
+    outermost = CANCEL.install(immediate=distributed.current().world == 1)
     immediate = CANCEL.immediate
     progress = Progress(run.kind, store, run_id, enabled=echo)
     try:

@@ -9,11 +9,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import hyperparams as hp
-from .contract import Attack, generator, rand
-from .paths import InputError
+from .contract import Attack, generator, margin, rand
 
 # Query counts (of 10,000) at which the square's share of the image halves.
 HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -25,25 +23,12 @@ def square_fraction(p_init: float, query: int, budget: int) -> float:
     return p_init / 2 ** sum(scaled > h for h in HALVINGS)
 
 
-def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """z_y - max_{i != y} z_i: negative once the point is misclassified."""
-    own = logits.gather(1, y[:, None]).squeeze(1)
-    others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), -math.inf)
-    return own - others.max(1).values
-
-
 @dataclass
 class Square(hp.SquareSettings, Attack):
     """Square Attack (Andriushchenko et al. 2020), L-inf: start from vertical stripes of +-eps,
     then ``queries`` times draw a square window (side from the p schedule) and set it to a
     random +-eps per channel; keep it where the margin loss drops. Points stop being queried
     once misclassified."""
-
-    def validate(self) -> None:
-        super().validate()
-        if self.norm != "linf":
-            raise InputError("square supports norm linf only so far; the L2 version is not "
-                             "implemented yet")
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         gen = generator(self.seed)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .paths import InputError, artifacts_dir, check_run_id
+from .paths import InputError, artifacts_dir, check_run_id, runs_root
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 KINDS = ("train", "evaluate", "attack", "sweep", "grid", "reproduce", "audit")
@@ -289,8 +289,6 @@ class RunStore:
 
 def has_checkpoint(run: Run) -> bool:
     """Whether a training run saved a checkpoint it can resume from."""
-    from .paths import runs_root
-
     return run.kind == "train" and (runs_root() / run.id / "checkpoint.safetensors").exists()
 
 

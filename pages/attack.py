@@ -6,6 +6,7 @@ import streamlit as st
 from core.hyperparams import ATTACK_SETTINGS as ATTACKS
 from core.service import (amplified_perturbation, attack_single, classes_for_run, eps_label,
                           grid_result, grid_run, model_for_run, read_upload, to_display)
+from core.specs import GridSpec
 from pages.common import require_trained_runs, get_store, pick_run, show_error
 
 store = get_store()
@@ -16,7 +17,7 @@ with c1:
     run = pick_run("Model", runs, "model")
 attack = c2.selectbox("Attack", [a for a in ATTACKS if a != "semantic"] + ["semantic"],
                       index=2, key="attack-name")
-n = c3.select_slider("Test images", [100, 200, 500, 1000], value=200, key="attack-n")
+n = c3.select_slider("Test images", [100, 200, 500, 1000], value=GridSpec.n, key="attack-n")
 params = {}
 with st.expander("Attack parameters", expanded=False):
     if attack == "pgd":

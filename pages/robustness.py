@@ -5,6 +5,7 @@ import streamlit as st
 from core.figures import robustness_figure
 from core.hyperparams import ATTACK_SETTINGS
 from core.service import launch_sweep, progress, run_label, sweep_curves
+from core.specs import DEFAULT_BUDGETS, SweepSpec
 from pages.common import require_trained_runs, get_store, show_error
 
 store = get_store()
@@ -17,9 +18,10 @@ with st.form("sweep-form"):
     models = c1.multiselect("Models", runs, default=runs[:1], format_func=run_label)
     attacks = c2.multiselect("Attacks", list(ATTACK_SETTINGS), default=["noise", "fgsm", "pgd"])
     c1, c2, c3 = st.columns(3)
-    eps_text = c1.text_input("Epsilons (pixel units)", "0, 0.01, 0.05, 0.1, 0.2, 0.3")
-    n = c2.number_input("Test images", 10, 10000, 500, step=100)
-    steps = c3.number_input("PGD steps", 1, 200, 40)
+    eps_text = c1.text_input("Epsilons (pixel units)",
+                             ", ".join(f"{b:g}" for b in DEFAULT_BUDGETS))
+    n = c2.number_input("Test images", 10, 10000, SweepSpec.n, step=100)
+    steps = c3.number_input("PGD steps", 1, 200, ATTACK_SETTINGS["pgd"].steps)
     go = st.form_submit_button("Run sweep", type="primary", icon=":material/play_arrow:")
 if go:
     try:

@@ -4,6 +4,7 @@ import streamlit as st
 from core.figures import training_figure
 from core.hyperparams import DEFENSE_SETTINGS as DEFENSES
 from core.hyperparams import MODEL_ARGS as MODELS
+from core.hyperparams import MultiStepSettings
 from core.service import (launch_training, progress, resumable, resume, run_label, runs_frame,
                           train_form_defaults)
 from core.specs import OPTIMIZERS, SCHEDULES
@@ -33,11 +34,11 @@ with st.form("train-form"):
     c1, c2, c3, c4 = st.columns(4)
     defense = c1.selectbox("Defense", list(DEFENSES), index=list(DEFENSES).index(defaults["defense"]))
     eps = c2.number_input("Defense epsilon (pixels)", 0.0, 1.0,
-                          float(defaults["defense_args"].get("eps", 0.1)), step=1 / 255,
+                          float(defaults["defense_args"].get("eps", MultiStepSettings.eps)), step=1 / 255,
                           format="%.4f")
     c2.caption(f"= {eps * 255:.1f}/255")
     steps = c3.number_input("Defense attack steps", 1, 100,
-                            int(defaults["defense_args"].get("steps", 5)))
+                            int(defaults["defense_args"].get("steps", MultiStepSettings.steps)))
     subset = c4.number_input("Training images (0 = all)", 0, 10**7,
                              int(defaults["train_subset"] or 0), step=1000,
                              key="subset")

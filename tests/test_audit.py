@@ -116,3 +116,11 @@ def test_audit_from_the_command_line_writes_its_files(mnist_model, tmp_path):
     robust = sum(e["robust"] for e in report["examples"]) / report["n"]
     assert robust == pytest.approx(report["robust_acc"])
     assert (folder / "audit.csv").stat().st_size > 0 and "verdict" in (folder / "audit.md").read_text()
+
+
+def test_square_l2_is_refused_before_any_run_exists():
+    from core.paths import InputError
+    from core.specs import AttackSpec
+
+    with pytest.raises(InputError, match="linf only"):
+        AttackSpec(model_run="r", attack="square", params={"norm": "l2", "eps": 0.5})

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from core.paths import InputError
 from core.store import RunBusy, RunStore
 
 from conftest import ROOT, requires_mnist, wait_for
