@@ -84,51 +84,72 @@ class APGD(hp.APGDSettings, Attack):
     def run_once(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  target: torch.Tensor | None, gen: torch.Generator | None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One APGD run; returns the points and which of them are misclassified (or hit the
-        target)."""
-        n, eps = len(x), self.eps
-        shape = (-1,) + (1,) * (x.dim() - 1)
+        """One APGD run; returns the points and which of them are misclassified. A point leaves
+        the batch at its first misclassified iterate: its verdict cannot change, and every
+        point broken makes the remaining iterations cheaper."""
+        n, shape = len(x), (-1,) + (1,) * (x.dim() - 1)
+        out, fooled = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
         x_k = (x + self._start(x, gen)).clamp(0, 1)
-        eta = torch.full((n,), 2 * eps, device=x.device)
         loss, grad, logits = self._loss_grad(model, x_k, y, target)
-        fooled = self._hit(logits, y, target)
-        best_adv = torch.where(fooled.view(shape), x_k, x)
-        loss_best, x_best, grad_best = loss.clone(), x_k.clone(), grad.clone()
-        x_prev = x_k.clone()
-        marks = set(checkpoints(self.steps))
-        last_mark, rises = 0, torch.zeros(n, device=x.device)
-        eta_at_mark, best_at_mark = eta.clone(), loss_best.clone()
-        halved_last = torch.zeros(n, dtype=torch.bool, device=x.device)
-        broken = [int(fooled.sum())]
+        s = {"live": torch.arange(n, device=x.device), "x": x, "y": y, "x_k": x_k,
+             "x_prev": x_k.clone(), "eta": torch.full((n,), 2 * self.eps, device=x.device),
+             "loss": loss, "grad": grad, "loss_best": loss.clone(), "x_best": x_k.clone(),
+             "grad_best": grad.clone(), "rises": torch.zeros(n, device=x.device),
+             "halved_last": torch.zeros(n, dtype=torch.bool, device=x.device)}
+        if target is not None:
+            s["target"] = target
+        s["eta_at_mark"], s["best_at_mark"] = s["eta"].clone(), s["loss_best"].clone()
+        s = self._retire(s, self._hit(logits, s["y"]), out, fooled)
+        broken, marks, last_mark = [int(fooled.sum())], set(checkpoints(self.steps)), 0
         for k in range(self.steps):
-            z = self._project(x, x_k + eta.view(shape) * self._direction(grad))
-            momentum = 0.0 if k == 0 else MOMENTUM
-            step = (x_k + momentum * (z - x_k) + (1 - momentum) * (x_k - x_prev)) if k else z
-            x_prev, x_k = x_k, self._project(x, step)
-            new_loss, grad, logits = self._loss_grad(model, x_k, y, target)
-            hit = self._hit(logits, y, target)
-            best_adv = torch.where(hit.view(shape), x_k, best_adv)
-            fooled |= hit
-            rises += (new_loss > loss).float()
-            loss = new_loss
-            better = new_loss > loss_best
-            loss_best = torch.where(better, new_loss, loss_best)
-            x_best = torch.where(better.view(shape), x_k, x_best)
-            grad_best = torch.where(better.view(shape), grad, grad_best)
+            if not len(s["live"]):
+                broken += [broken[-1]] * (self.steps - k)
+                break
+            eta = s["eta"].view(shape)
+            z = self._project(s["x"], s["x_k"] + eta * self._direction(s["grad"]))
+            step = (s["x_k"] + MOMENTUM * (z - s["x_k"]) + (1 - MOMENTUM)
+                    * (s["x_k"] - s["x_prev"])) if k else z  # no momentum on the first step
+            s["x_prev"], s["x_k"] = s["x_k"], self._project(s["x"], step)
+            new_loss, s["grad"], logits = self._loss_grad(model, s["x_k"], s["y"],
+                                                          s.get("target"))
+            s["rises"] += (new_loss > s["loss"]).float()
+            s["loss"] = new_loss
+            better = new_loss > s["loss_best"]
+            s["loss_best"] = torch.where(better, new_loss, s["loss_best"])
+            s["x_best"] = torch.where(better.view(shape), s["x_k"], s["x_best"])
+            s["grad_best"] = torch.where(better.view(shape), s["grad"], s["grad_best"])
+            s = self._retire(s, self._hit(logits, s["y"]), out, fooled)
             broken.append(int(fooled.sum()))
             if k + 1 in marks:
-                stalled = rises <= RHO * (k + 1 - last_mark)
-                flat = ~halved_last & (eta_at_mark == eta) & (best_at_mark == loss_best)
-                halve = stalled | flat
-                eta = torch.where(halve, eta / 2, eta)
-                # restart the halved ones from their best point
-                x_k = torch.where(halve.view(shape), x_best, x_k)
-                grad = torch.where(halve.view(shape), grad_best, grad)
-                halved_last = halve
-                last_mark, rises = k + 1, torch.zeros_like(rises)
-                eta_at_mark, best_at_mark = eta.clone(), loss_best.clone()
+                self._checkpoint(s, k + 1 - last_mark, shape)
+                last_mark = k + 1
+        out[s["live"]] = s["x_best"]
         self.broken = broken
-        return torch.where(fooled.view(shape), best_adv, x_best), fooled
+        return out, fooled
+
+    @staticmethod
+    def _checkpoint(s: dict, since: int, shape: tuple) -> None:
+        """Halve the step where the loss rose in at most 75% of the steps since the last
+        checkpoint, or where nothing improved and the step was not halved last time; restart
+        those from their best point."""
+        stalled = s["rises"] <= RHO * since
+        flat = ~s["halved_last"] & (s["eta_at_mark"] == s["eta"]) & (
+            s["best_at_mark"] == s["loss_best"])
+        halve = stalled | flat
+        s["eta"] = torch.where(halve, s["eta"] / 2, s["eta"])
+        s["x_k"] = torch.where(halve.view(shape), s["x_best"], s["x_k"])
+        s["grad"] = torch.where(halve.view(shape), s["grad_best"], s["grad"])
+        s["halved_last"], s["rises"] = halve, torch.zeros_like(s["rises"])
+        s["eta_at_mark"], s["best_at_mark"] = s["eta"].clone(), s["loss_best"].clone()
+
+    @staticmethod
+    def _retire(s: dict, hit: torch.Tensor, out: torch.Tensor, fooled: torch.Tensor) -> dict:
+        """Write the misclassified iterates out and drop those points from the batch."""
+        if not bool(hit.any()):
+            return s
+        out[s["live"][hit]] = s["x_k"][hit]
+        fooled[s["live"][hit]] = True
+        return {key: value[~hit] for key, value in s.items()}
 
     def _start(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         if self.norm == "linf":
@@ -153,10 +174,8 @@ class APGD(hp.APGDSettings, Attack):
         return losses.detach(), grad, logits.detach()
 
     @staticmethod
-    def _hit(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
-             ) -> torch.Tensor:
-        pred = logits.argmax(1)
-        return pred != y  # a targeted run succeeds as soon as the point is misclassified
+    def _hit(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return logits.argmax(1) != y  # a targeted run succeeds once the point is misclassified
 
 
 @dataclass

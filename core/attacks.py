@@ -22,6 +22,7 @@ from . import hyperparams as hp
 from .paths import InputError
 
 NORMS = ("linf", "l2")
+SUCCESS = 1e6  # added to a restart's score when it fooled the model: success beats any loss
 
 
 from .contract import (Attack, attack_mode, flat_norm, folded, generator,  # noqa: F401
@@ -75,7 +76,9 @@ class PGD(hp.PGDSettings, Attack):
     """Projected Gradient Descent, Madry et al. 2018, "Towards Deep Learning Models Resistant to
     Adversarial Attacks". Threat model: white-box, L-infinity or L2 ball of radius ``eps``.
     Random start, ``steps`` steps of size ``step_size`` (default 2.5 * eps / steps), and
-    ``restarts`` keeping the worst case per example; optionally targeted."""
+    ``restarts`` keeping the worst case per example; optionally targeted. Per example the last
+    successful iterate is returned (not just the last one), and restarts run only on the points
+    no run has fooled yet."""
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         labels, sign = _goal(model, x, y, self.targeted, self.target)
@@ -84,10 +87,13 @@ class PGD(hp.PGDSettings, Attack):
             return self._one_run(model, x, labels, sign, gen)
         best, best_score = x.clone(), torch.full((len(x),), -math.inf, device=x.device)
         for _ in range(self.restarts):
-            adv = self._one_run(model, x, labels, sign, gen)
-            score = self._score(model, adv, labels, sign)
-            better = score > best_score
-            best[better], best_score[better] = adv[better], score[better]
+            idx = (best_score < SUCCESS).nonzero().squeeze(1)
+            if not len(idx):
+                break
+            adv = self._one_run(model, x[idx], labels[idx], sign, gen)
+            score = self._score(model, adv, labels[idx], sign)
+            better = score > best_score[idx]
+            best[idx[better]], best_score[idx[better]] = adv[better], score[better]
         return best
 
     def _one_run(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, sign: float,
@@ -96,15 +102,25 @@ class PGD(hp.PGDSettings, Attack):
         if self.random_start and self.eps > 0:
             delta = self._random_delta(x, gen)
         delta = (x + delta).clamp(0, 1) - x
-        for _ in range(self.steps):
-            grad, _ = input_grad(model, x + delta, labels, _ce_sum)
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        success, found = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        for k in range(self.steps):
+            grad, logits = input_grad(model, x + delta, labels, _ce_sum)
+            if k and self.best_iterate:  # the logits come with the gradient: a free check
+                hit = _success(logits, labels, sign)
+                success = torch.where(hit.view(shape), x + delta, success)
+                found |= hit
             if self.norm == "linf":
                 step = grad.sign()
             else:
                 step = grad / flat_norm(grad)
             delta = project(delta + sign * self.alpha * step, self.eps, self.norm)
             delta = (x + delta).clamp(0, 1) - x
-        return x + delta
+        if not bool(found.any()):
+            return x + delta
+        with torch.no_grad():  # the last iterate wins where it succeeds too
+            last = _success(model(x + delta).float(), labels, sign)
+        return torch.where((found & ~last).view(shape), success, x + delta)
 
     def _random_delta(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         if self.norm == "linf":
@@ -120,8 +136,12 @@ class PGD(hp.PGDSettings, Attack):
         with torch.no_grad():
             logits = model(adv).float()
         loss = sign * F.cross_entropy(logits, labels, reduction="none")
-        hit = logits.argmax(1) != labels if sign > 0 else logits.argmax(1) == labels
-        return loss + hit.float() * 1e6
+        return loss + _success(logits, labels, sign).float() * SUCCESS
+
+
+def _success(logits: torch.Tensor, labels: torch.Tensor, sign: float) -> torch.Tensor:
+    """Misclassified (untargeted, ``sign`` 1) or classified as the target (``sign`` -1)."""
+    return logits.argmax(1) != labels if sign > 0 else logits.argmax(1) == labels
 
 
 def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
@@ -256,10 +276,12 @@ def build_attack(name: str, strong: bool = False, **params) -> Attack:
     """Build a registered attack (its strong setting with ``strong``); unknown names or
     parameters get an error listing the valid ones."""
     from .apgd import APGD, APGDT
+    from .fab import FABT
     from .square import Square
 
     settings = hp.attack_settings(name, params, strong)
-    registry = dict(ATTACKS, **{"apgd-ce": APGD, "apgd-t": APGDT, "square": Square})
+    registry = dict(ATTACKS, **{"apgd-ce": APGD, "apgd-t": APGDT, "fab-t": FABT,
+                                "square": Square})
     return registry[name](**settings.params())
 
 

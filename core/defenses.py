@@ -44,7 +44,7 @@ class _Adversarial(hp.MultiStepSettings, Objective):
     def craft(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """PGD examples at the current epsilon, seeded from the global (per-epoch) RNG."""
         return PGD(eps=self.current_eps, steps=self.steps, step_size=self.step_size,
-                   seed=None)(_inner(model), x, y)
+                   seed=None, best_iterate=False)(_inner(model), x, y)
 
 
 def single_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float,

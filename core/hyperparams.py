@@ -137,7 +137,8 @@ class BallSettings(AttackSettings):
 @dataclass
 class PGDSettings(BallSettings):
     """PGD: ``steps`` projected steps of size ``step_size`` (default 2.5 * eps / steps) from a
-    random start, ``restarts`` runs; L-inf or L2."""
+    random start, ``restarts`` runs; L-inf or L2. ``best_iterate`` returns per example the last
+    successful iterate (evaluation); training crafts from the last iterate, as Madry et al."""
 
     name: ClassVar[str] = "pgd"
     strong: ClassVar[dict] = {"steps": 100, "restarts": 5}
@@ -148,6 +149,7 @@ class PGDSettings(BallSettings):
     targeted: bool = False
     target: int | None = None
     seed: int | None = 0
+    best_iterate: bool = True
 
     def validate(self) -> None:
         super().validate()
@@ -261,9 +263,6 @@ class SquareSettings(BallSettings):
 
     def validate(self) -> None:
         super().validate()
-        if self.norm != "linf":
-            raise InputError("square supports norm linf only so far; the L2 version is not "
-                             "implemented yet")
         check_positive("queries", self.queries)
         check_range("p_init", self.p_init, 1e-4, 1.0)
 
@@ -271,9 +270,38 @@ class SquareSettings(BallSettings):
         return self.queries // 2  # a query is a forward pass, about half a gradient pass
 
 
+@dataclass
+class FABSettings(BallSettings):
+    """FAB-T: ``steps`` iterations and ``restarts`` per target class, ``targets`` classes,
+    step bias ``alpha_max``, overshoot ``eta`` and backward step ``beta``."""
+
+    name: ClassVar[str] = "fab-t"
+    steps: int = 100
+    restarts: int = 1
+    targets: int = 9
+    alpha_max: float = 0.1
+    eta: float = 1.05
+    beta: float = 0.9
+    seed: int | None = 0
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive("steps", self.steps)
+        check_positive("restarts", self.restarts)
+        check_positive("targets", self.targets)
+        check_range("alpha_max", self.alpha_max, 0.0, 1.0)
+        check_range("eta", self.eta, 1.0, 10.0)
+        check_range("beta", self.beta, 0.0, 1.0)
+
+    def gradients_per_image(self) -> int:
+        # a gradient pass and a forward pass per iteration
+        return self.steps * self.restarts * self.targets * 4 // 3
+
+
 ATTACK_SETTINGS: dict[str, type[AttackSettings]] = {
     cls.name: cls for cls in (NoiseSettings, FGSMSettings, PGDSettings, SemanticSettings,
-                              CWSettings, APGDSettings, APGDTSettings, SquareSettings)}
+                              CWSettings, APGDSettings, APGDTSettings, FABSettings,
+                              SquareSettings)}
 
 
 def attack_settings(name: str, params: dict | None = None, strong: bool = False

@@ -42,12 +42,19 @@ def test_dlr_is_invariant_to_logit_scale():
 @pytest.mark.parametrize("name, params", [
     ("apgd-ce", {"eps": 0.1, "steps": 10}), ("apgd-ce", {"eps": 0.5, "norm": "l2", "steps": 8}),
     ("apgd-ce", {"eps": 0.1, "loss": "dlr", "steps": 6, "restarts": 2}),
-    ("apgd-t", {"eps": 0.1, "steps": 5, "targets": 3}), ("square", {"eps": 0.1, "queries": 50}),
+    ("apgd-t", {"eps": 0.1, "steps": 5, "targets": 3}),
+    ("apgd-t", {"eps": 0.5, "norm": "l2", "steps": 5, "targets": 2}),
+    ("fab-t", {"eps": 0.1, "steps": 6, "targets": 3}),
+    ("fab-t", {"eps": 0.5, "norm": "l2", "steps": 6, "targets": 2, "restarts": 2}),
+    ("square", {"eps": 0.1, "queries": 50}), ("square", {"eps": 0.5, "norm": "l2", "queries": 50}),
 ])
 def test_new_attacks_keep_the_contract(name, params):
     torch.manual_seed(0)
     model = build_model("seed-resnet", (3, 16, 16), 10, width=8, blocks=1).train()
-    x, y = torch.rand(6, 3, 16, 16), torch.randint(0, 10, (6,))
+    x = torch.rand(6, 3, 16, 16)
+    with torch.no_grad():  # labels the model agrees with, so every attack has work to do
+        y = model.eval()(x).argmax(1)
+    model.train()
     for p in model.parameters():
         p.grad = None
     attack = build_attack(name, **params)
@@ -81,14 +88,16 @@ def test_the_audit_flags_a_masked_model_and_passes_an_honest_one(mnist_model, mn
     model, _, _ = mnist_model
     data = mnist_test.subset(100, seed=12)
     threat = ThreatModel("linf", 0.15)
-    plan, _ = audit.stages("standard", threat, steps=100, queries=600)
+    # gradients are zero on the masked model: more iterations cannot help the gradient stages
+    quick = audit.stages("standard", threat, steps=20, queries=600)
     masked = Quantized(model).eval()
-    result = audit.cascade(masked, data, plan)
-    checks = {c["name"]: c for c in audit.indicators(masked, data, threat, result, plan, 100)}
+    result = audit.cascade(masked, data, quick)
+    checks = {c["name"]: c for c in audit.indicators(masked, data, threat, result, quick, 20)}
     assert checks["gradients"]["status"] == "fail"
     assert checks["black-box"]["status"] == "fail"
     square = sum(b == "square" for b in result["broken_by"])
     assert square > 10  # Square breaks what APGD could not touch
+    plan = audit.stages("standard", threat, steps=100, queries=600)
     honest = audit.cascade(model, data, plan)
     checks = audit.indicators(model, data, threat, honest, plan, 100)
     assert all(c["status"] == "pass" for c in checks), checks
@@ -118,9 +127,38 @@ def test_audit_from_the_command_line_writes_its_files(mnist_model, tmp_path):
     assert (folder / "audit.csv").stat().st_size > 0 and "verdict" in (folder / "audit.md").read_text()
 
 
-def test_square_l2_is_refused_before_any_run_exists():
-    from core.paths import InputError
-    from core.specs import AttackSpec
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_plane_step_is_the_smallest_step_onto_the_plane_inside_the_box(norm):
+    from core.fab import plane_step
 
-    with pytest.raises(InputError, match="linf only"):
-        AttackSpec(model_run="r", attack="square", params={"norm": "l2", "eps": 0.5})
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 20, generator=gen)
+    x = torch.rand(64, 20, generator=gen)
+    other = torch.rand(64, 20, generator=gen)  # a point of the box, on the plane by definition
+    c = (w * (other - x)).sum(1)
+    d = plane_step(w, c, -x, 1 - x, norm)
+    assert torch.allclose((w * d).sum(1), c, atol=1e-4)
+    assert (x + d).min() >= -1e-6 and (x + d).max() <= 1 + 1e-6
+    size = (lambda t: t.abs().max(1).values) if norm == "linf" else (lambda t: t.norm(dim=1))
+    assert (size(d) <= size(other - x) + 1e-5).all()
+    free = c / (w.abs().sum(1) if norm == "linf" else (w * w).sum(1))  # no box: closed form
+    unboxed = free[:, None] * (w.sign() if norm == "linf" else w)
+    assert (size(d) >= size(unboxed) - 1e-5).all()
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_fab_finds_the_boundary_of_a_linear_model(norm):
+    """For a linear two-class model the boundary is a plane: FAB-T reaches it exactly, so a
+    point is broken when eps is a little above its distance and not when a little below."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    x = torch.full((1, 1, 4, 4), 0.5)
+    with torch.no_grad():
+        logits = model(x)
+        w = (model[1].weight[1] - model[1].weight[0]) * (1 if logits.argmax() == 0 else -1)
+    y = logits.argmax(1)
+    gap = float(logits.max() - logits.min())
+    distance = gap / float(w.abs().sum() if norm == "linf" else w.norm())
+    for eps, broken in ((distance * 1.02, True), (distance * 0.98, False)):
+        adv = build_attack("fab-t", eps=eps, norm=norm, steps=20, targets=1)(model, x, y)
+        assert (model(adv).argmax(1) != y).item() is broken
