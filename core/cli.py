@@ -190,7 +190,8 @@ def _audit_parser(p: argparse.ArgumentParser) -> None:
                    "APGD-T")
     p.add_argument("-n", type=int, help="test images (default 1000)")
     p.add_argument("--seed", type=int, help="which sample of the test split (default 0)")
-    p.add_argument("--steps", type=int, help="APGD iterations (default 100, the reference's)")
+    p.add_argument("--steps", type=int, help="iterations of APGD-CE, APGD-T and FAB-T "
+                   "(default 100, the reference's)")
     p.add_argument("--queries", type=int, help="Square queries (default 5000)")
 
 

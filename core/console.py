@@ -15,7 +15,7 @@ from .specs import Spec, TrainSpec
 from .store import Run, RunStore
 
 ERROR_WIDTH = 70
-SHARDED = ("train", "evaluate", "attack", "sweep")
+SHARDED = ("train", "evaluate", "attack", "sweep", "audit")
 
 
 def run_job(spec: Spec, name: str | None = None) -> int:
@@ -162,8 +162,6 @@ def _print_audit(store: RunStore, run: Run, s: dict) -> None:
     rows += [{"stage": r["attack"], "robust accuracy": f"{r['robust_acc']:.2%}",
               "seconds": f"{r['seconds']:.1f}"} for r in s["stages"]]
     print(markdown(pd.DataFrame(rows)))
-    for note in s["notes"]:
-        print(f"  note: {note}")
     print(f"robust accuracy {s['robust_acc']:.2%}; verdict: {s['verdict']}")
     for c in s["indicators"]:
         print(f"  [{c['status']:4s}] {c['name']}: {c['detail']}")

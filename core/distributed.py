@@ -152,6 +152,15 @@ def my_positions(ctx: Context, n: int, batch_size: int) -> torch.Tensor:
     return torch.cat([torch.arange(s, min(s + batch_size, n)) for s in starts])
 
 
+def gather_objects(ctx: Context, value: Any) -> list:
+    """Every rank's picklable ``value``, in rank order (``[value]`` for one process)."""
+    if ctx.world == 1:
+        return [value]
+    parts: list = [None] * ctx.world
+    dist.all_gather_object(parts, value)
+    return parts
+
+
 def gather_in_order(ctx: Context, positions: torch.Tensor,
                     tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Every rank's ``tensors`` (rows at ``positions``), concatenated in position order. A rank

@@ -151,6 +151,28 @@ def _save_grid_point(ctx, k: int, outcome, model: nn.Module, device: torch.devic
                     {"summary": summary})
 
 
+def _stage_reporter(ctx):
+    """Say each stage's robust accuracy as it completes and log it for the dashboard's
+    waterfall (under torchrun: rank 0's share until the end)."""
+    stages: list[str] = []
+
+    def report(row: dict) -> None:
+        if not ctx.is_main:
+            return
+        share = "" if ctx.rank.world == 1 else f" on this process's {row['n']:,} images"
+        if row["attack"] == "clean":
+            ctx.say(f"clean accuracy {row['robust_acc']:.2%}{share}")
+        else:
+            ctx.say(f"after {row['attack']}: robust accuracy {row['robust_acc']:.2%}{share} "
+                    f"({row['seconds']:.0f} s)")
+        stages.append(row["attack"])
+        ctx.store.log_metrics(ctx.run_id, [
+            (None, len(stages) - 1, f"stage:{row['attack']}", row["robust_acc"]),
+            (None, len(stages) - 1, f"stage_seconds:{row['attack']}", row["seconds"])])
+
+    return report
+
+
 def audit(ctx) -> dict:
     """The AutoAttack-style cascade at one threat model, then the attack-failure indicators;
     audit.json, audit.csv and audit.md in the run's folder."""
@@ -160,7 +182,7 @@ def audit(ctx) -> dict:
     threat = spec.threat()
     model, meta = job_model(ctx, spec)
     split = split_for(meta, spec, "test", spec.n, spec.seed)
-    plan, notes = audit_.stages(spec.version, threat, spec.steps, spec.queries, spec.seed)
+    plan = audit_.stages(spec.version, threat, spec.steps, spec.queries, spec.seed)
     per_pass = _per_pass(model, split)
     seconds = sum(estimate.attack_seconds(s.attack, len(split), per_pass) for s in plan)
     ctx.say(estimate.line(seconds, f"{', '.join(s.name for s in plan)} on at most "
@@ -168,14 +190,14 @@ def audit(ctx) -> dict:
                                    "still robust"))
     ctx.progress.start(len(plan) * len(split))
     result = audit_.cascade(model, split, plan, spec.batch_size,
-                            progress=lambda done, _total: ctx.progress.update(done))
-    for row in result["stages"]:
-        ctx.say(f"after {row['attack']}: robust accuracy {row['robust_acc']:.2%} "
-                f"({row['seconds']:.0f} s)")
+                            progress=lambda done, _total: ctx.progress.update(done),
+                            ctx=ctx.rank, on_stage=_stage_reporter(ctx))
+    if not ctx.is_main:
+        return {}
     ctx.say("checking the indicators of attack failure…")
     checks = audit_.indicators(model, split, threat, result, plan, spec.steps, spec.seed)
-    report = audit_.report(spec, threat, result, checks, notes, split)
-    reports.write_audit(ctx.folder, report)
+    report = audit_.report(spec, threat, result, checks, split)
+    reports.write_audit(ctx.folder, report, result["shown"], split)
     summary = {k: v for k, v in report.items() if k != "examples"}
     summary.update(model_run=spec.model_run, source=split.source)
     ctx.store.set_summary(ctx.run_id, summary)

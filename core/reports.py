@@ -165,9 +165,29 @@ def write_attack(folder: Path, outcome, summary: dict, classes: Sequence[str]) -
                  f"{outcome.attack} {summary.get('threat_label', '')}: flipped examples first")
 
 
-def write_audit(folder: Path, report: dict) -> None:
-    """audit.json (everything), audit.csv (one row per example) and audit.md (stages and
-    indicators)."""
+def write_audit(folder: Path, report: dict, shown: dict, data: TensorData,
+                keep: int = 8) -> None:
+    """audit.json (everything), audit.csv (one row per example), audit.md (stages and
+    indicators) and audit_examples.safetensors: per stage a few examples it broke (clean and
+    adversarial image, prediction), and a few that survived every stage."""
+    survivors = [k for k, e in enumerate(report["examples"]) if e["robust"]][:keep]
+    broken = torch.tensor(shown["position"], dtype=torch.long)
+    kept = torch.tensor(survivors, dtype=torch.long)
+    tensors = {"x": data.floats(broken) if len(broken) else torch.empty(0),
+               "x_adv": torch.stack(shown["x_adv"]) if shown["x_adv"] else torch.empty(0),
+               "adv_pred": torch.tensor(shown["adv_pred"], dtype=torch.long),
+               "stage": torch.tensor(shown["stage"], dtype=torch.long),
+               "index": data.original_index()[broken] if len(broken) else
+               torch.empty(0, dtype=torch.long),
+               "label": data.labels[broken] if len(broken) else torch.empty(0, dtype=torch.long),
+               "x_robust": data.floats(kept) if len(kept) else torch.empty(0),
+               "robust_index": data.original_index()[kept] if len(kept) else
+               torch.empty(0, dtype=torch.long),
+               "robust_label": data.labels[kept] if len(kept) else
+               torch.empty(0, dtype=torch.long)}
+    checkpoint.save(folder / "audit_examples.safetensors", tensors,
+                    {"stages": [s["attack"] for s in report["stages"]],
+                     "classes": list(data.classes)})
     write_json(folder / "audit.json", report)
     tmp = folder / "audit.csv.tmp"
     pd.DataFrame(report["examples"]).to_csv(tmp, index=False)
@@ -186,6 +206,5 @@ def audit_markdown(report: dict) -> str:
              f"{report['n']:,} test images", "",
              f"Robust accuracy **{report['robust_acc']:.2%}** (clean {report['clean_acc']:.2%});"
              f" verdict: **{report['verdict']}**.", ""]
-    lines += [f"- note: {n}" for n in report["notes"]]
     lines += ["", markdown(pd.DataFrame(stages)), "", markdown(pd.DataFrame(checks)), ""]
     return "\n".join(lines)

@@ -196,3 +196,24 @@ def test_torchrun_bad_input_stops_every_rank_with_one_message(args, message):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
     assert len(RunStore().list_runs()) == before
+
+
+@requires_mnist
+def test_torchrun_audit_equals_one_process(mnist_model):
+    """The cascade runs on fixed batches, whole batches per rank: every example's verdict, the
+    stages' robust accuracies and the indicators match one process (only seconds differ)."""
+    _, _, model_run = mnist_model
+    args = ["audit", model_run, "--eps", "0.1", "--version", "standard", "-n", "300",
+            "--steps", "5", "--queries", "40"]
+    runs = [_core(args, nproc=nproc) for nproc in (None, 2)]
+    ids = [p.stdout.split()[1].rstrip(":") for p in runs]
+    store = RunStore()
+    summaries = [store.get(i).summary for i in ids]
+    for s in summaries:
+        for stage in s["stages"]:
+            stage.pop("seconds")
+    assert summaries[0] == summaries[1]
+    assert [st["attack"] for st in summaries[0]["stages"]] == ["apgd-ce", "apgd-t", "fab-t",
+                                                               "square"]
+    one, two = ((run_dir(i) / "audit.csv").read_text() for i in ids)
+    assert one == two and len(one.splitlines()) == 301
