@@ -83,6 +83,37 @@ def robustness_figure(series: dict[str, list[tuple[float, float]]],
     return fig
 
 
+def waterfall_figure(stages: list[dict], pending: Sequence[str] = (),
+                     title: str = "Robust accuracy through the cascade",
+                     labels: dict[str, str] | None = None) -> go.Figure:
+    """Clean accuracy, then the drop each stage of the audit caused, then the robust accuracy
+    that is left; stages still to run are on the axis, marked pending."""
+    labels = labels or {}
+    names = [labels.get(s["attack"], s["attack"]) for s in stages]
+    values = [stages[0]["robust_acc"] * 100] + [
+        (b["robust_acc"] - a["robust_acc"]) * 100 for a, b in zip(stages, stages[1:])]
+    measures = ["absolute"] + ["relative"] * (len(stages) - 1)
+    text = [f"{values[0]:.1f}%"] + [f"{v:+.1f} pp" for v in values[1:]]
+    if stages and not pending:
+        names.append("robust")
+        values.append(stages[-1]["robust_acc"] * 100)
+        measures.append("total")
+        text.append(f"{values[-1]:.1f}%")
+    for name in pending:
+        names.append(labels.get(name, name))
+        values.append(0.0)
+        measures.append("relative")
+        text.append("pending")
+    fig = go.Figure(go.Waterfall(
+        x=names, y=values, measure=measures, text=text, textposition="outside",
+        decreasing=dict(marker_color=PALETTE[1]), increasing=dict(marker_color=PALETTE[2]),
+        totals=dict(marker_color=PALETTE[0]), connector=dict(line=dict(color="#9ca3af")),
+        hovertemplate="%{x}: %{text}<extra></extra>"))
+    fig.update_layout(title=title, yaxis_title="accuracy (%)", yaxis_range=[0, 105], height=380,
+                      showlegend=False, margin=dict(l=60, r=20, t=50, b=40))
+    return fig
+
+
 def save_html(fig: go.Figure, path: Path) -> None:
     """Interactive HTML beside a shared plotly.min.js (works offline)."""
     fig.write_html(str(path), include_plotlyjs="directory", full_html=True)

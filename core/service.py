@@ -18,7 +18,7 @@ from .console import headline
 from .hyperparams import ATTACK_SETTINGS
 from .paths import InputError, artifacts_dir, confine, data_dir, run_dir
 from .prediction import load_model, pick_device, run_model_path
-from .specs import DEFAULT_GRID, EvaluateSpec, GridSpec, SweepSpec, TrainSpec
+from .specs import AuditSpec, DEFAULT_GRID, EvaluateSpec, GridSpec, SweepSpec, TrainSpec
 from .store import Run, RunStore, resume_refusal
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
@@ -283,3 +283,76 @@ def sweep_curves(store: RunStore, sweep_ids: list[str]) -> tuple[dict, pd.DataFr
             frame.insert(0, "model", label)
             frames.append(frame)
     return series, (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
+
+
+STAGE_NAMES = {"clean": "clean", "apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "fab-t": "FAB-T",
+               "square": "Square"}
+
+
+def launch_audit(store: RunStore, model_run: str, norm: str, eps: float, version: str,
+                 n: int) -> str:
+    """Start an audit job of a trained model; returns the audit's run id."""
+    return runner.submit(store, AuditSpec(model_run=model_run, norm=norm, eps=eps,
+                                          version=version, n=n), parent=model_run)
+
+
+def audit_runs(store: RunStore) -> list[Run]:
+    """Every audit run, newest first."""
+    return store.list_runs(kind="audit")
+
+
+def audit_view(store: RunStore, run_id: str) -> dict:
+    """An audit as the dashboard shows it: its stages so far (clean first; from the store
+    while it runs, from audit.json once done), the stages still to come, and when done the
+    indicators and verdict."""
+    from .audit import VERSIONS
+
+    run = store.get(run_id)
+    spec = AuditSpec.from_dict(run.config)
+    planned = ["clean", *VERSIONS[spec.version]]
+    view = {"status": run.status, "error": run.error, "threat_label": spec.threat().label(),
+            "version": spec.version, "n": spec.n, "model_run": spec.model_run,
+            "indicators": [], "verdict": None}
+    path = run_dir(run_id) / "audit.json"
+    if run.status == "completed" and path.exists():
+        report = json.loads(path.read_text())
+        stages = [{"attack": "clean", "robust_acc": report["clean_acc"], "seconds": 0.0}]
+        stages += report["stages"]
+        view.update(indicators=report["indicators"], verdict=report["verdict"], n=report["n"],
+                    robust_acc=report["robust_acc"])
+    else:
+        rows = store.metrics(run_id)
+        accs = {m["name"].split(":", 1)[1]: m["value"] for m in rows
+                if m["name"].startswith("stage:")}
+        secs = {m["name"].split(":", 1)[1]: m["value"] for m in rows
+                if m["name"].startswith("stage_seconds:")}
+        stages = [{"attack": a, "robust_acc": accs[a], "seconds": secs.get(a, 0.0)}
+                  for a in planned if a in accs]
+    view["stages"] = stages
+    view["pending"] = [a for a in planned if a not in {s["attack"] for s in stages}]
+    return view
+
+
+def audit_examples(run_id: str) -> dict | None:
+    """The examples an audit kept: per stage some it broke (clean and adversarial images, as
+    H x W x C arrays), and some that survived; None before the audit finishes."""
+    path = run_dir(run_id) / "audit_examples.safetensors"
+    if not path.exists():
+        return None
+    tensors, meta = checkpoint.load(path)
+    stages, classes = meta["stages"], meta["classes"]
+
+    def pictures(x: torch.Tensor) -> list[np.ndarray]:
+        return [img.permute(1, 2, 0).numpy() for img in x] if x.numel() else []
+
+    broken: dict[str, list[dict]] = {name: [] for name in stages}
+    for img, adv, k, label, pred, index in zip(
+            pictures(tensors["x"]), pictures(tensors["x_adv"]), tensors["stage"].tolist(),
+            tensors["label"].tolist(), tensors["adv_pred"].tolist(), tensors["index"].tolist()):
+        broken[stages[k]].append({"clean": img, "adversarial": adv, "index": index,
+                                  "caption": f"#{index}: {classes[label]} → {classes[pred]}"})
+    survived = [{"clean": img, "index": index, "caption": f"#{index}: {classes[label]}"}
+                for img, label, index in zip(pictures(tensors["x_robust"]),
+                                             tensors["robust_label"].tolist(),
+                                             tensors["robust_index"].tolist())]
+    return {"broken": broken, "survived": survived}

@@ -1,45 +1,120 @@
-"""Robustness: accuracy-versus-epsilon curves of several models and attacks, the seed-style
-table, CSV download; sweeps launch as background jobs."""
+"""Robustness: the audit (AutoAttack cascade and indicators of attack failure: launch, the
+waterfall filling stage by stage, the traffic lights, the examples each stage broke), and
+accuracy-versus-epsilon curves of several models and attacks with the seed-style table and a
+CSV download. Both launch background jobs."""
 import streamlit as st
 
-from core.figures import robustness_figure
+from core.figures import robustness_figure, waterfall_figure
 from core.hyperparams import ATTACK_SETTINGS
-from core.service import launch_sweep, progress, run_label, sweep_curves
-from core.specs import DEFAULT_BUDGETS, SweepSpec
+from core.service import (STAGE_NAMES, audit_examples, audit_runs, audit_view, eps_label,
+                          launch_audit, launch_sweep, progress, run_label, sweep_curves)
+from core.specs import DEFAULT_BUDGETS, AuditSpec, SweepSpec
 from pages.common import require_trained_runs, get_store, show_error
 
 store = get_store()
-st.title("Robustness curves")
+st.title("Robustness")
 runs = require_trained_runs(store)
+SHOWN = 8
+LIGHTS = {"pass": ":green[●] pass", "warn": ":orange[●] warn", "fail": ":red[●] fail"}
 
-with st.form("sweep-form"):
-    st.markdown("**Launch a sweep**")
-    c1, c2 = st.columns([3, 2])
-    models = c1.multiselect("Models", runs, default=runs[:1], format_func=run_label)
-    attacks = c2.multiselect("Attacks", list(ATTACK_SETTINGS), default=["noise", "fgsm", "pgd"])
-    c1, c2, c3 = st.columns(3)
-    eps_text = c1.text_input("Epsilons (pixel units)",
-                             ", ".join(f"{b:g}" for b in DEFAULT_BUDGETS))
-    n = c2.number_input("Test images", 10, 10000, SweepSpec.n, step=100)
-    steps = c3.number_input("PGD steps", 1, 200, ATTACK_SETTINGS["pgd"].steps)
-    go = st.form_submit_button("Run sweep", type="primary", icon=":material/play_arrow:")
-if go:
-    try:
-        budgets = [float(v) for v in eps_text.split(",") if v.strip()]
-        bad = [b for b in budgets if not 0 <= b <= 1]
-        if bad or not budgets:
-            raise ValueError(f"epsilons must be numbers in [0, 1], got {eps_text!r}")
-        if not models or not attacks:
-            raise ValueError("pick at least one model and one attack")
-        for m in models:
-            launch_sweep(store, m.id, attacks, budgets, int(n), int(steps))
-        st.toast(f"Launched {len(models)} sweep job(s)")
-    except Exception as err:
-        show_error(err)
+
+def audit_form() -> None:
+    with st.form("audit-form"):
+        st.markdown("**Audit a model**: APGD-CE → APGD-T → FAB-T → Square (standard) or the "
+                    "first two (fast), each on the points still robust, then nine checks for "
+                    "attack failure.")
+        c1, c2, c3, c4, c5 = st.columns([3, 1, 1, 1, 1])
+        model = c1.selectbox("Model", runs, format_func=run_label, key="audit-model")
+        norm = c2.selectbox("Norm", ["linf", "l2"], key="audit-norm")
+        eps = c3.number_input("Epsilon (pixels)", 0.0, 100.0, 0.3, step=0.01, format="%.4f",
+                              key="audit-eps", help="MNIST: 0.3 (L-inf); CIFAR-10: 8/255 = "
+                              "0.0314 (L-inf), 0.5 (L2)")
+        version = c4.selectbox("Version", ["standard", "fast"], key="audit-version")
+        n = c5.number_input("Test images", 10, 10000, AuditSpec.n, step=100, key="audit-n")
+        go = st.form_submit_button("Run audit", type="primary", icon=":material/verified:")
+    if go:
+        try:
+            st.query_params["audit"] = launch_audit(store, model.id, norm, float(eps), version,
+                                                    int(n))
+            st.toast(f"Audit launched at {norm} eps {eps_label(float(eps))}")
+        except Exception as err:
+            show_error(err)
+
+
+def pick_audit():
+    audits = audit_runs(store)
+    if not audits:
+        st.info("No audits yet: launch one above.")
+        return None
+    ids = [r.id for r in audits]
+    wanted = st.query_params.get("audit")
+    choice = st.selectbox("Audit", audits, index=ids.index(wanted) if wanted in ids else 0,
+                          format_func=lambda r: f"{r.config['version']} at {r.config['norm']} "
+                          f"eps {eps_label(r.config['eps'])} of "
+                          f"{run_label(store.get(r.config['model_run']))} · {r.id[-9:]}")
+    st.query_params["audit"] = choice.id
+    return choice
 
 
 @st.fragment(run_every=2.0)
-def active() -> None:
+def audit_live(run_id: str) -> None:
+    view = audit_view(store, run_id)
+    if view["status"] in ("running", "queued"):
+        info = progress(store, run_id)
+        coming = view["pending"][0] if view["pending"] else "the indicators"
+        st.progress(info["fraction"], text=f"{view['status']}: {info['label']} · next "
+                    f"{STAGE_NAMES.get(coming, coming)}")
+    elif view["status"] != "completed":
+        st.error(f"audit {view['status']}: {view['error'] or ''}", icon=":material/error:")
+    if view["stages"]:
+        st.plotly_chart(waterfall_figure(view["stages"], view["pending"],
+                                         f"{view['version']} audit at {view['threat_label']}, "
+                                         f"{view['n']:,} test images", STAGE_NAMES),
+                        width="stretch")
+    if st.session_state.get("audit-was-live") and view["status"] not in ("running", "queued"):
+        st.session_state["audit-was-live"] = False
+        st.rerun()  # done: draw the indicators and examples below
+    st.session_state["audit-was-live"] = view["status"] in ("running", "queued")
+
+
+def audit_results(run_id: str) -> None:
+    view = audit_view(store, run_id)
+    if view["status"] != "completed":
+        return
+    st.markdown(f"**Robust accuracy {view['robust_acc']:.2%}** at {view['threat_label']} on "
+                f"{view['n']:,} test images ({view['version']} cascade) · verdict: "
+                f"**{view['verdict']}**")
+    st.markdown("**Indicators of attack failure**")
+    for c in view["indicators"]:
+        st.markdown(f"{LIGHTS[c['status']]} **{c['name']}**: {c['detail']}")
+    shown = audit_examples(run_id)
+    if not shown:
+        return
+    for stage, items in shown["broken"].items():
+        if items:
+            st.markdown(f"**Broken by {STAGE_NAMES.get(stage, stage)}** (clean above, "
+                        "adversarial below; true → predicted)")
+            cols = st.columns(SHOWN)  # a fixed grid: one example is not drawn page-wide
+            for col, item in zip(cols, items):
+                col.image(item["clean"], caption=item["caption"], width="stretch", clamp=True)
+                col.image(item["adversarial"], width="stretch", clamp=True)
+    if shown["survived"]:
+        st.markdown("**Survived every stage**")
+        cols = st.columns(SHOWN)
+        for col, item in zip(cols, shown["survived"]):
+            col.image(item["clean"], caption=item["caption"], width="stretch", clamp=True)
+
+
+audit_tab, sweep_tab = st.tabs(["Audit", "Sweeps"])
+with audit_tab:
+    audit_form()
+    picked = pick_audit()
+    if picked is not None:
+        audit_live(picked.id)
+        audit_results(picked.id)
+
+@st.fragment(run_every=2.0)
+def active_sweeps() -> None:
     running = [r for r in store.list_runs(kind="sweep") if r.status in ("running", "queued")]
     for r in running:
         info = progress(store, r.id)
@@ -50,21 +125,55 @@ def active() -> None:
     st.session_state["had_running"] = bool(running)
 
 
-active()
-done = [r for r in store.list_runs(kind="sweep", status="completed")]
-if not done:
-    st.info("No completed sweeps yet: launch one above.")
-    st.stop()
-chosen = st.multiselect("Sweeps to show", done, default=done[: min(3, len(done))],
-                        format_func=lambda r: f"{r.name or 'sweep'} of "
-                        f"{run_label(store.get(r.config['model_run']))} · {r.id[-9:]}")
-series, table = sweep_curves(store, [r.id for r in chosen])
-if series:
-    st.plotly_chart(robustness_figure(series), width="stretch")
-for r in chosen:
-    for w in r.warnings:
-        st.warning(f"{r.id}: {w}", icon=":material/warning:")
-if not table.empty:
-    st.dataframe(table, hide_index=True, width="stretch")
-    st.download_button("Download CSV", table.to_csv(index=False), "robustness.csv",
-                       "text/csv", icon=":material/download:")
+def sweep_form() -> None:
+    with st.form("sweep-form"):
+        st.markdown("**Launch a sweep**")
+        c1, c2 = st.columns([3, 2])
+        models = c1.multiselect("Models", runs, default=runs[:1], format_func=run_label)
+        attacks = c2.multiselect("Attacks", list(ATTACK_SETTINGS),
+                                 default=["noise", "fgsm", "pgd"])
+        c1, c2, c3 = st.columns(3)
+        eps_text = c1.text_input("Epsilons (pixel units)",
+                                 ", ".join(f"{b:g}" for b in DEFAULT_BUDGETS))
+        n = c2.number_input("Test images", 10, 10000, SweepSpec.n, step=100)
+        steps = c3.number_input("PGD steps", 1, 200, ATTACK_SETTINGS["pgd"].steps)
+        go = st.form_submit_button("Run sweep", type="primary", icon=":material/play_arrow:")
+    if go:
+        try:
+            budgets = [float(v) for v in eps_text.split(",") if v.strip()]
+            bad = [b for b in budgets if not 0 <= b <= 1]
+            if bad or not budgets:
+                raise ValueError(f"epsilons must be numbers in [0, 1], got {eps_text!r}")
+            if not models or not attacks:
+                raise ValueError("pick at least one model and one attack")
+            for m in models:
+                launch_sweep(store, m.id, attacks, budgets, int(n), int(steps))
+            st.toast(f"Launched {len(models)} sweep job(s)")
+        except Exception as err:
+            show_error(err)
+
+
+def sweep_results() -> None:
+    done = [r for r in store.list_runs(kind="sweep", status="completed")]
+    if not done:
+        st.info("No completed sweeps yet: launch one above.")
+        return
+    chosen = st.multiselect("Sweeps to show", done, default=done[: min(3, len(done))],
+                            format_func=lambda r: f"{r.name or 'sweep'} of "
+                            f"{run_label(store.get(r.config['model_run']))} · {r.id[-9:]}")
+    series, table = sweep_curves(store, [r.id for r in chosen])
+    if series:
+        st.plotly_chart(robustness_figure(series), width="stretch")
+    for r in chosen:
+        for w in r.warnings:
+            st.warning(f"{r.id}: {w}", icon=":material/warning:")
+    if not table.empty:
+        st.dataframe(table, hide_index=True, width="stretch")
+        st.download_button("Download CSV", table.to_csv(index=False), "robustness.csv",
+                           "text/csv", icon=":material/download:")
+
+
+with sweep_tab:
+    sweep_form()
+    active_sweeps()
+    sweep_results()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,24 +26,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture()
-def server(tmp_path):
+@contextmanager
+def _serve(artifacts: Path):
+    """``streamlit run dashboard.py`` on a free port over ``artifacts``; yields its URL."""
     port = _free_port()
-    env = dict(os.environ, ROBUSTLAB_ARTIFACTS=str(tmp_path))
+    env = dict(os.environ, ROBUSTLAB_ARTIFACTS=str(artifacts))
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.port", str(port),
          "--server.headless", "true", "--server.address", "127.0.0.1"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.5)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@pytest.fixture()
+def server(tmp_path):
+    with _serve(tmp_path) as url:
+        yield url
 
 
 def _browser(p):
@@ -104,4 +114,54 @@ def test_train_evaluate_attack_in_a_real_browser(server):
         page.screenshot(path=str(SHOTS / "4-attack-after.png"), full_page=True)
         assert float(after.rstrip("%")) < float(before.rstrip("%"))
         assert answered < 5, f"slider took {answered:.1f} s to answer"
+        browser.close()
+
+
+@contextmanager
+def _cancel_audits_left_running():
+    """A failing browser test must not leave its audit worker taking the CPU from the rest."""
+    from core.store import RunStore
+
+    try:
+        yield
+    finally:
+        store = RunStore()
+        for run in store.list_runs(kind="audit"):
+            if run.status in ("queued", "running"):
+                store.request_cancel(run.id)
+
+
+@pytest.mark.slow
+def test_the_audit_panel_in_a_real_browser(mnist_model):
+    """Launch an audit from the Robustness page: the waterfall appears, then the traffic
+    lights with their explanations and the examples each stage broke and that survived."""
+    from playwright.sync_api import expect, sync_playwright
+
+    _, _, run_id = mnist_model
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with _serve(Path(os.environ["ROBUSTLAB_ARTIFACTS"])) as url, sync_playwright() as p, \
+            _cancel_audits_left_running():
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/robustness")
+        expect(page.get_by_text("Audit a model")).to_be_visible(timeout=60_000)
+        page.get_by_role("spinbutton", name="Epsilon (pixels)").fill("0.1")
+        page.get_by_role("spinbutton", name="Test images").first.fill("30")
+        page.get_by_role("button", name="Run audit").click()
+        # the new audit is selected at once, and its waterfall starts with clean accuracy
+        expect(page.get_by_text(re.compile(r"^(queued|running): \d+% · next"))).to_be_visible(
+            timeout=30_000)
+        assert "audit=audit-" in page.url
+        expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=120_000)
+        page.screenshot(path=str(SHOTS / "5-audit-running.png"), full_page=True)
+        expect(page.get_by_text("Indicators of attack failure")).to_be_visible(timeout=400_000)
+        expect(page.get_by_text(re.compile(r"^Robust accuracy \d"))).to_be_visible()
+        for name in ("gradients", "randomness", "logits", "silent success", "optimisation",
+                     "unbounded", "black-box", "weaker beats stronger", "monotone"):
+            expect(page.get_by_text(name, exact=True)).to_be_visible()
+        expect(page.get_by_text("Broken by APGD-CE")).to_be_visible()
+        expect(page.get_by_text("Survived every stage")).to_be_visible()
+        expect(page.locator("[data-testid=stImage]").nth(3)).to_be_attached(timeout=30_000)
+        expect(page.get_by_text("Page not found")).to_have_count(0)
+        page.screenshot(path=str(SHOTS / "6-audit-done.png"), full_page=True)
         browser.close()
