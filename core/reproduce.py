@@ -2,7 +2,8 @@
 
 Part (a): seed-resnet on CIFAR-10. Part (b): seed-resnet on MNIST and its attack table.
 Part (c): adversarial training (FGSM-AT at eps 0.2, as the seed did) beside fast-AT, PGD-AT,
-TRADES and IAT, each evaluated with PGD at 0.01/0.1/0.2 and Carlini-Wagner.
+TRADES and IAT, each evaluated with PGD at 0.01/0.1/0.2, Carlini-Wagner, and the audit (the
+AutoAttack cascade with its indicators of attack failure) at its training epsilon.
 Every part is a child job run through the same runner as the CLI and the dashboard (its own
 run, heartbeat, status and files, parent: the reproduce run), so the dashboard shows them all.
 """
@@ -16,7 +17,7 @@ import pandas as pd
 
 from . import checkpoint, figures, reports
 from .paths import reports_dir, run_dir
-from .specs import AttackSpec, EvaluateSpec, ReproduceSpec, SweepSpec, TrainSpec
+from .specs import AttackSpec, AuditSpec, EvaluateSpec, ReproduceSpec, SweepSpec, TrainSpec
 
 SEED = {"cifar_acc": 0.6518, "cifar_micro_f1": 0.680, "mnist_acc": 0.9828,
         "fgsm_at": {"clean": 0.9859, 0.01: 0.9393, 0.1: 0.4697, 0.2: 0.3131}}
@@ -37,6 +38,7 @@ class Plan:
     defense_eval_n: int
     defense_budgets: list = field(default_factory=lambda: [0.01, 0.1, 0.2])
     cw_n: int = 200
+    audit: dict = field(default_factory=lambda: {"version": "standard", "n": 500})
 
 
 FULL = Plan(
@@ -60,6 +62,7 @@ QUICK = Plan(
                         test_subset=200),
     defenses={"fgsm-at": {"eps": 0.2}, "iat": {"eps": 0.2, "steps": 2}},
     defense_eval_n=100, defense_budgets=[0.1, 0.2], cw_n=30,
+    audit={"version": "fast", "n": 30, "steps": 10},
 )
 
 
@@ -169,10 +172,17 @@ class _Parts:
         _, cw = self.ctx.child(AttackSpec(model_run=child, which=which, attack="cw",
                                           params=plan.cw, n=plan.cw_n, keep=0, **self._where()),
                                f"{name}: CW ({which})")
+        _, audited = self.ctx.child(AuditSpec(model_run=child, which=which, norm="linf",
+                                              eps=args["eps"], **plan.audit, **self._where()),
+                                    f"{name}: audit ({which})")
         row = {"defense": name, "run": child, "settings": args, "train_s": wall,
                "weights": which, "epoch": meta.get("epoch"), "clean": clean["accuracy"],
                "n_clean": clean["n"], "n_pgd": pgd["n"], "n_cw": cw["n"],
                "cw_success": cw["success_rate"], "cw_median_l2": cw["l2_median"],
+               "audit": audited["robust_acc"], "audit_eps": args["eps"], "n_audit": audited["n"],
+               "audit_verdict": audited["verdict"],
+               "audit_failing": [c["name"] for c in audited["indicators"]
+                                 if c["status"] == "fail"],
                "warnings": store.get(child).warnings}
         for r in pgd["rows"]:
             row[f"pgd@{r['budget']}"] = r["adv_acc"]
@@ -239,20 +249,27 @@ def render(results: dict) -> str:
     for w in b["warnings"]:
         lines.append(f"- warning: {w}")
     budgets = plan["defense_budgets"]
+    audit = plan.get("audit", {})
     lines += ["## (c) adversarial training on MNIST", "",
               f"PGD evaluation: {plan['pgd_steps']} steps, random start, step 2.5·eps/steps, on "
               f"{plan['defense_eval_n']} test images; clean accuracy on the full test split; CW "
-              f"on {plan['cw_n']} images. Training: {plan['defense_common']}.", "",
+              f"on {plan['cw_n']} images. Audit: the {audit.get('version', 'standard')} cascade "
+              f"(AutoAttack's stages) at L∞ and each model's training epsilon, on "
+              f"{audit.get('n', 1000)} test images, with its indicators of attack failure. "
+              f"Training: {plan['defense_common']}.", "",
               "| defense | settings | clean | " + " | ".join(f"PGD {x}" for x in budgets)
-              + " | CW success | CW median L2 | train time |",
-              "|---|---|---|" + "---|" * len(budgets) + "---|---|---|"]
+              + " | audit (at training eps) | indicators | CW success | CW median L2 | "
+              "train time |",
+              "|---|---|---|" + "---|" * len(budgets) + "---|---|---|---|---|"]
     seed = SEED["fgsm_at"]
     lines.append("| seed FGSM-AT | eps 0.2 | 98.59% | " + " | ".join(
-        _pct(seed.get(x)) for x in budgets) + " | — | — | — |")
+        _pct(seed.get(x)) for x in budgets) + " | — | — | — | — | — |")
     for r in results["defenses"]:
+        failing = ", ".join(r["audit_failing"]) or "none"
         lines.append(f"| {_label(r)} | "
                      f"{r['settings']} | {_pct(r['clean'])} | " + " | ".join(
-            _pct(r[f'pgd@{x}']) for x in budgets) + f" | {_pct(r['cw_success'])} | "
+            _pct(r[f'pgd@{x}']) for x in budgets) + f" | {_pct(r['audit'])} | "
+            f"{r['audit_verdict']} (failing: {failing}) | {_pct(r['cw_success'])} | "
             f"{r['cw_median_l2']:.3f} | {r['train_s']:.0f} s |")
     lines += ["", "![defenses](defenses.png) ([interactive](defenses.html))", ""]
     for r in results["defenses"]:

@@ -207,7 +207,7 @@ def test_reproduce_children_stay_running_under_polling(tmp_path):
     assert len(children) >= 10 and len(seen_running) >= 3
     assert all(r.status == "completed" for r in children)
     kinds = {r.kind for r in children}
-    assert kinds == {"train", "evaluate", "sweep", "attack"}  # the same jobs as the CLI's
+    assert kinds == {"train", "evaluate", "sweep", "attack", "audit"}  # the CLI's jobs
 
 
 def _check_report(report: Path) -> None:
@@ -226,6 +226,10 @@ def _check_report(report: Path) -> None:
     assert {r["attack"] for r in results["mnist"]["rows"]} == {"noise", "fgsm", "pgd",
                                                                "semantic", "cw"}
     assert 0 <= results["cifar"]["accuracy"] <= 1
+    for row in results["defenses"]:  # every defended model is audited beside its PGD figures
+        assert 0 <= row["audit"] <= row["clean"] and row["n_audit"] == 30
+        assert row["audit_verdict"] in ("trusted", "doubtful", "failed")
+    assert "audit (at training eps)" in text
 
 
 # --- progress in every log ----------------------------------------------------------------
