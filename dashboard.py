@@ -5,9 +5,10 @@ import streamlit as st
 from core import catalog
 from core.paths import data_dir
 from core.service import device_label
-from pages.common import get_store as store
+from pages.common import favicon, get_store as store
 
-st.set_page_config(page_title="RobustLab", page_icon=":material/shield:", layout="wide")
+# the icon is an image drawn here: a named icon would make the browser fetch it from a CDN
+st.set_page_config(page_title="RobustLab", page_icon=favicon(), layout="wide")
 
 PAGES = [
     st.Page("pages/train.py", title="Train", icon=":material/model_training:", default=True),

@@ -24,6 +24,33 @@ def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str],
     return fig
 
 
+def confusion_grid_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str],
+                          title: str = "Confusion matrix (click a cell)") -> go.Figure:
+    """The confusion matrix drawn as a grid of square markers, so a click selects a cell:
+    Streamlit returns point selections for scatter traces, and none for heatmaps. Point k is
+    cell (true k // n, predicted k % n)."""
+    z = np.asarray(confusion)
+    n = len(classes)
+    true, pred = np.divmod(np.arange(n * n), n)
+    counts = z[true, pred]
+    fig = go.Figure(go.Scatter(
+        x=[classes[p] for p in pred], y=[classes[t] for t in true], mode="markers+text",
+        text=[str(c) for c in counts], textfont=dict(size=11),
+        marker=dict(symbol="square", size=max(14, 420 // n), color=np.log1p(counts),
+                    colorscale="Blues", line=dict(width=1, color="#e5e7eb")),
+        customdata=counts,
+        hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata} images<br>"
+                      "click to show them<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title="predicted", yaxis_title="true", height=520,
+                      margin=dict(l=60, r=20, t=50, b=60), clickmode="event+select",
+                      plot_bgcolor="white")
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=list(classes),
+                     showgrid=False)
+    fig.update_yaxes(type="category", categoryorder="array", categoryarray=list(classes),
+                     autorange="reversed", showgrid=False)
+    return fig
+
+
 def training_figure(metrics: list[dict], title: str = "Training") -> go.Figure:
     """Loss and accuracy curves from run-store metric rows (per step and per epoch)."""
     from plotly.subplots import make_subplots

@@ -44,7 +44,9 @@ def run_label(run: Run) -> str:
     if cfg.get("defense", "none") != "none":
         what += f" · {cfg['defense']} eps {cfg.get('defense_args', {}).get('eps', '')}"
     name = f"{run.name} · " if run.name else ""
-    return f"{name}{what} · {run.status} · {run.id[-9:]}"
+    # no status here: a picker's label is not redrawn while a job runs, so it would go stale;
+    # pages show the status beside it, live
+    return f"{name}{what} · {run.id[-9:]}"
 
 
 def runs_frame(store: RunStore, kind: str | None = None) -> pd.DataFrame:

@@ -5,9 +5,10 @@ import streamlit as st
 
 from core.hyperparams import ATTACK_SETTINGS as ATTACKS
 from core.service import (amplified_perturbation, attack_single, classes_for_run, eps_label,
-                          grid_result, grid_run, model_for_run, read_upload, to_display)
+                          grid_result, grid_run, model_for_run, progress, read_upload,
+                          to_display)
 from core.specs import GridSpec
-from pages.common import require_trained_runs, get_store, pick_run, show_error
+from pages.common import fmt_seconds, require_trained_runs, get_store, pick_run, show_error
 
 store = get_store()
 st.title("Attack playground")
@@ -48,16 +49,29 @@ if budgeted:
                            value=budgets[4], format_func=eps_label, key="eps")
     index = budgets.index(eps)
 else:
-    st.caption(f"{attack} has no epsilon: one result.")
+    st.caption(f"{attack} has no epsilon: one result on {n:,} test images.")
     index = 0
 
 
 @st.fragment(run_every=1.0)
 def show(grid_id: str, index: int) -> None:
+    # one placeholder for everything: a new attack's first poll replaces the previous
+    # attack's examples instead of leaving them on screen, faded
+    with st.empty().container():
+        show_grid(grid_id, index)
+
+
+def show_grid(grid_id: str, index: int) -> None:
     g = store.get(grid_id)
     done = store.metrics(grid_id, ["adv_acc"])
     if g.status == "failed":
         st.error(f"The attack job failed: {g.error}")
+        return
+    if not budgeted and not done:
+        info = progress(store, grid_id)
+        left = f" · {fmt_seconds(info['seconds_left'])} left" if info["seconds_left"] else ""
+        st.progress(info["fraction"], text=f"Computing {attack} on {n:,} test images in the "
+                    f"background: {info['label']}{left}")
         return
     if len(done) < len(budgets):
         st.progress(len(done) / len(budgets),

@@ -1,5 +1,7 @@
-"""Compare: runs side by side (configuration differences, clean and robust accuracy, time)."""
+"""Compare: runs side by side (clean accuracy, PGD and audited robust accuracy with their
+sources, training curves overlaid, time, configuration differences)."""
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from core.service import config_diff, run_label
@@ -19,19 +21,38 @@ for r in chosen:
     final = (r.summary or {}).get("final") or {}
     sweeps = store.list_runs(kind="sweep", parent=r.id, status="completed")
     pgd = {}
-    if sweeps:
-        for row in sweeps[0].summary.get("rows", []):
+    if sweeps:  # the latest sweep's PGD rows; the column names their source and size
+        s = sweeps[0].summary
+        for row in s.get("rows", []):
             if row["attack"] == "pgd":
-                pgd[f"PGD {row['budget']}"] = row["adv_acc"]
+                pgd[f"PGD {row['budget']:g} (sweep, {s['n']} imgs)"] = row["adv_acc"]
+    audits = store.list_runs(kind="audit", parent=r.id, status="completed")
+    audit = audits[0].summary if audits else {}
     rows.append({"run": r.name or r.id, "defense": r.config.get("defense"),
                  "clean acc": final.get("test_acc"), "held-out PGD acc (guard)":
-                 final.get("robust_acc"), **pgd, "training time": fmt_seconds(r.duration),
+                 final.get("robust_acc"), **pgd, "audited robust acc": audit.get("robust_acc"),
+                 "audit": (f"{audit['version']} at {audit['threat_label']} on {audit['n']} "
+                           f"imgs: {audit['verdict']}") if audit else None,
+                 "training time": fmt_seconds(r.duration),
                  "test images": (r.summary or {}).get("n_test")})
 frame = pd.DataFrame(rows)
 numeric = [c for c in frame.columns if "acc" in c or c.startswith("PGD")]
 frame[numeric] = frame[numeric].astype(float)  # None -> NaN, shown as "—"
 st.dataframe(frame.style.format({c: "{:.2%}" for c in numeric}, na_rep="—"),
              hide_index=True, width="stretch")
+st.caption("Clean accuracy: the run's test split at the end of training. Held-out PGD: the "
+           "overfitting guard's training images. PGD columns: the latest sweep of the run. "
+           "Audited: the latest audit (AutoAttack cascade) of the run; launch one on the "
+           "Robustness page.")
+curves = go.Figure()
+for r in chosen:
+    epochs = store.metrics(r.id, ["test_acc"])
+    curves.add_trace(go.Scatter(x=[m["epoch"] + 1 for m in epochs],
+                                y=[m["value"] for m in epochs], mode="lines+markers",
+                                name=r.name or r.id[-9:]))
+curves.update_layout(title="Clean test accuracy per epoch", xaxis_title="epoch", height=320,
+                     yaxis_tickformat=".0%", margin=dict(l=50, r=10, t=40, b=40))
+st.plotly_chart(curves, width="stretch")
 st.subheader("Configuration differences")
 diff = config_diff(chosen)
 if diff.empty:

@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from core.evaluation import misclassified
-from core.figures import confusion_figure
+from core.figures import confusion_grid_figure
 from core.service import cached_evaluation, gallery_images, load_report
 from pages.common import require_trained_runs, get_store, pick_run, show_error
 
@@ -41,18 +41,22 @@ st.caption(f"Data: {summary.get('source', '')}")
 
 left, right = st.columns([3, 2])
 with left:
-    event = st.plotly_chart(confusion_figure(summary["confusion"], classes), width="stretch",
-                            on_select="rerun", selection_mode="points", key="confusion")
+    event = st.plotly_chart(confusion_grid_figure(summary["confusion"], classes),
+                            width="stretch", on_select="rerun", selection_mode="points",
+                            key="confusion")
 with right:
     st.subheader("Per class")
     st.dataframe(pd.DataFrame(summary["per_class"]).style.format(
         {"precision": "{:.3f}", "recall": "{:.3f}", "f1": "{:.3f}"}), hide_index=True,
-        width="stretch", height=400)
+        width="stretch")  # sized to its rows: no blank row below the last class
 
 points = (event.selection.points if event and event.selection else []) or []
-if points:
-    st.session_state["true-cls"] = str(points[0]["y"])
-    st.session_state["pred-cls"] = str(points[0]["x"])
+clicked = (str(points[0]["y"]), str(points[0]["x"])) if points else None
+# a click filters the gallery once; the selection stays on the chart, and must not undo a
+# filter chosen in the boxes afterwards
+if clicked and clicked != st.session_state.get("confusion-applied"):
+    st.session_state["true-cls"], st.session_state["pred-cls"] = clicked
+st.session_state["confusion-applied"] = clicked
 
 st.subheader("Misclassified examples")
 f1, f2, f3 = st.columns([2, 2, 1])

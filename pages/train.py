@@ -16,6 +16,10 @@ st.title("Train a model")
 clone = st.session_state.pop("clone_from", None)
 defaults = train_form_defaults(store.get(clone) if clone else None)
 if clone:
+    # widgets with a key keep their state over a changed default: set it, or the clone would
+    # keep the old epochs and image count
+    st.session_state["epochs"] = int(defaults["epochs"])
+    st.session_state["subset"] = int(defaults["train_subset"] or 0)
     st.info(f"Form filled from run {clone}; change what you like and launch.")
 
 with st.form("train-form"):
@@ -59,6 +63,7 @@ if submitted:
     try:
         run_id = launch_training(store, values, name=name)
         st.query_params["run"] = run_id
+        st.session_state["job-pick"] = run_id  # show the new job at once
         st.toast(f"Started {run_id}", icon=":material/rocket_launch:")
     except Exception as err:  # shown to the user as a readable message
         show_error(err)
@@ -68,21 +73,26 @@ train_runs = store.list_runs(kind="train")
 if not train_runs:
     st.info("No training runs yet. Fill in the form and press **Launch training**.")
     st.stop()
-ids = [r.id for r in train_runs]
-wanted = st.query_params.get("run")
-selected = st.selectbox("Job", train_runs, index=ids.index(wanted) if wanted in ids else 0,
-                        format_func=run_label, key="job-pick")
-st.query_params["run"] = selected.id
+by_id = {r.id: r for r in train_runs}
+if st.session_state.get("job-pick") not in by_id:  # first visit (or its job was deleted)
+    wanted = st.query_params.get("run")
+    st.session_state["job-pick"] = wanted if wanted in by_id else train_runs[0].id
+picked = st.selectbox("Job", list(by_id), format_func=lambda i: run_label(by_id[i]),
+                      key="job-pick")
+st.query_params["run"] = picked
+selected = by_id[picked]
 
 
 @st.fragment(run_every=1.5)
-def live(run_id: str) -> None:
+def live(run_id: str, shown_status: str) -> None:
     store.mark_stale()
     run = store.get(run_id)
+    if run.status != shown_status:
+        st.rerun()  # the picker's label and the Resume button outside depend on the status
     info = progress(store, run_id)
     cols = st.columns([3, 1, 1, 1])
-    cols[0].progress(info["fraction"], text=f"{run.status} · {info['label']} · "
-                     f"{fmt_seconds(info['seconds_left'])} left")
+    left = f" · {fmt_seconds(info['seconds_left'])} left" if run.status == "running" else ""
+    cols[0].progress(info["fraction"], text=f"{run.status} · {info['label']}{left}")
     epoch_rows = store.metrics(run_id, ["test_acc", "robust_acc"])
     last = {m["name"]: m["value"] for m in epoch_rows}
     cols[1].metric("Clean test accuracy", f"{last['test_acc']:.2%}" if "test_acc" in last else "—")
@@ -112,8 +122,8 @@ def live(run_id: str) -> None:
         st.session_state["finished_" + run_id] = True
 
 
-live(selected.id)
 run = store.get(selected.id)
+live(run.id, run.status)
 b1, b2, _ = st.columns([1, 1, 4])
 if resumable(run):
     if b1.button("Resume from last checkpoint", icon=":material/replay:"):

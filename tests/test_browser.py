@@ -118,16 +118,16 @@ def test_train_evaluate_attack_in_a_real_browser(server):
 
 
 @contextmanager
-def _cancel_audits_left_running():
-    """A failing browser test must not leave its audit worker taking the CPU from the rest."""
+def _cancel_jobs_left_running():
+    """A browser test must not leave the jobs it started taking the CPU from the rest."""
     from core.store import RunStore
 
     try:
         yield
     finally:
         store = RunStore()
-        for run in store.list_runs(kind="audit"):
-            if run.status in ("queued", "running"):
+        for run in store.list_runs():
+            if run.status in ("queued", "running") and run.kind in ("audit", "grid"):
                 store.request_cancel(run.id)
 
 
@@ -140,7 +140,7 @@ def test_the_audit_panel_in_a_real_browser(mnist_model):
     _, _, run_id = mnist_model
     SHOTS.mkdir(parents=True, exist_ok=True)
     with _serve(Path(os.environ["ROBUSTLAB_ARTIFACTS"])) as url, sync_playwright() as p, \
-            _cancel_audits_left_running():
+            _cancel_jobs_left_running():
         browser = _browser(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{url}/robustness")
@@ -164,4 +164,104 @@ def test_the_audit_panel_in_a_real_browser(mnist_model):
         expect(page.locator("[data-testid=stImage]").nth(3)).to_be_attached(timeout=30_000)
         expect(page.get_by_text("Page not found")).to_have_count(0)
         page.screenshot(path=str(SHOTS / "6-audit-done.png"), full_page=True)
+        browser.close()
+
+
+@pytest.mark.slow
+def test_the_train_page_follows_its_jobs(server):
+    """Launching selects the new job at once; the status and the Resume button follow the job
+    without a reload; a run cancelled before its first checkpoint offers no Resume and shows no
+    time left; Clone into form copies every field, those with widget state included."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server)
+        expect(page.get_by_text("Train a model")).to_be_visible(timeout=60_000)
+        picker = page.get_by_role("combobox", name="Job")
+        status = page.get_by_test_id("stProgress").first
+
+        def launch(epochs: str, images: str, name: str) -> None:
+            page.get_by_label("Epochs").fill(epochs)
+            page.get_by_label("Training images (0 = all)").fill(images)
+            page.get_by_label("Run name (optional)").fill(name)
+            page.get_by_role("button", name="Launch training").click()
+
+        launch("1", "1000", "first")
+        expect(picker).to_have_value(re.compile("first"), timeout=30_000)
+        expect(status).to_contain_text("completed", timeout=180_000)
+        first = page.url.split("run=")[1].split("&")[0]
+        launch("2", "30000", "second")
+        expect(picker).to_have_value(re.compile("second"), timeout=15_000)  # at once, not the old job
+        expect(page).not_to_have_url(re.compile(f"run={first}"))
+        expect(status).to_contain_text("running", timeout=60_000)
+        expect(picker).not_to_have_value(re.compile("queued"))  # no stale status in the label
+        page.get_by_role("button", name="Cancel").click()
+        expect(status).to_contain_text("cancelled", timeout=60_000)
+        expect(status).not_to_contain_text("left")
+        expect(page.get_by_role("button", name="Resume from last checkpoint")).to_have_count(0)
+        expect(page.get_by_text("resume it with")).to_have_count(0)
+        page.screenshot(path=str(SHOTS / "7-train-cancelled.png"), full_page=True)
+        page.get_by_label("Epochs").fill("5")  # typed but not launched: the clone must win
+        page.get_by_label("Training images (0 = all)").fill("3000")
+        page.get_by_role("button", name="Clone into form").click()
+        expect(page.get_by_text("Form filled from run")).to_be_visible(timeout=30_000)
+        expect(page.get_by_label("Epochs")).to_have_value("2")
+        expect(page.get_by_label("Training images (0 = all)")).to_have_value("30000")
+        browser.close()
+
+
+@pytest.mark.slow
+def test_an_attack_without_epsilon_replaces_the_previous_examples(mnist_model):
+    """Switching from PGD to CW: the PGD examples leave the screen at once, and CW says it has
+    no epsilon and shows its job's progress, not an epsilon 'still being computed'."""
+    from playwright.sync_api import expect, sync_playwright
+
+    _, _, run_id = mnist_model
+    with _serve(Path(os.environ["ROBUSTLAB_ARTIFACTS"])) as url, sync_playwright() as p, \
+            _cancel_jobs_left_running():
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/attack?model={run_id}")
+        expect(page.get_by_role("heading", name="Examples")).to_be_visible(timeout=180_000)
+        page.get_by_test_id("stSelectbox").filter(has_text="Attack").click()
+        page.get_by_role("option", name="cw").click()
+        expect(page.get_by_text("cw has no epsilon: one result")).to_be_visible(timeout=20_000)
+        expect(page.get_by_text(re.compile(r"^Computing cw on"))).to_be_visible(timeout=20_000)
+        expect(page.get_by_role("heading", name="Examples")).to_have_count(0, timeout=5_000)
+        expect(page.get_by_text("still being computed")).to_have_count(0)
+        expect(page.get_by_text("0/1 done")).to_have_count(0)
+        page.screenshot(path=str(SHOTS / "8-attack-cw-computing.png"), full_page=True)
+        browser.close()
+
+
+@pytest.mark.slow
+def test_a_click_on_a_confusion_cell_filters_the_gallery(mnist_model):
+    from playwright.sync_api import expect, sync_playwright
+
+    from core.store import RunStore
+
+    _, _, run_id = mnist_model
+    with _serve(Path(os.environ["ROBUSTLAB_ARTIFACTS"])) as url, sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/evaluate?model={run_id}")
+        expect(page.get_by_text("Misclassified examples", exact=True)).to_be_visible(
+            timeout=180_000)
+        evaluation = next(r for r in RunStore().list_runs(kind="evaluate", parent=run_id)
+                          if r.status == "completed")
+        confusion = evaluation.summary["confusion"]
+        n = len(confusion)
+        true, pred = max(((t, q) for t in range(n) for q in range(n) if t != q),
+                         key=lambda c: confusion[c[0]][c[1]])
+        page.locator(".js-plotly-plot .scatterlayer .point").nth(true * n + pred).click(
+            force=True)
+        count = confusion[true][pred]
+        expect(page.get_by_text(f"{count} misclassified examples match.")).to_be_visible(
+            timeout=20_000)
+        captions = page.get_by_test_id("stCaptionContainer").filter(has_text="→")
+        expect(captions.first).to_be_visible()
+        assert all(c.startswith(f"{true} → {pred} ") for c in captions.all_inner_texts())
+        page.screenshot(path=str(SHOTS / "9-evaluate-cell.png"), full_page=True)
         browser.close()
