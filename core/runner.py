@@ -131,6 +131,9 @@ def create(store: RunStore, spec: Spec, parent: str | None = None,
     """Check ``spec``'s references and data, then create its queued run; return the id."""
     spec.validate()
     preflight(store, spec)
+    # a job on a model belongs to that model unless a parent job started it: the dashboard
+    # then finds the evaluations and audits started from the CLI too
+    parent = parent if parent is not None else getattr(spec, "model_run", None)
     return store.create_run(spec.kind, spec.to_dict(), parent=parent, name=name)
 
 

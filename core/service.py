@@ -126,9 +126,12 @@ def launch_sweep(store: RunStore, model_run: str, attacks: list[str], budgets: l
 
 
 def cached_evaluation(store: RunStore, model_run: str) -> Run:
-    """The latest evaluate run of ``model_run``, launching one when none exists."""
+    """The latest evaluation of ``model_run``'s final weights on its whole test split (one
+    started from the CLI counts too), launching one when none exists."""
+    wanted = EvaluateSpec(model_run=model_run)
     for run in store.list_runs(kind="evaluate", parent=model_run):
-        if run.status in ("completed", "running", "queued"):
+        same = all(run.config.get(k) == getattr(wanted, k) for k in ("which", "split", "n"))
+        if same and run.status in ("completed", "running", "queued"):
             return run
     run_id = runner.submit(store, EvaluateSpec(model_run=model_run), parent=model_run)
     return store.get(run_id)
