@@ -239,16 +239,28 @@ def blackbox_indicator(square_broken: int, n: int, ran: bool) -> dict:
     return _indicator("black-box", "pass", f"Square broke {square_broken} example(s) APGD missed")
 
 
-def weaker_indicator(fgsm_only: int, n: int) -> dict:
-    """8. A one-step attack (FGSM, or its L2 form) breaks an example that APGD-CE did not, in
-    the same threat model."""
-    if fgsm_only:
+def weaker_indicator(fgsm_only: int, noise_only: int, n: int) -> dict:
+    """8. A single gradient step (FGSM, or its L2 form) or random noise inside the ball breaks
+    an example that APGD-CE did not, in the same threat model."""
+    if fgsm_only or noise_only:
         return _indicator("weaker beats stronger", "fail", f"a single gradient step (FGSM) broke "
-                          f"{fgsm_only} example(s) that APGD-CE did not: a stronger attack lost "
-                          "to a weaker one; check the attack's step sizes and the model's "
-                          "gradients")
-    return _indicator("weaker beats stronger", "pass", f"a single gradient step (FGSM) broke "
-                      f"nothing APGD-CE missed ({n} images)")
+                          f"{fgsm_only} and random noise inside the ball {noise_only} example(s) "
+                          "that APGD-CE did not: a stronger attack lost to a weaker one; check "
+                          "the attack's step sizes and the model's gradients")
+    return _indicator("weaker beats stronger", "pass", f"neither a single gradient step (FGSM) "
+                      f"nor random noise inside the ball broke anything APGD-CE missed ({n} "
+                      "images)")
+
+
+def _noise_in_ball(x: torch.Tensor, threat: ThreatModel, seed: int) -> torch.Tensor:
+    """A random point of the threat model's ball around each image (inside [0, 1])."""
+    gen = torch.Generator().manual_seed(seed)
+    draw = torch.rand(x.shape, generator=gen) * 2 - 1 if threat.norm == "linf" else \
+        torch.randn(x.shape, generator=gen)
+    draw = draw.to(x)
+    if threat.norm == "l2":
+        draw = draw / draw.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
+    return (x + threat.eps * draw).clamp(0, 1)
 
 
 def monotone_indicator(points: list[tuple[float, float]]) -> dict:
@@ -296,9 +308,11 @@ def indicators(model: nn.Module, data: TensorData, threat: ThreatModel, result: 
     one_step = PGD(eps=threat.eps, norm=threat.norm, steps=1, step_size=threat.eps,
                    random_start=False)
     _, weak_ok = _accuracy(model, one_step, x, y)
+    noise_ok = _predict(model, _noise_in_ball(x, threat, seed)) == y
     apgd_missed = torch.tensor([b not in ("clean", "apgd-ce")
                                 for b in result["broken_by"][:len(x)]], device=device)
-    out.append(weaker_indicator(int((~weak_ok & apgd_missed).sum()), len(x)))
+    out.append(weaker_indicator(int((~weak_ok & apgd_missed).sum()),
+                                int((~noise_ok & apgd_missed).sum()), len(x)))
     points = []
     for share in (0.25, 0.5, 1.0):
         acc, _ = _accuracy(model, APGD(eps=threat.eps * share, norm=threat.norm,

@@ -127,8 +127,11 @@ def _print_attack(store: RunStore, run: Run, s: dict) -> None:
           f"{s['model_run']}")
     print(f"  clean accuracy {s['clean_acc']:.2%}  ->  under attack {s['adv_acc']:.2%}   "
           f"success rate {s['success_rate']:.2%}")
-    print(f"  perturbation of flipped examples: L2 mean {s['l2_mean']:.4f} median "
-          f"{s['l2_median']:.4f}; L-inf mean {s['linf_mean']:.4f}")
+    if s["l2_mean"] is None:
+        print("  no example flipped, so no perturbation size to report")
+    else:
+        print(f"  perturbation of flipped examples: L2 mean {s['l2_mean']:.4f} median "
+              f"{s['l2_median']:.4f}; L-inf mean {s['linf_mean']:.4f}")
     folder = run_dir(run.id)
     print(f"  files: {folder / 'summary.json'}, {folder / 'records.csv'}, "
           f"{folder / 'examples.png'}")

@@ -100,10 +100,11 @@ class AttackOutcome:
             "clean_acc": float(clean_ok.float().mean()),
             "adv_acc": float(adv_ok.float().mean()),
             "success_rate": float(flipped.sum()) / n_ok if n_ok else 0.0,
-            "l2_mean": float(l2.mean()) if len(l2) else 0.0,
-            "l2_median": float(np.median(l2)) if len(l2) else 0.0,
-            "linf_mean": float(linf.mean()) if len(linf) else 0.0,
-            "linf_median": float(np.median(linf)) if len(linf) else 0.0,
+            # no flipped example, no perturbation size: None ("—"), never a misleading 0
+            "l2_mean": float(l2.mean()) if len(l2) else None,
+            "l2_median": float(np.median(l2)) if len(l2) else None,
+            "linf_mean": float(linf.mean()) if len(linf) else None,
+            "linf_median": float(np.median(linf)) if len(linf) else None,
             "per_class_adv_acc": {c["class"]: c["recall"] for c in report["per_class"]},
             "confusion_adv": report["confusion"],
         }

@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
 PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563"]
 
 
@@ -88,6 +89,10 @@ def robustness_figure(series: dict[str, list[tuple[float, float]]],
 
     noise = [label for label in series if label.endswith("(sigma)")]
     columns = 2 if noise and len(noise) < len(series) else 1
+    # "model · attack (norm)": one colour per model, one dash per attack
+    models = list(dict.fromkeys(label.split(" · ")[0] for label in series))
+    attacks = list(dict.fromkeys(label.split(" · ")[-1] for label in series))
+    by_model = len(models) < len(series)
     fig = make_subplots(rows=1, cols=columns, subplot_titles=(
         ("adversarial attacks", "random noise (a corruption, not an attack)")
         if columns == 2 else None))
@@ -95,8 +100,10 @@ def robustness_figure(series: dict[str, list[tuple[float, float]]],
         points = sorted(points)
         col = 2 if columns == 2 and label in noise else 1
         axis = "sigma" if label in noise else "eps"
+        colour = models.index(label.split(" · ")[0]) if by_model else i
+        dash = DASHES[attacks.index(label.split(" · ")[-1]) % len(DASHES)] if by_model else None
         fig.add_scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers",
-                        name=label, line=dict(color=PALETTE[i % len(PALETTE)]),
+                        name=label, line=dict(color=PALETTE[colour % len(PALETTE)], dash=dash),
                         customdata=[round(p[0] * 255, 1) for p in points], row=1, col=col,
                         hovertemplate=axis + " %{x} (%{customdata}/255)<br>acc %{y:.1%}<extra>"
                                       + label + "</extra>")

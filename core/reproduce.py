@@ -214,6 +214,10 @@ def _label(row: dict) -> str:
     return row["defense"] + (f" (best epoch, {row['epoch']})" if row["weights"] == "best" else "")
 
 
+def _norm(v: float | None) -> str:
+    return "—" if v is None else f"{v:.3f}"
+
+
 def _pct(v: float | None) -> str:
     return "—" if v is None else f"{v:.2%}"
 
@@ -270,7 +274,7 @@ def render(results: dict) -> str:
                      f"{r['settings']} | {_pct(r['clean'])} | " + " | ".join(
             _pct(r[f'pgd@{x}']) for x in budgets) + f" | {_pct(r['audit'])} | "
             f"{r['audit_verdict']} (failing: {failing}) | {_pct(r['cw_success'])} | "
-            f"{r['cw_median_l2']:.3f} | {r['train_s']:.0f} s |")
+            f"{_norm(r['cw_median_l2'])} | {r['train_s']:.0f} s |")
     lines += ["", "![defenses](defenses.png) ([interactive](defenses.html))", ""]
     for r in results["defenses"]:
         if r["weights"] == "best":

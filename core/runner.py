@@ -189,18 +189,22 @@ def follow(spec: Spec) -> dict:
 
 
 def submit(store: RunStore, spec: Spec, parent: str | None = None,
-           name: str | None = None) -> str:
-    """Create the run and start a detached worker process for it; return the run id."""
+           name: str | None = None, evaluate_after: bool = False) -> str:
+    """Create the run and start a detached worker process for it; return the run id. With
+    ``evaluate_after`` a training run's worker starts the clean evaluation of the finished
+    model at once (the dashboard's Evaluate page then has it ready)."""
     run_id = create(store, spec, parent=parent, name=name)
-    start_worker(store, run_id)
+    start_worker(store, run_id, evaluate_after=evaluate_after)
     return run_id
 
 
-def start_worker(store: RunStore, run_id: str, resume: bool = False) -> int:
+def start_worker(store: RunStore, run_id: str, resume: bool = False,
+                 evaluate_after: bool = False) -> int:
     """Spawn a detached, lower-priority worker for ``run_id`` (it survives the caller, e.g. the
     dashboard server, whose responsiveness it must not take)."""
     log_path = run_dir(run_id) / "worker.log"
-    cmd = [sys.executable, "-m", "core.worker", run_id] + (["--resume"] if resume else [])
+    cmd = [sys.executable, "-m", "core.worker", run_id] + (["--resume"] if resume else []) + (
+        ["--evaluate-after"] if evaluate_after else [])
     env = dict(os.environ, ROBUSTLAB_DB=str(store.path), PYTHONUNBUFFERED="1")
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(cmd, cwd=str(PROJECT_ROOT), stdout=out, stderr=subprocess.STDOUT,
@@ -221,10 +225,21 @@ def reopen(store: RunStore, run_id: str) -> Run:
     return run
 
 
-def resume_in_worker(store: RunStore, run_id: str) -> None:
+def resume_in_worker(store: RunStore, run_id: str, evaluate_after: bool = False) -> None:
     """Continue a failed or cancelled training run from its last checkpoint in a new worker."""
     reopen(store, run_id)
-    start_worker(store, run_id, resume=True)
+    start_worker(store, run_id, resume=True, evaluate_after=evaluate_after)
+
+
+def _evaluate_finished_model(store: RunStore, run_id: str) -> None:
+    """Start the clean evaluation of a completed training run's final weights on its whole
+    test split, in a worker of its own."""
+    from .specs import EvaluateSpec
+
+    run = store.get(run_id)
+    if run.kind == "train" and run.status == "completed":
+        submit(store, EvaluateSpec(model_run=run_id, data_dir=run.config.get("data_dir"),
+                                   device=run.config.get("device", "auto")), parent=run_id)
 
 
 def worker_main(argv: list[str]) -> int:
@@ -233,6 +248,8 @@ def worker_main(argv: list[str]) -> int:
     store = RunStore(os.environ.get("ROBUSTLAB_DB") or None)
     try:
         execute(store, run_id, resume=resume)
+        if "--evaluate-after" in argv[1:]:
+            _evaluate_finished_model(store, run_id)
     except Cancelled:
         return 0
     except BaseException:  # the error is already in the run store; keep the trace in the log

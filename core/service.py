@@ -96,6 +96,36 @@ def train_form_defaults(run: Run | None = None) -> dict:
     return base
 
 
+def training_estimate(store: RunStore, values: dict) -> str:
+    """How long training with form ``values`` should take here, from the images per second
+    that finished runs of the same dataset, model and defense measured on this machine."""
+    same = [r for r in store.list_runs(kind="train", status="completed")
+            if all(r.config.get(k) == values.get(k) for k in ("dataset", "model", "defense"))
+            and (r.config.get("defense_args") or {}).get("steps") ==
+            (values.get("defense_args") or {}).get("steps")
+            and (r.summary or {}).get("n_train") and r.duration]
+    if not same:
+        return ("no estimate yet: no finished run of this dataset, model and defense on this "
+                "machine (a first run of 1 epoch on a few thousand images measures it)")
+    run = same[0]
+    per_image = run.duration / (run.config["epochs"] * run.summary["n_train"])
+    images = values.get("train_subset") or FULL_TRAIN.get(values.get("dataset"), 0)
+    if not images:
+        return "no estimate for this dataset"
+    seconds = per_image * images * int(values["epochs"])
+    return (f"about {_duration(seconds)} on this machine ({images / seconds * int(values['epochs']):,.0f}"
+            f" images/s measured by run {run.id[-9:]}, test evaluations included)")
+
+
+FULL_TRAIN = {"mnist": 60000, "cifar10": 50000}
+
+
+def _duration(seconds: float) -> str:
+    minutes = seconds / 60
+    return f"{seconds:.0f} s" if seconds < 90 else f"{minutes:.0f} min" if minutes < 90 else \
+        f"{minutes / 60:.1f} h"
+
+
 def launch_training(store: RunStore, values: dict, name: str | None = None) -> str:
     """Validate a training form and start its worker; returns the run id."""
     cfg = TrainSpec.from_dict(values)
@@ -103,7 +133,8 @@ def launch_training(store: RunStore, values: dict, name: str | None = None) -> s
         # A path typed into the browser may only point inside the data or artifacts folders.
         folder = confine(cfg.dataset.split(":", 1)[1], data_dir(cfg.data_dir), artifacts_dir())
         cfg.dataset = f"imagefolder:{folder}"
-    return runner.submit(store, cfg, name=name or None)
+    # the clean evaluation starts when training ends, not when the Evaluate page is opened
+    return runner.submit(store, cfg, name=name or None, evaluate_after=True)
 
 
 def resumable(run: Run) -> bool:
@@ -112,17 +143,28 @@ def resumable(run: Run) -> bool:
 
 
 def resume(store: RunStore, run_id: str) -> None:
-    """Resume a training run in a new worker."""
-    runner.resume_in_worker(store, run_id)
+    """Resume a training run in a new worker (its evaluation follows, as after a launch)."""
+    runner.resume_in_worker(store, run_id, evaluate_after=True)
 
 
 def launch_sweep(store: RunStore, model_run: str, attacks: list[str], budgets: list[float],
                  n: int, pgd_steps: int | None = None) -> str:
-    """Start a sweep job (the attacks' own defaults, one strength everywhere)."""
+    """Start a sweep job (the attacks' own defaults, one strength everywhere); an identical
+    sweep of the model that is queued, running or done is reused, not started twice."""
     specs = [{"name": a, "params": {"steps": pgd_steps} if a == "pgd" and pgd_steps else {}}
              for a in attacks]
-    return runner.submit(store, SweepSpec(model_run=model_run, attacks=specs, budgets=budgets,
-                                          n=n), parent=model_run)
+    spec = SweepSpec(model_run=model_run, attacks=specs, budgets=budgets, n=n)
+    existing = find_same(store, spec)
+    return existing.id if existing else runner.submit(store, spec, parent=model_run)
+
+
+def find_same(store: RunStore, spec) -> Run | None:
+    """A queued, running or completed run of ``spec``'s model with exactly this config."""
+    config = spec.to_dict()
+    for run in store.list_runs(kind=spec.kind, parent=spec.model_run):
+        if run.config == config and run.status in ("completed", "running", "queued"):
+            return run
+    return None
 
 
 def cached_evaluation(store: RunStore, model_run: str) -> Run:
@@ -182,11 +224,7 @@ def grid_run(store: RunStore, model_run: str, attack: str, params: dict, n: int,
     """The attack-grid job for these settings: reuse a matching one, else launch it."""
     spec = GridSpec(model_run=model_run, attack=attack, params=params, n=n,
                     budgets=list(budgets or DEFAULT_GRID), keep=keep)
-    config = spec.to_dict()
-    for run in store.list_runs(kind="grid", parent=model_run):
-        if run.config == config and run.status in ("completed", "running", "queued"):
-            return run
-    return store.get(runner.submit(store, spec, parent=model_run))
+    return find_same(store, spec) or store.get(runner.submit(store, spec, parent=model_run))
 
 
 def model_for_run(store: RunStore, run_id: str, which: str = "final",
@@ -361,3 +399,49 @@ def audit_examples(run_id: str) -> dict | None:
                                              tensors["robust_label"].tolist(),
                                              tensors["robust_index"].tolist())]
     return {"broken": broken, "survived": survived}
+
+
+def lab_overview(store: RunStore) -> pd.DataFrame:
+    """What the lab holds: one row per trained model with its clean accuracy and its latest
+    audit (robust accuracy, threat model, verdict), best audited first."""
+    rows = []
+    for run in trained_runs(store):
+        final = (run.summary or {}).get("final") or {}
+        audits = store.list_runs(kind="audit", parent=run.id, status="completed")
+        audit = audits[0].summary if audits else {}
+        rows.append({"model": run.name or run.id[-9:], "dataset": run.config.get("dataset"),
+                     "defense": run.config.get("defense", "none"),
+                     "clean acc": final.get("test_acc"),
+                     "audited robust acc": audit.get("robust_acc"),
+                     "audit": f"{audit['threat_label']}, {audit['n']} imgs, {audit['verdict']}"
+                     if audit else None})
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame = frame.sort_values(["audited robust acc", "clean acc"], ascending=False,
+                                  na_position="last")
+    return frame
+
+
+def delete_run(store: RunStore, run_id: str) -> list[str]:
+    """Delete a finished run, the runs that belong to it, and all their files."""
+    import shutil
+
+    ids = store.delete(run_id)
+    for rid in ids:
+        shutil.rmtree(run_dir(rid))  # run_dir makes the folder if a run never had one
+    return ids
+
+
+def weights_file(run_id: str) -> tuple[bytes, str] | None:
+    """The final weights of a training run for download: a zip of ``model.safetensors`` and
+    its JSON sidecar (architecture, normalization, hash), with its file name."""
+    import zipfile
+
+    path = run_dir(run_id) / "model.safetensors"
+    if not path.exists():
+        return None
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for part in (path, path.with_name(path.name + ".json")):
+            archive.write(part, f"{run_id}/{part.name}")
+    return out.getvalue(), f"{run_id}.zip"

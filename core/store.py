@@ -212,6 +212,26 @@ class RunStore:
         """Replace the run's config (used when a worker fills in resolved defaults)."""
         self._write("UPDATE runs SET config=? WHERE id=?", (json.dumps(config), run_id))
 
+    def rename(self, run_id: str, name: str | None) -> None:
+        """Give the run a name (None or blank clears it)."""
+        self.get(run_id)
+        self._write("UPDATE runs SET name=? WHERE id=?", ((name or "").strip() or None, run_id))
+
+    def delete(self, run_id: str) -> list[str]:
+        """Remove a finished run and, recursively, the runs it started or that belong to it
+        (its evaluations, attacks, audits); returns the ids removed, the run's first. Their
+        folders are the caller's to remove. A queued or running run is refused."""
+        run = self.get(run_id)
+        if run.status in ("queued", "running"):
+            raise InputError(f"run {run_id} is {run.status}; cancel it before deleting it")
+        ids = [run_id]
+        for child in self.list_runs(parent=run_id):
+            ids += self.delete(child.id)
+        with self._lock():
+            self._conn.execute("DELETE FROM metrics WHERE run=?", (run_id,))
+            self._conn.execute("DELETE FROM runs WHERE id=?", (run_id,))
+        return ids
+
     def add_warning(self, run_id: str, message: str) -> None:
         """Append a warning to the run (shown beside its results)."""
         warnings = self.get(run_id).warnings

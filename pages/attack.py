@@ -86,7 +86,9 @@ def show_grid(grid_id: str, index: int) -> None:
     m[1].metric("Accuracy under attack", f"{result['adv_acc']:.2%}",
                 delta=f"{result['adv_acc'] - result['clean_acc']:+.2%}")
     m[2].metric("Attack success rate", f"{result['success_rate']:.2%}")
-    m[3].metric("Median L2 of flips", f"{result['l2_median']:.3f}")
+    l2 = result["l2_median"]
+    m[3].metric("Median L2 of flips", "—" if l2 is None else f"{l2:.3f}",
+                help="None flipped: no perturbation size" if l2 is None else None)
     if budgeted and done:
         curve = go.Figure(go.Scatter(x=[budgets[int(d['step'])] for d in done],
                                      y=[d["value"] for d in done], mode="lines+markers"))

@@ -146,9 +146,13 @@ def sweep_form() -> None:
                 raise ValueError(f"epsilons must be numbers in [0, 1], got {eps_text!r}")
             if not models or not attacks:
                 raise ValueError("pick at least one model and one attack")
-            for m in models:
-                launch_sweep(store, m.id, attacks, budgets, int(n), int(steps))
-            st.toast(f"Launched {len(models)} sweep job(s)")
+            before = {r.id for r in store.list_runs(kind="sweep")}
+            ids = [launch_sweep(store, m.id, attacks, budgets, int(n), int(steps))
+                   for m in models]
+            new = [i for i in ids if i not in before]
+            st.toast(f"Launched {len(new)} sweep job(s)" + (
+                f"; {len(ids) - len(new)} identical one(s) already there, not started again"
+                if len(new) < len(ids) else ""))
         except Exception as err:
             show_error(err)
 
@@ -168,9 +172,15 @@ def sweep_results() -> None:
         for w in r.warnings:
             st.warning(f"{r.id}: {w}", icon=":material/warning:")
     if not table.empty:
-        st.dataframe(table, hide_index=True, width="stretch")
-        st.download_button("Download CSV", table.to_csv(index=False), "robustness.csv",
-                           "text/csv", icon=":material/download:")
+        shares = [c for c in ("clean_acc", "adv_acc", "success_rate") if c in table]
+        sizes = [c for c in ("l2_mean", "l2_median", "linf_mean", "linf_median") if c in table]
+        table = table.drop(columns=["per_class_adv_acc", "confusion_adv"], errors="ignore")
+        st.dataframe(table.style.format({**{c: "{:.2%}" for c in shares},
+                                         **{c: "{:.4f}" for c in sizes}}, na_rep="—"),
+                     hide_index=True, width="stretch")
+        st.caption("Norms are those of the flipped examples; — where none flipped.")
+        st.download_button("Download CSV", table.round(4).to_csv(index=False),
+                           "robustness.csv", "text/csv", icon=":material/download:")
 
 
 with sweep_tab:

@@ -5,30 +5,47 @@ from core.figures import training_figure
 from core.hyperparams import DEFENSE_SETTINGS as DEFENSES
 from core.hyperparams import MODEL_ARGS as MODELS
 from core.hyperparams import MultiStepSettings
-from core.service import (launch_training, progress, resumable, resume, run_label, runs_frame,
-                          train_form_defaults)
+from core.service import (delete_run, lab_overview, launch_training, progress, resumable,
+                          resume, run_label, runs_frame, train_form_defaults, training_estimate,
+                          weights_file)
 from core.specs import OPTIMIZERS, SCHEDULES
 from pages.common import fmt_seconds, get_store, show_error
 
+MULTI_STEP = [name for name, cls in DEFENSES.items() if issubclass(cls, MultiStepSettings)]
 store = get_store()
 st.title("Train a model")
+st.markdown("**The workflow:** train → [evaluate](/evaluate) (confusion matrix, mistakes) → "
+            "[attack](/attack) (drag epsilon) → [audit](/robustness) (the AutoAttack verdict "
+            "and its checks) → [compare](/compare).")
+lab = lab_overview(store)
+if not lab.empty:
+    with st.expander(f"The lab holds {len(lab)} trained model(s); best audited first",
+                     expanded=False):
+        st.dataframe(lab.style.format({"clean acc": "{:.2%}", "audited robust acc": "{:.2%}"},
+                                      na_rep="—"), hide_index=True, width="stretch")
 
 clone = st.session_state.pop("clone_from", None)
 defaults = train_form_defaults(store.get(clone) if clone else None)
+# widgets with a key keep their state over a changed default: their value lives in the
+# session state, set here on the first visit and on a clone (or the clone would keep them)
+for key, value in (("epochs", int(defaults["epochs"])),
+                   ("subset", int(defaults["train_subset"] or 0)),
+                   ("defense", defaults["defense"])):
+    if clone or key not in st.session_state:
+        st.session_state[key] = value
 if clone:
-    # widgets with a key keep their state over a changed default: set it, or the clone would
-    # keep the old epochs and image count
-    st.session_state["epochs"] = int(defaults["epochs"])
-    st.session_state["subset"] = int(defaults["train_subset"] or 0)
     st.info(f"Form filled from run {clone}; change what you like and launch.")
 
+defense = st.selectbox("Defense", list(DEFENSES), key="defense",
+                       help="Adversarial training; its epsilon and steps appear below when one "
+                            "is chosen")
 with st.form("train-form"):
     c1, c2, c3, c4 = st.columns(4)
     datasets = ["mnist", "cifar10"]
     dataset = c1.selectbox("Dataset", datasets, index=datasets.index(defaults["dataset"])
                            if defaults["dataset"] in datasets else 0)
     model = c2.selectbox("Model", list(MODELS), index=list(MODELS).index(defaults["model"]))
-    epochs = c3.number_input("Epochs", 1, 500, int(defaults["epochs"]), key="epochs")
+    epochs = c3.number_input("Epochs", 1, 500, key="epochs")
     batch = c4.number_input("Batch size", 2, 4096, int(defaults["batch_size"]))
     c1, c2, c3, c4 = st.columns(4)
     optimizer = c1.selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(defaults["optimizer"]))
@@ -36,30 +53,36 @@ with st.form("train-form"):
     lr = c3.number_input("Peak learning rate", 1e-6, 10.0, float(defaults["lr"]), format="%.4f")
     seed = c4.number_input("Seed", 0, 2**31 - 1, int(defaults["seed"]))
     c1, c2, c3, c4 = st.columns(4)
-    defense = c1.selectbox("Defense", list(DEFENSES), index=list(DEFENSES).index(defaults["defense"]))
-    eps = c2.number_input("Defense epsilon (pixels)", 0.0, 1.0,
-                          float(defaults["defense_args"].get("eps", MultiStepSettings.eps)), step=1 / 255,
-                          format="%.4f")
-    c2.caption(f"= {eps * 255:.1f}/255")
-    steps = c3.number_input("Defense attack steps", 1, 100,
-                            int(defaults["defense_args"].get("steps", MultiStepSettings.steps)))
-    subset = c4.number_input("Training images (0 = all)", 0, 10**7,
-                             int(defaults["train_subset"] or 0), step=1000,
-                             key="subset")
+    eps, steps = 0.0, MultiStepSettings.steps
+    if defense != "none":  # a defense's budget only where there is a defense
+        eps = c2.number_input("Defense epsilon (pixels)", 0.0, 1.0,
+                              float(defaults["defense_args"].get("eps", MultiStepSettings.eps)),
+                              step=1 / 255, format="%.4f")
+        c2.caption(f"= {eps * 255:.1f}/255")
+    if defense in MULTI_STEP:
+        steps = c3.number_input("Defense attack steps", 1, 100,
+                                int(defaults["defense_args"].get("steps",
+                                                                 MultiStepSettings.steps)))
+    subset = c1.number_input("Training images (0 = all)", 0, 10**7, step=1000, key="subset")
     name = st.text_input("Run name (optional)", placeholder="e.g. mnist baseline")
-    submitted = st.form_submit_button("Launch training", type="primary",
+    b1, b2, _ = st.columns([1, 1, 3])
+    submitted = b1.form_submit_button("Launch training", type="primary",
                                       icon=":material/play_arrow:")
+    estimated = b2.form_submit_button("Estimate the time", icon=":material/timer:")
 
-if submitted:
+if submitted or estimated:
     defense_args = {}
     if defense != "none":
         defense_args = {"eps": eps}
-        if defense in ("pgd-at", "trades", "iat"):
+        if defense in MULTI_STEP:
             defense_args["steps"] = int(steps)
     values = dict(defaults, dataset=dataset, model=model, epochs=int(epochs),
                   batch_size=int(batch), optimizer=optimizer, schedule=schedule, lr=float(lr),
                   seed=int(seed), defense=defense, defense_args=defense_args,
                   train_subset=int(subset) or None)
+    st.info(f"Estimated training time: {training_estimate(store, values)}.",
+            icon=":material/timer:")
+if submitted:
     try:
         run_id = launch_training(store, values, name=name)
         st.query_params["run"] = run_id
@@ -135,6 +158,29 @@ if resumable(run):
 if b2.button("Clone into form", icon=":material/content_copy:"):
     st.session_state["clone_from"] = run.id
     st.rerun()
+with st.expander("Manage this run: rename, download its weights, delete it"):
+    m1, m2, m3 = st.columns([2, 1, 1])
+    new_name = m1.text_input("Name", run.name or "", key=f"name-{run.id}")
+    if m1.button("Rename", icon=":material/edit:"):
+        store.rename(run.id, new_name)
+        st.rerun()
+    weights = weights_file(run.id)
+    if weights:
+        m2.download_button("Download weights", weights[0], weights[1],
+                           "application/octet-stream", icon=":material/download:",
+                           help="a zip of model.safetensors and its JSON sidecar; unzip and "
+                                "load it with core.prediction.load_model")
+    sure = m3.checkbox("Delete with its evaluations, attacks, audits and files",
+                       key=f"sure-{run.id}")
+    if m3.button("Delete", icon=":material/delete:", disabled=not sure):
+        try:
+            gone = delete_run(store, run.id)
+            st.session_state.pop("job-pick", None)
+            st.query_params.pop("run", None)
+            st.toast(f"Deleted {len(gone)} run(s)")
+            st.rerun()
+        except Exception as err:
+            show_error(err)
 with st.expander("Configuration"):
     st.json(run.config)
 with st.expander("All runs"):

@@ -162,3 +162,16 @@ def test_fab_finds_the_boundary_of_a_linear_model(norm):
     for eps, broken in ((distance * 1.02, True), (distance * 0.98, False)):
         adv = build_attack("fab-t", eps=eps, norm=norm, steps=20, targets=1)(model, x, y)
         assert (model(adv).argmax(1) != y).item() is broken
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 0.5)])
+def test_the_weaker_attacks_stay_in_the_ball_and_fail_the_indicator_when_they_win(norm, eps):
+    from core.audit import _noise_in_ball, weaker_indicator
+
+    x = torch.rand(16, 1, 8, 8)
+    delta = (_noise_in_ball(x, ThreatModel(norm, eps), 0) - x).flatten(1)
+    size = delta.abs().max(1).values if norm == "linf" else delta.norm(dim=1)
+    assert (size <= eps + 1e-6).all() and (size > 0).all()
+    assert weaker_indicator(0, 0, 16)["status"] == "pass"
+    assert weaker_indicator(0, 1, 16)["status"] == "fail"
+    assert weaker_indicator(2, 0, 16)["status"] == "fail"

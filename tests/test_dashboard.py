@@ -47,6 +47,9 @@ def test_train_form_creates_a_run(tmp_path, monkeypatch):
     assert len(runs) == 1 and runs[0].name == "apptest run"
     assert runs[0].config["epochs"] == 1 and runs[0].config["train_subset"] == 500
     assert wait_for(lambda: store.get(runs[0].id).status == "completed")
+    # its clean evaluation starts when training ends, before anyone opens the Evaluate page
+    assert wait_for(lambda: any(r.status == "completed" for r in
+                                store.list_runs(kind="evaluate", parent=runs[0].id)))
 
 
 @requires_mnist
@@ -108,3 +111,72 @@ def test_a_failed_run_shows_its_error_on_the_train_page(tmp_path, monkeypatch):
     (run_dir(run_id) / "checkpoint.safetensors").write_bytes(b"weights")
     at = _app("train", run=run_id).run()
     assert any(b.label == "Resume from last checkpoint" for b in at.button)
+
+
+@requires_mnist
+def test_the_train_form_shows_a_defense_budget_only_with_a_defense_and_estimates_time(
+        mnist_model):
+    at = _app("train").run()
+    labels = [n.label for n in at.number_input]
+    assert "Defense epsilon (pixels)" not in labels and "Defense attack steps" not in labels
+    at.selectbox(key="defense").set_value("fgsm-at").run()
+    labels = [n.label for n in at.number_input]
+    assert "Defense epsilon (pixels)" in labels and "Defense attack steps" not in labels
+    at.selectbox(key="defense").set_value("pgd-at").run()
+    assert "Defense attack steps" in [n.label for n in at.number_input]
+    at.selectbox(key="defense").set_value("none").run()
+    at.number_input(key="epochs").set_value(2)
+    at.number_input(key="subset").set_value(12000)
+    next(b for b in at.button if b.label == "Estimate the time").click().run()
+    _no_exceptions(at)
+    text = next(i.value for i in at.info if "Estimated training time" in i.value)
+    # the session's MNIST model ran 1 epoch on 6,000 images: twice the images, twice the epochs
+    assert "images/s measured by run" in text, text
+    runs = RunStore().list_runs(kind="train")
+    assert all(r.config.get("train_subset") != 12000 for r in runs)  # estimating launches nothing
+
+
+def test_the_same_sweep_is_not_launched_twice(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path))
+    from core import service
+
+    store = RunStore()
+    model = store.create_run("train", {"dataset": "mnist", "epochs": 1})
+    started = []
+    monkeypatch.setattr(service.runner, "submit", lambda s, spec, parent=None: started.append(
+        spec) or s.create_run(spec.kind, spec.to_dict(), parent=parent))
+    first = service.launch_sweep(store, model, ["fgsm", "pgd"], [0.1, 0.2], 100, 40)
+    again = service.launch_sweep(store, model, ["fgsm", "pgd"], [0.1, 0.2], 100, 40)
+    other = service.launch_sweep(store, model, ["fgsm"], [0.1, 0.2], 100, 40)
+    assert again == first and other != first and len(started) == 2
+    store.set_status(first, "failed")  # a failed one may be started again
+    assert service.launch_sweep(store, model, ["fgsm", "pgd"], [0.1, 0.2], 100, 40) != first
+
+
+@requires_mnist
+def test_a_run_is_renamed_downloaded_and_deleted_with_what_belongs_to_it(tmp_path, monkeypatch):
+    import io
+    import zipfile
+
+    monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path))
+    from core.prediction import load_model
+    from core.runner import create, execute
+    from core.service import delete_run, weights_file
+    from core.specs import EvaluateSpec, TrainSpec
+
+    store = RunStore()
+    run = create(store, TrainSpec(dataset="mnist", epochs=1, train_subset=300, test_subset=50))
+    execute(store, run, echo=False)
+    evaluation = create(store, EvaluateSpec(model_run=run, n=50))
+    execute(store, evaluation, echo=False)
+    store.rename(run, "  baseline ")
+    assert store.get(run).name == "baseline"
+    data, name = weights_file(run)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        archive.extractall(tmp_path / "download")
+    model, _ = load_model(tmp_path / "download" / run / "model.safetensors")
+    assert name == f"{run}.zip" and model is not None
+    assert set(delete_run(store, run)) == {run, evaluation}  # the evaluation belongs to it
+    assert not (tmp_path / "runs" / run).exists()  # run_dir() would make the folder again
+    assert not (tmp_path / "runs" / evaluation).exists()
+    assert store.list_runs() == []

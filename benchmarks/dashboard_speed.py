@@ -1,0 +1,142 @@
+"""How fast the dashboard answers, in a real browser (Debian's chromium driven by Playwright):
+the time from navigation to each page's first content, and from an epsilon-slider change to
+the updated accuracy on the Attack page once its grid is computed, on an idle machine and
+again while a sweep runs in the background (its worker at lower priority).
+
+    python benchmarks/dashboard_speed.py [--repeats 5] [--moves 20]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+SHARED = ROOT.parent / "shared" / "datasets"
+CHROMIUM = "/usr/bin/chromium"
+
+
+def serve(port: int) -> subprocess.Popen:
+    """The dashboard as a user starts it, on ``port``; returns once it answers."""
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "dashboard.py",
+                             "--server.port", str(port), "--server.headless", "true"],
+                            cwd=ROOT, env=dict(os.environ), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
+            return proc
+        except OSError:
+            time.sleep(0.25)
+    raise RuntimeError("the dashboard did not start")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def page_loads(page, url: str, run_id: str, repeats: int) -> dict[str, list[float]]:
+    """Seconds from navigation to each page's first real content."""
+    from playwright.sync_api import expect
+
+    targets = {"train": ("", "Train a model"), "evaluate": (f"/evaluate?model={run_id}",
+                                                            "Accuracy"),
+               "attack": (f"/attack?model={run_id}", "Accuracy under attack"),
+               "robustness": ("/robustness", "Audit a model"),
+               "compare": ("/compare", "Compare runs")}
+    times: dict[str, list[float]] = {name: [] for name in targets}
+    for _ in range(repeats):
+        for name, (path, text) in targets.items():
+            began = time.perf_counter()
+            page.goto(f"{url}{path}")
+            expect(page.get_by_text(text, exact=True).first).to_be_visible(timeout=60_000)
+            times[name].append(time.perf_counter() - began)
+    return times
+
+
+def slider_moves(page, url: str, run_id: str, moves: int) -> list[float]:
+    """Seconds from each arrow key on the epsilon slider to a changed accuracy."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{url}/attack?model={run_id}")
+    metric = page.get_by_test_id("stMetric").filter(has_text="Accuracy under attack")
+    value = metric.get_by_test_id("stMetricValue")
+    expect(value).to_be_visible(timeout=120_000)
+    slider = page.get_by_role("slider", name="eps (pixel units)")
+    out = []
+    for k in range(moves):
+        before = value.inner_text()
+        slider.focus()
+        began = time.perf_counter()
+        page.keyboard.press("ArrowRight" if (k // 3) % 2 == 0 else "ArrowLeft")
+        expect(value).not_to_have_text(before, timeout=30_000)
+        out.append(time.perf_counter() - began)
+    return out
+
+
+def main() -> None:
+    """Print page-load and slider figures, idle and with a sweep running."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--moves", type=int, default=20)
+    args = parser.parse_args()
+    if SHARED.is_dir():
+        os.environ.setdefault("ROBUSTLAB_DATA", str(SHARED))
+    os.environ["ROBUSTLAB_ARTIFACTS"] = tempfile.mkdtemp(prefix="robustlab-dash-")
+    from playwright.sync_api import sync_playwright
+
+    from core.runner import create, execute
+    from core.service import cached_evaluation, grid_run, launch_sweep
+    from core.specs import TrainSpec
+    from core.store import RunStore
+
+    store = RunStore()
+    run_id = create(store, TrainSpec(dataset="mnist", epochs=1, train_subset=6000,
+                                     test_subset=500, batch_size=64, lr=0.05, seed=0))
+    execute(store, run_id, echo=False)
+    jobs = [cached_evaluation(store, run_id).id,
+            grid_run(store, run_id, "pgd", {"steps": 40, "norm": "linf", "restarts": 1}, 200).id]
+    while any(store.get(j).status in ("queued", "running") for j in jobs):
+        time.sleep(1)
+    port = 8650
+    server = serve(port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                        args=["--headless", "--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)  # the first visit compiles and caches; users see it once
+            page.wait_for_timeout(3000)
+            loads = page_loads(page, url, run_id, args.repeats)
+            idle = slider_moves(page, url, run_id, args.moves)
+            sweep = launch_sweep(store, run_id, ["fgsm", "pgd"], [0.05, 0.1, 0.2, 0.3], 1000)
+            while store.get(sweep).status == "queued":
+                time.sleep(0.5)
+            busy = slider_moves(page, url, run_id, args.moves)
+            sweep_state = store.get(sweep).status
+            store.request_cancel(sweep)
+            browser.close()
+    finally:
+        server.terminate()
+    print(f"page loads, seconds to first content ({args.repeats} visits each):")
+    print("| page | median | max |")
+    print("|---|---|---|")
+    for name, values in loads.items():
+        print(f"| {name} | {statistics.median(values):.2f} | {max(values):.2f} |")
+    for label, values in (("idle", idle), (f"a sweep running ({sweep_state} at the end)", busy)):
+        print(f"slider, {label}: {len(values)} moves; median {statistics.median(values) * 1000:.0f}"
+              f" ms, p95 {percentile(values, 95) * 1000:.0f} ms, max {max(values) * 1000:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
