@@ -63,6 +63,20 @@ def favicon():
     return image
 
 
+def show_table(frame, percent: list[str] = (), places: dict[str, int] | None = None) -> None:
+    """A table with percentages and rounded numbers as text, "—" where a value is missing
+    (Streamlit draws a missing number as "None" whatever a Styler says)."""
+    shown = frame.copy()
+    formats = {c: "{:.2%}" for c in percent}
+    formats.update({c: f"{{:.{k}f}}" for c, k in (places or {}).items()})
+    for column, fmt in formats.items():
+        if column in shown:
+            shown[column] = [fmt.format(v) if isinstance(v, (int, float)) and v == v else "—"
+                             for v in shown[column]]
+    st.dataframe(shown.astype(object).where(shown.notna(), "—"), hide_index=True,
+                 width="stretch")
+
+
 def fmt_seconds(s: float | None) -> str:
     """'1 min 05 s' style."""
     if s is None:

@@ -5,7 +5,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.service import config_diff, run_label
-from pages.common import fmt_seconds, get_store
+from pages.common import fmt_seconds, get_store, show_table
 
 store = get_store()
 st.title("Compare runs")
@@ -37,9 +37,7 @@ for r in chosen:
                  "test images": (r.summary or {}).get("n_test")})
 frame = pd.DataFrame(rows)
 numeric = [c for c in frame.columns if "acc" in c or c.startswith("PGD")]
-frame[numeric] = frame[numeric].astype(float)  # None -> NaN, shown as "—"
-st.dataframe(frame.style.format({c: "{:.2%}" for c in numeric}, na_rep="—"),
-             hide_index=True, width="stretch")
+show_table(frame, percent=numeric)
 st.caption("Clean accuracy: the run's test split at the end of training. Held-out PGD: the "
            "overfitting guard's training images. PGD columns: the latest sweep of the run. "
            "Audited: the latest audit (AutoAttack cascade) of the run; launch one on the "
@@ -51,7 +49,8 @@ for r in chosen:
                                 y=[m["value"] for m in epochs], mode="lines+markers",
                                 name=r.name or r.id[-9:]))
 curves.update_layout(title="Clean test accuracy per epoch", xaxis_title="epoch", height=320,
-                     yaxis_tickformat=".0%", margin=dict(l=50, r=10, t=40, b=40))
+                     yaxis_tickformat=".0%", yaxis_range=[0, 1], xaxis_dtick=1,
+                     margin=dict(l=50, r=10, t=40, b=40))
 st.plotly_chart(curves, width="stretch")
 st.subheader("Configuration differences")
 diff = config_diff(chosen)

@@ -9,7 +9,7 @@ from core.hyperparams import ATTACK_SETTINGS
 from core.service import (STAGE_NAMES, audit_examples, audit_runs, audit_view, eps_label,
                           launch_audit, launch_sweep, progress, run_label, sweep_curves)
 from core.specs import DEFAULT_BUDGETS, AuditSpec, SweepSpec
-from pages.common import require_trained_runs, get_store, show_error
+from pages.common import require_trained_runs, get_store, show_error, show_table
 
 store = get_store()
 st.title("Robustness")
@@ -175,9 +175,7 @@ def sweep_results() -> None:
         shares = [c for c in ("clean_acc", "adv_acc", "success_rate") if c in table]
         sizes = [c for c in ("l2_mean", "l2_median", "linf_mean", "linf_median") if c in table]
         table = table.drop(columns=["per_class_adv_acc", "confusion_adv"], errors="ignore")
-        st.dataframe(table.style.format({**{c: "{:.2%}" for c in shares},
-                                         **{c: "{:.4f}" for c in sizes}}, na_rep="—"),
-                     hide_index=True, width="stretch")
+        show_table(table, percent=shares, places={c: 4 for c in sizes})
         st.caption("Norms are those of the flipped examples; — where none flipped.")
         st.download_button("Download CSV", table.round(4).to_csv(index=False),
                            "robustness.csv", "text/csv", icon=":material/download:")

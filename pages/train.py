@@ -9,7 +9,7 @@ from core.service import (delete_run, lab_overview, launch_training, progress, r
                           resume, run_label, runs_frame, train_form_defaults, training_estimate,
                           weights_file)
 from core.specs import OPTIMIZERS, SCHEDULES
-from pages.common import fmt_seconds, get_store, show_error
+from pages.common import fmt_seconds, get_store, show_error, show_table
 
 MULTI_STEP = [name for name, cls in DEFENSES.items() if issubclass(cls, MultiStepSettings)]
 store = get_store()
@@ -21,8 +21,7 @@ lab = lab_overview(store)
 if not lab.empty:
     with st.expander(f"The lab holds {len(lab)} trained model(s); best audited first",
                      expanded=False):
-        st.dataframe(lab.style.format({"clean acc": "{:.2%}", "audited robust acc": "{:.2%}"},
-                                      na_rep="—"), hide_index=True, width="stretch")
+        show_table(lab, percent=["clean acc", "audited robust acc"])
 
 clone = st.session_state.pop("clone_from", None)
 defaults = train_form_defaults(store.get(clone) if clone else None)
@@ -170,7 +169,8 @@ with st.expander("Manage this run: rename, download its weights, delete it"):
                            "application/octet-stream", icon=":material/download:",
                            help="a zip of model.safetensors and its JSON sidecar; unzip and "
                                 "load it with core.prediction.load_model")
-    sure = m3.checkbox("Delete with its evaluations, attacks, audits and files",
+    sure = m3.checkbox("Yes, delete", help="Deletes the run with its evaluations, attacks, "
+                       "audits and all their files",
                        key=f"sure-{run.id}")
     if m3.button("Delete", icon=":material/delete:", disabled=not sure):
         try:
