@@ -8,15 +8,9 @@ one epoch on 6,000 real MNIST images.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared" / "datasets"
+from small_model import small_mnist_model
 
 
 def main() -> None:
@@ -27,26 +21,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--seeds", default="0,1")
     args = parser.parse_args()
-    if SHARED.is_dir():
-        os.environ.setdefault("ROBUSTLAB_DATA", str(SHARED))
-    os.environ["ROBUSTLAB_ARTIFACTS"] = tempfile.mkdtemp(prefix="robustlab-ref-")
+    _, _, model = small_mnist_model("robustlab-ref-")
     import torch
     import torchattacks
 
     from core import data
     from core.apgd import APGD, APGDT
     from core.evaluation import run_attack
-    from core.prediction import load_model, run_model_path
-    from core.runner import create, execute
-    from core.specs import TrainSpec
-    from core.store import RunStore
 
-    torch.set_num_threads(2)
-    store = RunStore()
-    run_id = create(store, TrainSpec(dataset="mnist", epochs=1, train_subset=6000,
-                                     test_subset=500, batch_size=64, lr=0.05, seed=0))
-    execute(store, run_id, echo=False)
-    model, _ = load_model(run_model_path(run_id))
     split = data.load("mnist", "test").subset(args.n, seed=21)
     x, y = split.floats(), split.labels
     print(f"{args.n} MNIST test images, L-inf eps {args.eps}, {args.steps} iterations, 1 restart")

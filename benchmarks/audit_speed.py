@@ -10,15 +10,9 @@ targets) -> FAB-T (9 targets) -> Square (5,000 queries) for `standard`, the firs
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared" / "datasets"
+from small_model import small_mnist_model
 
 
 def reference_stages(model, version: str, norm: str, eps: float, steps: int, queries: int):
@@ -69,25 +63,10 @@ def main() -> None:
     parser.add_argument("--versions", default="standard,fast")
     parser.add_argument("--batch-size", type=int, default=250)
     args = parser.parse_args()
-    if SHARED.is_dir():
-        os.environ.setdefault("ROBUSTLAB_DATA", str(SHARED))
-    os.environ["ROBUSTLAB_ARTIFACTS"] = tempfile.mkdtemp(prefix="robustlab-audit-")
-    import torch
-
+    _, _, model = small_mnist_model("robustlab-audit-")
     from core import audit, data
-    from core.prediction import load_model, run_model_path
-    from core.runner import create, execute
-    from core.specs import TrainSpec
-    from core.store import RunStore
     from core.threat import ThreatModel
 
-    torch.set_num_threads(2)
-    store = RunStore()
-    run_id = create(store, TrainSpec(dataset="mnist", epochs=1, train_subset=6000,
-                                     test_subset=500, batch_size=64, lr=0.05, seed=0))
-    execute(store, run_id, echo=False)
-    model, _ = load_model(run_model_path(run_id))
-    model.eval()
     split = data.load("mnist", "test").subset(args.n, seed=21)
     x, y = split.floats(), split.labels
     threat = ThreatModel(args.norm, args.eps)

@@ -12,14 +12,11 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared" / "datasets"
+from small_model import ROOT, small_mnist_model
+
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -89,20 +86,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--moves", type=int, default=20)
     args = parser.parse_args()
-    if SHARED.is_dir():
-        os.environ.setdefault("ROBUSTLAB_DATA", str(SHARED))
-    os.environ["ROBUSTLAB_ARTIFACTS"] = tempfile.mkdtemp(prefix="robustlab-dash-")
+    store, run_id, _ = small_mnist_model("robustlab-dash-")
     from playwright.sync_api import sync_playwright
 
-    from core.runner import create, execute
     from core.service import cached_evaluation, grid_run, launch_sweep
-    from core.specs import TrainSpec
-    from core.store import RunStore
 
-    store = RunStore()
-    run_id = create(store, TrainSpec(dataset="mnist", epochs=1, train_subset=6000,
-                                     test_subset=500, batch_size=64, lr=0.05, seed=0))
-    execute(store, run_id, echo=False)
     jobs = [cached_evaluation(store, run_id).id,
             grid_run(store, run_id, "pgd", {"steps": 40, "norm": "linf", "restarts": 1}, 200).id]
     while any(store.get(j).status in ("queued", "running") for j in jobs):

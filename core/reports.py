@@ -170,21 +170,16 @@ def write_audit(folder: Path, report: dict, shown: dict, data: TensorData,
     """audit.json (everything), audit.csv (one row per example), audit.md (stages and
     indicators) and audit_examples.safetensors: per stage a few examples it broke (clean and
     adversarial image, prediction), and a few that survived every stage."""
-    survivors = [k for k, e in enumerate(report["examples"]) if e["robust"]][:keep]
     broken = torch.tensor(shown["position"], dtype=torch.long)
-    kept = torch.tensor(survivors, dtype=torch.long)
-    tensors = {"x": data.floats(broken) if len(broken) else torch.empty(0),
-               "x_adv": torch.stack(shown["x_adv"]) if shown["x_adv"] else torch.empty(0),
+    kept = torch.tensor([k for k, e in enumerate(report["examples"]) if e["robust"]][:keep],
+                        dtype=torch.long)
+    x = data.floats(broken)  # an empty index gives an empty batch of the right shape
+    tensors = {"x": x, "x_adv": torch.stack(shown["x_adv"]) if shown["x_adv"] else x.clone(),
                "adv_pred": torch.tensor(shown["adv_pred"], dtype=torch.long),
                "stage": torch.tensor(shown["stage"], dtype=torch.long),
-               "index": data.original_index()[broken] if len(broken) else
-               torch.empty(0, dtype=torch.long),
-               "label": data.labels[broken] if len(broken) else torch.empty(0, dtype=torch.long),
-               "x_robust": data.floats(kept) if len(kept) else torch.empty(0),
-               "robust_index": data.original_index()[kept] if len(kept) else
-               torch.empty(0, dtype=torch.long),
-               "robust_label": data.labels[kept] if len(kept) else
-               torch.empty(0, dtype=torch.long)}
+               "index": data.original_index()[broken], "label": data.labels[broken],
+               "x_robust": data.floats(kept), "robust_index": data.original_index()[kept],
+               "robust_label": data.labels[kept]}
     checkpoint.save(folder / "audit_examples.safetensors", tensors,
                     {"stages": [s["attack"] for s in report["stages"]],
                      "classes": list(data.classes)})

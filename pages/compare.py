@@ -25,7 +25,8 @@ for r in chosen:
         s = sweeps[0].summary
         for row in s.get("rows", []):
             if row["attack"] == "pgd":
-                pgd[f"PGD {row['budget']:g} (sweep, {s['n']} imgs)"] = row["adv_acc"]
+                pgd[f"PGD {row['norm']} {row['budget']:g} (sweep, {s['n']} imgs)"] = \
+                    row["adv_acc"]
     audits = store.list_runs(kind="audit", parent=r.id, status="completed")
     audit = audits[0].summary if audits else {}
     rows.append({"run": r.name or r.id, "defense": r.config.get("defense"),
