@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p = add("reproduce", "regenerate the whole seed study into artifacts/reports/")
     p.add_argument("--quick", action="store_true", help="small subsets, a few minutes")
+    p.add_argument("--parts", help="which parts to run: some of a (CIFAR-10), b (MNIST and its "
+                   "attacks), c (adversarial training and audits); default abc")
     _device_option(p)
     return parser
 
@@ -275,7 +277,8 @@ def reproduce_spec(args: argparse.Namespace):
     """The ReproduceSpec for ``reproduce`` arguments."""
     from .specs import ReproduceSpec
 
-    return ReproduceSpec(quick=args.quick, **_given(args, data_dir="data_dir", device="device"))
+    return ReproduceSpec(quick=args.quick, **_given(args, parts="parts", data_dir="data_dir",
+                                                    device="device"))
 
 
 SPEC_BUILDERS: dict[str, Callable] = {"train": train_spec, "evaluate": evaluate_spec,

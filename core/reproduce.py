@@ -38,7 +38,7 @@ class Plan:
     defense_eval_n: int
     defense_budgets: list = field(default_factory=lambda: [0.01, 0.1, 0.2])
     cw_n: int = 200
-    audit: dict = field(default_factory=lambda: {"version": "standard", "n": 500})
+    audit: dict = field(default_factory=lambda: {"version": "standard", "n": 200})
 
 
 FULL = Plan(
@@ -74,17 +74,18 @@ def reproduce(ctx) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     parts = _Parts(ctx, spec, plan, folder)
     results = {"quick": spec.quick, "plan": asdict(plan)}
-    ctx.progress.start(3, "parts")
-    results["cifar"] = parts.part_a()
-    ctx.progress.update(1)
-    results["mnist"] = parts.part_b()
-    ctx.progress.update(2)
-    results["defenses"] = parts.part_c()
-    ctx.progress.update(3)
+    steps = [("a", "cifar", parts.part_a), ("b", "mnist", parts.part_b),
+             ("c", "defenses", parts.part_c)]
+    chosen = [(key, run) for letter, key, run in steps if letter in spec.parts]
+    ctx.progress.start(len(chosen), "parts")
+    for done, (key, run) in enumerate(chosen, 1):
+        results[key] = run()
+        ctx.progress.update(done)
     reports.write_json(folder / "results.json", results)
     checkpoint.atomic_write_text(folder / "report.md", render(results))
-    summary = {"report": str(folder / "report.md"), "cifar_acc": results["cifar"]["accuracy"],
-               "mnist_acc": results["mnist"]["accuracy"]}
+    summary = {"report": str(folder / "report.md"), "parts": spec.parts}
+    summary.update({f"{key}_acc": results[key]["accuracy"] for key in ("cifar", "mnist")
+                    if key in results})
     ctx.store.set_summary(ctx.run_id, summary)
     return summary
 
@@ -223,10 +224,20 @@ def _pct(v: float | None) -> str:
 
 
 def render(results: dict) -> str:
-    """The Markdown report."""
-    a, b, plan = results["cifar"], results["mnist"], results["plan"]
+    """The Markdown report of the parts that ran."""
     lines = [f"# RobustLab: the seed study, reproduced{' (quick mode)' if results['quick'] else ''}",
-             "", "## (a) seed-resnet on CIFAR-10", "",
+             ""]
+    if "cifar" in results:
+        lines += _render_cifar(results["cifar"], results["plan"])
+    if "mnist" in results:
+        lines += _render_mnist(results["mnist"], results["plan"])
+    if "defenses" in results:
+        lines += _render_defenses(results["defenses"], results["plan"])
+    return "\n".join(lines) + "\n"
+
+
+def _render_cifar(a: dict, plan: dict) -> list[str]:
+    return ["## (a) seed-resnet on CIFAR-10", "",
              f"Test set: {a['n_test']} images ({a['source']}). Training: "
              f"{plan['cifar']}. Wall time {a['wall_s']:.0f} s.", "",
              "| metric | RobustLab | seed |", "|---|---|---|",
@@ -239,8 +250,11 @@ def render(results: dict) -> str:
              pd.DataFrame(a["per_class"]).to_markdown(index=False, floatfmt=".3f"), "",
              "![confusion](cifar_confusion.png) ([interactive](cifar_confusion.html))", "",
              f"{a['n_misclassified']} misclassified; up to 64, drawn across classes:", "",
-             "![mistakes](cifar_mistakes.png)", "",
-             "## (b) seed-resnet on MNIST and its attack table", "",
+             "![mistakes](cifar_mistakes.png)", ""]
+
+
+def _render_mnist(b: dict, plan: dict) -> list[str]:
+    lines = ["## (b) seed-resnet on MNIST and its attack table", "",
              f"Clean accuracy {_pct(b['accuracy'])} on {b['n_test']} test images (seed 98.28%). "
              f"Attacks on {b['n_attack']} test images; PGD: {plan['pgd_steps']} steps, step "
              f"2.5·eps/steps, random start; CW: {plan['cw']}; noise: Gaussian, sigma = budget; "
@@ -252,23 +266,27 @@ def render(results: dict) -> str:
              "![attacks](mnist_attacks.png) ([interactive](mnist_attacks.html))", ""]
     for w in b["warnings"]:
         lines.append(f"- warning: {w}")
+    return lines
+
+
+def _render_defenses(rows: list[dict], plan: dict) -> list[str]:
     budgets = plan["defense_budgets"]
     audit = plan.get("audit", {})
-    lines += ["## (c) adversarial training on MNIST", "",
-              f"PGD evaluation: {plan['pgd_steps']} steps, random start, step 2.5·eps/steps, on "
-              f"{plan['defense_eval_n']} test images; clean accuracy on the full test split; CW "
-              f"on {plan['cw_n']} images. Audit: the {audit.get('version', 'standard')} cascade "
-              f"(AutoAttack's stages) at L∞ and each model's training epsilon, on "
-              f"{audit.get('n', 1000)} test images, with its indicators of attack failure. "
-              f"Training: {plan['defense_common']}.", "",
-              "| defense | settings | clean | " + " | ".join(f"PGD {x}" for x in budgets)
-              + " | audit (at training eps) | indicators | CW success | CW median L2 | "
-              "train time |",
-              "|---|---|---|" + "---|" * len(budgets) + "---|---|---|---|---|"]
+    lines = ["## (c) adversarial training on MNIST", "",
+             f"PGD evaluation: {plan['pgd_steps']} steps, random start, step 2.5·eps/steps, on "
+             f"{plan['defense_eval_n']} test images; clean accuracy on the full test split; CW "
+             f"on {plan['cw_n']} images. Audit: the {audit.get('version', 'standard')} cascade "
+             f"(AutoAttack's stages) at L∞ and each model's training epsilon, on "
+             f"{audit.get('n', 1000)} test images, with its indicators of attack failure. "
+             f"Training: {plan['defense_common']}.", "",
+             "| defense | settings | clean | " + " | ".join(f"PGD {x}" for x in budgets)
+             + " | audit (at training eps) | indicators | CW success | CW median L2 | "
+             "train time |",
+             "|---|---|---|" + "---|" * len(budgets) + "---|---|---|---|---|"]
     seed = SEED["fgsm_at"]
     lines.append("| seed FGSM-AT | eps 0.2 | 98.59% | " + " | ".join(
         _pct(seed.get(x)) for x in budgets) + " | — | — | — | — | — |")
-    for r in results["defenses"]:
+    for r in rows:
         failing = ", ".join(r["audit_failing"]) or "none"
         lines.append(f"| {_label(r)} | "
                      f"{r['settings']} | {_pct(r['clean'])} | " + " | ".join(
@@ -276,9 +294,9 @@ def render(results: dict) -> str:
             f"{r['audit_verdict']} (failing: {failing}) | {_pct(r['cw_success'])} | "
             f"{_norm(r['cw_median_l2'])} | {r['train_s']:.0f} s |")
     lines += ["", "![defenses](defenses.png) ([interactive](defenses.html))", ""]
-    for r in results["defenses"]:
+    for r in rows:
         if r["weights"] == "best":
             continue  # its run's warnings are listed with the final row
         for w in r["warnings"]:
             lines.append(f"- {r['defense']}: {w}")
-    return "\n".join(lines) + "\n"
+    return lines

@@ -332,16 +332,23 @@ class ReproduceSpec(Spec):
 
     kind: ClassVar[str] = "reproduce"
     quick: bool = False
+    parts: str = "abc"
     data_dir: str | None = None
     device: str = "auto"
 
     def validate(self) -> None:
         if not isinstance(self.quick, bool):
             raise InputError(f"quick must be true or false, got {self.quick!r}")
+        if (not isinstance(self.parts, str) or not self.parts
+                or set(self.parts) - set("abc") or len(set(self.parts)) != len(self.parts)):
+            raise InputError(f"parts must be some of the letters a, b, c (for example 'c' or "
+                             f"'abc'), each once; got {self.parts!r}")
         check_device(self.device)
 
     def describe(self) -> str:
-        return "the seed study" + (" (quick)" if self.quick else "")
+        which = "" if self.parts == "abc" else f", part {', '.join(self.parts)}"
+        return "the seed study" + (" (quick" + which + ")" if self.quick
+                                   else f" ({which[2:]})" if which else "")
 
 
 SPECS: dict[str, type[Spec]] = {cls.kind: cls for cls in (

@@ -32,6 +32,7 @@ def test_help_lists_the_commands():
     (["train", "--defense", "pgd-at", "--eps", "1.5"], r"eps must be in [0, 1]"),
     (["evaluate", "no-such-run"], "no run with id 'no-such-run'"),
     (["evaluate", "../../etc/passwd"], "invalid run id"),
+    (["reproduce", "--parts", "cd"], "parts must be some of the letters a, b, c"),
 ])
 def test_bad_input_gets_one_clear_error_and_creates_no_run(args, message, capsys):
     # In-process through the CLI's own entry point (a Python start costs seconds here); the

@@ -20,3 +20,17 @@ def test_a_defense_whose_guard_kept_an_earlier_epoch_is_reported_with_both_weigh
     assert _weights_to_report(store, run) == ["final"]  # the best epoch is the last one
     assert _label({"defense": "iat", "weights": "best", "epoch": 2}) == "iat (best epoch, 2)"
     assert _label({"defense": "iat", "weights": "final", "epoch": 5}) == "iat"
+
+
+def test_a_report_of_some_parts_holds_only_those_parts():
+    from dataclasses import asdict
+
+    from core.reproduce import QUICK, render
+
+    row = {"defense": "pgd-at", "weights": "final", "epoch": 1, "settings": "eps 0.2",
+           "clean": 0.99, "pgd@0.1": 0.9, "pgd@0.2": 0.8, "audit": 0.75, "audit_eps": 0.2,
+           "n_audit": 30, "audit_verdict": "trusted", "audit_failing": [], "cw_success": 0.5,
+           "cw_median_l2": 1.5, "train_s": 12.0, "warnings": []}
+    text = render({"quick": True, "plan": asdict(QUICK), "defenses": [row]})
+    assert "(c) adversarial" in text and "| 75.00% | trusted (failing: none) |" in text
+    assert "(a) seed-resnet" not in text and "(b) seed-resnet" not in text
