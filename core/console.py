@@ -212,12 +212,15 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     store = RunStore()
     store.mark_stale()
-    rows = [{"id": r.id, "kind": r.kind, "status": r.status, "parent": r.parent or "",
+    rows = [{"id": r.id, "kind": r.kind, "status": r.status, "name": r.name or "",
+             "tags": ",".join(r.tags), "parent": r.parent or "",
              "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created)),
              "seconds": round(r.duration or 0), "result": _shorten(headline(r), args.full)}
-            for r in store.list_runs(kind=args.kind)]
+            for r in store.list_runs(kind=args.kind)
+            if not args.tag or args.tag.strip().lower() in r.tags]
     if not rows:
-        print("no runs yet; start one with `python -m core train --dataset mnist`")
+        print(f"no runs tagged {args.tag!r}" if args.tag else
+              "no runs yet; start one with `python -m core train --dataset mnist`")
         return 0
     with pd.option_context("display.max_colwidth", None, "display.width", 250):
         print(pd.DataFrame(rows).to_string(index=False))
@@ -231,6 +234,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     run = store.get(args.run)
     print(f"run {run.id} ({run.kind}{', ' + run.name if run.name else ''}): {run.status}"
           + (f", parent {run.parent}" if run.parent else ""))
+    if run.tags:
+        print(f"  tags: {', '.join(run.tags)}")
     if run.error:
         print(f"  {run.error}")
     for w in run.warnings:
@@ -253,6 +258,30 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         return 0
     run = store.get(args.run)
     print(f"run {args.run} has already finished ({run.status}); nothing to cancel")
+    return 0
+
+
+def cmd_rename(args: argparse.Namespace) -> int:
+    """``rename RUN NAME``: name a run (an empty name clears it)."""
+    RunStore().rename(args.run, args.new_name)
+    print(f"run {args.run} is now named {args.new_name.strip()!r}" if args.new_name.strip()
+          else f"run {args.run} has no name now")
+    return 0
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    """``tag RUN [TAG ...]``: replace a run's tags."""
+    tags = RunStore().set_tags(args.run, args.tags)
+    print(f"run {args.run} tags: {', '.join(tags) or 'none'}")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    """``delete RUN``: remove a finished run, the runs that belong to it, and their files."""
+    from .runner import delete_run
+
+    ids = delete_run(RunStore(), args.run)
+    print(f"deleted {len(ids)} run(s): {', '.join(ids)}")
     return 0
 
 

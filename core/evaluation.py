@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from sklearn.metrics import confusion_matrix
 
 from . import distributed
 from .attacks import Attack, attack_mode, input_grad, with_budget
@@ -107,6 +108,9 @@ class AttackOutcome:
             "linf_median": float(np.median(linf)) if len(linf) else None,
             "per_class_adv_acc": {c["class"]: c["recall"] for c in report["per_class"]},
             "confusion_adv": report["confusion"],
+            # the same images unattacked, so the two matrices compare like with like
+            "confusion_clean": confusion_matrix(self.labels.numpy(), self.clean_pred.numpy(),
+                                                labels=list(range(len(self.classes)))).tolist(),
         }
 
     def records(self) -> list[dict]:

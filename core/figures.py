@@ -73,6 +73,11 @@ def training_figure(metrics: list[dict], title: str = "Training") -> go.Figure:
         if rows:
             fig.add_scatter(x=[(m["epoch"] + 1) * spe for m in rows], y=[m["value"] for m in rows],
                             mode="lines+markers", name=label, line=dict(color=color), row=1, col=col)
+    if not series.get("test_acc"):
+        fig.add_annotation(xref="x2 domain", yref="y2 domain", x=0.5, y=0.55, showarrow=False,
+                           text="Test accuracy (and held-out PGD for a defense)<br>"
+                                "fills in at the end of the first epoch",
+                           font=dict(color="#6b7280", size=13))
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(range=[0, 1], row=1, col=2)
     fig.update_layout(title=title, height=380, margin=dict(l=40, r=20, t=60, b=40),
@@ -145,6 +150,46 @@ def waterfall_figure(stages: list[dict], pending: Sequence[str] = (),
         hovertemplate="%{x}: %{text}<extra></extra>"))
     fig.update_layout(title=title, yaxis_title="accuracy (%)", yaxis_range=[0, 105], height=380,
                       showlegend=False, margin=dict(l=60, r=20, t=50, b=40))
+    return fig
+
+
+def epsilon_curve_figure(curves: dict[str, list[tuple[float, float]]], current: float,
+                         budget: str = "eps") -> go.Figure:
+    """Accuracy under attack against epsilon, one line per model, with the slider's epsilon
+    marked by a dashed line and a ring on each curve."""
+    fig = go.Figure()
+    for k, (name, points) in enumerate(curves.items()):
+        colour = PALETTE[k % len(PALETTE)]
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=name,
+                                 line=dict(color=colour)))
+        here = [y for x, y in points if abs(x - current) < 1e-12]
+        if here:
+            fig.add_trace(go.Scatter(x=[current], y=here, mode="markers", showlegend=False,
+                                     hovertemplate=f"{name}: %{{y:.1%}} at {budget} "
+                                     "%{x:.4f}",
+                                     marker=dict(size=14, color="rgba(0,0,0,0)",
+                                                 line=dict(color=colour, width=3))))
+    fig.add_vline(x=current, line_dash="dash", line_color="#6b7280",
+                  annotation_text=f"{budget} {current:.4g}", annotation_position="top")
+    fig.update_layout(height=240, margin=dict(l=40, r=10, t=24, b=30),
+                      xaxis_title=f"{budget} (pixel units)", yaxis_title="accuracy",
+                      yaxis_tickformat=".0%", yaxis_range=[0, 1.05],
+                      legend=dict(orientation="h", y=-0.3), showlegend=len(curves) > 1)
+    return fig
+
+
+def probability_figure(clean: Sequence[float], adversarial: Sequence[float],
+                       classes: Sequence[str]) -> go.Figure:
+    """The model's class probabilities before and after the attack, with class names on the
+    axis and a legend."""
+    fig = go.Figure([go.Bar(x=list(classes), y=list(clean), name="clean", marker_color="#2563eb"),
+                     go.Bar(x=list(classes), y=list(adversarial), name="adversarial",
+                            marker_color="#dc2626")])
+    fig.update_layout(height=190, margin=dict(l=10, r=10, t=28, b=10), barmode="group",
+                      yaxis_range=[0, 1], yaxis_tickformat=".0%", xaxis_type="category",
+                      xaxis_tickangle=-45 if max(len(c) for c in classes) > 2 else 0,
+                      legend=dict(orientation="h", y=1.2, x=0))
     return fig
 
 

@@ -128,7 +128,7 @@ def grid(ctx) -> dict:
         outcome = run_attack(model, split, concrete, spec.batch_size, keep_examples=spec.keep,
                              progress=lambda d, _t, k=k: ctx.progress.update(k * len(split) + d))
         summary = {key: v for key, v in outcome.summary().items()
-                   if key not in ("confusion_adv", "per_class_adv_acc")}
+                   if key not in ("confusion_adv", "confusion_clean", "per_class_adv_acc")}
         _save_grid_point(ctx, k, outcome, model, device, summary)
         done[str(k)] = summary["adv_acc"]
         ctx.store.log_metrics(ctx.run_id, [(k, None, "adv_acc", summary["adv_acc"])])
@@ -146,7 +146,7 @@ def _save_grid_point(ctx, k: int, outcome, model: nn.Module, device: torch.devic
     keep = len(outcome.examples["x"])
     tensors = dict(outcome.examples, clean_prob=clean_prob, adv_prob=adv_prob,
                    clean_pred=clean_prob.argmax(1), adv_pred=adv_prob.argmax(1),
-                   labels=outcome.labels[:keep])
+                   labels=outcome.labels[:keep], index=outcome.index[:keep])
     checkpoint.save(run_dir(ctx.run_id) / f"grid-{k:03d}.safetensors", tensors,
                     {"summary": summary})
 

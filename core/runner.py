@@ -258,3 +258,14 @@ def worker_main(argv: list[str]) -> int:
     finally:
         store.close()
     return 0
+
+
+def delete_run(store: RunStore, run_id: str) -> list[str]:
+    """Delete a finished run, the runs that belong to it (evaluations, attacks, audits), and
+    all their files; returns the ids removed."""
+    import shutil
+
+    ids = store.delete(run_id)
+    for rid in ids:
+        shutil.rmtree(run_dir(rid))  # run_dir makes the folder if a run never had one
+    return ids

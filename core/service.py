@@ -13,12 +13,14 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint, data, runner
+from .runner import delete_run  # noqa: F401  (the pages' name for it)
 from .attacks import build_attack
 from .console import headline
-from .hyperparams import ATTACK_SETTINGS
+from .hyperparams import ATTACK_SETTINGS, attack_settings
 from .paths import InputError, artifacts_dir, confine, data_dir, run_dir
 from .prediction import load_model, pick_device, run_model_path
-from .specs import AuditSpec, DEFAULT_GRID, EvaluateSpec, GridSpec, SweepSpec, TrainSpec
+from .specs import (AttackSpec, AuditSpec, DEFAULT_GRID, EvaluateSpec, GridSpec, SweepSpec,
+                    TrainSpec)
 from .store import Run, RunStore, resume_refusal
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
@@ -44,6 +46,8 @@ def run_label(run: Run) -> str:
     if cfg.get("defense", "none") != "none":
         what += f" · {cfg['defense']} eps {cfg.get('defense_args', {}).get('eps', '')}"
     name = f"{run.name} · " if run.name else ""
+    if run.tags:
+        name += f"[{', '.join(run.tags)}] "
     # no status here: a picker's label is not redrawn while a job runs, so it would go stale;
     # pages show the status beside it, live
     return f"{name}{what} · {run.id[-9:]}"
@@ -64,7 +68,7 @@ def trained_runs(store: RunStore) -> list[Run]:
             if (run_dir(r.id) / "model.safetensors").exists()]
 
 
-def progress(store: RunStore, run_id: str) -> dict:
+def progress(store: RunStore, run_id: str, now: float | None = None) -> dict:
     """Epoch, step, fraction done and seconds left of a running job."""
     run = store.get(run_id)
     summary = run.summary or {}
@@ -74,18 +78,36 @@ def progress(store: RunStore, run_id: str) -> dict:
         done = steps[-1]["step"] if steps else 0
         epoch = steps[-1]["epoch"] + 1 if steps else summary.get("epoch", 0)
         label = f"epoch {epoch}/{run.config.get('epochs')} · step {done}/{total}"
+        points = [(r["time"], r["step"]) for r in steps]
     else:
         rows = store.metrics(run_id, ["progress"])
         frac = rows[-1]["value"] if rows else 0.0
         done, total = frac, 1.0
         label = f"{frac:.0%}"
+        points = [(r["time"], r["value"]) for r in rows]
     fraction = min(done / total, 1.0) if total else 0.0
     if run.status == "completed":
         fraction = 1.0
-    elapsed = run.duration or 0.0
-    left = elapsed * (1 - fraction) / fraction if 0 < fraction < 1 else None
+    left = (remaining_seconds(points, total, time.time() if now is None else now)
+            if run.status == "running" else None)
     return {"fraction": fraction, "label": label, "seconds_left": left, "status": run.status,
             "error": run.error, "warnings": run.warnings}
+
+
+def remaining_seconds(points: list[tuple[float, float]], total: float, now: float
+                      ) -> float | None:
+    """Seconds left from (time, amount done) points: the average rate since the first point,
+    which already counts the pauses that recur (evaluation at each epoch's end), and not the
+    start-up before it, so the figure neither jumps with each update nor stalls between them:
+    it counts down from the last point. A gap of over 10 minutes is a stop and a resume: only
+    the points after it count."""
+    gaps = [k for k in range(1, len(points)) if points[k][0] - points[k - 1][0] > 600]
+    points = points[gaps[-1]:] if gaps else points
+    if len(points) < 2 or points[-1][0] <= points[0][0] or points[-1][1] <= points[0][1]:
+        return None
+    (t0, d0), (t1, d1) = points[0], points[-1]
+    rate = (d1 - d0) / (t1 - t0)
+    return max((total - d1) / rate - (now - t1), 0.0)
 
 
 def train_form_defaults(run: Run | None = None) -> dict:
@@ -158,6 +180,33 @@ def launch_sweep(store: RunStore, model_run: str, attacks: list[str], budgets: l
     return existing.id if existing else runner.submit(store, spec, parent=model_run)
 
 
+def launch_attack(store: RunStore, model_run: str, attack: str, budget: float | None,
+                  n: int) -> str:
+    """Start one attack job of the model at this budget (the attack's own defaults otherwise);
+    an identical one that is queued, running or done is reused."""
+    settings = ATTACK_SETTINGS[attack]
+    params = {settings.budget: budget} if settings.budget and budget is not None else {}
+    spec = AttackSpec(model_run=model_run, attack=attack, params=params, n=n)
+    existing = find_same(store, spec)
+    return existing.id if existing else runner.submit(store, spec, parent=model_run)
+
+
+def attack_results(store: RunStore, model_run: str) -> list[Run]:
+    """The model's attack jobs that are done or on their way, newest first."""
+    return [r for r in store.list_runs(kind="attack", parent=model_run)
+            if r.status in ("completed", "running", "queued")]
+
+
+def attack_label(run: Run) -> str:
+    """'pgd · L∞ ε=0.1 (25.5/255) · 500 images' for an attack run."""
+    settings = attack_settings(run.config["attack"], run.config.get("params", {}))
+    threat = settings.threat()
+    where = threat.label() if threat else ", ".join(f"{k} {v}" for k, v in
+                                                     settings.params().items()
+                                                     if k in ("mode", "sigma"))
+    return f"{run.config['attack']} · {where} · {run.config['n']:,} images"
+
+
 def find_same(store: RunStore, spec) -> Run | None:
     """A queued, running or completed run of ``spec``'s model with exactly this config."""
     config = spec.to_dict()
@@ -220,10 +269,10 @@ def attack_fields(name: str) -> list[dict]:
 
 
 def grid_run(store: RunStore, model_run: str, attack: str, params: dict, n: int,
-             budgets: list[float] | None = None, keep: int = 12) -> Run:
+             budgets: list[float] | None = None) -> Run:
     """The attack-grid job for these settings: reuse a matching one, else launch it."""
     spec = GridSpec(model_run=model_run, attack=attack, params=params, n=n,
-                    budgets=list(budgets or DEFAULT_GRID), keep=keep)
+                    budgets=list(budgets or DEFAULT_GRID))
     return find_same(store, spec) or store.get(runner.submit(store, spec, parent=model_run))
 
 
@@ -250,10 +299,29 @@ def grid_result(run_id: str, index: int) -> dict | None:
     if not path.exists():
         return None
     tensors, meta = checkpoint.load(path)
+    keep = len(tensors["x"])
     return dict(meta["summary"], x=tensors["x"], x_adv=tensors["x_adv"],
                 clean_pred=tensors["clean_pred"], adv_pred=tensors["adv_pred"],
                 clean_prob=tensors["clean_prob"], adv_prob=tensors["adv_prob"],
-                labels=tensors["labels"])
+                labels=tensors["labels"],
+                # grids saved before the index was kept hold the sample's first images
+                index=tensors.get("index", torch.arange(keep)))
+
+
+def example_choice(results: list[dict], show: str, picked: int | None = None,
+                   limit: int = 6) -> list[int]:
+    """Which kept examples to show, the same for every model: ``flipped`` (the attack turned a
+    correct prediction wrong on any of the models), ``all`` (in sample order) or ``pick``."""
+    if show == "pick":
+        return [] if picked is None else [picked]
+    keep = min(len(r["x"]) for r in results)
+    if show == "all":
+        return list(range(min(limit, keep)))
+    flipped = torch.zeros(keep, dtype=torch.bool)
+    for r in results:
+        labels = r["labels"][:keep]
+        flipped |= (r["clean_pred"][:keep] == labels) & (r["adv_pred"][:keep] != labels)
+    return flipped.nonzero().squeeze(1)[:limit].tolist()
 
 
 def read_upload(raw: bytes, input_shape: list[int]) -> torch.Tensor:
@@ -409,7 +477,8 @@ def lab_overview(store: RunStore) -> pd.DataFrame:
         final = (run.summary or {}).get("final") or {}
         audits = store.list_runs(kind="audit", parent=run.id, status="completed")
         audit = audits[0].summary if audits else {}
-        rows.append({"model": run.name or run.id[-9:], "dataset": run.config.get("dataset"),
+        rows.append({"model": run.name or run.id[-9:], "tags": ", ".join(run.tags),
+                     "dataset": run.config.get("dataset"),
                      "defense": run.config.get("defense", "none"),
                      "clean acc": final.get("test_acc"),
                      "audited robust acc": audit.get("robust_acc"),
@@ -420,16 +489,6 @@ def lab_overview(store: RunStore) -> pd.DataFrame:
         frame = frame.sort_values(["audited robust acc", "clean acc"], ascending=False,
                                   na_position="last")
     return frame
-
-
-def delete_run(store: RunStore, run_id: str) -> list[str]:
-    """Delete a finished run, the runs that belong to it, and all their files."""
-    import shutil
-
-    ids = store.delete(run_id)
-    for rid in ids:
-        shutil.rmtree(run_dir(rid))  # run_dir makes the folder if a run never had one
-    return ids
 
 
 def weights_file(run_id: str) -> tuple[bytes, str] | None:

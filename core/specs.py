@@ -277,7 +277,7 @@ class GridSpec(OneAttackSpec):
 
     kind: ClassVar[str] = "grid"
     n: int = 200
-    keep: int = 12
+    keep: int = 64  # the same first images for every model: flipped ones are among them
     budgets: list = field(default_factory=lambda: list(DEFAULT_GRID))
 
     def validate(self) -> None:

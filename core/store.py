@@ -11,7 +11,7 @@ import os
 import secrets
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, parent TEXT,
     name TEXT, config TEXT NOT NULL, summary TEXT, warnings TEXT NOT NULL DEFAULT '[]',
     created REAL NOT NULL, started REAL, finished REAL, heartbeat REAL, pid INTEGER,
-    error TEXT, cancel_requested INTEGER NOT NULL DEFAULT 0, owner TEXT
+    error TEXT, cancel_requested INTEGER NOT NULL DEFAULT 0, owner TEXT,
+    tags TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS metrics (
     run TEXT NOT NULL, step INTEGER, epoch INTEGER, name TEXT NOT NULL, value REAL,
@@ -66,6 +67,7 @@ class Run:
     error: str | None
     cancel_requested: bool
     owner: str | None = None
+    tags: list = field(default_factory=list)
 
     @property
     def duration(self) -> float | None:
@@ -90,6 +92,8 @@ class RunStore:
         columns = {row[1] for row in self._conn.execute("PRAGMA table_info(runs)")}
         if "owner" not in columns:  # a database written before leases existed
             self._conn.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
+        if "tags" not in columns:  # ... or before tags
+            self._conn.execute("ALTER TABLE runs ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'")
 
     def close(self) -> None:
         """Close the connection."""
@@ -151,9 +155,10 @@ class RunStore:
 
     @staticmethod
     def _to_run(rec: dict) -> Run:
-        for key in ("config", "summary", "warnings"):
-            rec[key] = json.loads(rec[key]) if rec[key] else None
+        for key in ("config", "summary", "warnings", "tags"):
+            rec[key] = json.loads(rec[key]) if rec.get(key) else None
         rec["warnings"] = rec["warnings"] or []
+        rec["tags"] = rec["tags"] or []
         rec["cancel_requested"] = bool(rec["cancel_requested"])
         return Run(**rec)
 
@@ -216,6 +221,23 @@ class RunStore:
         """Give the run a name (None or blank clears it)."""
         self.get(run_id)
         self._write("UPDATE runs SET name=? WHERE id=?", ((name or "").strip() or None, run_id))
+
+    def set_tags(self, run_id: str, tags: Iterable[str]) -> list[str]:
+        """Replace the run's tags (short words to group runs by, such as "baseline"); returns
+        them cleaned: trimmed, lower-case, without blanks or repeats, in the order given."""
+        self.get(run_id)
+        clean: list[str] = []
+        for tag in tags:
+            tag = str(tag).strip().lower()
+            if not tag:
+                continue
+            if len(tag) > 32 or any(c in tag for c in ",\n\t"):
+                raise InputError(f"invalid tag {tag[:40]!r}: at most 32 characters, without "
+                                 "commas, tabs or line breaks")
+            if tag not in clean:
+                clean.append(tag)
+        self._write("UPDATE runs SET tags=? WHERE id=?", (json.dumps(clean), run_id))
+        return clean
 
     def delete(self, run_id: str) -> list[str]:
         """Remove a finished run and, recursively, the runs it started or that belong to it

@@ -1,12 +1,13 @@
-"""Attack playground: pick a model and an attack; the epsilon slider reads a grid computed in
-the background; upload your own image to attack it."""
-import plotly.graph_objects as go
+"""Attack playground: pick a model (and a second one to set beside it) and an attack; the
+epsilon slider reads grids computed in the background; the examples are the flipped ones, all,
+or one picked, the same images for both models; upload your own image to attack it."""
 import streamlit as st
 
 from core.hyperparams import ATTACK_SETTINGS as ATTACKS
+from core.figures import epsilon_curve_figure, probability_figure
 from core.service import (amplified_perturbation, attack_single, classes_for_run, eps_label,
-                          grid_result, grid_run, model_for_run, progress, read_upload,
-                          to_display)
+                          example_choice, grid_result, grid_run, model_for_run, progress,
+                          read_upload, run_label, to_display)
 from core.specs import GridSpec
 from pages.common import fmt_seconds, require_trained_runs, get_store, pick_run, show_error
 
@@ -37,92 +38,141 @@ with st.expander("Attack parameters", expanded=False):
         params["distribution"] = st.selectbox("Distribution", ["gaussian", "uniform"])
     st.caption(ATTACKS[attack].__doc__.split("\n")[0])
 
+others = [r for r in runs if r.id != run.id]
+other = st.selectbox("Side by side with (the same images attacked on a second model)",
+                     [None] + others, key="attack-other",
+                     format_func=lambda r: "no second model" if r is None else run_label(r))
+models = [run] + ([other] if other is not None else [])
 try:
-    grid = grid_run(store, run.id, attack, params, n)
+    grids = [grid_run(store, m.id, attack, params, n) for m in models]
 except Exception as err:
     show_error(err)
     st.stop()
 budgeted = ATTACKS[attack].budget is not None
-budgets = grid.config["budgets"] if budgeted else [None]
+budgets = grids[0].config["budgets"] if budgeted else [None]
 if budgeted:
     eps = st.select_slider(f"{ATTACKS[attack].budget} (pixel units)", options=budgets,
                            value=budgets[4], format_func=eps_label, key="eps")
     index = budgets.index(eps)
 else:
-    st.caption(f"{attack} has no epsilon: one result on {n:,} test images.")
-    index = 0
+    eps, index = None, 0
+st.caption(f"Every number here is on the same {n:,} test images (a seeded sample of the test "
+           "split, the first of them shown below)"
+           + ("" if budgeted else f"; {attack} has no epsilon, so there is one result")
+           + ". The Evaluate page's clean accuracy is on the whole test split, so it can differ "
+           "by a point or two.")
+e1, e2 = st.columns([2, 3])
+show_what = e1.radio("Examples", ["flipped", "all", "pick"], horizontal=True, key="attack-show",
+                     format_func={"flipped": "flipped only", "all": "all",
+                                  "pick": "pick an image"}.get)
+picked = None
+if show_what == "pick":
+    first = grid_result(grids[0].id, index)
+    if first is None:
+        e2.caption("The images can be picked once this epsilon is computed.")
+    else:
+        classes = classes_for_run(run)
+        picked = e2.selectbox(
+            f"Image (the first {len(first['x'])} of the sample)", range(len(first["x"])),
+            key="attack-pick", format_func=lambda k: f"test image #{int(first['index'][k])} "
+            f"({classes[int(first['labels'][k])]})")
 
 
 @st.fragment(run_every=1.0)
-def show(grid_id: str, index: int) -> None:
+def show(grid_ids: list[str], index: int) -> None:
     # one placeholder for everything: a new attack's first poll replaces the previous
     # attack's examples instead of leaving them on screen, faded
     with st.empty().container():
-        show_grid(grid_id, index)
+        show_grids(grid_ids, index)
 
 
-def show_grid(grid_id: str, index: int) -> None:
+def show_grids(grid_ids: list[str], index: int) -> None:
+    results = []
+    columns = st.columns(len(grid_ids))
+    for model, grid_id, column in zip(models, grid_ids, columns):
+        with column:
+            if len(grid_ids) > 1:
+                st.markdown(f"**{run_label(model)}**")
+            results.append(show_grid(grid_id, index, len(grid_ids) > 1))
+    if budgeted:
+        curves = {run_label(m): [(budgets[int(d["step"])], d["value"])
+                                 for d in store.metrics(g, ["adv_acc"])]
+                  for m, g in zip(models, grid_ids)}
+        if any(curves.values()):
+            st.plotly_chart(epsilon_curve_figure(curves, eps, ATTACKS[attack].budget),
+                            width="stretch",
+                            key=f"curve-{sum(len(v) for v in curves.values())}-{index}")
+    if all(r is not None for r in results):
+        examples(results)
+
+
+def show_grid(grid_id: str, index: int, narrow: bool) -> dict | None:
     g = store.get(grid_id)
     done = store.metrics(grid_id, ["adv_acc"])
     if g.status == "failed":
         st.error(f"The attack job failed: {g.error}")
-        return
+        return None
     if not budgeted and not done:
         info = progress(store, grid_id)
         left = f" · {fmt_seconds(info['seconds_left'])} left" if info["seconds_left"] else ""
         st.progress(info["fraction"], text=f"Computing {attack} on {n:,} test images in the "
                     f"background: {info['label']}{left}")
-        return
+        return None
     if len(done) < len(budgets):
         st.progress(len(done) / len(budgets),
                     text=f"Computing the grid in the background: {len(done)}/{len(budgets)} done")
     result = grid_result(grid_id, index)
     if result is None:
         st.info("This epsilon is still being computed…")
-        return
-    classes = classes_for_run(run)
-    m = st.columns(4)
+        return None
+    m = st.columns(2 if narrow else 4)
     m[0].metric("Clean accuracy", f"{result['clean_acc']:.2%}")
     m[1].metric("Accuracy under attack", f"{result['adv_acc']:.2%}",
                 delta=f"{result['adv_acc'] - result['clean_acc']:+.2%}")
-    m[2].metric("Attack success rate", f"{result['success_rate']:.2%}")
+    if narrow:
+        m = st.columns(2)
+    m[-2].metric("Attack success rate", f"{result['success_rate']:.2%}",
+                 help="Of the images the model got right, the share the attack turned wrong")
     l2 = result["l2_median"]
-    m[3].metric("Median L2 of flips", "—" if l2 is None else f"{l2:.3f}",
-                help="None flipped: no perturbation size" if l2 is None else None)
-    if budgeted and done:
-        curve = go.Figure(go.Scatter(x=[budgets[int(d['step'])] for d in done],
-                                     y=[d["value"] for d in done], mode="lines+markers"))
-        curve.update_layout(height=220, margin=dict(l=40, r=10, t=10, b=30),
-                            xaxis_title="epsilon", yaxis_tickformat=".0%", yaxis_range=[0, 1])
-        st.plotly_chart(curve, width="stretch", key=f"curve-{len(done)}")
-    examples(result, classes)
+    m[-1].metric("Median L2 of flips", "—" if l2 is None else f"{l2:.3f}",
+                 help="None flipped: no perturbation size" if l2 is None else None)
+    return result
 
 
-def examples(result: dict, classes: list) -> None:
+def examples(results: list[dict]) -> None:
+    classes = classes_for_run(run)
+    chosen = example_choice(results, show_what, picked)
     st.subheader("Examples")
-    for k in range(min(6, len(result["x"]))):
-        cols = st.columns([1, 1, 1, 2])
-        amp = amplified_perturbation(result["x"][k], result["x_adv"][k])
-        cols[0].image(to_display(result["x"][k]), caption="clean", width="stretch")
-        cols[1].image(to_display(result["x_adv"][k]), caption="adversarial", width="stretch")
-        cols[2].image(to_display(amp), caption="perturbation (amplified)", width="stretch")
-        true = classes[int(result["labels"][k])]
-        cp, ap = result["clean_prob"][k], result["adv_prob"][k]
-        cols[3].markdown(f"true **{true}** · clean → **{classes[int(cp.argmax())]}** "
-                         f"({cp.max():.0%}) · adversarial → **{classes[int(ap.argmax())]}** "
-                         f"({ap.max():.0%})")
-        cols[3].plotly_chart(bars(cp, ap, classes), width="stretch", key=f"bars-{k}")
+    if not chosen:
+        if show_what == "flipped":
+            st.info(f"The attack flipped none of the first {min(len(r['x']) for r in results)} "
+                    "images at this epsilon: raise epsilon, or show all.")
+        return
+    for k in chosen:
+        first = results[0]
+        true = classes[int(first["labels"][k])]
+        st.markdown(f"test image **#{int(first['index'][k])}**, true class **{true}**")
+        widths = [1] + ([1, 1, 2] if len(results) == 1 else [1, 2] * len(results))
+        cols = st.columns(widths)
+        cols[0].image(to_display(first["x"][k]), caption="clean", width="stretch")
+        at = 1
+        for model, result in zip(models, results):
+            cp, ap = result["clean_prob"][k], result["adv_prob"][k]
+            name = "" if len(results) == 1 else f"{model.name or model.id}: "
+            cols[at].image(to_display(result["x_adv"][k]), width="stretch",
+                           caption=f"{name}{classes[int(cp.argmax())]} ({cp.max():.0%}) → "
+                           f"{classes[int(ap.argmax())]} ({ap.max():.0%})")
+            if len(results) == 1:
+                at += 1
+                cols[at].image(to_display(amplified_perturbation(result["x"][k],
+                                                                 result["x_adv"][k])),
+                               caption="perturbation (amplified)", width="stretch")
+            cols[at + 1].plotly_chart(probability_figure(cp.tolist(), ap.tolist(), classes),
+                                      width="stretch", key=f"bars-{model.id}-{k}")
+            at += 2
 
 
-def bars(cp, ap, classes) -> go.Figure:
-    fig = go.Figure([go.Bar(x=classes, y=cp.tolist(), name="clean", marker_color="#2563eb"),
-                     go.Bar(x=classes, y=ap.tolist(), name="adversarial", marker_color="#dc2626")])
-    fig.update_layout(height=160, margin=dict(l=10, r=10, t=10, b=10), barmode="group",
-                      yaxis_range=[0, 1], showlegend=False)
-    return fig
-
-
-show(grid.id, index)
+show([g.id for g in grids], index)
 
 st.divider()
 st.subheader("Attack your own image")
@@ -143,6 +193,8 @@ if upload is not None:
         cols[1].image(to_display(out["x_adv"]), caption=f"attacked: "
                       f"{classes[int(out['adv_prob'].argmax())]} ({out['adv_prob'].max():.0%})",
                       width="stretch")
-        cols[2].plotly_chart(bars(out["clean_prob"], out["adv_prob"], classes), width="stretch")
+        cols[2].plotly_chart(probability_figure(out["clean_prob"].tolist(),
+                                                out["adv_prob"].tolist(), classes),
+                             width="stretch")
     except Exception as err:
         show_error(err)

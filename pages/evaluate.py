@@ -4,7 +4,10 @@ import streamlit as st
 
 from core.evaluation import misclassified
 from core.figures import confusion_grid_figure
-from core.service import cached_evaluation, gallery_images, load_report
+from core.hyperparams import ATTACK_SETTINGS
+from core.service import (attack_label, attack_results, cached_evaluation, eps_label,
+                          gallery_images, launch_attack, load_report, progress)
+from core.specs import DEFAULT_GRID
 from pages.common import require_trained_runs, get_store, pick_run, show_error
 
 store = get_store()
@@ -81,5 +84,57 @@ for k, (rec, img) in enumerate(zip(shown, images)):
         st.image(img, width="stretch")
         st.caption(f"**{classes[rec['true']]}** → {classes[rec['pred']]} "
                    f"({rec['confidence']:.0%}) · #{rec['index']}")
+st.subheader("Under attack")
+st.caption("Robust accuracy and the confusion matrix under a chosen attack, beside the clean "
+           "matrix of the same test images. Each attack runs once in the background and is kept.")
+with st.form("eval-attack", border=False):
+    a1, a2, a3, a4 = st.columns([2, 2, 2, 1], vertical_alignment="bottom")
+    budgeted = [a for a, s in ATTACK_SETTINGS.items() if s.budget == "eps"]
+    attack = a1.selectbox("Attack", budgeted, index=budgeted.index("pgd"), key="eval-attack")
+    eps = a2.select_slider("eps (pixel units)", options=list(DEFAULT_GRID[1:]), value=0.1,
+                           format_func=eps_label, key="eval-eps")
+    n = a3.select_slider("Test images", [100, 200, 500, 1000], value=500, key="eval-n")
+    if a4.form_submit_button("Attack"):
+        try:
+            st.session_state["eval-attack-run"] = launch_attack(store, run.id, attack, eps, n)
+        except Exception as err:
+            show_error(err)
+done_attacks = attack_results(store, run.id)
+if done_attacks:
+    ids = [r.id for r in done_attacks]
+    wanted = st.session_state.get("eval-attack-run")
+    if wanted in ids:
+        st.session_state["eval-attack-pick"] = wanted
+    chosen = st.selectbox("Result", ids, key="eval-attack-pick",
+                          format_func=lambda i: attack_label(store.get(i)))
+
+    @st.fragment(run_every=1.0)
+    def under_attack(attack_id: str) -> None:
+        job = store.get(attack_id)
+        if job.status != "completed":
+            info = progress(store, attack_id)
+            st.progress(info["fraction"], text=f"{attack_label(job)}: {info['label']}")
+            return
+        res = job.summary
+        m = st.columns(3)
+        m[0].metric("Clean accuracy (these images)", f"{res['clean_acc']:.2%}")
+        m[1].metric("Robust accuracy", f"{res['adv_acc']:.2%}",
+                    delta=f"{res['adv_acc'] - res['clean_acc']:+.2%}")
+        m[2].metric("Attack success rate", f"{res['success_rate']:.2%}")
+        if "confusion_clean" not in res:
+            st.caption("This attack ran before the clean matrix was kept; run it again.")
+            return
+        left_, right_ = st.columns(2)
+        left_.plotly_chart(confusion_grid_figure(res["confusion_clean"], classes,
+                                                 f"Clean ({res['n']:,} images)"),
+                           width="stretch", key=f"clean-{attack_id}")
+        right_.plotly_chart(confusion_grid_figure(res["confusion_adv"], classes,
+                                                  f"Under {res['threat_label']}"),
+                            width="stretch", key=f"adv-{attack_id}")
+
+    under_attack(chosen)
+else:
+    st.caption("No attack of this model yet: choose one above.")
+
 with st.expander("Configuration of this model"):
     st.json(run.config)

@@ -21,7 +21,11 @@ lab = lab_overview(store)
 if not lab.empty:
     with st.expander(f"The lab holds {len(lab)} trained model(s); best audited first",
                      expanded=False):
-        show_table(lab, percent=["clean acc", "audited robust acc"])
+        tags = sorted({t for listed in lab["tags"] for t in listed.split(", ") if t})
+        chosen_tags = st.multiselect("Only models tagged", tags, key="lab-tags") if tags else []
+        shown_lab = lab[[all(t in listed.split(", ") for t in chosen_tags)
+                         for listed in lab["tags"]]]
+        show_table(shown_lab, percent=["clean acc", "audited robust acc"])
 
 clone = st.session_state.pop("clone_from", None)
 defaults = train_form_defaults(store.get(clone) if clone else None)
@@ -113,7 +117,8 @@ def live(run_id: str, shown_status: str) -> None:
         st.rerun()  # the picker's label and the Resume button outside depend on the status
     info = progress(store, run_id)
     cols = st.columns([3, 1, 1, 1])
-    left = f" · {fmt_seconds(info['seconds_left'])} left" if run.status == "running" else ""
+    left = (f" · about {fmt_seconds(info['seconds_left'])} left"
+            if info["seconds_left"] is not None else "")
     cols[0].progress(info["fraction"], text=f"{run.status} · {info['label']}{left}")
     epoch_rows = store.metrics(run_id, ["test_acc", "robust_acc"])
     last = {m["name"]: m["value"] for m in epoch_rows}
@@ -157,12 +162,19 @@ if resumable(run):
 if b2.button("Clone into form", icon=":material/content_copy:"):
     st.session_state["clone_from"] = run.id
     st.rerun()
-with st.expander("Manage this run: rename, download its weights, delete it"):
+with st.expander("Manage this run: rename, tag, download its weights, delete it"):
     m1, m2, m3 = st.columns([2, 1, 1])
     new_name = m1.text_input("Name", run.name or "", key=f"name-{run.id}")
-    if m1.button("Rename", icon=":material/edit:"):
-        store.rename(run.id, new_name)
-        st.rerun()
+    new_tags = m1.text_input("Tags (comma-separated)", ", ".join(run.tags),
+                             key=f"tags-{run.id}", help="Short words to group runs by, such as "
+                             "baseline or mnist; the lab table and `runs --tag` filter by them")
+    if m1.button("Save name and tags", icon=":material/edit:"):
+        try:
+            store.rename(run.id, new_name)
+            store.set_tags(run.id, new_tags.split(","))
+            st.rerun()
+        except Exception as err:
+            show_error(err)
     weights = weights_file(run.id)
     if weights:
         m2.download_button("Download weights", weights[0], weights[1],

@@ -180,3 +180,72 @@ def test_a_run_is_renamed_downloaded_and_deleted_with_what_belongs_to_it(tmp_pat
     assert not (tmp_path / "runs" / run).exists()  # run_dir() would make the folder again
     assert not (tmp_path / "runs" / evaluation).exists()
     assert store.list_runs() == []
+
+
+def test_tags_are_set_from_the_cli_shown_in_labels_and_filter_the_runs_table(tmp_path,
+                                                                           monkeypatch, capsys):
+    monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path))
+    from core.cli import main
+    from core.service import run_label
+
+    store = RunStore()
+    tagged = store.create_run("train", {"dataset": "mnist", "model": "seed-resnet"})
+    other = store.create_run("train", {"dataset": "mnist", "model": "seed-resnet"})
+    assert main(["tag", tagged, "Baseline", " mnist ", "baseline"]) == 0
+    assert store.get(tagged).tags == ["baseline", "mnist"]
+    assert "[baseline, mnist]" in run_label(store.get(tagged))
+    capsys.readouterr()
+    assert main(["runs", "--tag", "baseline"]) == 0
+    out = capsys.readouterr().out
+    assert tagged in out and other not in out
+    assert main(["tag", tagged, "a,b"]) == 2  # one clear line, the old tags kept
+    assert "without commas" in capsys.readouterr().err
+    assert store.get(tagged).tags == ["baseline", "mnist"]
+    assert main(["rename", other, "second"]) == 0 and store.get(other).name == "second"
+    assert main(["delete", other]) == 2  # queued: refused
+    store.set_status(other, "cancelled")
+    assert main(["delete", other]) == 0 and [r.id for r in store.list_runs()] == [tagged]
+
+
+def test_time_left_is_the_average_rate_since_the_first_step_counting_down():
+    from core.service import remaining_seconds
+
+    steady = [(100.0 + 2 * k, 10.0 * k) for k in range(11)]  # 5 steps/s, 100 of 400 done
+    assert remaining_seconds(steady, 400, now=120.0) == pytest.approx(60.0)
+    assert remaining_seconds(steady, 400, now=130.0) == pytest.approx(50.0)  # counts down
+    paused = steady + [(150.0, 110.0)]  # an evaluation pause counts in the average rate
+    assert remaining_seconds(paused, 400, now=150.0) == pytest.approx(290 / (110 / 50))
+    resumed = steady + [(2000.0, 110.0), (2002.0, 120.0)]  # a stop and a resume an hour later
+    assert remaining_seconds(resumed, 400, now=2002.0) == pytest.approx(56.0)
+    assert remaining_seconds(steady[:1], 400, now=120.0) is None
+    assert remaining_seconds(steady, 100, now=1000.0) == 0.0
+
+
+def test_examples_are_the_same_images_for_both_models_and_flipped_on_either():
+    import torch
+
+    from core.service import example_choice
+
+    labels = torch.tensor([0, 1, 2, 3, 4])
+    a = {"x": torch.zeros(5, 1, 2, 2), "labels": labels, "clean_pred": labels.clone(),
+         "adv_pred": torch.tensor([0, 0, 2, 3, 4])}  # flips image 1
+    b = {"x": torch.zeros(5, 1, 2, 2), "labels": labels,
+         "clean_pred": torch.tensor([0, 1, 2, 0, 4]),  # wrong on image 3 before the attack
+         "adv_pred": torch.tensor([0, 1, 1, 0, 4])}  # flips image 2; 3 was never right
+    assert example_choice([a], "flipped") == [1]
+    assert example_choice([a, b], "flipped") == [1, 2]
+    assert example_choice([a, b], "all", limit=3) == [0, 1, 2]
+    assert example_choice([a, b], "pick", picked=4) == [4]
+
+
+def test_the_epsilon_curve_marks_the_slider_and_the_bars_name_their_classes():
+    from core.figures import epsilon_curve_figure, probability_figure
+
+    fig = epsilon_curve_figure({"A": [(0.0, 0.99), (0.1, 0.5)], "B": [(0.0, 0.98), (0.1, 0.9)]},
+                               0.1)
+    rings = [t for t in fig.data if t.mode == "markers"]
+    assert [tuple(t.y) for t in rings] == [(0.5,), (0.9,)]
+    assert fig.layout.shapes[0].x0 == 0.1 and fig.layout.showlegend
+    bars = probability_figure([0.9, 0.1], [0.2, 0.8], ["cat", "dog"])
+    assert [t.name for t in bars.data] == ["clean", "adversarial"]
+    assert list(bars.data[0].x) == ["cat", "dog"] and bars.layout.showlegend is not False
