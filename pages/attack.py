@@ -39,7 +39,7 @@ with st.expander("Attack parameters", expanded=False):
     st.caption(ATTACKS[attack].__doc__.split("\n")[0])
 
 others = [r for r in runs if r.id != run.id]
-other = st.selectbox("Side by side with (the same images attacked on a second model)",
+other = st.selectbox("Side by side with (a second model, on the same images)",
                      [None] + others, key="attack-other",
                      format_func=lambda r: "no second model" if r is None else run_label(r))
 models = [run] + ([other] if other is not None else [])

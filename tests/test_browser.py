@@ -230,7 +230,8 @@ def test_an_attack_without_epsilon_replaces_the_previous_examples(mnist_model):
         expect(page.get_by_role("heading", name="Examples")).to_be_visible(timeout=180_000)
         attack.click()
         page.get_by_role("option", name="cw").click()
-        expect(page.get_by_text("cw has no epsilon: one result")).to_be_visible(timeout=20_000)
+        expect(page.get_by_text(re.compile("cw has no epsilon, so there is one result"))
+               ).to_be_visible(timeout=20_000)
         expect(page.get_by_text(re.compile(r"^Computing cw on"))).to_be_visible(timeout=20_000)
         expect(page.get_by_role("heading", name="Examples")).to_have_count(0, timeout=5_000)
         expect(page.get_by_text("still being computed")).to_have_count(0)
@@ -267,4 +268,89 @@ def test_a_click_on_a_confusion_cell_filters_the_gallery(mnist_model):
         expect(captions.first).to_be_visible()
         assert all(c.startswith(f"{true} → {pred} ") for c in captions.all_inner_texts())
         page.screenshot(path=str(SHOTS / "9-evaluate-cell.png"), full_page=True)
+        browser.close()
+
+
+def _choose(page, label: str, option: str) -> None:
+    page.get_by_test_id("stSelectbox").filter(has_text=label).click()
+    page.get_by_role("option", name=option).click()
+
+
+@pytest.mark.slow
+def test_attack_examples_flipped_all_or_picked_and_two_models_side_by_side(mnist_model):
+    """The examples are the flipped ones by default, all, or one picked; a second model shows
+    the same images attacked beside the first, with its own numbers and curve."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from core.runner import create, execute
+    from core.specs import TrainSpec
+    from core.store import RunStore
+
+    _, _, run_id = mnist_model
+    store = RunStore()
+    second = create(store, TrainSpec(dataset="mnist", epochs=1, train_subset=300,
+                                     test_subset=50), name="second")
+    execute(store, second, echo=False)
+    with _serve(Path(os.environ["ROBUSTLAB_ARTIFACTS"])) as url, sync_playwright() as p, \
+            _cancel_jobs_left_running():
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/attack?model={run_id}")
+        _choose(page, "Attack", "fgsm")  # a grid computed in seconds
+        expect(page.get_by_text(re.compile(r"^Every number here is on the same 200 test images"))
+               ).to_be_visible(timeout=30_000)
+        expect(page.get_by_role("heading", name="Examples")).to_be_visible(timeout=180_000)
+        expect(page.get_by_text("Computing the grid")).to_have_count(0, timeout=300_000)
+        slider = page.get_by_role("slider", name=re.compile("eps"))
+        slider.focus()
+        for _ in range(4):  # 8/255 -> 0.2: most images flip
+            page.keyboard.press("ArrowRight")
+        heads = page.get_by_text(re.compile(r"^test image #\d+, true class \d$"))
+        expect(heads.first).to_be_visible(timeout=20_000)
+        captions = page.get_by_test_id("stImageCaption").filter(has_text=" → ")
+        for text, caption in zip(heads.all_inner_texts(), captions.all_inner_texts()):
+            true = text.split()[-1]
+            clean, adv = (side.split()[0] for side in caption.split(" → "))
+            assert clean == true and adv != true, (text, caption)  # flipped only
+        page.get_by_text("pick an image", exact=True).click()
+        picker = page.get_by_test_id("stSelectbox").filter(has_text="Image (the first")
+        picker.click()
+        options = page.get_by_role("option").all_inner_texts()  # "test image #127 (5)"
+        first_six = [re.sub(r"^(test image #\d+) \((\d)\)$", r"\1, true class \2", o)
+                     for o in options[:6]]
+        page.get_by_role("option").nth(2).click()
+        expect(heads).to_have_text([first_six[2]], timeout=20_000)
+        page.screenshot(path=str(SHOTS / "10-attack-picked.png"), full_page=True)
+        page.get_by_text("all", exact=True).click()
+        expect(heads).to_have_text(first_six, timeout=20_000)  # in the sample's order
+        _choose(page, "Side by side with", f"second · seed-resnet · mnist · {second[-9:]}")
+        accuracy = page.get_by_test_id("stMetric").filter(has_text="Accuracy under attack")
+        expect(accuracy).to_have_count(2, timeout=180_000)
+        expect(page.get_by_text("Computing the grid")).to_have_count(0, timeout=300_000)
+        expect(heads).to_have_text(first_six, timeout=20_000)  # the same images on both models
+        expect(page.get_by_test_id("stImageCaption").filter(has_text="second: ")).to_have_count(
+            6)
+        page.screenshot(path=str(SHOTS / "11-attack-side-by-side.png"), full_page=True)
+        browser.close()
+
+
+@pytest.mark.slow
+def test_evaluate_shows_the_confusion_matrix_under_a_chosen_attack(mnist_model):
+    from playwright.sync_api import expect, sync_playwright
+
+    _, _, run_id = mnist_model
+    with _serve(Path(os.environ["ROBUSTLAB_ARTIFACTS"])) as url, sync_playwright() as p, \
+            _cancel_jobs_left_running():
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/evaluate?model={run_id}")
+        expect(page.get_by_text("Under attack", exact=True)).to_be_visible(timeout=180_000)
+        _choose(page, "Attack", "fgsm")
+        page.get_by_role("button", name="Attack", exact=True).click()
+        expect(page.get_by_test_id("stMetric").filter(has_text="Robust accuracy")).to_be_visible(
+            timeout=180_000)
+        expect(page.get_by_text("Clean (500 images)")).to_be_visible()
+        expect(page.get_by_text(re.compile(r"^Under L∞ ε=0\.1"))).to_be_visible()
+        page.get_by_text("Under attack", exact=True).scroll_into_view_if_needed()
+        page.screenshot(path=str(SHOTS / "12-evaluate-under-attack.png"), full_page=True)
         browser.close()
