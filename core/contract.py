@@ -99,7 +99,9 @@ def folded(model: nn.Module) -> nn.Module:
         from torch.fx.proxy import TraceError
 
         entry = None
-        if any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        # a model that normalizes by batch statistics keeps them: folding uses the running ones
+        if (not getattr(model, "keeps_batchnorm", False)
+                and any(isinstance(m, nn.BatchNorm2d) for m in model.modules())):
             try:
                 entry = _Folded(model)
             except (TraceError, TypeError, RuntimeError, NotImplementedError, AttributeError):

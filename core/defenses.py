@@ -38,13 +38,59 @@ class Objective(hp.DefenseSettings):
         return _ce(model(x), y, self.label_smoothing)
 
 
+class BatchStatistics(nn.Module):
+    """A model whose BatchNorm layers normalize by each batch's own statistics, as in
+    training, while their running statistics stay as they are: crafting in train mode
+    (``craft_mode="train"``) without the crafting passes counting as training batches. An
+    attack's switch to eval mode does not reach the model inside, and the attack contract's
+    BatchNorm folding (which uses the running statistics) does not apply."""
+
+    keeps_batchnorm = True
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def train(self, mode: bool = True) -> "BatchStatistics":
+        self.training = mode  # the model inside stays in train mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        kept = [(m, m.momentum, m.training) for m in norms]
+        try:
+            for m in norms:
+                m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
+                m.train(True)
+            return self.model(x)
+        finally:
+            for m, momentum, training in kept:
+                m.momentum = momentum
+                m.train(training)
+
+
 class _Adversarial(hp.MultiStepSettings, Objective):
     """Shared crafting of PGD-based defenses."""
 
     def craft(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """PGD examples at the current epsilon, seeded from the global (per-epoch) RNG."""
+        """PGD examples at the current epsilon, seeded from the global (per-epoch) RNG, against
+        the model with running (``craft_mode="eval"``) or batch (``"train"``) statistics."""
+        target = _inner(model)
+        if self.craft_mode == "train":
+            target = BatchStatistics(target)
         return PGD(eps=self.current_eps, steps=self.steps, step_size=self.step_size,
-                   seed=None, best_iterate=False)(_inner(model), x, y)
+                   seed=None, best_iterate=False)(target, x, y)
+
+
+def clean_and_adversarial(model: nn.Module, x: torch.Tensor, adv: torch.Tensor,
+                          batchnorm: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of the clean and the adversarial batch: one forward of both (``shared``: one
+    set of BatchNorm batch statistics over the mixed batch) or two (``separate``, as the
+    reference implementations of FGSM-AT and TRADES do)."""
+    if batchnorm == "separate":
+        return model(x), model(adv)
+    logits = model(torch.cat([x, adv]))
+    return logits[: len(x)], logits[len(x):]
 
 
 def single_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float,
@@ -71,8 +117,7 @@ class FGSMTraining(hp.FGSMTrainingSettings, Objective):
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
         adv = single_step(model, x, y, self.current_eps, self.current_eps, random_start=False)
-        logits = model(torch.cat([x, adv]))
-        clean, adv_logits = logits[: len(x)], logits[len(x):]
+        clean, adv_logits = clean_and_adversarial(model, x, adv, self.batchnorm)
         return ((1 - self.weight) * _ce(clean, y, self.label_smoothing)
                 + self.weight * _ce(adv_logits, y, self.label_smoothing))
 
@@ -122,8 +167,7 @@ class TRADES(hp.TRADESSettings, _Adversarial):
         if self.beta == 0:
             return Objective.__call__(self, model, x, y)
         adv = self.craft_kl(model, x)
-        logits = model(torch.cat([x, adv]))
-        clean, adv_logits = logits[: len(x)], logits[len(x):]
+        clean, adv_logits = clean_and_adversarial(model, x, adv, self.batchnorm)
         kl = F.kl_div(F.log_softmax(adv_logits, dim=1), F.softmax(clean, dim=1),
                       reduction="batchmean")
         return _ce(clean, y, self.label_smoothing) + self.beta * kl
@@ -134,8 +178,8 @@ class IAT(hp.IATSettings, _Adversarial):
     """Interpolated Adversarial Training, Lamb et al. 2019, "Interpolated Adversarial Training:
     Achieving Robust Neural Networks without Sacrificing Too Much Accuracy": craft PGD examples
     from the clean batch, apply mixup (lambda ~ Beta(alpha, alpha), a random pairing) separately
-    to the clean and to the adversarial batch, loss = 1/2 (mixup CE clean + mixup CE adv).
-    ``lam`` fixes lambda (for tests and ablations)."""
+    to the clean and to the adversarial batch, loss = ``loss_factor`` (mixup CE clean + mixup CE
+    adv), 1/2 by default. ``lam`` fixes lambda (for tests and ablations)."""
 
     def _lambda(self) -> float:
         if self.lam is not None:
@@ -155,7 +199,7 @@ class IAT(hp.IATSettings, _Adversarial):
                                      torch.randperm(len(x), device=x.device))
         adv_loss = self.mixup_loss(model, adv, y, self._lambda(),
                                    torch.randperm(len(x), device=x.device))
-        return 0.5 * (clean_loss + adv_loss)
+        return self.loss_factor * (clean_loss + adv_loss)
 
 
 DEFENSES: dict[str, type[Objective]] = {

@@ -364,16 +364,24 @@ class SingleStepSettings(DefenseSettings):
         return 1
 
 
+BATCHNORM_CHOICES = ("shared", "separate")
+CRAFT_MODES = ("eval", "train")
+
+
 @dataclass
 class FGSMTrainingSettings(SingleStepSettings):
-    """FGSM-AT: loss = (1 - weight) CE(clean) + weight CE(FGSM)."""
+    """FGSM-AT: loss = (1 - weight) CE(clean) + weight CE(FGSM). ``batchnorm``: ``shared``
+    (clean and adversarial in one forward, so one set of batch statistics) or ``separate``
+    (two forwards, as reference implementations do)."""
 
     name: ClassVar[str] = "fgsm-at"
     weight: float = 0.5
+    batchnorm: str = "shared"
 
     def validate(self) -> None:
         if not 0 <= self.weight <= 1:
             raise InputError(f"fgsm-at weight must be in [0, 1], got {self.weight}")
+        check_choice("fgsm-at batchnorm", self.batchnorm, BATCHNORM_CHOICES)
 
 
 @dataclass
@@ -389,13 +397,17 @@ class FastATSettings(SingleStepSettings):
 
 @dataclass
 class MultiStepSettings(DefenseSettings):
-    """Shared budget of PGD-based defenses."""
+    """Shared budget of PGD-based defenses. ``craft_mode``: ``eval`` (BatchNorm normalizes
+    by its running statistics while crafting) or ``train`` (by the batch's own statistics, the
+    running ones left untouched)."""
 
     eps: float = 0.1
     steps: int = 10
     step_size: float | None = None
+    craft_mode: str = "eval"
 
     def validate(self) -> None:
+        check_choice("defense craft_mode", self.craft_mode, CRAFT_MODES)
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps <= 0:
             raise InputError(f"defense steps must be a positive whole number, got {self.steps!r}")
         if self.step_size is not None and self.step_size <= 0:
@@ -418,23 +430,28 @@ class TRADESSettings(MultiStepSettings):
 
     name: ClassVar[str] = "trades"
     beta: float = 6.0
+    batchnorm: str = "shared"
 
     def validate(self) -> None:
         super().validate()
         if self.beta < 0:
             raise InputError(f"trades beta must be >= 0, got {self.beta}")
+        check_choice("trades batchnorm", self.batchnorm, BATCHNORM_CHOICES)
 
 
 @dataclass
 class IATSettings(MultiStepSettings):
-    """IAT: mixup on the clean and on the adversarial batch."""
+    """IAT: mixup on the clean and on the adversarial batch; ``loss_factor`` scales their sum
+    (0.5: their mean, as the paper's text; 1: Algorithm 1, which steps on the sum)."""
 
     name: ClassVar[str] = "iat"
     alpha: float = 1.0
     lam: float | None = None
+    loss_factor: float = 0.5
 
     def validate(self) -> None:
         super().validate()
+        check_range("iat loss_factor", self.loss_factor, 0.0, 10.0)
         if self.alpha <= 0:
             raise InputError(f"iat alpha must be > 0, got {self.alpha}")
         if self.lam is not None and not 0 <= self.lam <= 1:

@@ -147,3 +147,84 @@ def test_defense_registry_errors():
     with pytest.raises(InputError, match=r"eps must be in \[0, 1\]"):
         build_defense("pgd-at", eps=2.0)
     assert set(DEFENSES) == {"none", "fgsm-at", "fast-at", "pgd-at", "trades", "iat"}
+
+
+# --- the collapse ablation's options (crafting mode, BatchNorm batches, loss factor) --------
+
+def _real_batch(mnist_test, n: int = 32):
+    torch.manual_seed(0)
+    model = build_model("seed-resnet", (1, 28, 28), 10, width=8, blocks=1)
+    model.train()
+    return model, mnist_test.floats(slice(0, n)), mnist_test.labels[:n]
+
+
+def _running(model) -> list[torch.Tensor]:
+    return [t.clone() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)
+            for t in (m.running_mean, m.running_var)]
+
+
+@requires_mnist
+def test_crafting_in_train_mode_uses_batch_statistics_and_leaves_the_running_ones(mnist_test):
+    from core.defenses import BatchStatistics
+
+    model, x, y = _real_batch(mnist_test)
+    before = _running(model)
+    batch_stats = BatchStatistics(model)
+    with torch.no_grad():
+        expected = model(x)  # train mode: batch statistics (this pass updates the running ones)
+    before = _running(model)
+    assert torch.allclose(batch_stats(x), expected, atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(before, _running(model)))
+    made = {}
+    for mode in ("eval", "train"):
+        torch.manual_seed(3)
+        made[mode] = build_defense("pgd-at", eps=0.3, steps=3, craft_mode=mode).craft(model, x, y)
+        assert model.training, "the model's mode is restored"
+        assert all(torch.equal(a, b) for a, b in zip(before, _running(model)))
+        assert (made[mode] - x).abs().max() <= 0.3 + 1e-6
+        assert made[mode].min() >= 0 and made[mode].max() <= 1
+    # a fresh model's running statistics (0 and 1) are far from the batch's: the two modes
+    # attack different functions, so they craft different examples
+    assert not torch.allclose(made["eval"], made["train"])
+
+
+@requires_mnist
+@pytest.mark.parametrize("defense, args", [("fgsm-at", {"eps": 0.3}),
+                                           ("trades", {"eps": 0.3, "steps": 2})])
+def test_separate_batchnorm_forwards_differ_from_one_shared_forward(defense, args, mnist_test):
+    model, x, y = _real_batch(mnist_test)
+    losses = {}
+    for batchnorm in ("shared", "separate"):
+        twin = copy.deepcopy(model)  # train-mode forwards update BatchNorm statistics
+        torch.manual_seed(5)
+        losses[batchnorm] = build_defense(defense, batchnorm=batchnorm, **args)(twin, x, y)
+    assert torch.isfinite(losses["separate"])
+    assert not torch.allclose(losses["shared"], losses["separate"])
+    twin = copy.deepcopy(model).eval()  # without batch statistics the two are the same loss
+    torch.manual_seed(5)
+    shared = build_defense(defense, batchnorm="shared", **args)(twin, x, y)
+    torch.manual_seed(5)
+    separate = build_defense(defense, batchnorm="separate", **args)(twin, x, y)
+    assert torch.allclose(shared, separate, atol=1e-4)  # batch size changes float rounding
+
+
+@requires_mnist
+def test_iat_loss_factor_scales_the_summed_mixup_losses(mnist_test):
+    model, x, y = _real_batch(mnist_test)
+    losses = {}
+    for factor in (0.5, 1.0):
+        twin = copy.deepcopy(model)
+        torch.manual_seed(7)
+        losses[factor] = build_defense("iat", eps=0.3, steps=2, lam=0.4, loss_factor=factor)(
+            twin, x, y)
+    assert torch.allclose(losses[1.0], 2 * losses[0.5], atol=1e-5)
+
+
+@pytest.mark.parametrize("defense, args, message", [
+    ("pgd-at", {"craft_mode": "batch"}, "unknown defense craft_mode 'batch'; valid: eval, train"),
+    ("fgsm-at", {"batchnorm": "split"}, "unknown fgsm-at batchnorm 'split'; valid: shared"),
+    ("iat", {"loss_factor": -1}, "iat loss_factor must be a number in [0.0, 10.0]"),
+])
+def test_the_ablation_options_refuse_unknown_values(defense, args, message):
+    with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        build_defense(defense, **args)
