@@ -1,5 +1,6 @@
 """How fast the dashboard answers, in a real browser (Debian's chromium driven by Playwright):
-the time from navigation to each page's first content, and from an epsilon-slider change to
+the time from navigation to each page's first content (opening its address, and clicking its
+sidebar link), and from an epsilon-slider change to
 the updated accuracy on the Attack page once its grid is computed, on an idle machine and
 again while a sweep runs in the background (its worker at lower priority).
 
@@ -41,8 +42,34 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
+FIRST_CONTENT = {"train": "Train a model", "evaluate": "Accuracy",
+                 "attack": "Accuracy under attack", "robustness": "Audit a model",
+                 "compare": "Compare runs"}
+
+
+def sidebar_loads(page, url: str, repeats: int) -> dict[str, list[float]]:
+    """Seconds from a click on a page's link in the sidebar (how a user moves between pages:
+    the app stays loaded) to the page's first real content. With one model in the lab every
+    page shows it without a ?model= link."""
+    from playwright.sync_api import expect
+
+    page.goto(url)
+    expect(page.get_by_text(FIRST_CONTENT["train"], exact=True)).to_be_visible(timeout=60_000)
+    times: dict[str, list[float]] = {name: [] for name in FIRST_CONTENT}
+    for _ in range(repeats):
+        for name in ("evaluate", "attack", "robustness", "compare", "train"):
+            began = time.perf_counter()
+            page.get_by_role("link", name=name.capitalize(), exact=True).click()
+            expect(page.get_by_text(FIRST_CONTENT[name], exact=True).first).to_be_visible(
+                timeout=60_000)
+            times[name].append(time.perf_counter() - began)
+            page.wait_for_timeout(500)
+    return times
+
+
 def page_loads(page, url: str, run_id: str, repeats: int) -> dict[str, list[float]]:
-    """Seconds from navigation to each page's first real content."""
+    """Seconds from opening a page's address (a full load of the app) to its first real
+    content."""
     from playwright.sync_api import expect
 
     targets = {"train": ("", "Train a model"), "evaluate": (f"/evaluate?model={run_id}",
@@ -106,6 +133,7 @@ def main() -> None:
             page.goto(url)  # the first visit compiles and caches; users see it once
             page.wait_for_timeout(3000)
             loads = page_loads(page, url, run_id, args.repeats)
+            clicks = sidebar_loads(page, url, args.repeats)
             idle = slider_moves(page, url, run_id, args.moves)
             sweep = launch_sweep(store, run_id, ["fgsm", "pgd"], [0.05, 0.1, 0.2, 0.3], 1000)
             while store.get(sweep).status == "queued":
@@ -116,11 +144,13 @@ def main() -> None:
             browser.close()
     finally:
         server.terminate()
-    print(f"page loads, seconds to first content ({args.repeats} visits each):")
-    print("| page | median | max |")
-    print("|---|---|---|")
+    print(f"seconds to first content ({args.repeats} visits each), opening the page's address "
+          "(full load) and clicking its sidebar link:")
+    print("| page | address: median | address: max | sidebar: median | sidebar: max |")
+    print("|---|---|---|---|---|")
     for name, values in loads.items():
-        print(f"| {name} | {statistics.median(values):.2f} | {max(values):.2f} |")
+        print(f"| {name} | {statistics.median(values):.2f} | {max(values):.2f} | "
+              f"{statistics.median(clicks[name]):.2f} | {max(clicks[name]):.2f} |")
     for label, values in (("idle", idle), (f"a sweep running ({sweep_state} at the end)", busy)):
         print(f"slider, {label}: {len(values)} moves; median {statistics.median(values) * 1000:.0f}"
               f" ms, p95 {percentile(values, 95) * 1000:.0f} ms, max {max(values) * 1000:.0f} ms")

@@ -78,7 +78,17 @@ if show_what == "pick":
             f"({classes[int(first['labels'][k])]})")
 
 
+def finished(grid_ids: list[str]) -> bool:
+    return all(store.get(g).status in ("completed", "failed", "cancelled") for g in grid_ids)
+
+
 @st.fragment(run_every=1.0)
+def poll(grid_ids: list[str], index: int) -> None:
+    if finished(grid_ids):
+        st.rerun()  # drawn once more by the page, which then stops polling
+    show(grid_ids, index)
+
+
 def show(grid_ids: list[str], index: int) -> None:
     # one placeholder for everything: a new attack's first poll replaces the previous
     # attack's examples instead of leaving them on screen, faded
@@ -172,7 +182,8 @@ def examples(results: list[dict]) -> None:
             at += 2
 
 
-show([g.id for g in grids], index)
+# a computed grid is drawn once per slider move, not redrawn every second
+(show if finished([g.id for g in grids]) else poll)([g.id for g in grids], index)
 
 st.divider()
 st.subheader("Attack your own image")

@@ -109,11 +109,20 @@ if done_attacks:
                           format_func=lambda i: attack_label(store.get(i)))
 
     @st.fragment(run_every=1.0)
+    def attack_progress(attack_id: str) -> None:
+        job = store.get(attack_id)
+        if job.status != "running" and job.status != "queued":
+            st.rerun()  # the page draws the result once and stops polling
+        info = progress(store, attack_id)
+        st.progress(info["fraction"], text=f"{attack_label(job)}: {info['label']}")
+
     def under_attack(attack_id: str) -> None:
         job = store.get(attack_id)
+        if job.status in ("running", "queued"):
+            attack_progress(attack_id)
+            return
         if job.status != "completed":
-            info = progress(store, attack_id)
-            st.progress(info["fraction"], text=f"{attack_label(job)}: {info['label']}")
+            st.error(f"This attack {job.status}: {job.error}")
             return
         res = job.summary
         m = st.columns(3)

@@ -58,6 +58,12 @@ def pick_audit():
 
 @st.fragment(run_every=2.0)
 def audit_live(run_id: str) -> None:
+    if store.get(run_id).status not in ("running", "queued"):
+        st.rerun()  # done: the page draws the waterfall, indicators and examples once
+    waterfall(run_id)
+
+
+def waterfall(run_id: str) -> None:
     view = audit_view(store, run_id)
     if view["status"] in ("running", "queued"):
         info = progress(store, run_id)
@@ -71,10 +77,6 @@ def audit_live(run_id: str) -> None:
                                          f"{view['version']} audit at {view['threat_label']}, "
                                          f"{view['n']:,} test images", STAGE_NAMES),
                         width="stretch")
-    if st.session_state.get("audit-was-live") and view["status"] not in ("running", "queued"):
-        st.session_state["audit-was-live"] = False
-        st.rerun()  # done: draw the indicators and examples below
-    st.session_state["audit-was-live"] = view["status"] in ("running", "queued")
 
 
 def audit_results(run_id: str) -> None:
@@ -110,8 +112,12 @@ with audit_tab:
     audit_form()
     picked = pick_audit()
     if picked is not None:
-        audit_live(picked.id)
-        audit_results(picked.id)
+        if store.get(picked.id).status in ("running", "queued"):
+            audit_live(picked.id)  # polls until the audit ends
+        else:
+            waterfall(picked.id)  # a finished audit is drawn once, not every 2 s
+            audit_results(picked.id)
+
 
 @st.fragment(run_every=2.0)
 def active_sweeps() -> None:

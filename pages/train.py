@@ -115,6 +115,11 @@ def live(run_id: str, shown_status: str) -> None:
     run = store.get(run_id)
     if run.status != shown_status:
         st.rerun()  # the picker's label and the Resume button outside depend on the status
+    draw(run)
+
+
+def draw(run) -> None:
+    run_id = run.id
     info = progress(store, run_id)
     cols = st.columns([3, 1, 1, 1])
     left = (f" · about {fmt_seconds(info['seconds_left'])} left"
@@ -150,7 +155,10 @@ def live(run_id: str, shown_status: str) -> None:
 
 
 run = store.get(selected.id)
-live(run.id, run.status)
+if run.status in ("running", "queued"):
+    live(run.id, run.status)
+else:
+    draw(run)  # a finished run does not change: drawn once, not every 1.5 s
 b1, b2, _ = st.columns([1, 1, 4])
 if resumable(run):
     if b1.button("Resume from last checkpoint", icon=":material/replay:"):
