@@ -62,6 +62,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=5000)
     parser.add_argument("--versions", default="standard,fast")
     parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--precisions", default="bf16,fp32",
+                        help="our search's arithmetic (verdicts are float32 either way)")
     args = parser.parse_args()
     _, _, model = small_mnist_model("robustlab-audit-")
     from core import audit, data
@@ -74,29 +76,33 @@ def main() -> None:
           f" {args.steps} iterations, {args.queries} Square queries, batches of {args.batch_size}")
     for version in args.versions.split(","):
         plan = audit.stages(version, threat, args.steps, args.queries)
-        began = time.perf_counter()
-        ours = audit.cascade(model, split, plan, args.batch_size)
-        mid = time.perf_counter()
-        checks = audit.indicators(model, split, threat, ours, plan, args.steps)
-        end = time.perf_counter()
+        runs = {}
+        for precision in args.precisions.split(","):
+            began = time.perf_counter()
+            ours = audit.cascade(model, split, plan, args.batch_size,
+                                 low_precision=precision == "bf16")
+            mid = time.perf_counter()
+            checks = audit.indicators(model, split, threat, ours, plan, args.steps)
+            runs[precision] = (ours, checks, mid - began, time.perf_counter() - mid)
         ref_rows, ref_acc = reference_cascade(
             model, x, y, reference_stages(model, version, args.norm, args.eps, args.steps,
                                           args.queries), args.batch_size)
         ref_s = sum(r[2] for r in ref_rows)
-        print(f"\n{version}: cascade {mid - began:.0f} s (ours) vs {ref_s:.0f} s (torchattacks):"
-              f" {ref_s / (mid - began):.2f}x faster; indicators {end - mid:.0f} s more, "
-              f"whole audit {ref_s / (end - began):.2f}x; robust accuracy {ours['robust_acc']:.2%}"
-              f" vs {ref_acc:.2%} ({(ours['robust_acc'] - ref_acc) * 100:+.2f} pp); verdict "
-              f"{audit.verdict(checks)}")
-        for c in checks:
-            if c["status"] != "pass":
-                print(f"  [{c['status']}] {c['name']}: {c['detail']}")
-        print("| stage | ours: robust acc | seconds | torchattacks: robust acc | seconds |")
-        print("|---|---|---|---|---|")
-        for mine, ref in zip(ours["stages"], ref_rows):
-            print(f"| {mine['attack']} | {mine['robust_acc']:.2%} | {mine['seconds']:.1f} | "
-                  f"{ref[1]:.2%} | {ref[2]:.1f} |", flush=True)
-
+        for precision, (ours, checks, cascade_s, checks_s) in runs.items():
+            print(f"\n{version}, our search in {precision}: cascade {cascade_s:.0f} s (ours) vs "
+                  f"{ref_s:.0f} s (torchattacks): {ref_s / cascade_s:.2f}x faster; indicators "
+                  f"{checks_s:.0f} s more, whole audit {ref_s / (cascade_s + checks_s):.2f}x; "
+                  f"robust accuracy {ours['robust_acc']:.2%} vs {ref_acc:.2%} "
+                  f"({(ours['robust_acc'] - ref_acc) * 100:+.2f} pp); silent {ours['silent']}; "
+                  f"verdict {audit.verdict(checks)}")
+            for c in checks:
+                if c["status"] != "pass":
+                    print(f"  [{c['status']}] {c['name']}: {c['detail']}")
+            print("| stage | ours: robust acc | seconds | torchattacks: robust acc | seconds |")
+            print("|---|---|---|---|---|")
+            for mine, ref in zip(ours["stages"], ref_rows):
+                print(f"| {mine['attack']} | {mine['robust_acc']:.2%} | {mine['seconds']:.1f} | "
+                      f"{ref[1]:.2%} | {ref[2]:.1f} |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -18,7 +18,8 @@ import torch.nn as nn
 from . import distributed
 from .apgd import APGD, APGDT
 from .attacks import PGD
-from .contract import attack_mode, input_grad, margin, outputs_are_probabilities
+from .contract import (LowPrecision, attack_mode, input_grad, margin,
+                       outputs_are_probabilities)
 from .data import TensorData
 from .fab import FABT
 from .square import Square
@@ -59,16 +60,21 @@ ROBUST = -1  # the code of a point no stage broke; 0 is "misclassified clean", k
 
 def cascade(model: nn.Module, data: TensorData, plan: list[Stage], batch_size: int = 250,
             progress: Progress | None = None, ctx: distributed.Context | None = None,
-            on_stage: Callable[[dict], None] | None = None, keep: int = 8) -> dict:
+            on_stage: Callable[[dict], None] | None = None, keep: int = 8,
+            low_precision: bool = False) -> dict:
     """Run the stages in order, each on the points still robust, batch by batch. Returns the
     clean and robust accuracy, per-stage figures, the stage that broke each example, and silent
     successes, and up to ``keep`` adversarial examples per stage (``shown``: position, image,
     prediction); ``on_stage`` gets each stage's row as soon as it is done (this process's
-    share under torchrun; examples come from rank 0's share). Batches are fixed by position and every attack call is seeded per batch,
-    so under torchrun (whole batches per rank) the result equals one process's."""
+    share under torchrun; examples come from rank 0's share). Batches are fixed by position
+    and every attack call is seeded per batch, so under torchrun (whole batches per rank) the
+    result equals one process's. ``low_precision`` searches in bfloat16
+    (:class:`core.contract.LowPrecision`); every verdict is still the float32 model's, and a
+    point the bfloat16 search broke but float32 does not is searched again in float32."""
     ctx = ctx or distributed.Context()
     mine = distributed.my_positions(ctx, len(data), batch_size)
-    local = _run_stages(model, data, mine, plan, batch_size, progress, on_stage, keep)
+    local = _run_stages(model, data, mine, plan, batch_size, progress, on_stage, keep,
+                        low_precision)
     shown = local.pop("shown")
     tensors = {"clean_pred": local.pop("clean_pred"), "code": local.pop("code")}
     if ctx.world > 1:
@@ -83,8 +89,10 @@ def cascade(model: nn.Module, data: TensorData, plan: list[Stage], batch_size: i
 
 def _run_stages(model: nn.Module, data: TensorData, positions: torch.Tensor, plan: list[Stage],
                 batch_size: int, progress: Progress | None,
-                on_stage: Callable[[dict], None] | None, keep: int) -> dict:
+                on_stage: Callable[[dict], None] | None, keep: int,
+                low_precision: bool = False) -> dict:
     device = next(model.parameters()).device
+    search = LowPrecision(model) if low_precision else model
     batches = [positions[s:s + batch_size] for s in range(0, len(positions), batch_size)]
     preds = [_predict(model, data.floats(part).to(device)).cpu() for part in batches]
     codes = [torch.where(p == data.labels[part], ROBUST, 0) for p, part in zip(preds, batches)]
@@ -101,8 +109,10 @@ def _run_stages(model: nn.Module, data: TensorData, positions: torch.Tensor, pla
             if len(idx):
                 x = data.floats(part[idx]).to(device)
                 y = data.labels[part[idx]].to(device)
-                adv = stage.attack(model, x, y)
-                adv_pred = _predict(model, adv).cpu()
+                adv = stage.attack(search, x, y)
+                if stage.name == "apgd-ce":
+                    traces.append(list(stage.attack.trace))
+                adv, adv_pred, found = _confirmed(stage.attack, model, search, x, y, adv)
                 fooled = adv_pred != y.cpu()
                 room = keep - sum(s == k for s in shown["stage"])
                 for j in fooled.nonzero().squeeze(1)[:max(room, 0)].tolist():
@@ -110,11 +120,10 @@ def _run_stages(model: nn.Module, data: TensorData, positions: torch.Tensor, pla
                     shown["x_adv"].append(adv[j].cpu())
                     shown["adv_pred"].append(int(adv_pred[j]))
                     shown["stage"].append(k)
-                if stage.name == "apgd-ce":
-                    traces.append(list(stage.attack.trace))
-                found = getattr(stage.attack, "found_any", None)
-                if found is not None:
-                    silent += int((found.cpu() & ~fooled).sum())
+                # Square returns the very point where it saw its lowest margin: a disagreement
+                # there is two forwards' rounding at a margin near 0, not a lost success
+                if found is not None and stage.name != "square":
+                    silent += int((found & ~fooled).sum())
                 codes[b][idx[fooled]] = k + 1
             if progress:  # this rank's share done, as a share of the whole cascade
                 share = (k * len(positions) + batch_size * b + len(part)) / (
@@ -129,6 +138,27 @@ def _run_stages(model: nn.Module, data: TensorData, positions: torch.Tensor, pla
     return {"code": torch.cat(codes) if codes else empty,
             "clean_pred": torch.cat(preds) if preds else empty,
             "seconds": seconds, "silent": silent, "trace": _summed(traces), "shown": shown}
+
+
+def _confirmed(attack, model: nn.Module, search: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The float32 model's predictions on ``adv`` and the attack's own successes (CPU); where a
+    low-precision search saw a success that float32 does not confirm, the point is searched
+    again in float32, so rounding neither hides a success nor counts as a silent one."""
+    adv_pred = _predict(model, adv).cpu().clone()  # an inference tensor is read-only here
+    found = getattr(attack, "found_any", None)
+    found = None if found is None else found.cpu().clone()
+    if search is model or found is None:
+        return adv, adv_pred, found
+    doubt = (found & (adv_pred == y.cpu())).nonzero().squeeze(1)
+    if len(doubt):
+        on = doubt.to(x.device)
+        again = attack(model, x[on], y[on])
+        adv = adv.clone()
+        adv[on] = again
+        adv_pred[doubt] = _predict(model, again).cpu()
+        found[doubt] = attack.found_any.cpu()
+    return adv, adv_pred, found
 
 
 def _summed(traces: list[list[int]]) -> list[int]:
@@ -334,6 +364,7 @@ def report(spec, threat: ThreatModel, result: dict, checks: list[dict], data: Te
             "version": spec.version, "n": result["n"], "clean_acc": result["clean_acc"],
             "robust_acc": result["robust_acc"], "stages": result["stages"],
             "indicators": checks, "steps": spec.steps, "queries": spec.queries,
+            "search_precision": result.get("search_precision", "fp32"),
             "verdict": verdict(checks), "examples": examples}
 
 

@@ -204,6 +204,9 @@ def _audit_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="iterations of APGD-CE, APGD-T and FAB-T "
                    "(default 100, the reference's)")
     p.add_argument("--queries", type=int, help="Square queries (default 5000)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                   help="arithmetic of the attacks' search: auto (default) is bf16 where the "
+                   "hardware computes it natively, else fp32; verdicts are always fp32")
 
 
 def _device_option(p: argparse.ArgumentParser) -> None:
@@ -279,7 +282,7 @@ def audit_spec(args: argparse.Namespace):
 
     return AuditSpec(**_model_fields(args), **_given(
         args, norm="norm", eps="eps", version="version", n="n", seed="seed", steps="steps",
-        queries="queries"))
+        queries="queries", precision="precision"))
 
 
 def reproduce_spec(args: argparse.Namespace):

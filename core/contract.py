@@ -99,8 +99,8 @@ def folded(model: nn.Module) -> nn.Module:
         from torch.fx.proxy import TraceError
 
         entry = None
-        # a model that normalizes by batch statistics keeps them: folding uses the running ones
-        if (not getattr(model, "keeps_batchnorm", False)
+        # wrappers that fold their model themselves (or must not be folded) say so
+        if (getattr(model, "fold_batchnorm", True)
                 and any(isinstance(m, nn.BatchNorm2d) for m in model.modules())):
             try:
                 entry = _Folded(model)
@@ -109,6 +109,32 @@ def folded(model: nn.Module) -> nn.Module:
         _FOLDED[model] = entry
     entry = _FOLDED[model]
     return model if entry is None else entry.refresh()
+
+
+class LowPrecision(nn.Module):
+    """The model's folded forward under bfloat16 autocast, its logits returned in float32: an
+    attack's search runs 2.5-3x faster where the hardware has bfloat16 arithmetic (CPUs with
+    AVX-512 BF16 or AMX, recent GPUs). Gradients still reach the input in float32. Whoever
+    searches with it takes every verdict with the float32 model (the audit does, and
+    searches again in float32 wherever the two disagree)."""
+
+    fold_batchnorm = False  # it folds its model itself, inside autocast
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # no cast cache: it would hold every iterate's bf16 copy until the attack ends
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=False):
+            return folded(self.model)(x).float()
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively (elsewhere it is emulated, and slow)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor,

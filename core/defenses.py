@@ -45,7 +45,7 @@ class BatchStatistics(nn.Module):
     attack's switch to eval mode does not reach the model inside, and the attack contract's
     BatchNorm folding (which uses the running statistics) does not apply."""
 
-    keeps_batchnorm = True
+    fold_batchnorm = False  # folding would normalize by the running statistics
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()

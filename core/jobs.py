@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from . import checkpoint, data, distributed, estimate, reports
 from .attacks import build_attack, with_budget
+from .contract import bf16_native
 from .evaluation import clean_report, run_attack, sanity_warnings, sharded_attack, sweep as sweep_
 from .hyperparams import ATTACK_SETTINGS
 from .paths import run_dir
@@ -188,10 +189,14 @@ def audit(ctx) -> dict:
     ctx.say(estimate.line(seconds, f"{', '.join(s.name for s in plan)} on at most "
                                    f"{len(split):,} images; later stages only see the points "
                                    "still robust"))
+    device = next(model.parameters()).device
+    low = spec.precision == "bf16" or (spec.precision == "auto" and bf16_native(device))
+    ctx.say(f"searching in {'bfloat16' if low else 'float32'}; every verdict in float32")
     ctx.progress.start(len(plan) * len(split))
     result = audit_.cascade(model, split, plan, spec.batch_size,
                             progress=lambda done, _total: ctx.progress.update(done),
-                            ctx=ctx.rank, on_stage=_stage_reporter(ctx))
+                            ctx=ctx.rank, on_stage=_stage_reporter(ctx), low_precision=low)
+    result["search_precision"] = "bf16" if low else "fp32"
     if not ctx.is_main:
         return {}
     ctx.say("checking the indicators of attack failure…")

@@ -200,6 +200,8 @@ def audit_markdown(report: dict) -> str:
     lines = [f"# Audit: {report['threat_label']}, {report['version']} version, "
              f"{report['n']:,} test images", "",
              f"Robust accuracy **{report['robust_acc']:.2%}** (clean {report['clean_acc']:.2%});"
-             f" verdict: **{report['verdict']}**.", ""]
+             f" verdict: **{report['verdict']}**. The attacks searched in "
+             f"{report.get('search_precision', 'fp32')}; every verdict is the float32 model's.",
+             ""]
     lines += ["", markdown(pd.DataFrame(stages)), "", markdown(pd.DataFrame(checks)), ""]
     return "\n".join(lines)

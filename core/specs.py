@@ -303,9 +303,11 @@ class AuditSpec(ModelJobSpec):
     steps: int = 100
     queries: int = 5000
     batch_size: int = 250
+    precision: str = "auto"  # of the search; verdicts are float32 (core.contract.LowPrecision)
 
     def validate(self) -> None:
         super().validate()
+        hp.check_choice("audit precision", self.precision, PRECISIONS)
         if self.eps is None:
             raise InputError("an audit needs its epsilon (--eps), in pixel units: e.g. 0.3 for "
                              "MNIST, 8/255 = 0.0314 for CIFAR-10")

@@ -5,7 +5,7 @@ kept when they lower the margin loss; only still-robust points are queried."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -57,6 +57,8 @@ class Square(hp.SquareSettings, Attack):
     per channel, the total norm kept at eps. An update is kept where the margin loss drops;
     points stop being queried once misclassified."""
 
+    found_any: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
+
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():  # queries only: no autograd bookkeeping at all
             return self._search(model, x, y)
@@ -77,6 +79,7 @@ class Square(hp.SquareSettings, Attack):
             better = loss < best[live]
             keep = live[better]
             adv[keep], best[keep] = cand[better], loss[better]
+        self.found_any = best < 0
         return adv
 
     def _init(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:

@@ -175,3 +175,56 @@ def test_the_weaker_attacks_stay_in_the_ball_and_fail_the_indicator_when_they_wi
     assert weaker_indicator(0, 0, 16)["status"] == "pass"
     assert weaker_indicator(0, 1, 16)["status"] == "fail"
     assert weaker_indicator(2, 0, 16)["status"] == "fail"
+
+
+@requires_mnist
+def test_a_bfloat16_search_gives_float32_verdicts_within_a_point_of_a_float32_search(
+        mnist_model, mnist_test):
+    import torch
+
+    from core import audit
+    from core.contract import LowPrecision
+
+    model, _, _ = mnist_model
+    data = mnist_test.subset(100, seed=21)
+    x = data.floats(slice(0, 50))
+    with torch.no_grad():
+        exact, low = model.eval()(x), LowPrecision(model)(x)
+    assert low.dtype == torch.float32 and (low - exact).abs().max() < 0.25
+    assert (low.argmax(1) == exact.argmax(1)).float().mean() >= 0.98
+    plan = audit.stages("fast", ThreatModel("linf", 0.1), steps=20)
+    full = audit.cascade(model, data, plan)
+    half = audit.cascade(model, data, plan, low_precision=True)
+    assert abs(half["robust_acc"] - full["robust_acc"]) <= 0.02
+    assert half["silent"] == 0  # rounding never passes for a success that was not returned
+
+
+class _ClaimsSuccess:
+    """An attack that says it broke every point but returns them untouched."""
+
+    found_any = None
+
+    def __call__(self, model, x, y):
+        self.calls = getattr(self, "calls", 0) + 1
+        self.found_any = torch.ones(len(x), dtype=torch.bool)
+        return x.clone()
+
+
+def test_a_low_precision_success_float32_does_not_confirm_is_searched_again_in_float32():
+    import torch
+
+    from core.audit import _confirmed
+    from core.contract import LowPrecision
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+    x = torch.rand(5, 1, 2, 2)
+    y = model(x).argmax(1)  # every point correctly classified, so nothing was really broken
+    attack = _ClaimsSuccess()
+    search = LowPrecision(model)
+    adv, pred, found = _confirmed(attack, model, search, x, y, attack(search, x, y))
+    assert attack.calls == 2  # the float32 search again, on the five doubted points
+    assert torch.equal(pred, y) and found.all()  # float32 too claims it: a real silent success
+    attack = _ClaimsSuccess()
+    _confirmed(attack, model, model, x, y, attack(model, x, y))
+    assert attack.calls == 1  # a float32 search is not repeated
