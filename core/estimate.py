@@ -32,6 +32,22 @@ def seconds_per_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> floa
     return took / max(len(x), 1)
 
 
+def seconds_per_attack_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Seconds per image of one attack gradient pass (eval mode, BatchNorm folded, gradient
+    with respect to the input only), timed twice and the second counted."""
+    from .contract import attack_mode, folded, input_grad
+
+    with attack_mode(model):
+        fast = folded(model)
+        for _ in range(2):
+            began = time.perf_counter()
+            input_grad(fast, x, y, F.cross_entropy)
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+            took = time.perf_counter() - began
+    return took / max(len(x), 1)
+
+
 def training_seconds(defense: DefenseSettings, epochs: int, n_train: int, n_test: int,
                      n_held_out: int, guard_steps: int, per_pass: float) -> float:
     """Estimated seconds of a training run."""

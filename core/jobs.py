@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from . import checkpoint, data, distributed, estimate, reports
 from .attacks import build_attack, with_budget
-from .contract import bf16_native
+from .contract import LowPrecision, bf16_native
 from .evaluation import clean_report, run_attack, sanity_warnings, sharded_attack, sweep as sweep_
 from .hyperparams import ATTACK_SETTINGS
 from .paths import run_dir
@@ -184,13 +184,15 @@ def audit(ctx) -> dict:
     model, meta = job_model(ctx, spec)
     split = split_for(meta, spec, "test", spec.n, spec.seed)
     plan = audit_.stages(spec.version, threat, spec.steps, spec.queries, spec.seed)
-    per_pass = _per_pass(model, split)
+    device = next(model.parameters()).device
+    low = spec.precision == "bf16" or (spec.precision == "auto" and bf16_native(device))
+    probe = split.floats(slice(0, 64)).to(device)
+    per_pass = estimate.seconds_per_attack_pass(LowPrecision(model) if low else model, probe,
+                                                split.labels[:64].to(device))
     seconds = sum(estimate.attack_seconds(s.attack, len(split), per_pass) for s in plan)
     ctx.say(estimate.line(seconds, f"{', '.join(s.name for s in plan)} on at most "
                                    f"{len(split):,} images; later stages only see the points "
                                    "still robust"))
-    device = next(model.parameters()).device
-    low = spec.precision == "bf16" or (spec.precision == "auto" and bf16_native(device))
     ctx.say(f"searching in {'bfloat16' if low else 'float32'}; every verdict in float32")
     ctx.progress.start(len(plan) * len(split))
     result = audit_.cascade(model, split, plan, spec.batch_size,
