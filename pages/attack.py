@@ -86,10 +86,6 @@ def finished(grid_ids: list[str]) -> bool:
 def poll(grid_ids: list[str], index: int) -> None:
     if finished(grid_ids):
         st.rerun()  # drawn once more by the page, which then stops polling
-    show(grid_ids, index)
-
-
-def show(grid_ids: list[str], index: int) -> None:
     # one placeholder for everything: a new attack's first poll replaces the previous
     # attack's examples instead of leaving them on screen, faded
     with st.empty().container():
@@ -111,7 +107,7 @@ def show_grids(grid_ids: list[str], index: int) -> None:
         if any(curves.values()):
             st.plotly_chart(epsilon_curve_figure(curves, eps, ATTACKS[attack].budget),
                             width="stretch",
-                            key=f"curve-{sum(len(v) for v in curves.values())}-{index}")
+                            key=f"curve-{'-'.join(grid_ids)}-{sum(map(len, curves.values()))}")
     if all(r is not None for r in results):
         examples(results)
 
@@ -182,8 +178,12 @@ def examples(results: list[dict]) -> None:
             at += 2
 
 
-# a computed grid is drawn once per slider move, not redrawn every second
-(show if finished([g.id for g in grids]) else poll)([g.id for g in grids], index)
+if finished([g.id for g in grids]):
+    # drawn once per slider move, not every second; in place, so the browser updates the
+    # charts it has instead of building new ones
+    show_grids([g.id for g in grids], index)
+else:
+    poll([g.id for g in grids], index)
 
 st.divider()
 st.subheader("Attack your own image")

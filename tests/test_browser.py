@@ -295,6 +295,11 @@ def test_attack_examples_flipped_all_or_picked_and_two_models_side_by_side(mnist
             _cancel_jobs_left_running():
         browser = _browser(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        broken_images: list[str] = []  # Streamlit logs "image source error" for a lost image
+        page.on("console", lambda m: "image source error" in m.text.lower()
+                and broken_images.append(m.text))
+        page.on("response", lambda r: r.status >= 400 and "/media/" in r.url
+                and broken_images.append(f"{r.status} {r.url}"))
         page.goto(f"{url}/attack?model={run_id}")
         _choose(page, "Attack", "fgsm")  # a grid computed in seconds
         expect(page.get_by_text(re.compile(r"^Every number here is on the same 200 test images"))
@@ -331,6 +336,8 @@ def test_attack_examples_flipped_all_or_picked_and_two_models_side_by_side(mnist
         expect(page.get_by_test_id("stImageCaption").filter(has_text="second: ")).to_have_count(
             6)
         page.screenshot(path=str(SHOTS / "11-attack-side-by-side.png"), full_page=True)
+        page.wait_for_timeout(3000)  # a finished grid is not redrawn, so no image goes stale
+        assert broken_images == []
         browser.close()
 
 
