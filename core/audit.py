@@ -187,7 +187,8 @@ def gradient_indicator(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> di
     """1. Zero or non-finite input gradients on any evaluated example."""
     # the logit margin, not cross-entropy: a confident softmax rounds CE's gradient to zero in
     # float32 without any masking
-    grad, _ = input_grad(model, x, y, lambda z, t: margin(z, t).sum())
+    with attack_mode(model):  # eval mode: a training forward would move BatchNorm's statistics
+        grad, _ = input_grad(model, x, y, lambda z, t: margin(z, t).sum())
     norms = grad.flatten(1).norm(dim=1)
     bad = int((~torch.isfinite(norms) | (norms == 0)).sum())
     if bad:

@@ -72,9 +72,11 @@ class _Folded:
         """Refold the pairs whose weights or statistics changed since the last call."""
         from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+        # a train-mode forward updates the running statistics without bumping their version
+        # counters; it does bump num_batches_tracked's
         stamp = tuple((t._version, t.data_ptr()) for conv, bn, _ in self.pairs
                       for t in (conv.weight, bn.weight, bn.bias, bn.running_mean,
-                                bn.running_var) if t is not None)
+                                bn.running_var, bn.num_batches_tracked) if t is not None)
         if stamp != self.stamp:
             with torch.no_grad():
                 for conv, bn, fused in self.pairs:
@@ -123,6 +125,9 @@ class LowPrecision(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        # a new module starts in train mode: the attack contract restores the wrapper's
+        # mode, which must be its model's, or an attack would leave the model training
+        self.training = model.training
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # no cast cache: it would hold every iterate's bf16 copy until the attack ends

@@ -228,3 +228,28 @@ def test_a_low_precision_success_float32_does_not_confirm_is_searched_again_in_f
     attack = _ClaimsSuccess()
     _confirmed(attack, model, model, x, y, attack(model, x, y))
     assert attack.calls == 1  # a float32 search is not repeated
+
+
+def test_the_folded_model_follows_a_training_forward_and_attacks_keep_the_models_mode():
+    import torch
+
+    from core.attacks import PGD
+    from core.audit import gradient_indicator
+    from core.contract import LowPrecision, folded
+
+    torch.manual_seed(0)
+    model = build_model("seed-resnet", (1, 12, 12), 10, width=4, blocks=1).eval()
+    x, y = torch.rand(8, 1, 12, 12), torch.randint(0, 10, (8,))
+    with torch.no_grad():
+        before = folded(model)(x)
+        model.train()(torch.rand(8, 1, 12, 12) * 3)  # moves the running statistics in place
+        model.eval()
+        after, exact = folded(model)(x), model(x)
+    assert not torch.allclose(before, after) and torch.allclose(after, exact, atol=1e-4)
+    PGD(eps=0.1, steps=2)(LowPrecision(model), x, y)
+    assert not model.training  # the wrapper restored the model's own mode, not train mode
+    model.train()
+    stats = [t.clone() for t in model.buffers()]
+    gradient_indicator(model, x, y)
+    assert all(torch.equal(a, b) for a, b in zip(stats, model.buffers()))
+    assert model.training
