@@ -224,12 +224,9 @@ def test_an_attack_without_epsilon_replaces_the_previous_examples(mnist_model):
         browser = _browser(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{url}/attack?model={run_id}")
-        attack = page.get_by_test_id("stSelectbox").filter(has_text="Attack")
-        attack.click()
-        page.get_by_role("option", name="fgsm").click()  # a grid computed in seconds
+        _choose(page, "Attack", "fgsm")  # a grid computed in seconds
         expect(page.get_by_role("heading", name="Examples")).to_be_visible(timeout=180_000)
-        attack.click()
-        page.get_by_role("option", name="cw").click()
+        _choose(page, "Attack", "cw")
         expect(page.get_by_text(re.compile("cw has no epsilon, so there is one result"))
                ).to_be_visible(timeout=20_000)
         expect(page.get_by_text(re.compile(r"^Computing cw on"))).to_be_visible(timeout=20_000)
@@ -274,8 +271,19 @@ def test_a_click_on_a_confusion_cell_filters_the_gallery(mnist_model):
 
 
 def _choose(page, label: str, option: str) -> None:
-    page.get_by_test_id("stSelectbox").filter(has_text=label).click()
-    page.get_by_role("option", name=option).click()
+    """Pick ``option`` in the select box labelled ``label``. A rerun of the page (a polling
+    fragment, a job finishing) closes an open drop-down, so open it again until it shows."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    box = page.get_by_test_id("stSelectbox").filter(has_text=label)
+    for _ in range(10):
+        box.click()
+        try:
+            page.get_by_role("option", name=option).click(timeout=5_000)
+            return
+        except PlaywrightTimeout:
+            page.keyboard.press("Escape")
+    raise AssertionError(f"option {option!r} of {label!r} never showed")
 
 
 @pytest.mark.slow
@@ -364,6 +372,9 @@ def test_evaluate_shows_the_confusion_matrix_under_a_chosen_attack(mnist_model):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{url}/evaluate?model={run_id}")
         expect(page.get_by_text("Under attack", exact=True)).to_be_visible(timeout=180_000)
+        # the clean evaluation may still be running: its polling reruns close drop-downs
+        expect(page.get_by_text("Misclassified examples", exact=True)).to_be_visible(
+            timeout=180_000)
         _choose(page, "Attack", "fgsm")
         page.get_by_role("button", name="Attack", exact=True).click()
         expect(page.get_by_test_id("stMetric").filter(has_text="Robust accuracy")).to_be_visible(

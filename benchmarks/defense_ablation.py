@@ -1,0 +1,131 @@
+"""Why does adversarial training collapse? Ablations of IAT and FGSM-AT on real MNIST, every
+choice judged on held-out *training* images (never on test images).
+
+Each variant trains seed-resnet through the same runner as the CLI; after every epoch the
+overfitting guard measures PGD accuracy on ``--held-out`` training images held out of training
+(``--guard-steps`` steps at the training epsilon). A variant *collapses* when, from the epoch
+its held-out robust accuracy first peaks to the end, it falls more than ``--tolerance`` below
+that peak (issue 14's target: 5 pp).
+
+    python benchmarks/defense_ablation.py [--eps 0.3] [--images 2000] [--epochs 6]
+        [--only iat:base,iat:train,...] [--out table.md]
+
+Runs go to a temporary artifacts folder (``--artifacts`` to keep them).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402  (sets ROBUSTLAB_DATA to the shared datasets)
+
+# one change at a time from each defense's base; the last rows combine the changes that help
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "iat:base": ("iat", {}),
+    "iat:craft-train": ("iat", {"craft_mode": "train"}),
+    "iat:steps-10": ("iat", {"steps": 10}),
+    "iat:ramp-2": ("iat", {"eps_ramp_epochs": 2}),
+    "iat:alpha-0.2": ("iat", {"alpha": 0.2}),
+    "iat:loss-sum": ("iat", {"loss_factor": 1.0}),
+    "iat:train+ramp": ("iat", {"craft_mode": "train", "eps_ramp_epochs": 2}),
+    "fgsm-at:base": ("fgsm-at", {}),
+    "fgsm-at:separate-bn": ("fgsm-at", {"batchnorm": "separate"}),
+    "fgsm-at:ramp-2": ("fgsm-at", {"eps_ramp_epochs": 2}),
+    "fgsm-at:separate+ramp": ("fgsm-at", {"batchnorm": "separate", "eps_ramp_epochs": 2}),
+}
+
+
+def run_variant(name: str, defense: str, extra: dict, args) -> dict:
+    """Train one variant; return its held-out curve, clean test accuracy and wall time."""
+    from core.runner import create, execute
+    from core.specs import TrainSpec
+    from core.store import RunStore
+
+    store = RunStore()
+    defense_args = {"eps": args.eps, **({"steps": args.steps} if defense == "iat" else {}),
+                    **extra}
+    spec = TrainSpec(dataset="mnist", epochs=args.epochs, batch_size=args.batch_size,
+                     optimizer="nesterov", lr=args.lr, train_subset=args.images,
+                     test_subset=args.test, defense=defense, defense_args=defense_args,
+                     robust_eval={"eps": args.eps, "steps": args.guard_steps,
+                                  "n": args.held_out}, seed=args.seed)
+    run_id = create(store, spec, name=f"ablation {name}")
+    start = time.perf_counter()
+    execute(store, run_id, echo=False)
+    wall = time.perf_counter() - start
+    curve = [m["value"] for m in store.metrics(run_id, ["robust_acc"])]
+    clean = [m["value"] for m in store.metrics(run_id, ["test_acc"])]
+    return {"variant": name, "run": run_id, "curve": curve, "clean": clean[-1], "wall": wall,
+            **collapse(curve, args.tolerance)}
+
+
+def collapse(curve: list[float], tolerance: float) -> dict:
+    """Peak, the epoch it is first reached, the largest fall below it afterwards, the end."""
+    peak = max(curve)
+    first = curve.index(peak)
+    fall = peak - min(curve[first:])
+    return {"peak": peak, "peak_epoch": first + 1, "fall": fall, "final": curve[-1],
+            "collapsed": fall > tolerance}
+
+
+def table(rows: list[dict]) -> str:
+    """The ablation table as Markdown."""
+    lines = ["| variant | held-out PGD accuracy per epoch | peak (epoch) | largest fall after "
+             "the peak | final | clean test | collapsed | wall |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        curve = " ".join(f"{v:.1%}" for v in r["curve"])
+        lines.append(f"| {r['variant']} | {curve} | {r['peak']:.1%} ({r['peak_epoch']}) | "
+                     f"{r['fall'] * 100:.1f} pp | {r['final']:.1%} | {r['clean']:.2%} | "
+                     f"{'**yes**' if r['collapsed'] else 'no'} | {r['wall']:.0f} s |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--eps", type=float, default=0.3)
+    parser.add_argument("--steps", type=int, default=5, help="IAT's PGD steps (base)")
+    parser.add_argument("--images", type=int, default=2000, help="training images")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--held-out", type=int, default=500)
+    parser.add_argument("--guard-steps", type=int, default=10)
+    parser.add_argument("--test", type=int, default=1000, help="test images (clean only)")
+    parser.add_argument("--tolerance", type=float, default=0.05)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", default=",".join(VARIANTS),
+                        help=f"comma-separated variants of: {', '.join(VARIANTS)}")
+    parser.add_argument("--artifacts", help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--out", help="also write the table to this Markdown file")
+    args = parser.parse_args()
+    chosen = [v.strip() for v in args.only.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; valid: {', '.join(VARIANTS)}")
+    folder = args.artifacts or tempfile.mkdtemp(prefix="ablation-")
+    os.environ["ROBUSTLAB_ARTIFACTS"] = folder
+    print(f"# {machine()}\n# MNIST, eps {args.eps}, {args.images} training images, "
+          f"{args.epochs} epochs, batch {args.batch_size}, nesterov lr {args.lr} one-cycle; "
+          f"guard: PGD-{args.guard_steps} on {args.held_out} held-out training images; "
+          f"runs in {folder}", flush=True)
+    rows = []
+    for name in chosen:
+        defense, extra = VARIANTS[name]
+        rows.append(run_variant(name, defense, extra, args))
+        r = rows[-1]
+        print(f"{name}: " + " ".join(f"{v:.3f}" for v in r["curve"])
+              + f" | clean {r['clean']:.4f} | fall {r['fall']:.3f} | {r['wall']:.0f} s",
+              flush=True)
+    print(table(rows))
+    if args.out:
+        Path(args.out).write_text(table(rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()
