@@ -66,11 +66,10 @@ def run_variant(name: str, defense: str, extra: dict, args) -> dict:
 
 def collapse(curve: list[float], tolerance: float) -> dict:
     """Peak, the epoch it is first reached, the largest fall below it afterwards, the end."""
-    peak = max(curve)
-    first = curve.index(peak)
-    fall = peak - min(curve[first:])
-    return {"peak": peak, "peak_epoch": first + 1, "fall": fall, "final": curve[-1],
-            "collapsed": fall > tolerance}
+    from core.study import held_out_fall
+
+    fall = held_out_fall(curve)
+    return dict(fall, collapsed=fall["fall"] > tolerance)
 
 
 def table(rows: list[dict]) -> str:

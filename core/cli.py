@@ -22,6 +22,7 @@ EXAMPLES = """examples:
   python -m core runs | head
   python -m core show RUN
   python -m core reproduce --quick
+  python -m core study --datasets mnist --defenses pgd-at,iat
 
 global options (before or after the command):
   --data-dir DIR        data root (else $ROBUSTLAB_DATA, else artifacts/data)
@@ -106,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p = add("cancel", "stop a queued or running job")
     p.add_argument("run")
-    p = add("resume", "continue a failed or cancelled training run from its checkpoint")
+    p = add("resume", "continue a failed or cancelled training run from its checkpoint, or a "
+            "study or reproduction, reusing its finished jobs")
     p.add_argument("run")
     p = add("rename", "give a run a name (an empty name clears it)")
     p.add_argument("run")
@@ -121,12 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parts", help="which parts to run: some of a (CIFAR-10), b (MNIST and its "
                    "attacks), c (adversarial training and audits); default abc")
     _device_option(p)
+    p = add("study", "the defenses at the field's standard settings (MNIST eps 0.3, CIFAR-10 "
+            "8/255), each trained, attacked with PGD-40 and audited")
+    p.add_argument("--datasets", help="comma-separated: mnist, cifar10 (default both)")
+    p.add_argument("--defenses", help="comma-separated: fgsm-at, fast-at, pgd-at, trades, iat "
+                   "(default all)")
+    p.add_argument("--model", help="seed-resnet (default), resnet20 or preact-resnet18")
+    p.add_argument("--scale", help="cpu (default: subsets, about an hour on 2 cores) or gpu "
+                   "(whole training sets, the papers' attack steps)")
+    p.add_argument("--seed", type=int)
+    _device_option(p)
     return parser
 
 
 def _train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="mnist (default), cifar10 or imagefolder:PATH")
-    p.add_argument("--model", help="seed-resnet (default) or resnet20")
+    p.add_argument("--model", help="seed-resnet (default), resnet20 or preact-resnet18 (for a GPU)")
     p.add_argument("--width", type=int, help="seed-resnet channel width (default 16)")
     p.add_argument("--blocks", type=int, help="seed-resnet residual blocks (default 3)")
     p.add_argument("--epochs", type=int, help="default 5")
@@ -293,9 +305,21 @@ def reproduce_spec(args: argparse.Namespace):
                                                     device="device"))
 
 
+def study_spec(args: argparse.Namespace):
+    """The StudySpec for ``study`` arguments."""
+    from .specs import StudySpec
+
+    lists = {key: [v.strip() for v in value.split(",") if v.strip()]
+             for key, value in (("datasets", args.datasets), ("defenses", args.defenses))
+             if value is not None}
+    return StudySpec(**lists, **_given(args, model="model", scale="scale", seed="seed",
+                                       data_dir="data_dir", device="device"))
+
+
 SPEC_BUILDERS: dict[str, Callable] = {"train": train_spec, "evaluate": evaluate_spec,
                                       "attack": attack_spec, "sweep": sweep_spec,
-                                      "reproduce": reproduce_spec, "audit": audit_spec}
+                                      "reproduce": reproduce_spec, "audit": audit_spec,
+                                      "study": study_spec}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

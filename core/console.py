@@ -55,7 +55,9 @@ def run_resume(run_id: str, overrides: dict | None = None) -> int:
         def plan() -> dict:
             run = runner.reopen(store, run_id)
             where = f" on {ctx.world} processes" if ctx.world > 1 else ""
-            print(f"resuming {run_id} from its last checkpoint{where}", flush=True)
+            start = ("from its last checkpoint" if run.kind == "train"
+                     else "reusing its finished child jobs")
+            print(f"resuming {run_id} {start}{where}", flush=True)
             return run.config
 
         config = distributed.decide(ctx, plan)
@@ -154,6 +156,13 @@ def _print_reproduce(store: RunStore, run: Run, s: dict) -> None:
     print(f"report written to {s['report']}")
 
 
+def _print_study(store: RunStore, run: Run, s: dict) -> None:
+    from pathlib import Path
+
+    print(Path(s["report"]).read_text(), end="")
+    print(f"report written to {s['report']}")
+
+
 def _print_audit(store: RunStore, run: Run, s: dict) -> None:
     import pandas as pd
 
@@ -174,6 +183,7 @@ def _print_audit(store: RunStore, run: Run, s: dict) -> None:
 
 PRINTERS = {"train": _print_train, "evaluate": _print_evaluate, "attack": _print_attack,
             "sweep": _print_sweep, "reproduce": _print_reproduce, "audit": _print_audit,
+            "study": _print_study,
             "grid": lambda store, run, s: print(f"grid {run.id} completed")}
 
 
@@ -197,6 +207,8 @@ def headline(run: Run) -> str:
                 f"{s['robust_acc']:.2%} (n={s['n']}, {s['verdict']})")
     if run.kind == "sweep" and s.get("rows"):
         return f"{len(s['rows'])} rows (n={s['n']})"
+    if run.kind == "study" and s.get("rows"):
+        return f"{len(s['rows'])} models audited; {s['report']}"
     return ""
 
 

@@ -473,6 +473,7 @@ def defense_settings(name: str, **params) -> DefenseSettings:
 MODEL_ARGS: dict[str, dict[str, int]] = {
     "seed-resnet": {"width": 16, "blocks": 3},
     "resnet20": {"depth": 20},
+    "preact-resnet18": {},
 }
 
 

@@ -96,6 +96,49 @@ class CifarResNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
+class PreActBlock(nn.Module):
+    """Pre-activation block (He et al. 2016, "Identity Mappings in Deep Residual Networks"):
+    BN-ReLU-conv twice, plus a 1x1 projection of the activated input where the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(cin), _conv3x3(cin, cout, stride)
+        self.bn2, self.conv2 = nn.BatchNorm2d(cout), _conv3x3(cout, cout)
+        self.shortcut = (nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+                         if stride != 1 or cin != cout else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class PreActResNet18(nn.Module):
+    """PreAct-ResNet-18, the adversarial-training literature's CIFAR-10 model (Rice et al.
+    2020, Wong et al. 2020): stages of 64/128/256/512 channels, two blocks each (11M
+    parameters; meant for a GPU)."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, image_size: int = 32,
+                 mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,)) -> None:
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.stem = nn.Conv2d(in_channels, 64, 3, padding=1, bias=False)
+        layers, cin = [], 64
+        for stage, cout in enumerate((64, 128, 256, 512)):
+            for i in range(2):
+                layers.append(PreActBlock(cin, cout, 2 if stage and i == 0 else 1))
+                cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.bn = nn.BatchNorm2d(512)
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn(self.layers(self.stem(self.normalize(x)))))
+        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
 def _seed_resnet(input_shape: Sequence[int], num_classes: int, mean, std, **kw) -> nn.Module:
     c, h, _ = input_shape
     return SeedResNet(in_channels=c, num_classes=num_classes, image_size=h, mean=mean, std=std,
@@ -108,9 +151,16 @@ def _resnet(input_shape: Sequence[int], num_classes: int, mean, std, **kw) -> nn
                        image_size=h, mean=mean, std=std, **kw)
 
 
+def _preact18(input_shape: Sequence[int], num_classes: int, mean, std, **kw) -> nn.Module:
+    c, h, _ = input_shape
+    return PreActResNet18(in_channels=c, num_classes=num_classes, image_size=h, mean=mean,
+                          std=std, **kw)
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "seed-resnet": _seed_resnet,
     "resnet20": _resnet,
+    "preact-resnet18": _preact18,
 }
 
 

@@ -9,6 +9,7 @@ turns SIGINT and SIGTERM into a ``cancelled`` run, reports progress, and records
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -24,7 +25,8 @@ from .cancellation import STATE as CANCEL
 from .cancellation import Cancelled
 from .paths import PROJECT_ROOT, InputError, run_dir
 from .progress import Progress, Quiet
-from .specs import ModelJobSpec, ReproduceSpec, Spec, TrainSpec, spec_from_config
+from .specs import (ModelJobSpec, ReproduceSpec, Spec, StudySpec, TrainSpec,
+                    spec_from_config)
 from .store import Run, RunStore, restart_hint, resume_refusal
 
 HEARTBEAT_S = 2.0
@@ -62,10 +64,28 @@ class JobContext:
 
     def child(self, spec: Spec, name: str) -> tuple[str, dict]:
         """Run ``spec`` as a child run of this one, in this process, through the same runner
-        (its own row, lease, heartbeat and status); return its id and summary."""
+        (its own row, lease, heartbeat and status); return its id and summary. When this job
+        resumes, a child with the same spec that completed is reused, and a stopped training
+        child continues from its checkpoint."""
+        earlier = self._earlier_child(spec) if self.resume else None
+        if earlier is not None and earlier.status == "completed":
+            self.say(f"run {earlier.id}: {spec.describe()} (done before the resume)")
+            return earlier.id, earlier.summary
+        if earlier is not None and resume_refusal(earlier) is None:
+            reopen(self.store, earlier.id)
+            self.say(f"run {earlier.id}: {spec.describe()} (resumed from its checkpoint)")
+            return earlier.id, execute(self.store, earlier.id, resume=True,
+                                       echo=self.progress.enabled)
         run_id = create(self.store, spec, parent=self.run_id, name=name)
         self.say(f"run {run_id}: {spec.describe()}")
         return run_id, execute(self.store, run_id, echo=self.progress.enabled)
+
+    def _earlier_child(self, spec: Spec) -> Run | None:
+        """The newest child of this run with exactly ``spec`` (its stored JSON form)."""
+        config = json.loads(json.dumps(spec.to_dict()))
+        same = [r for r in self.store.list_runs(kind=spec.kind, parent=self.run_id)
+                if r.config == config]
+        return same[0] if same else None
 
 
 class _Heartbeat:
@@ -116,6 +136,9 @@ def preflight(store: RunStore, spec: Spec) -> None:
     elif isinstance(spec, ReproduceSpec):
         for name in ("mnist", "cifar10"):
             _check_data(name, spec.data_dir)
+    elif isinstance(spec, StudySpec):
+        for name in spec.datasets:
+            _check_data(name, spec.data_dir)
 
 
 def _check_data(name: str, root: str | None) -> None:
@@ -138,11 +161,11 @@ def create(store: RunStore, spec: Spec, parent: str | None = None,
 
 
 def _jobs() -> dict[str, Callable[[JobContext], dict]]:
-    from . import jobs, reproduce
+    from . import jobs, reproduce, study
 
     return {"train": jobs.train, "evaluate": jobs.evaluate, "attack": jobs.attack,
             "sweep": jobs.sweep, "grid": jobs.grid, "reproduce": reproduce.reproduce,
-            "audit": jobs.audit}
+            "audit": jobs.audit, "study": study.study}
 
 
 def execute(store: RunStore, run_id: str, resume: bool = False, echo: bool = True) -> dict:

@@ -43,7 +43,10 @@ def run_label(run: Run) -> str:
     """Human label for a run in pickers."""
     cfg = run.config
     what = f"{cfg.get('model', '')} · {cfg.get('dataset', '')}"
-    if cfg.get("defense", "none") != "none":
+    if run.kind == "study":
+        what = (f"study · {cfg.get('model', '')} · {', '.join(cfg.get('datasets', []))} · "
+                f"{cfg.get('scale', '')} scale")
+    elif cfg.get("defense", "none") != "none":
         what += f" · {cfg['defense']} eps {cfg.get('defense_args', {}).get('eps', '')}"
     name = f"{run.name} · " if run.name else ""
     if run.tags:
@@ -475,7 +478,7 @@ def lab_overview(store: RunStore) -> pd.DataFrame:
     rows = []
     for run in trained_runs(store):
         final = (run.summary or {}).get("final") or {}
-        audits = store.list_runs(kind="audit", parent=run.id, status="completed")
+        audits = store.list_runs(kind="audit", model_run=run.id, status="completed")
         audit = audits[0].summary if audits else {}
         rows.append({"model": run.name or run.id[-9:], "tags": ", ".join(run.tags),
                      "dataset": run.config.get("dataset"),

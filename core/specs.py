@@ -353,8 +353,49 @@ class ReproduceSpec(Spec):
                                    else f" ({which[2:]})" if which else "")
 
 
+STUDY_DATASETS = ("mnist", "cifar10")
+STUDY_DEFENSES = ("fgsm-at", "fast-at", "pgd-at", "trades", "iat")
+STUDY_SCALES = ("cpu", "gpu")
+
+
+@dataclass
+class StudySpec(Spec):
+    """The field's standard settings (MNIST at eps 0.3, CIFAR-10 at 8/255): each defense
+    trained, evaluated with PGD-40 and audited at its training epsilon. ``scale``: ``cpu``
+    (subsets and few steps, about an hour on 2 cores) or ``gpu`` (the papers' settings)."""
+
+    kind: ClassVar[str] = "study"
+    datasets: list = field(default_factory=lambda: list(STUDY_DATASETS))
+    defenses: list = field(default_factory=lambda: list(STUDY_DEFENSES))
+    model: str = "seed-resnet"
+    scale: str = "cpu"
+    seed: int = 0
+    data_dir: str | None = None
+    device: str = "auto"
+
+    def validate(self) -> None:
+        for name, values, valid in (("dataset", self.datasets, STUDY_DATASETS),
+                                    ("defense", self.defenses, STUDY_DEFENSES)):
+            if not isinstance(values, list) or not values:
+                raise InputError(f"a study needs at least one {name}; valid: {', '.join(valid)}")
+            for value in values:
+                hp.check_choice(f"study {name}", value, valid)
+            if len(set(values)) != len(values):
+                raise InputError(f"study {name}s must not repeat, got {values}")
+        hp.check_model(self.model, {})
+        hp.check_choice("study scale", self.scale, STUDY_SCALES)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise InputError(f"seed must be a whole number >= 0, got {self.seed!r}")
+        check_device(self.device)
+
+    def describe(self) -> str:
+        return (f"the standard-settings study ({', '.join(self.defenses)} on "
+                f"{', '.join(self.datasets)}; {self.model}, {self.scale} scale)")
+
+
 SPECS: dict[str, type[Spec]] = {cls.kind: cls for cls in (
-    TrainSpec, EvaluateSpec, AttackSpec, SweepSpec, GridSpec, ReproduceSpec, AuditSpec)}
+    TrainSpec, EvaluateSpec, AttackSpec, SweepSpec, GridSpec, ReproduceSpec, AuditSpec,
+    StudySpec)}
 
 
 def spec_from_config(kind: str, config: dict) -> Spec:

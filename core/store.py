@@ -18,7 +18,7 @@ from typing import Any, Iterable
 from .paths import InputError, artifacts_dir, check_run_id, runs_root
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
-KINDS = ("train", "evaluate", "attack", "sweep", "grid", "reproduce", "audit")
+KINDS = ("train", "evaluate", "attack", "sweep", "grid", "reproduce", "audit", "study")
 STALE_AFTER_S = 15.0
 QUEUED_TIMEOUT_S = 60.0
 
@@ -139,10 +139,12 @@ class RunStore:
         return rows[0]
 
     def list_runs(self, kind: str | None = None, parent: str | None = None,
-                  status: str | None = None) -> list[Run]:
-        """Runs, newest first, optionally filtered."""
+                  status: str | None = None, model_run: str | None = None) -> list[Run]:
+        """Runs, newest first, optionally filtered. ``model_run``: the jobs on that model,
+        whoever started them (a study's audit has the study as its parent)."""
         sql, params = "SELECT * FROM runs WHERE 1=1", []
-        for col, val in (("kind", kind), ("parent", parent), ("status", status)):
+        for col, val in (("kind", kind), ("parent", parent), ("status", status),
+                         ("json_extract(config, '$.model_run')", model_run)):
             if val is not None:
                 sql += f" AND {col} = ?"
                 params.append(val)
@@ -334,15 +336,20 @@ def has_checkpoint(run: Run) -> bool:
     return run.kind == "train" and (runs_root() / run.id / "checkpoint.safetensors").exists()
 
 
+PARENT_KINDS = ("reproduce", "study")  # jobs made of child jobs
+
+
 def resume_refusal(run: Run) -> str | None:
-    """Why ``run`` cannot be resumed, or None when it can: only a failed or cancelled training
-    run with a checkpoint resumes (the one rule, for the CLI and the dashboard)."""
-    if run.kind != "train":
-        return (f"run {run.id} is a {run.kind} run; only training runs resume (start it again "
-                "instead)")
+    """Why ``run`` cannot be resumed, or None when it can: a failed or cancelled training run
+    with a checkpoint, or a study made of child jobs (the one rule, for the CLI and the
+    dashboard)."""
+    if run.kind not in ("train",) + PARENT_KINDS:
+        return (f"run {run.id} is a {run.kind} run; only training runs and studies resume "
+                "(start it again instead)")
     if run.status not in ("failed", "cancelled"):
-        return (f"run {run.id} is {run.status}; only failed or cancelled training runs can be "
-                "resumed")
+        return (f"run {run.id} is {run.status}; only failed or cancelled runs can be resumed")
+    if run.kind in PARENT_KINDS:
+        return None  # its finished child jobs are kept and reused
     if not has_checkpoint(run):
         return (f"run {run.id} stopped before its first checkpoint (end of epoch 1), so there "
                 "is nothing to resume; start it again (Clone into form on the Train page)")

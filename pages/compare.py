@@ -13,13 +13,18 @@ runs = [r for r in store.list_runs(kind="train") if r.status == "completed"]
 if len(runs) < 1:
     st.info("No completed training runs yet.")
     st.stop()
-chosen = st.multiselect("Runs", runs, default=runs[: min(3, len(runs))], format_func=run_label)
+studies = store.list_runs(kind="study")
+study = st.selectbox("Start from a study (its models side by side)", [None] + studies,
+                     format_func=lambda r: "—" if r is None else run_label(r)) if studies else None
+default = ([r for r in runs if r.parent == study.id] if study is not None
+           else runs[: min(3, len(runs))])
+chosen = st.multiselect("Runs", runs, default=default, format_func=run_label)
 if not chosen:
     st.stop()
 rows = []
 for r in chosen:
     final = (r.summary or {}).get("final") or {}
-    sweeps = store.list_runs(kind="sweep", parent=r.id, status="completed")
+    sweeps = store.list_runs(kind="sweep", model_run=r.id, status="completed")
     pgd = {}
     if sweeps:  # the latest sweep's PGD rows; the column names their source and size
         s = sweeps[0].summary
@@ -27,7 +32,7 @@ for r in chosen:
             if row["attack"] == "pgd":
                 pgd[f"PGD {row['norm']} {row['budget']:g} (sweep, {s['n']} imgs)"] = \
                     row["adv_acc"]
-    audits = store.list_runs(kind="audit", parent=r.id, status="completed")
+    audits = store.list_runs(kind="audit", model_run=r.id, status="completed")
     audit = audits[0].summary if audits else {}
     rows.append({"run": r.name or r.id, "defense": r.config.get("defense"),
                  "clean acc": final.get("test_acc"), "held-out PGD acc (guard)":
@@ -43,16 +48,20 @@ st.caption("Clean accuracy: the run's test split at the end of training. Held-ou
            "overfitting guard's training images. PGD columns: the latest sweep of the run. "
            "Audited: the latest audit (AutoAttack cascade) of the run; launch one on the "
            "Robustness page.")
-curves = go.Figure()
-for r in chosen:
-    epochs = store.metrics(r.id, ["test_acc"])
-    curves.add_trace(go.Scatter(x=[m["epoch"] + 1 for m in epochs],
-                                y=[m["value"] for m in epochs], mode="lines+markers",
-                                name=r.name or r.id[-9:]))
-curves.update_layout(title="Clean test accuracy per epoch", xaxis_title="epoch", height=320,
-                     yaxis_tickformat=".0%", yaxis_range=[0, 1], xaxis_dtick=1,
-                     margin=dict(l=50, r=10, t=40, b=40))
-st.plotly_chart(curves, width="stretch")
+left, right = st.columns(2)
+for column, metric, title in (
+        (left, "test_acc", "Clean test accuracy per epoch"),
+        (right, "robust_acc", "Held-out PGD accuracy per epoch (the guard's training images)")):
+    curves = go.Figure()
+    for r in chosen:
+        epochs = store.metrics(r.id, [metric])
+        if epochs:
+            curves.add_trace(go.Scatter(x=[m["epoch"] + 1 for m in epochs],
+                                        y=[m["value"] for m in epochs], mode="lines+markers",
+                                        name=r.name or r.id[-9:]))
+    curves.update_layout(title=title, xaxis_title="epoch", height=320, yaxis_tickformat=".0%",
+                         yaxis_range=[0, 1], xaxis_dtick=1, margin=dict(l=50, r=10, t=40, b=40))
+    column.plotly_chart(curves, width="stretch")
 st.subheader("Configuration differences")
 diff = config_diff(chosen)
 if diff.empty:

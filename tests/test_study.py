@@ -1,0 +1,95 @@
+"""The standard-settings study: one job of child jobs (train, clean, PGD-40, audit per
+defense), its report, bad input refused before any run exists, and a stopped study resumed
+reusing what finished."""
+import subprocess
+import sys
+
+import pytest
+
+from core.study import Setting
+
+TINY = Setting(0.3, dict(epochs=2, batch_size=64, optimizer="nesterov", lr=0.05,
+                         train_subset=300, test_subset=100), steps=2, step_size=0.15,
+               eps_ramp_epochs=2, pgd_n=40, audit_n=16, audit_budget={"steps": 5,
+                                                                       "queries": 40})
+
+
+@pytest.fixture
+def tiny_scale(monkeypatch):
+    from core import study
+
+    monkeypatch.setitem(study.SCALES["cpu"], "mnist", TINY)
+
+
+def test_bad_study_input_is_one_line_before_any_run(tmp_path):
+    for args, expected in ((["--datasets", "mnist,svhn"], "unknown study dataset 'svhn'"),
+                           (["--defenses", "iat,iat"], "must not repeat"),
+                           (["--scale", "tpu"], "valid: cpu, gpu"),
+                           (["--model", "vgg"], "valid models")):
+        proc = subprocess.run([sys.executable, "-m", "core", "--artifacts-dir", str(tmp_path),
+                               "study", *args], capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1 and expected in proc.stderr
+        assert not (tmp_path / "runs.db").exists()
+
+
+@pytest.mark.usefixtures("tiny_scale")
+def test_a_study_trains_attacks_and_audits_each_defense_into_one_report():
+    from core.runner import create, execute
+    from core.specs import StudySpec
+    from core.store import RunStore
+
+    store = RunStore()
+    run = create(store, StudySpec(datasets=["mnist"], defenses=["pgd-at", "iat"]))
+    summary = execute(store, run, echo=False)
+    rows = {r["defense"]: r for r in summary["rows"]}
+    assert set(rows) == {"pgd-at", "iat"}
+    children = store.list_runs(parent=run)
+    assert sorted(r.kind for r in children) == ["audit", "audit", "evaluate", "evaluate",
+                                                "sweep", "sweep", "train", "train"]
+    for row in rows.values():
+        audit = store.get(row["audit_run"])
+        assert audit.summary["robust_acc"] == row["audit"]
+        assert audit.summary["threat_model"] == {"norm": "linf", "eps": 0.3}
+        assert audit.summary["n"] == 16 and row["n_pgd"] == 40
+        assert store.get(row["run"]).config["defense_args"]["eps"] == 0.3
+        assert len(row["held_out_curve"]) == 2  # the guard's held-out PGD, once per epoch
+    report = open(summary["report"]).read()
+    assert "## mnist, L∞ eps 0.3" in report
+    for name in ("pgd-at", "iat"):
+        line = next(x for x in report.splitlines() if x.startswith(f"| {name} |"))
+        assert f"{rows[name]['audit']:.2%}" in line and f"{rows[name]['clean']:.2%}" in line
+    assert "IAT's claim on mnist" in report and "seed FGSM-AT" in report
+
+
+@pytest.mark.usefixtures("tiny_scale")
+def test_a_stopped_study_resumes_reusing_the_jobs_that_finished(monkeypatch):
+    from core import study
+    from core.cancellation import Cancelled
+    from core.runner import create, execute, reopen
+    from core.specs import StudySpec
+    from core.store import RunStore
+
+    real_row = study._Model.row
+
+    def stop_at_the_second(self):
+        if self.defense == "iat":
+            raise Cancelled("stopped for the test")
+        return real_row(self)
+
+    monkeypatch.setattr(study._Model, "row", stop_at_the_second)
+    store = RunStore()
+    run = create(store, StudySpec(datasets=["mnist"], defenses=["fgsm-at", "iat"]))
+    with pytest.raises(Cancelled):
+        execute(store, run, echo=False)
+    assert store.get(run).status == "cancelled"
+    assert "python -m core resume" in store.get(run).error
+    first = {r.id for r in store.list_runs(parent=run)}
+    assert len(first) == 4  # fgsm-at's train, clean, PGD-40 and audit
+    monkeypatch.setattr(study._Model, "row", real_row)
+    reopen(store, run)
+    summary = execute(store, run, resume=True, echo=False)
+    assert [r["defense"] for r in summary["rows"]] == ["fgsm-at", "iat"]
+    children = {r.id for r in store.list_runs(parent=run)}
+    assert first < children and len(children) == 8  # nothing of fgsm-at's was redone
+    assert store.get(run).status == "completed"
