@@ -37,6 +37,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "fgsm-at:separate-bn": ("fgsm-at", {"batchnorm": "separate"}),
     "fgsm-at:ramp-2": ("fgsm-at", {"eps_ramp_epochs": 2}),
     "fgsm-at:separate+ramp": ("fgsm-at", {"batchnorm": "separate", "eps_ramp_epochs": 2}),
+    "fgsm-at:random-start": ("fgsm-at", {"random_start": True, "alpha_ratio": 1.25}),
+    "fgsm-at:random+separate": ("fgsm-at", {"random_start": True, "alpha_ratio": 1.25,
+                                            "batchnorm": "separate"}),
 }
 
 

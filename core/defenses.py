@@ -113,10 +113,13 @@ def single_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, 
 @dataclass
 class FGSMTraining(hp.FGSMTrainingSettings, Objective):
     """FGSM adversarial training, Goodfellow, Shlens & Szegedy 2015, "Explaining and Harnessing
-    Adversarial Examples": loss = (1 - weight) * CE(clean) + weight * CE(FGSM(x))."""
+    Adversarial Examples": loss = (1 - weight) * CE(clean) + weight * CE(FGSM(x)). With
+    ``random_start`` the step starts from a random point of the ball, as R+FGSM (Tramèr et al.
+    2018, "Ensemble Adversarial Training") and fast-AT do."""
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
-        adv = single_step(model, x, y, self.current_eps, self.current_eps, random_start=False)
+        eps = self.current_eps
+        adv = single_step(model, x, y, eps, self.alpha_ratio * eps, self.random_start)
         clean, adv_logits = clean_and_adversarial(model, x, adv, self.batchnorm)
         return ((1 - self.weight) * _ce(clean, y, self.label_smoothing)
                 + self.weight * _ce(adv_logits, y, self.label_smoothing))

@@ -372,16 +372,23 @@ CRAFT_MODES = ("eval", "train")
 class FGSMTrainingSettings(SingleStepSettings):
     """FGSM-AT: loss = (1 - weight) CE(clean) + weight CE(FGSM). ``batchnorm``: ``shared``
     (clean and adversarial in one forward, so one set of batch statistics) or ``separate``
-    (two forwards, as reference implementations do)."""
+    (two forwards, as reference implementations do). ``random_start``: the step starts from a
+    uniform point of the ball (R+FGSM), of ``alpha_ratio`` * eps."""
 
     name: ClassVar[str] = "fgsm-at"
     weight: float = 0.5
     batchnorm: str = "shared"
+    random_start: bool = False
+    alpha_ratio: float = 1.0
 
     def validate(self) -> None:
         if not 0 <= self.weight <= 1:
             raise InputError(f"fgsm-at weight must be in [0, 1], got {self.weight}")
         check_choice("fgsm-at batchnorm", self.batchnorm, BATCHNORM_CHOICES)
+        if not isinstance(self.random_start, bool):
+            raise InputError(f"fgsm-at random_start must be true or false, got "
+                             f"{self.random_start!r}")
+        check_range("fgsm-at alpha ratio", self.alpha_ratio, 0.0, 10.0)
 
 
 @dataclass
