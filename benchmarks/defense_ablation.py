@@ -40,6 +40,15 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "fgsm-at:random-start": ("fgsm-at", {"random_start": True, "alpha_ratio": 1.25}),
     "fgsm-at:random+separate": ("fgsm-at", {"random_start": True, "alpha_ratio": 1.25,
                                             "batchnorm": "separate"}),
+    "fgsm-at:random-alpha-1": ("fgsm-at", {"random_start": True}),
+    "fgsm-at:random+ramp-3": ("fgsm-at", {"random_start": True, "alpha_ratio": 1.25,
+                                          "eps_ramp_epochs": 3}),
+    "fgsm-at:n-fgsm": ("fgsm-at", {"random_start": True, "noise_ratio": 2.0,
+                                   "project": False}),
+    "fgsm-at:n-fgsm+ramp-3": ("fgsm-at", {"random_start": True, "noise_ratio": 2.0,
+                                          "project": False, "eps_ramp_epochs": 3}),
+    "fgsm-at:weight-1+n-fgsm": ("fgsm-at", {"random_start": True, "noise_ratio": 2.0,
+                                            "project": False, "weight": 1.0}),
 }
 
 

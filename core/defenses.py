@@ -94,19 +94,24 @@ def clean_and_adversarial(model: nn.Module, x: torch.Tensor, adv: torch.Tensor,
 
 
 def single_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float,
-                random_start: bool) -> torch.Tensor:
-    """One signed-gradient step inside the eps-ball, crafted against the model in its current
+                random_start: bool, noise: float = 1.0, project: bool = True) -> torch.Tensor:
+    """One signed-gradient step of size ``alpha``, crafted against the model in its current
     (training) mode. Early in training BatchNorm's running statistics lag behind the batch
     statistics, and examples crafted in eval mode are too weak to train on; Wong et al.'s
-    reference code crafts in train mode too. Only the input's gradient is computed."""
+    reference code crafts in train mode too. Only the input's gradient is computed. With
+    ``random_start`` the step starts from uniform noise of ``noise`` * eps; ``project=False``
+    keeps the perturbation unprojected (N-FGSM, de Jorge et al. 2022), else it is clipped to
+    the eps-ball."""
     delta = torch.zeros_like(x)
     if random_start:
-        delta = ((torch.rand_like(x) * 2 - 1) * eps + x).clamp(0, 1) - x
+        delta = ((torch.rand_like(x) * 2 - 1) * noise * eps + x).clamp(0, 1) - x
     delta.requires_grad_(True)
     with torch.autocast(x.device.type, enabled=False):  # the step's gradient in float32
         loss = F.cross_entropy(_inner(model)(x + delta), y, reduction="sum")
     (grad,) = torch.autograd.grad(loss, delta)
-    delta = (delta.detach() + alpha * grad.sign()).clamp(-eps, eps)
+    delta = delta.detach() + alpha * grad.sign()
+    if project:
+        delta = delta.clamp(-eps, eps)
     return (x + delta).clamp(0, 1).detach()
 
 
@@ -115,11 +120,14 @@ class FGSMTraining(hp.FGSMTrainingSettings, Objective):
     """FGSM adversarial training, Goodfellow, Shlens & Szegedy 2015, "Explaining and Harnessing
     Adversarial Examples": loss = (1 - weight) * CE(clean) + weight * CE(FGSM(x)). With
     ``random_start`` the step starts from a random point of the ball, as R+FGSM (Tramèr et al.
-    2018, "Ensemble Adversarial Training") and fast-AT do."""
+    2018, "Ensemble Adversarial Training") and fast-AT do; with ``noise_ratio`` 2 and
+    ``project`` false it is N-FGSM (de Jorge et al. 2022, "Make Some Noise: Reliable and
+    Efficient Single-Step Adversarial Training")."""
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
         eps = self.current_eps
-        adv = single_step(model, x, y, eps, self.alpha_ratio * eps, self.random_start)
+        adv = single_step(model, x, y, eps, self.alpha_ratio * eps, self.random_start,
+                          self.noise_ratio, self.project)
         clean, adv_logits = clean_and_adversarial(model, x, adv, self.batchnorm)
         return ((1 - self.weight) * _ce(clean, y, self.label_smoothing)
                 + self.weight * _ce(adv_logits, y, self.label_smoothing))

@@ -372,14 +372,17 @@ CRAFT_MODES = ("eval", "train")
 class FGSMTrainingSettings(SingleStepSettings):
     """FGSM-AT: loss = (1 - weight) CE(clean) + weight CE(FGSM). ``batchnorm``: ``shared``
     (clean and adversarial in one forward, so one set of batch statistics) or ``separate``
-    (two forwards, as reference implementations do). ``random_start``: the step starts from a
-    uniform point of the ball (R+FGSM), of ``alpha_ratio`` * eps."""
+    (two forwards, as reference implementations do). ``random_start``: the step (of
+    ``alpha_ratio`` * eps) starts from uniform noise of ``noise_ratio`` * eps (R+FGSM);
+    ``project``: clip the perturbation to the eps-ball (false with noise 2: N-FGSM)."""
 
     name: ClassVar[str] = "fgsm-at"
     weight: float = 0.5
     batchnorm: str = "shared"
     random_start: bool = False
     alpha_ratio: float = 1.0
+    noise_ratio: float = 1.0
+    project: bool = True
 
     def validate(self) -> None:
         if not 0 <= self.weight <= 1:
@@ -389,6 +392,9 @@ class FGSMTrainingSettings(SingleStepSettings):
             raise InputError(f"fgsm-at random_start must be true or false, got "
                              f"{self.random_start!r}")
         check_range("fgsm-at alpha ratio", self.alpha_ratio, 0.0, 10.0)
+        check_range("fgsm-at noise ratio", self.noise_ratio, 0.0, 10.0)
+        if not isinstance(self.project, bool):
+            raise InputError(f"fgsm-at project must be true or false, got {self.project!r}")
 
 
 @dataclass

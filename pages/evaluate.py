@@ -7,7 +7,7 @@ from core.figures import confusion_grid_figure
 from core.hyperparams import ATTACK_SETTINGS
 from core.service import (attack_label, attack_results, cached_evaluation, eps_label,
                           gallery_images, launch_attack, load_report, progress)
-from core.specs import DEFAULT_GRID
+from core.specs import DEFAULT_GRID, AttackSpec
 from pages.common import require_trained_runs, get_store, pick_run, show_error
 
 store = get_store()
@@ -33,14 +33,14 @@ if evaluation.status != "completed":
     st.stop()
 
 summary = evaluation.summary
-report = load_report(evaluation.id)
-classes = report["classes"]
-c = st.columns(4)
+c = st.columns(4)  # drawn before the per-example report is read: the first content comes sooner
 c[0].metric("Accuracy", f"{summary['accuracy']:.2%}")
 c[1].metric("Micro-F1", f"{summary['micro_f1']:.2%}", help="Equals accuracy for single-label data")
 c[2].metric("Macro-F1", f"{summary['macro_f1']:.2%}")
 c[3].metric("Test images", f"{summary['n']:,}", help=summary.get("source", ""))
 st.caption(f"Data: {summary.get('source', '')}")
+report = load_report(evaluation.id)
+classes = report["classes"]
 
 left, right = st.columns([3, 2])
 with left:
@@ -91,9 +91,12 @@ with st.form("eval-attack", border=False):
     a1, a2, a3, a4 = st.columns([2, 2, 2, 1], vertical_alignment="bottom")
     budgeted = [a for a, s in ATTACK_SETTINGS.items() if s.budget == "eps"]
     attack = a1.selectbox("Attack", budgeted, index=budgeted.index("pgd"), key="eval-attack")
-    eps = a2.select_slider("eps (pixel units)", options=list(DEFAULT_GRID[1:]), value=0.1,
-                           format_func=eps_label, key="eval-eps")
-    n = a3.select_slider("Test images", [100, 200, 500, 1000], value=500, key="eval-n")
+    # the defaults are the attack's and the spec's own (one place for every default)
+    eps = a2.select_slider("eps (pixel units)", options=list(DEFAULT_GRID[1:]),
+                           value=ATTACK_SETTINGS["pgd"].eps, format_func=eps_label,
+                           key="eval-eps")
+    n = a3.select_slider("Test images", [100, 200, 500, 1000], value=AttackSpec.n,
+                         key="eval-n")
     if a4.form_submit_button("Attack"):
         try:
             st.session_state["eval-attack-run"] = launch_attack(store, run.id, attack, eps, n)

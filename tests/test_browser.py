@@ -287,7 +287,8 @@ def _choose(page, label: str, option: str) -> None:
 
 
 @pytest.mark.slow
-def test_attack_examples_flipped_all_or_picked_and_two_models_side_by_side(mnist_model):
+def test_attack_examples_flipped_all_or_picked_and_two_models_side_by_side(mnist_model,
+                                                                          tmp_path):
     """The examples are the flipped ones by default, all, or one picked; a second model shows
     the same images attacked beside the first, with its own numbers and curve."""
     from playwright.sync_api import expect, sync_playwright
@@ -358,6 +359,13 @@ def test_attack_examples_flipped_all_or_picked_and_two_models_side_by_side(mnist
         page.screenshot(path=str(SHOTS / "11-attack-side-by-side.png"), full_page=True)
         page.wait_for_timeout(3000)  # a finished grid is not redrawn, so no image goes stale
         assert broken_images == []
+        from PIL import Image
+
+        Image.new("L", (28, 28), 0).save(tmp_path / "dark.png")  # a user's own image
+        page.locator("input[type=file]").set_input_files(str(tmp_path / "dark.png"))
+        attacked = page.get_by_test_id("stImageCaption").filter(has_text="attacked: ")
+        expect(attacked).to_be_visible(timeout=30_000)
+        expect(page.get_by_test_id("stImageCaption").filter(has_text="yours: ")).to_be_visible()
         browser.close()
 
 
@@ -379,7 +387,7 @@ def test_evaluate_shows_the_confusion_matrix_under_a_chosen_attack(mnist_model):
         page.get_by_role("button", name="Attack", exact=True).click()
         expect(page.get_by_test_id("stMetric").filter(has_text="Robust accuracy")).to_be_visible(
             timeout=180_000)
-        expect(page.get_by_text("Clean (500 images)")).to_be_visible()
+        expect(page.get_by_text("Clean (1,000 images)")).to_be_visible()  # the spec's n
         expect(page.get_by_text(re.compile(r"^Under L∞ ε=0\.1"))).to_be_visible()
         page.get_by_text("Under attack", exact=True).scroll_into_view_if_needed()
         page.screenshot(path=str(SHOTS / "12-evaluate-under-attack.png"), full_page=True)
