@@ -23,6 +23,11 @@ SEED = {"cifar_acc": 0.6518, "cifar_micro_f1": 0.680, "mnist_acc": 0.9828,
         "fgsm_at": {"clean": 0.9859, 0.01: 0.9393, 0.1: 0.4697, 0.2: 0.3131}}
 
 
+# the seed's own FGSM-AT, not RobustLab's default (random start, separate forwards)
+SEED_FGSM_AT = {"eps": 0.2, "weight": 0.5, "random_start": False, "alpha_ratio": 1.0,
+                "batchnorm": "shared"}
+
+
 @dataclass
 class Plan:
     """Sizes and settings of one reproduction (full or quick)."""
@@ -47,7 +52,7 @@ FULL = Plan(
     attack_n=1000, budgets=[0.01, 0.05, 0.1, 0.2, 0.3], pgd_steps=40,
     cw=dict(steps=100, lr=0.05, search_steps=9),
     defense_common=dict(dataset="mnist", epochs=5, batch_size=128, optimizer="nesterov", lr=0.1),
-    defenses={"fgsm-at": {"eps": 0.2, "weight": 0.5}, "fast-at": {"eps": 0.2},
+    defenses={"fgsm-at": SEED_FGSM_AT, "fast-at": {"eps": 0.2},
               "pgd-at": {"eps": 0.2, "steps": 5}, "trades": {"eps": 0.2, "steps": 5, "beta": 6.0},
               "iat": {"eps": 0.2, "steps": 5, "alpha": 1.0}},
     defense_eval_n=1000,
@@ -60,7 +65,7 @@ QUICK = Plan(
     attack_n=100, budgets=[0.05, 0.1, 0.3], pgd_steps=5, cw=dict(steps=10, lr=0.1, search_steps=3),
     defense_common=dict(dataset="mnist", epochs=1, batch_size=64, lr=0.05, train_subset=1000,
                         test_subset=200),
-    defenses={"fgsm-at": {"eps": 0.2}, "iat": {"eps": 0.2, "steps": 2}},
+    defenses={"fgsm-at": dict(SEED_FGSM_AT), "iat": {"eps": 0.2, "steps": 2, "alpha": 1.0}},
     defense_eval_n=100, defense_budgets=[0.1, 0.2], cw_n=30,
     audit={"version": "fast", "n": 30, "steps": 10},
 )

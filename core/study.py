@@ -39,11 +39,11 @@ class Setting:
 SCALES: dict[str, dict[str, Setting]] = {
     "cpu": {
         "mnist": Setting(0.3, dict(epochs=5, batch_size=128, optimizer="nesterov", lr=0.1,
-                                   train_subset=8000), steps=5, step_size=0.1,
-                         eps_ramp_epochs=1, pgd_n=500, audit_n=200),
+                                   train_subset=10000), steps=5, step_size=0.1,
+                         eps_ramp_epochs=2, pgd_n=500, audit_n=200),
         "cifar10": Setting(8 / 255, dict(epochs=5, batch_size=128, optimizer="nesterov",
-                                         lr=0.05, train_subset=4000, test_subset=500),
-                           steps=3, step_size=3 / 255, eps_ramp_epochs=1, pgd_n=500,
+                                         lr=0.05, train_subset=5000, test_subset=500),
+                           steps=3, step_size=3 / 255, eps_ramp_epochs=2, pgd_n=500,
                            audit_n=200),
     },
     "gpu": {

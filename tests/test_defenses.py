@@ -224,10 +224,27 @@ def test_iat_loss_factor_scales_the_summed_mixup_losses(mnist_test):
     ("pgd-at", {"craft_mode": "batch"}, "unknown defense craft_mode 'batch'; valid: eval, train"),
     ("fgsm-at", {"batchnorm": "split"}, "unknown fgsm-at batchnorm 'split'; valid: shared"),
     ("iat", {"loss_factor": -1}, "iat loss_factor must be a number in [0.0, 10.0]"),
+    ("fgsm-at", {"random_start": "yes"}, "fgsm-at random_start must be true or false"),
+    ("fgsm-at", {"project": 1}, "fgsm-at project must be true or false"),
+    ("fgsm-at", {"noise_ratio": 11}, "fgsm-at noise ratio must be a number in [0.0, 10.0]"),
 ])
 def test_the_ablation_options_refuse_unknown_values(defense, args, message):
     with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
         build_defense(defense, **args)
+
+
+@requires_mnist
+def test_fgsm_steps_stay_in_the_ball_unless_unprojected_n_fgsm(mnist_test):
+    """R+FGSM's example is inside the eps-ball; N-FGSM's (noise 2 eps, step eps, no
+    projection) goes beyond it, as de Jorge et al. intend, and stays in [0, 1]."""
+    from core.defenses import single_step
+
+    model, x, y = _real_batch(mnist_test)
+    r_fgsm = single_step(model, x, y, 0.3, 0.375, random_start=True)
+    n_fgsm = single_step(model, x, y, 0.3, 0.3, random_start=True, noise=2.0, project=False)
+    assert (r_fgsm - x).abs().max() <= 0.3 + 1e-6
+    assert (n_fgsm - x).abs().max() > 0.3 + 0.1
+    assert (n_fgsm - x).abs().max() <= 0.9 + 1e-6 and 0 <= n_fgsm.min() <= n_fgsm.max() <= 1
 
 
 @requires_mnist
