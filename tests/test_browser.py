@@ -61,6 +61,21 @@ def _browser(p):
         "--disable-component-update", "--disable-sync", "--no-first-run"])
 
 
+@contextmanager
+def _dashboard_page():
+    """A browser page (1400x1000) and the URL of the dashboard served over this session's
+    artifacts; jobs the test leaves running are cancelled afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    with _serve(Path(os.environ["ROBUSTLAB_ARTIFACTS"])) as url, sync_playwright() as p, \
+            _cancel_jobs_left_running():
+        browser = _browser(p)
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 1000}), url
+        finally:
+            browser.close()
+
+
 @pytest.mark.slow
 def test_train_evaluate_attack_in_a_real_browser(server):
     from playwright.sync_api import expect, sync_playwright
@@ -135,14 +150,11 @@ def _cancel_jobs_left_running():
 def test_the_audit_panel_in_a_real_browser(mnist_model):
     """Launch an audit from the Robustness page: the waterfall appears, then the traffic
     lights with their explanations and the examples each stage broke and that survived."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     _, _, run_id = mnist_model
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with _serve(Path(os.environ["ROBUSTLAB_ARTIFACTS"])) as url, sync_playwright() as p, \
-            _cancel_jobs_left_running():
-        browser = _browser(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    with _dashboard_page() as (page, url):
         page.goto(f"{url}/robustness")
         expect(page.get_by_text("Audit a model")).to_be_visible(timeout=60_000)
         page.get_by_role("spinbutton", name="Epsilon (pixels)").fill("0.1")
@@ -164,7 +176,6 @@ def test_the_audit_panel_in_a_real_browser(mnist_model):
         expect(page.locator("[data-testid=stImage]").nth(3)).to_be_attached(timeout=30_000)
         expect(page.get_by_text("Page not found")).to_have_count(0)
         page.screenshot(path=str(SHOTS / "6-audit-done.png"), full_page=True)
-        browser.close()
 
 
 @pytest.mark.slow
@@ -216,13 +227,10 @@ def test_the_train_page_follows_its_jobs(server):
 def test_an_attack_without_epsilon_replaces_the_previous_examples(mnist_model):
     """Switching from FGSM to CW: FGSM's examples leave the screen at once, and CW says it has
     no epsilon and shows its job's progress, not an epsilon 'still being computed'."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     _, _, run_id = mnist_model
-    with _serve(Path(os.environ["ROBUSTLAB_ARTIFACTS"])) as url, sync_playwright() as p, \
-            _cancel_jobs_left_running():
-        browser = _browser(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    with _dashboard_page() as (page, url):
         page.goto(f"{url}/attack?model={run_id}")
         _choose(page, "Attack", "fgsm")  # a grid computed in seconds
         expect(page.get_by_role("heading", name="Examples")).to_be_visible(timeout=180_000)
@@ -234,19 +242,16 @@ def test_an_attack_without_epsilon_replaces_the_previous_examples(mnist_model):
         expect(page.get_by_text("still being computed")).to_have_count(0)
         expect(page.get_by_text("0/1 done")).to_have_count(0)
         page.screenshot(path=str(SHOTS / "8-attack-cw-computing.png"), full_page=True)
-        browser.close()
 
 
 @pytest.mark.slow
 def test_a_click_on_a_confusion_cell_filters_the_gallery(mnist_model):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from core.store import RunStore
 
     _, _, run_id = mnist_model
-    with _serve(Path(os.environ["ROBUSTLAB_ARTIFACTS"])) as url, sync_playwright() as p:
-        browser = _browser(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    with _dashboard_page() as (page, url):
         page.goto(f"{url}/evaluate?model={run_id}")
         expect(page.get_by_text("Misclassified examples", exact=True)).to_be_visible(
             timeout=180_000)
@@ -267,7 +272,6 @@ def test_a_click_on_a_confusion_cell_filters_the_gallery(mnist_model):
         others = captions.filter(has_not_text=re.compile(rf"^{true} → {pred} "))
         expect(others).to_have_count(0, timeout=20_000)
         page.screenshot(path=str(SHOTS / "9-evaluate-cell.png"), full_page=True)
-        browser.close()
 
 
 def _choose(page, label: str, option: str) -> None:
@@ -291,7 +295,7 @@ def test_attack_examples_flipped_all_or_picked_and_two_models_side_by_side(mnist
                                                                           tmp_path):
     """The examples are the flipped ones by default, all, or one picked; a second model shows
     the same images attacked beside the first, with its own numbers and curve."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from core.runner import create, execute
     from core.specs import TrainSpec
@@ -302,10 +306,7 @@ def test_attack_examples_flipped_all_or_picked_and_two_models_side_by_side(mnist
     second = create(store, TrainSpec(dataset="mnist", epochs=1, train_subset=300,
                                      test_subset=50), name="second")
     execute(store, second, echo=False)
-    with _serve(Path(os.environ["ROBUSTLAB_ARTIFACTS"])) as url, sync_playwright() as p, \
-            _cancel_jobs_left_running():
-        browser = _browser(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    with _dashboard_page() as (page, url):
         broken_images: list[str] = []  # Streamlit logs "image source error" for a lost image
         page.on("console", lambda m: "image source error" in m.text.lower()
                 and broken_images.append(m.text))
@@ -366,18 +367,14 @@ def test_attack_examples_flipped_all_or_picked_and_two_models_side_by_side(mnist
         attacked = page.get_by_test_id("stImageCaption").filter(has_text="attacked: ")
         expect(attacked).to_be_visible(timeout=30_000)
         expect(page.get_by_test_id("stImageCaption").filter(has_text="yours: ")).to_be_visible()
-        browser.close()
 
 
 @pytest.mark.slow
 def test_evaluate_shows_the_confusion_matrix_under_a_chosen_attack(mnist_model):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     _, _, run_id = mnist_model
-    with _serve(Path(os.environ["ROBUSTLAB_ARTIFACTS"])) as url, sync_playwright() as p, \
-            _cancel_jobs_left_running():
-        browser = _browser(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    with _dashboard_page() as (page, url):
         page.goto(f"{url}/evaluate?model={run_id}")
         expect(page.get_by_text("Under attack", exact=True)).to_be_visible(timeout=180_000)
         # the clean evaluation may still be running: its polling reruns close drop-downs
@@ -391,4 +388,3 @@ def test_evaluate_shows_the_confusion_matrix_under_a_chosen_attack(mnist_model):
         expect(page.get_by_text(re.compile(r"^Under L∞ ε=0\.1"))).to_be_visible()
         page.get_by_text("Under attack", exact=True).scroll_into_view_if_needed()
         page.screenshot(path=str(SHOTS / "12-evaluate-under-attack.png"), full_page=True)
-        browser.close()
