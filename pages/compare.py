@@ -15,6 +15,7 @@ if len(runs) < 1:
     st.stop()
 studies = store.list_runs(kind="study")
 study = st.selectbox("Start from a study (its models side by side)", [None] + studies,
+                     key="compare-study",
                      format_func=lambda r: "—" if r is None else run_label(r)) if studies else None
 default = ([r for r in runs if r.parent == study.id] if study is not None
            else runs[: min(3, len(runs))])

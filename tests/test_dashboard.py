@@ -249,3 +249,29 @@ def test_the_epsilon_curve_marks_the_slider_and_the_bars_name_their_classes():
     bars = probability_figure([0.9, 0.1], [0.2, 0.8], ["cat", "dog"])
     assert [t.name for t in bars.data] == ["clean", "adversarial"]
     assert list(bars.data[0].x) == ["cat", "dog"] and bars.layout.showlegend is not False
+
+
+def test_compare_starts_from_a_study_with_its_models_and_their_audits(tmp_path, monkeypatch):
+    """A study's audits have the study as parent; Compare finds them by the model they
+    audited, and picking the study chooses its models."""
+    from core.specs import AuditSpec, StudySpec, TrainSpec
+
+    monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path))
+    store = RunStore()
+    study = store.create_run("study", StudySpec(datasets=["mnist"]).to_dict())
+    models = [store.create_run("train", TrainSpec(defense=d, defense_args={"eps": 0.3}).to_dict(),
+                               parent=study, name=d) for d in ("pgd-at", "iat")]
+    outsider = store.create_run("train", TrainSpec().to_dict(), name="outsider")
+    audit = store.create_run("audit", AuditSpec(model_run=models[1], eps=0.3).to_dict(),
+                             parent=study)
+    store.set_summary(audit, {"robust_acc": 0.4321, "version": "standard", "n": 200,
+                              "threat_label": "L∞ ε=0.3", "verdict": "trusted"})
+    for run in models + [outsider, audit]:
+        store.set_status(run, "completed")
+    at = _app("compare").run()
+    _no_exceptions(at)
+    at.selectbox(key="compare-study").select_index(1).run()
+    _no_exceptions(at)
+    table = at.dataframe[0].value
+    assert sorted(table["run"]) == ["iat", "pgd-at"]  # the study's models, not the outsider
+    assert table.set_index("run").loc["iat", "audited robust acc"] == "43.21%"
