@@ -56,10 +56,6 @@ def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 ROBUST = -1  # the code of a point no stage broke; 0 is "misclassified clean", k + 1 stage k
-# FAB projects onto the linearised boundary, dividing logit differences near zero by gradient
-# norms: bfloat16's 8-bit mantissa moves that projection, and FAB-T in bf16 missed a point
-# float32 broke (benchmarks/RESULTS.md), so it always searches in float32.
-FLOAT32_STAGES = ("fab-t",)
 
 
 def cascade(model: nn.Module, data: TensorData, plan: list[Stage], batch_size: int = 250,
@@ -73,9 +69,8 @@ def cascade(model: nn.Module, data: TensorData, plan: list[Stage], batch_size: i
     share under torchrun; examples come from rank 0's share). Batches are fixed by position
     and every attack call is seeded per batch, so under torchrun (whole batches per rank) the
     result equals one process's. ``low_precision`` searches in bfloat16
-    (:class:`core.contract.LowPrecision`), FAB-T excepted; every verdict is still the float32
-    model's, and a point the bfloat16 search broke but float32 does not is searched again in
-    float32."""
+    (:class:`core.contract.LowPrecision`); every verdict is still the float32 model's, and a
+    point the bfloat16 search broke but float32 does not is searched again in float32."""
     ctx = ctx or distributed.Context()
     mine = distributed.my_positions(ctx, len(data), batch_size)
     local = _run_stages(model, data, mine, plan, batch_size, progress, on_stage, keep,
@@ -114,11 +109,10 @@ def _run_stages(model: nn.Module, data: TensorData, positions: torch.Tensor, pla
             if len(idx):
                 x = data.floats(part[idx]).to(device)
                 y = data.labels[part[idx]].to(device)
-                attacked = model if stage.name in FLOAT32_STAGES else search
-                adv = stage.attack(attacked, x, y)
+                adv = stage.attack(search, x, y)
                 if stage.name == "apgd-ce":
                     traces.append(list(stage.attack.trace))
-                adv, adv_pred, found = _confirmed(stage.attack, model, attacked, x, y, adv)
+                adv, adv_pred, found = _confirmed(stage.attack, model, search, x, y, adv)
                 fooled = adv_pred != y.cpu()
                 room = keep - sum(s == k for s in shown["stage"])
                 for j in fooled.nonzero().squeeze(1)[:max(room, 0)].tolist():

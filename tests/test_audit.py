@@ -230,30 +230,6 @@ def test_a_low_precision_success_float32_does_not_confirm_is_searched_again_in_f
     assert attack.calls == 1  # a float32 search is not repeated
 
 
-class _Records:
-    """An attack that returns its input and records which model it was given."""
-
-    def __init__(self):
-        self.models = []
-
-    def __call__(self, model, x, y):
-        self.models.append(model)
-        return x.clone()
-
-
-@requires_mnist
-def test_a_bfloat16_cascade_runs_fab_t_in_float32(mnist_model, mnist_test):
-    from core import audit
-    from core.contract import LowPrecision
-
-    model, _, _ = mnist_model
-    apgd, fab = _Records(), _Records()
-    plan = [audit.Stage("apgd-t", apgd), audit.Stage("fab-t", fab)]
-    audit.cascade(model, mnist_test.subset(20, seed=3), plan, low_precision=True)
-    assert apgd.models and all(isinstance(m, LowPrecision) for m in apgd.models)
-    assert fab.models and all(m is model for m in fab.models)
-
-
 def test_the_folded_model_follows_a_training_forward_and_attacks_keep_the_models_mode():
     import torch
 
