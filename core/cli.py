@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "attack failure"))
     p = add("runs", "table of runs, newest first")
     p.add_argument("--kind", help="only runs of this kind (train, evaluate, attack, sweep, "
-                   "grid, audit, reproduce)")
+                   "grid, audit, reproduce, study)")
     p.add_argument("--full", action="store_true", help="do not shorten error messages")
     p.add_argument("--tag", help="only runs carrying this tag")
     p = add("show", "everything about one run: status, full error, config, result, files")

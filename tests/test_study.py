@@ -93,3 +93,31 @@ def test_a_stopped_study_resumes_reusing_the_jobs_that_finished(monkeypatch):
     children = {r.id for r in store.list_runs(parent=run)}
     assert first < children and len(children) == 8  # nothing of fgsm-at's was redone
     assert store.get(run).status == "completed"
+
+
+@pytest.mark.usefixtures("tiny_scale")
+def test_a_model_that_fails_is_a_row_saying_so_and_the_study_goes_on(monkeypatch):
+    from core import study
+    from core.runner import create, execute
+    from core.specs import StudySpec
+    from core.store import RunStore
+    from core.training import NonFiniteLoss
+
+    real_row = study._Model.row
+
+    def diverge(self):
+        if self.defense == "trades":
+            raise NonFiniteLoss("loss became nan at epoch 2, step 10")
+        return real_row(self)
+
+    monkeypatch.setattr(study._Model, "row", diverge)
+    store = RunStore()
+    run = create(store, StudySpec(datasets=["mnist"], defenses=["trades", "fgsm-at"]))
+    summary = execute(store, run, echo=False)
+    assert store.get(run).status == "completed"
+    assert [r["defense"] for r in summary["rows"]] == ["trades", "fgsm-at"]
+    assert "nan at epoch 2" in summary["rows"][0]["failed"] and "audit" in summary["rows"][1]
+    assert any("trades on mnist" in w for w in store.get(run).warnings)
+    report = open(summary["report"]).read()
+    assert "| trades | failed: NonFiniteLoss: loss became nan" in report
+    assert "| fgsm-at | " in report
