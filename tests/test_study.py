@@ -62,6 +62,21 @@ def test_a_study_trains_attacks_and_audits_each_defense_into_one_report():
     assert "IAT's claim on mnist" in report and "seed FGSM-AT" in report
 
 
+def _raise_for(monkeypatch, defense: str, error: BaseException):
+    """Make the study's model ``defense`` raise ``error``; return the real ``row`` method."""
+    from core import study
+
+    real_row = study._Model.row
+
+    def row(self):
+        if self.defense == defense:
+            raise error
+        return real_row(self)
+
+    monkeypatch.setattr(study._Model, "row", row)
+    return real_row
+
+
 @pytest.mark.usefixtures("tiny_scale")
 def test_a_stopped_study_resumes_reusing_the_jobs_that_finished(monkeypatch):
     from core import study
@@ -70,14 +85,7 @@ def test_a_stopped_study_resumes_reusing_the_jobs_that_finished(monkeypatch):
     from core.specs import StudySpec
     from core.store import RunStore
 
-    real_row = study._Model.row
-
-    def stop_at_the_second(self):
-        if self.defense == "iat":
-            raise Cancelled("stopped for the test")
-        return real_row(self)
-
-    monkeypatch.setattr(study._Model, "row", stop_at_the_second)
+    real_row = _raise_for(monkeypatch, "iat", Cancelled("stopped for the test"))
     store = RunStore()
     run = create(store, StudySpec(datasets=["mnist"], defenses=["fgsm-at", "iat"]))
     with pytest.raises(Cancelled):
@@ -97,20 +105,12 @@ def test_a_stopped_study_resumes_reusing_the_jobs_that_finished(monkeypatch):
 
 @pytest.mark.usefixtures("tiny_scale")
 def test_a_model_that_fails_is_a_row_saying_so_and_the_study_goes_on(monkeypatch):
-    from core import study
     from core.runner import create, execute
     from core.specs import StudySpec
     from core.store import RunStore
     from core.training import NonFiniteLoss
 
-    real_row = study._Model.row
-
-    def diverge(self):
-        if self.defense == "trades":
-            raise NonFiniteLoss("loss became nan at epoch 2, step 10")
-        return real_row(self)
-
-    monkeypatch.setattr(study._Model, "row", diverge)
+    _raise_for(monkeypatch, "trades", NonFiniteLoss("loss became nan at epoch 2, step 10"))
     store = RunStore()
     run = create(store, StudySpec(datasets=["mnist"], defenses=["trades", "fgsm-at"]))
     summary = execute(store, run, echo=False)
