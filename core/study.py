@@ -194,7 +194,7 @@ def iat_claim(rows: list[dict], dataset: str) -> str | None:
     return (f"IAT's claim on {dataset} {'holds' if holds else 'does not hold'} here: audited "
             f"robust accuracy {_pct(iat['audit'])} against PGD-AT's {_pct(pgd['audit'])} "
             f"({gap:+.2f} pp; the claim needs at least -3 pp), clean {_pct(iat['clean'])} "
-            f"against {_pct(pgd['clean'])} ({cleaner:+.2f} pp; the claim needs more).")
+            f"against {_pct(pgd['clean'])} ({cleaner:+.2f} pp; the claim needs it above 0).")
 
 
 def render(results: dict) -> str:
