@@ -50,65 +50,49 @@ except Exception as err:
     st.stop()
 budgeted = ATTACKS[attack].budget is not None
 budgets = grids[0].config["budgets"] if budgeted else [None]
-grid_ids = [g.id for g in grids]
-
-
-def finished(ids: list[str]) -> bool:
-    return all(store.get(g).status in ("completed", "failed", "cancelled") for g in ids)
-
-
-def controls() -> tuple:
-    """The epsilon slider and the choice of examples: (eps, its index, what to show, the
-    picked image)."""
-    if budgeted:
-        eps = st.select_slider(f"{ATTACKS[attack].budget} (pixel units)", options=budgets,
-                               value=budgets[4], format_func=eps_label, key="eps")
-        index = budgets.index(eps)
+if budgeted:
+    eps = st.select_slider(f"{ATTACKS[attack].budget} (pixel units)", options=budgets,
+                           value=budgets[4], format_func=eps_label, key="eps")
+    index = budgets.index(eps)
+else:
+    eps, index = None, 0
+st.caption(f"Every number here is on the same {n:,} test images (a seeded sample of the test "
+           "split, the first of them shown below)"
+           + ("" if budgeted else f"; {attack} has no epsilon, so there is one result")
+           + ". The Evaluate page's clean accuracy is on the whole test split, so it can differ "
+           "by a point or two.")
+e1, e2 = st.columns([2, 3])
+show_what = e1.radio("Examples", ["flipped", "all", "pick"], horizontal=True, key="attack-show",
+                     format_func={"flipped": "flipped only", "all": "all",
+                                  "pick": "pick an image"}.get)
+picked = None
+if show_what == "pick":
+    first = grid_result(grids[0].id, index)
+    if first is None:
+        e2.caption("The images can be picked once this epsilon is computed.")
     else:
-        eps, index = None, 0
-    st.caption(f"Every number here is on the same {n:,} test images (a seeded sample of the "
-               "test split, the first of them shown below)"
-               + ("" if budgeted else f"; {attack} has no epsilon, so there is one result")
-               + ". The Evaluate page's clean accuracy is on the whole test split, so it can "
-               "differ by a point or two.")
-    e1, e2 = st.columns([2, 3])
-    show_what = e1.radio("Examples", ["flipped", "all", "pick"], horizontal=True,
-                         key="attack-show", format_func={"flipped": "flipped only", "all": "all",
-                                                         "pick": "pick an image"}.get)
-    picked = None
-    if show_what == "pick":
-        first = grid_result(grid_ids[0], index)
-        if first is None:
-            e2.caption("The images can be picked once this epsilon is computed.")
-        else:
-            classes = classes_for_run(run)
-            picked = e2.selectbox(
-                f"Image (the first {len(first['x'])} of the sample)", range(len(first["x"])),
-                key="attack-pick", format_func=lambda k: f"test image #{int(first['index'][k])} "
-                f"({classes[int(first['labels'][k])]})")
-    return eps, index, show_what, picked
+        classes = classes_for_run(run)
+        picked = e2.selectbox(
+            f"Image (the first {len(first['x'])} of the sample)", range(len(first["x"])),
+            key="attack-pick", format_func=lambda k: f"test image #{int(first['index'][k])} "
+            f"({classes[int(first['labels'][k])]})")
 
 
-@st.fragment
-def finished_panel() -> None:
-    """A computed grid: moving the slider reruns only this panel (it reads stored results),
-    not the model and attack pickers above it."""
-    chosen = controls()
-    show_grids(*chosen)
-    upload_section(chosen[0])
+def finished(grid_ids: list[str]) -> bool:
+    return all(store.get(g).status in ("completed", "failed", "cancelled") for g in grid_ids)
 
 
 @st.fragment(run_every=1.0)
-def poll(eps, index: int, show_what: str, picked) -> None:
+def poll(grid_ids: list[str], index: int) -> None:
     if finished(grid_ids):
         st.rerun()  # drawn once more by the page, which then stops polling
     # one placeholder for everything: a new attack's first poll replaces the previous
     # attack's examples instead of leaving them on screen, faded
     with st.empty().container():
-        show_grids(eps, index, show_what, picked)
+        show_grids(grid_ids, index)
 
 
-def show_grids(eps, index: int, show_what: str, picked) -> None:
+def show_grids(grid_ids: list[str], index: int) -> None:
     results = []
     columns = st.columns(len(grid_ids))
     for model, grid_id, column in zip(models, grid_ids, columns):
@@ -125,7 +109,7 @@ def show_grids(eps, index: int, show_what: str, picked) -> None:
                             width="stretch",
                             key=f"curve-{'-'.join(grid_ids)}-{sum(map(len, curves.values()))}")
     if all(r is not None for r in results):
-        examples(results, show_what, picked)
+        examples(results)
 
 
 def show_grid(grid_id: str, index: int, narrow: bool) -> dict | None:
@@ -161,7 +145,7 @@ def show_grid(grid_id: str, index: int, narrow: bool) -> dict | None:
     return result
 
 
-def examples(results: list[dict], show_what: str, picked) -> None:
+def examples(results: list[dict]) -> None:
     classes = classes_for_run(run)
     chosen = example_choice(results, show_what, picked)
     st.subheader("Examples")
@@ -194,36 +178,34 @@ def examples(results: list[dict], show_what: str, picked) -> None:
             at += 2
 
 
-def upload_section(eps) -> None:
-    """Attack an uploaded image at the slider's epsilon."""
-    st.divider()
-    st.subheader("Attack your own image")
-    upload = st.file_uploader("An image (PNG, JPEG, …, at most 5 MB); it is resized to the "
-                              "model's input", type=None, key="upload")
-    if upload is not None:
-        try:
-            model, meta = model_for_run(store, run.id, device="cpu")  # one image: no GPU needed
-            x = read_upload(upload.getvalue(), meta["input_shape"])
-            single = dict(params)
-            if budgeted:
-                single[ATTACKS[attack].budget] = eps
-            out = attack_single(model, x, attack, single)
-            classes = meta["classes"]
-            cols = st.columns(3)
-            clean, adv = out["clean_prob"], out["adv_prob"]
-            cols[0].image(to_display(out["x"]), width="stretch",
-                          caption=f"yours: {classes[int(clean.argmax())]} ({clean.max():.0%})")
-            cols[1].image(to_display(out["x_adv"]), width="stretch",
-                          caption=f"attacked: {classes[int(adv.argmax())]} ({adv.max():.0%})")
-            cols[2].plotly_chart(probability_figure(clean.tolist(), adv.tolist(), classes),
-                                 width="stretch")
-        except Exception as err:
-            show_error(err)
-
-
-if finished(grid_ids):
-    finished_panel()
+if finished([g.id for g in grids]):
+    # drawn once per slider move, not every second; in place, so the browser updates the
+    # charts it has instead of building new ones
+    show_grids([g.id for g in grids], index)
 else:
-    chosen_controls = controls()
-    poll(*chosen_controls)
-    upload_section(chosen_controls[0])
+    poll([g.id for g in grids], index)
+
+st.divider()
+st.subheader("Attack your own image")
+upload = st.file_uploader("An image (PNG, JPEG, …, at most 5 MB); it is resized to the model's "
+                          "input", type=None, key="upload")
+if upload is not None:
+    try:
+        model, meta = model_for_run(store, run.id, device="cpu")  # one image: no GPU needed
+        x = read_upload(upload.getvalue(), meta["input_shape"])
+        single = dict(params)
+        if budgeted:
+            single[ATTACKS[attack].budget] = eps
+        out = attack_single(model, x, attack, single)
+        classes = meta["classes"]
+        cols = st.columns(3)
+        cols[0].image(to_display(out["x"]), caption=f"yours: {classes[int(out['clean_prob'].argmax())]} "
+                      f"({out['clean_prob'].max():.0%})", width="stretch")
+        cols[1].image(to_display(out["x_adv"]), caption=f"attacked: "
+                      f"{classes[int(out['adv_prob'].argmax())]} ({out['adv_prob'].max():.0%})",
+                      width="stretch")
+        cols[2].plotly_chart(probability_figure(out["clean_prob"].tolist(),
+                                                out["adv_prob"].tolist(), classes),
+                             width="stretch")
+    except Exception as err:
+        show_error(err)
