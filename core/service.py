@@ -47,7 +47,9 @@ def run_label(run: Run) -> str:
         what = (f"study · {cfg.get('model', '')} · {', '.join(cfg.get('datasets', []))} · "
                 f"{cfg.get('scale', '')} scale")
     elif cfg.get("defense", "none") != "none":
-        what += f" · {cfg['defense']} eps {cfg.get('defense_args', {}).get('eps', '')}"
+        eps = cfg.get("defense_args", {}).get("eps")
+        what += f" · {cfg['defense']}" + (f" eps {eps:.4g}" if isinstance(eps, (int, float))
+                                          else "")
     name = f"{run.name} · " if run.name else ""
     if run.tags:
         name += f"[{', '.join(run.tags)}] "

@@ -275,3 +275,8 @@ def test_compare_starts_from_a_study_with_its_models_and_their_audits(tmp_path, 
     table = at.dataframe[0].value
     assert sorted(table["run"]) == ["iat", "pgd-at"]  # the study's models, not the outsider
     assert table.set_index("run").loc["iat", "audited robust acc"] == "43.21%"
+    from core.service import run_label
+
+    cifar = store.create_run("train", TrainSpec(dataset="cifar10", defense="pgd-at",
+                                                defense_args={"eps": 8 / 255}).to_dict())
+    assert "pgd-at eps 0.03137 ·" in run_label(store.get(cifar))  # not 0.03137254901960784
