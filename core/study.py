@@ -64,8 +64,8 @@ SCALES: dict[str, dict[str, Setting]] = {
 
 
 def defense_args(defense: str, s: Setting) -> dict:
-    """The defense's parameters at a setting: the seed's FGSM-AT weight, fast-AT's default
-    step, and the setting's steps and step size for the PGD-based defenses."""
+    """The defense's parameters at a setting: its epsilon and ramp; the PGD-based defenses
+    also take the setting's steps and step size (the rest are the defense's defaults)."""
     args = {"eps": s.eps, "eps_ramp_epochs": s.eps_ramp_epochs}
     if defense in ("pgd-at", "trades", "iat"):
         args.update(steps=s.steps, step_size=s.step_size)
