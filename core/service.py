@@ -2,6 +2,7 @@
 attack grids, single-image attacks. Plain Python (no streamlit), so pages stay thin."""
 from __future__ import annotations
 
+import base64
 import io
 import json
 import time
@@ -233,8 +234,9 @@ def cached_evaluation(store: RunStore, model_run: str) -> Run:
     return store.get(run_id)
 
 
-def gallery_images(meta_dataset: str, records: list[dict], data_dir: str | None = None) -> list:
-    """uint8 HWC arrays of the examples named by ``records`` (test split, original index)."""
+def gallery_images(meta_dataset: str, records: list[dict],
+                   data_dir: str | None = None) -> list[str]:
+    """The examples named by ``records`` (test split, original index) as image data URIs."""
     split = data.load(meta_dataset, "test", data_dir)
     imgs = split.images[[r["index"] for r in records]] if records else split.images[:0]
     return [to_display(img) for img in imgs]
@@ -245,13 +247,20 @@ def classes_for_run(run: Run) -> list[str]:
     return data.load(run.config["dataset"], "test", run.config.get("data_dir")).classes
 
 
-def to_display(img: torch.Tensor, scale: int = 4):
-    """A (C, H, W) uint8 or [0, 1] float tensor as an upscaled HWC uint8 numpy array."""
+def to_display(img: torch.Tensor, scale: int = 4) -> str:
+    """A (C, H, W) uint8 or [0, 1] float tensor as a PNG data URI, upscaled without smoothing.
+
+    Inline rather than a Streamlit media file: a quick run of reruns (a slider dragged) deletes
+    media files the browser is still fetching, which shows as broken images."""
+    from PIL import Image
+
     if img.is_floating_point():
         img = (img.clamp(0, 1) * 255).round().to(torch.uint8)
     arr = img.permute(1, 2, 0).numpy()
     arr = arr.repeat(scale, 0).repeat(scale, 1)
-    return arr[:, :, 0] if arr.shape[2] == 1 else arr
+    buf = io.BytesIO()
+    Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def amplified_perturbation(x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
@@ -451,15 +460,15 @@ def audit_view(store: RunStore, run_id: str) -> dict:
 
 def audit_examples(run_id: str) -> dict | None:
     """The examples an audit kept: per stage some it broke (clean and adversarial images, as
-    H x W x C arrays), and some that survived; None before the audit finishes."""
+    data URIs), and some that survived; None before the audit finishes."""
     path = run_dir(run_id) / "audit_examples.safetensors"
     if not path.exists():
         return None
     tensors, meta = checkpoint.load(path)
     stages, classes = meta["stages"], meta["classes"]
 
-    def pictures(x: torch.Tensor) -> list[np.ndarray]:
-        return [img.permute(1, 2, 0).numpy() for img in x] if x.numel() else []
+    def pictures(x: torch.Tensor) -> list[str]:
+        return [to_display(img) for img in x] if x.numel() else []
 
     broken: dict[str, list[dict]] = {name: [] for name in stages}
     for img, adv, k, label, pred, index in zip(

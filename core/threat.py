@@ -62,3 +62,17 @@ class ThreatModel:
         except ValueError as err:
             raise InputError(f"threat model must look like linf:0.1, l2:0.5 or none, "
                              f"got {text!r}") from err
+
+
+# The budgets the field reports: MNIST L-inf 0.3 (Madry et al. 2018), CIFAR-10 L-inf 8/255 and
+# L2 0.5 (RobustBench), MNIST L2 2.0 (Croce & Hein 2020). A user's own images get CIFAR-10's.
+_STANDARD_EPS = {("mnist", "linf"): 0.3, ("mnist", "l2"): 2.0,
+                 ("cifar10", "linf"): 8 / 255, ("cifar10", "l2"): 0.5}
+
+
+def standard_threat(dataset: str, norm: str = "linf") -> ThreatModel:
+    """The threat model usually reported for ``dataset`` under ``norm`` (``linf`` or ``l2``)."""
+    if norm not in ("linf", "l2"):
+        raise InputError(f"a standard budget needs a bounded norm; valid: linf, l2 (got {norm!r})")
+    known = dataset if dataset in ("mnist", "cifar10") else "cifar10"
+    return ThreatModel(norm, _STANDARD_EPS[(known, norm)])

@@ -82,17 +82,24 @@ def finished(grid_ids: list[str]) -> bool:
     return all(store.get(g).status in ("completed", "failed", "cancelled") for g in grid_ids)
 
 
+def complete(grid_ids: list[str]) -> bool:
+    return all(len(store.metrics(g, ["adv_acc"])) == len(budgets) for g in grid_ids)
+
+
 @st.fragment(run_every=1.0)
-def poll(grid_ids: list[str], index: int) -> None:
-    if finished(grid_ids):
-        st.rerun()  # drawn once more by the page, which then stops polling
+def poll(grid_ids: list[str], index: int, examples_shown: bool) -> None:
+    # The examples are drawn by whole-page runs only: a poll redrawing images every second
+    # drops media files the browser is still fetching (404, "image source error").
+    if finished(grid_ids) or (not examples_shown
+                              and all(grid_result(g, index) is not None for g in grid_ids)):
+        st.rerun()
     # one placeholder for everything: a new attack's first poll replaces the previous
-    # attack's examples instead of leaving them on screen, faded
+    # attack's numbers instead of leaving them on screen, faded
     with st.empty().container():
-        show_grids(grid_ids, index)
+        show_grids(grid_ids, index, with_examples=False)
 
 
-def show_grids(grid_ids: list[str], index: int) -> None:
+def show_grids(grid_ids: list[str], index: int, with_examples: bool = True) -> None:
     results = []
     columns = st.columns(len(grid_ids))
     for model, grid_id, column in zip(models, grid_ids, columns):
@@ -108,7 +115,9 @@ def show_grids(grid_ids: list[str], index: int) -> None:
             st.plotly_chart(epsilon_curve_figure(curves, eps, ATTACKS[attack].budget),
                             width="stretch",
                             key=f"curve-{'-'.join(grid_ids)}-{sum(map(len, curves.values()))}")
-    if all(r is not None for r in results):
+    if budgeted and finished(grid_ids) and complete(grid_ids):
+        st.caption(f"All {len(budgets)} epsilons computed: the slider reads stored results.")
+    if with_examples and all(r is not None for r in results):
         examples(results)
 
 
@@ -178,12 +187,17 @@ def examples(results: list[dict]) -> None:
             at += 2
 
 
-if finished([g.id for g in grids]):
+grid_ids = [g.id for g in grids]
+if finished(grid_ids):
     # drawn once per slider move, not every second; in place, so the browser updates the
     # charts it has instead of building new ones
-    show_grids([g.id for g in grids], index)
+    show_grids(grid_ids, index)
 else:
-    poll([g.id for g in grids], index)
+    ready = [grid_result(g, index) for g in grid_ids]
+    shown = all(r is not None for r in ready)
+    poll(grid_ids, index, shown)
+    if shown:
+        examples(ready)
 
 st.divider()
 st.subheader("Attack your own image")

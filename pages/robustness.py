@@ -9,7 +9,8 @@ from core.hyperparams import ATTACK_SETTINGS
 from core.service import (STAGE_NAMES, audit_examples, audit_runs, audit_view, eps_label,
                           launch_audit, launch_sweep, progress, run_label, sweep_curves)
 from core.specs import DEFAULT_BUDGETS, AuditSpec, SweepSpec
-from pages.common import require_trained_runs, get_store, show_error, show_table
+from core.threat import standard_threat
+from pages.common import pick_run, require_trained_runs, get_store, show_error, show_table
 
 store = get_store()
 st.title("Robustness")
@@ -18,17 +19,24 @@ SHOWN = 8
 LIGHTS = {"pass": ":green[●] pass", "warn": ":orange[●] warn", "fail": ":red[●] fail"}
 
 
-def audit_form() -> None:
-    with st.form("audit-form"):
-        st.markdown("**Audit a model**: APGD-CE → APGD-T → FAB-T → Square (standard) or the "
-                    "first two (fast), each on the points still robust, then nine checks for "
-                    "attack failure.")
-        c1, c2, c3, c4, c5 = st.columns([3, 1, 1, 1, 1])
-        model = c1.selectbox("Model", runs, format_func=run_label, key="audit-model")
-        norm = c2.selectbox("Norm", ["linf", "l2"], key="audit-norm")
-        eps = c3.number_input("Epsilon (pixels)", 0.0, 100.0, 0.3, step=0.01, format="%.4f",
-                              key="audit-eps", help="MNIST: 0.3 (L-inf); CIFAR-10: 8/255 = "
-                              "0.0314 (L-inf), 0.5 (L2)")
+def audit_form():
+    """The launch form; returns the model it is set to (the page's ?model=)."""
+    st.markdown("**Audit a model**: APGD-CE → APGD-T → FAB-T → Square (standard) or the "
+                "first two (fast), each on the points still robust, then nine checks for "
+                "attack failure.")
+    # model and norm outside the form: the epsilon offered is the field's budget for them
+    c1, c2 = st.columns([4, 1])
+    with c1:
+        model = pick_run("Model", runs, "model")
+    norm = c2.selectbox("Norm", ["linf", "l2"], key="audit-norm")
+    dataset = model.config["dataset"]
+    standard = standard_threat(dataset, norm)
+    with st.form("audit-form", border=False):
+        c3, c4, c5 = st.columns(3)
+        eps = c3.number_input("Epsilon (pixels)", 0.0, 100.0, standard.eps, step=0.01,
+                              format="%.4f", key=f"audit-eps-{dataset}-{norm}",
+                              help=f"{standard.label()} is the budget usually reported for "
+                              f"{dataset} under this norm")
         version = c4.selectbox("Version", ["standard", "fast"], key="audit-version")
         n = c5.number_input("Test images", 10, 10000, AuditSpec.n, step=100, key="audit-n")
         go = st.form_submit_button("Run audit", type="primary", icon=":material/verified:")
@@ -39,16 +47,20 @@ def audit_form() -> None:
             st.toast(f"Audit launched at {norm} eps {eps_label(float(eps))}")
         except Exception as err:
             show_error(err)
+    return model
 
 
-def pick_audit():
+def pick_audit(model):
     audits = audit_runs(store)
     if not audits:
         st.info("No audits yet: launch one above.")
         return None
     ids = [r.id for r in audits]
+    # the audit in the address if it is of this model, else the model's latest, else the latest
+    own = [r.id for r in audits if r.config["model_run"] == model.id]
     wanted = st.query_params.get("audit")
-    choice = st.selectbox("Audit", audits, index=ids.index(wanted) if wanted in ids else 0,
+    index = ids.index(wanted if wanted in own else own[0] if own else ids[0])
+    choice = st.selectbox("Audit", audits, index=index,
                           format_func=lambda r: f"{r.config['version']} at {r.config['norm']} "
                           f"eps {eps_label(r.config['eps'])} of "
                           f"{run_label(store.get(r.config['model_run']))} · {r.id[-9:]}")
@@ -98,19 +110,20 @@ def audit_results(run_id: str) -> None:
                         "adversarial below; true → predicted)")
             cols = st.columns(SHOWN)  # a fixed grid: one example is not drawn page-wide
             for col, item in zip(cols, items):
-                col.image(item["clean"], caption=item["caption"], width="stretch", clamp=True)
-                col.image(item["adversarial"], width="stretch", clamp=True)
+                col.image(item["clean"], caption=item["caption"], width="stretch")
+                col.image(item["adversarial"], width="stretch")
     if shown["survived"]:
         st.markdown("**Survived every stage**")
         cols = st.columns(SHOWN)
         for col, item in zip(cols, shown["survived"]):
-            col.image(item["clean"], caption=item["caption"], width="stretch", clamp=True)
+            col.image(item["clean"], caption=item["caption"], width="stretch")
 
 
 audit_tab, sweep_tab = st.tabs(["Audit", "Sweeps"])
 with audit_tab:
-    audit_form()
-    picked = pick_audit()
+    with st.container(border=True):
+        model = audit_form()
+    picked = pick_audit(model)
     if picked is not None:
         if store.get(picked.id).status in ("running", "queued"):
             audit_live(picked.id)  # polls until the audit ends

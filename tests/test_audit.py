@@ -253,3 +253,15 @@ def test_the_folded_model_follows_a_training_forward_and_attacks_keep_the_models
     gradient_indicator(model, x, y)
     assert all(torch.equal(a, b) for a, b in zip(stats, model.buffers()))
     assert model.training
+
+
+def test_the_standard_budget_is_the_one_the_field_reports_for_each_dataset():
+    from core.paths import InputError
+    from core.threat import standard_threat
+
+    assert standard_threat("mnist") == ThreatModel("linf", 0.3)
+    assert standard_threat("cifar10", "linf").label() == "L∞ ε=0.03137 (8/255)"
+    assert standard_threat("cifar10", "l2") == ThreatModel("l2", 0.5)
+    assert standard_threat("imagefolder:/x", "linf") == ThreatModel("linf", 8 / 255)
+    with pytest.raises(InputError, match="valid: linf, l2"):
+        standard_threat("mnist", "none")

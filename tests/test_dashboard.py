@@ -238,6 +238,28 @@ def test_examples_are_the_same_images_for_both_models_and_flipped_on_either():
     assert example_choice([a, b], "pick", picked=4) == [4]
 
 
+def test_images_are_inline_pngs_upscaled_without_smoothing():
+    """Shown as data URIs, so a rerun cannot drop a file the browser is still fetching."""
+    import base64
+    import io
+
+    import torch
+    from PIL import Image
+
+    from core.service import to_display
+
+    gray = torch.tensor([[[0.0, 1.0], [0.5, 0.25]]])
+    uri = to_display(gray, scale=3)
+    assert uri.startswith("data:image/png;base64,")
+    img = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+    assert img.mode == "L" and img.size == (6, 6)
+    assert [img.getpixel((x, 0)) for x in range(6)] == [0, 0, 0, 255, 255, 255]
+    assert img.getpixel((5, 5)) == 64
+    rgb = Image.open(io.BytesIO(base64.b64decode(
+        to_display(torch.zeros(3, 2, 2, dtype=torch.uint8)).split(",", 1)[1])))
+    assert rgb.mode == "RGB" and rgb.size == (8, 8)
+
+
 def test_the_epsilon_curve_marks_the_slider_and_the_bars_name_their_classes():
     from core.figures import epsilon_curve_figure, probability_figure
 
