@@ -1,6 +1,7 @@
 """Figures shared by the dashboard (interactive plotly) and reports (HTML plus PNG)."""
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Sequence
 
@@ -179,18 +180,36 @@ def epsilon_curve_figure(curves: dict[str, list[tuple[float, float]]], current: 
     return fig
 
 
-def probability_figure(clean: Sequence[float], adversarial: Sequence[float],
-                       classes: Sequence[str]) -> go.Figure:
-    """The model's class probabilities before and after the attack, with class names on the
-    axis and a legend."""
-    fig = go.Figure([go.Bar(x=list(classes), y=list(clean), name="clean", marker_color="#2563eb"),
-                     go.Bar(x=list(classes), y=list(adversarial), name="adversarial",
-                            marker_color="#dc2626")])
-    fig.update_layout(height=190, margin=dict(l=10, r=10, t=28, b=10), barmode="group",
-                      yaxis_range=[0, 1], yaxis_tickformat=".0%", xaxis_type="category",
-                      xaxis_tickangle=-45 if max(len(c) for c in classes) > 2 else 0,
-                      legend=dict(orientation="h", y=1.2, x=0))
-    return fig
+CLEAN_COLOUR, ADVERSARIAL_COLOUR = "#2563eb", "#dc2626"
+
+
+def probability_bars(clean: Sequence[float], adversarial: Sequence[float],
+                     classes: Sequence[str], true: int | None = None) -> str:
+    """The model's class probabilities before and after the attack as a small HTML bar chart:
+    one row per class (the true one in bold) on a 0-100% track, a legend, each row's figures on hover.
+
+    Plain HTML rather than a plotly figure: a page shows one per example and redraws them all
+    on every slider move, which plotly made several times slower to build and to render."""
+    def bar(p: float, colour: str) -> str:
+        return (f'<div style="height:5px;width:{100 * min(max(p, 0.0), 1.0):.1f}%;'
+                f'background:{colour};margin:1px 0"></div>')
+
+    def swatch(colour: str, name: str) -> str:
+        return (f'<span style="display:inline-block;width:9px;height:9px;background:{colour};'
+                f'margin:0 3px 0 8px"></span>{name}')
+
+    rows = "".join(
+        f'<span style="{"font-weight:600;" if k == true else ""}white-space:nowrap">'
+        f'{html.escape(str(name))}</span>'
+        f'<div style="background:#eef2f7" '  # the track: a full row is 100%
+        f'title="{html.escape(str(name))}: clean {c:.1%}, adversarial {a:.1%}">'
+        f'{bar(c, CLEAN_COLOUR)}{bar(a, ADVERSARIAL_COLOUR)}</div>'
+        for k, (name, c, a) in enumerate(zip(classes, clean, adversarial)))
+    return (f'<div style="font-size:11px;line-height:1.15">'
+            f'<div style="margin-bottom:3px">{swatch(CLEAN_COLOUR, "clean")}'
+            f'{swatch(ADVERSARIAL_COLOUR, "adversarial")}</div>'
+            f'<div style="display:grid;grid-template-columns:max-content 1fr;gap:1px 6px;'
+            f'align-items:center">{rows}</div></div>')
 
 
 def save_html(fig: go.Figure, path: Path) -> None:

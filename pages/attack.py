@@ -4,7 +4,7 @@ or one picked, the same images for both models; upload your own image to attack 
 import streamlit as st
 
 from core.hyperparams import ATTACK_SETTINGS as ATTACKS
-from core.figures import epsilon_curve_figure, probability_figure
+from core.figures import epsilon_curve_figure, probability_bars
 from core.service import (amplified_perturbation, attack_single, classes_for_run, eps_label,
                           example_choice, grid_result, grid_run, model_for_run, progress,
                           read_upload, run_label, to_display)
@@ -182,8 +182,8 @@ def examples(results: list[dict]) -> None:
                 cols[at].image(to_display(amplified_perturbation(result["x"][k],
                                                                  result["x_adv"][k])),
                                caption="perturbation (amplified)", width="stretch")
-            cols[at + 1].plotly_chart(probability_figure(cp.tolist(), ap.tolist(), classes),
-                                      width="stretch", key=f"bars-{model.id}-{k}")
+            cols[at + 1].html(probability_bars(cp.tolist(), ap.tolist(), classes,
+                                               int(first["labels"][k])))
             at += 2
 
 
@@ -218,8 +218,7 @@ if upload is not None:
         cols[1].image(to_display(out["x_adv"]), caption=f"attacked: "
                       f"{classes[int(out['adv_prob'].argmax())]} ({out['adv_prob'].max():.0%})",
                       width="stretch")
-        cols[2].plotly_chart(probability_figure(out["clean_prob"].tolist(),
-                                                out["adv_prob"].tolist(), classes),
-                             width="stretch")
+        cols[2].html(probability_bars(out["clean_prob"].tolist(), out["adv_prob"].tolist(),
+                                      classes))
     except Exception as err:
         show_error(err)

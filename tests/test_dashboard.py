@@ -261,16 +261,21 @@ def test_images_are_inline_pngs_upscaled_without_smoothing():
 
 
 def test_the_epsilon_curve_marks_the_slider_and_the_bars_name_their_classes():
-    from core.figures import epsilon_curve_figure, probability_figure
+    import re
+
+    from core.figures import epsilon_curve_figure, probability_bars
 
     fig = epsilon_curve_figure({"A": [(0.0, 0.99), (0.1, 0.5)], "B": [(0.0, 0.98), (0.1, 0.9)]},
                                0.1)
     rings = [t for t in fig.data if t.mode == "markers"]
     assert [tuple(t.y) for t in rings] == [(0.5,), (0.9,)]
     assert fig.layout.shapes[0].x0 == 0.1 and fig.layout.showlegend
-    bars = probability_figure([0.9, 0.1], [0.2, 0.8], ["cat", "dog"])
-    assert [t.name for t in bars.data] == ["clean", "adversarial"]
-    assert list(bars.data[0].x) == ["cat", "dog"] and bars.layout.showlegend is not False
+    bars = probability_bars([0.9, 0.1], [0.2, 0.8], ["cat", "<dog>"], true=0)
+    assert "clean" in bars and "adversarial" in bars  # the legend
+    assert re.findall(r"width:([\d.]+)%", bars) == ["90.0", "20.0", "10.0", "80.0"]
+    assert 'font-weight:600;white-space:nowrap">cat<' in bars  # the true class in bold
+    assert "&lt;dog&gt;" in bars and "<dog>" not in bars  # a class name is text, not markup
+    assert 'title="cat: clean 90.0%, adversarial 20.0%"' in bars
 
 
 def test_compare_starts_from_a_study_with_its_models_and_their_audits(tmp_path, monkeypatch):
