@@ -116,15 +116,20 @@ def folded(model: nn.Module) -> nn.Module:
 class LowPrecision(nn.Module):
     """The model's folded forward under bfloat16 autocast, its logits returned in float32: an
     attack's search runs 2.5-3x faster where the hardware has bfloat16 arithmetic (CPUs with
-    AVX-512 BF16 or AMX, recent GPUs). Gradients still reach the input in float32. Whoever
+    AVX-512 BF16 or AMX, recent GPUs). Rows whose top two logits are too close for bf16 to
+    order are computed in float32. Gradients still reach the input in float32. Whoever
     searches with it takes every verdict with the float32 model (the audit does, and
     searches again in float32 wherever the two disagree)."""
 
     fold_batchnorm = False  # it folds its model itself, inside autocast
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, near: float = 0.04) -> None:
         super().__init__()
         self.model = model
+        # bf16 rounds the logits by about 1% of their scale, so where the top two are within
+        # ``near`` of that scale the predicted class is a coin toss: those rows are computed
+        # again in float32, and the search decides at the boundary as the verdict will
+        self.near = near
         # a new module starts in train mode: the attack contract restores the wrapper's
         # mode, which must be its model's, or an attack would leave the model training
         self.training = model.training
@@ -132,7 +137,14 @@ class LowPrecision(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # no cast cache: it would hold every iterate's bf16 copy until the attack ends
         with torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=False):
-            return folded(self.model)(x).float()
+            logits = folded(self.model)(x).float()
+        top = logits.detach().topk(2, dim=1).values
+        close = (top[:, 0] - top[:, 1]) <= self.near * logits.detach().abs().amax(1).clamp_min(1)
+        if not close.any():
+            return logits
+        logits = logits.clone()
+        logits[close] = folded(self.model)(x[close])
+        return logits
 
 
 def bf16_native(device: torch.device) -> bool:

@@ -230,6 +230,24 @@ def test_a_low_precision_success_float32_does_not_confirm_is_searched_again_in_f
     assert attack.calls == 1  # a float32 search is not repeated
 
 
+def test_rows_too_close_for_bfloat16_to_order_are_computed_in_float32():
+    import torch
+
+    from core.contract import LowPrecision, folded, input_grad
+
+    torch.manual_seed(0)
+    model = build_model("seed-resnet", (1, 12, 12), 10, width=4, blocks=1).eval()
+    x, y = torch.rand(16, 1, 12, 12), torch.randint(0, 10, (16,))
+    exact = folded(model)(x).detach()
+    every = LowPrecision(model, near=1e9)  # every row counts as close
+    assert torch.allclose(every(x), exact, atol=1e-5)
+    grad_every, _ = input_grad(every, x, y, torch.nn.functional.cross_entropy)
+    grad_exact, _ = input_grad(model, x, y, torch.nn.functional.cross_entropy)
+    assert torch.allclose(grad_every, grad_exact, atol=1e-5)  # gradients take the same path
+    none = LowPrecision(model, near=0.0)(x).detach()  # only exact ties: all in bfloat16
+    assert not torch.allclose(none, exact, atol=1e-5) and (none - exact).abs().max() < 0.25
+
+
 def test_the_folded_model_follows_a_training_forward_and_attacks_keep_the_models_mode():
     import torch
 
