@@ -77,6 +77,16 @@ def show_table(frame, percent: list[str] = (), places: dict[str, int] | None = N
                  width="stretch")
 
 
+def headline(column, label: str, value: str, note: str = "") -> None:
+    """A headline number drawn as Markdown, in st.metric's type sizes. Streamlit paints
+    st.metric with a page's lazily loaded charts and tables (a second or more on a full load);
+    Markdown is painted as soon as it arrives."""
+    column.markdown(f'<p style="font-size:0.875rem;margin:0">{label}</p>'
+                    f'<p style="font-size:2.25rem;line-height:1.3;margin:0">{value}</p>'
+                    + (f'<p style="font-size:0.8rem;opacity:0.6;margin:0">{note}</p>'
+                       if note else ""), unsafe_allow_html=True)
+
+
 def fmt_seconds(s: float | None) -> str:
     """'1 min 05 s' style."""
     if s is None:

@@ -8,7 +8,7 @@ from core.hyperparams import ATTACK_SETTINGS
 from core.service import (attack_label, attack_results, cached_evaluation, eps_label,
                           gallery_images, launch_attack, load_report, progress)
 from core.specs import DEFAULT_GRID, AttackSpec
-from pages.common import require_trained_runs, get_store, pick_run, show_error
+from pages.common import headline, require_trained_runs, get_store, pick_run, show_error
 
 store = get_store()
 st.title("Evaluate a model")
@@ -34,10 +34,10 @@ if evaluation.status != "completed":
 
 summary = evaluation.summary
 c = st.columns(4)  # drawn before the per-example report is read: the first content comes sooner
-c[0].metric("Accuracy", f"{summary['accuracy']:.2%}")
-c[1].metric("Micro-F1", f"{summary['micro_f1']:.2%}", help="Equals accuracy for single-label data")
-c[2].metric("Macro-F1", f"{summary['macro_f1']:.2%}")
-c[3].metric("Test images", f"{summary['n']:,}", help=summary.get("source", ""))
+headline(c[0], "Accuracy", f"{summary['accuracy']:.2%}")
+headline(c[1], "Micro-F1", f"{summary['micro_f1']:.2%}", "equals accuracy for single-label data")
+headline(c[2], "Macro-F1", f"{summary['macro_f1']:.2%}")
+headline(c[3], "Test images", f"{summary['n']:,}")
 st.caption(f"Data: {summary.get('source', '')}")
 report = load_report(evaluation.id)
 classes = report["classes"]
