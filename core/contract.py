@@ -136,14 +136,15 @@ class LowPrecision(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # no cast cache: it would hold every iterate's bf16 copy until the attack ends
+        net = folded(self.model)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=False):
-            logits = folded(self.model)(x).float()
+            logits = net(x).float()
         top = logits.detach().topk(2, dim=1).values
         close = (top[:, 0] - top[:, 1]) <= self.near * logits.detach().abs().amax(1).clamp_min(1)
         if not close.any():
             return logits
         logits = logits.clone()
-        logits[close] = folded(self.model)(x[close])
+        logits[close] = net(x[close])
         return logits
 
 

@@ -307,6 +307,11 @@ def load_report(run_id: str) -> dict:
     return json.loads(path.read_text())
 
 
+def grid_point_done(run_id: str, index: int) -> bool:
+    """Whether grid point ``index`` has been computed (without reading it)."""
+    return (run_dir(run_id) / f"grid-{index:03d}.safetensors").exists()
+
+
 def grid_result(run_id: str, index: int) -> dict | None:
     """Result of grid point ``index`` (accuracy, examples) if it has been computed."""
     path = run_dir(run_id) / f"grid-{index:03d}.safetensors"

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from . import checkpoint, reports
 from .paths import InputError, reports_dir, run_dir
 from .specs import AuditSpec, EvaluateSpec, StudySpec, SweepSpec, TrainSpec
+from .threat import standard_threat
 
 SEED_ROW = {"dataset": "mnist", "defense": "seed FGSM-AT (eps 0.2)", "clean": 0.9859,
             "pgd": 0.3131, "pgd_eps": 0.2}
@@ -41,22 +42,23 @@ class Setting:
 # 0.3 near the one-cycle peak (2026-11-27); Zhang et al. train MNIST at lr 0.01.
 TRADES_LR = {"trades": 0.03}
 
+MNIST_EPS, CIFAR_EPS = standard_threat("mnist").eps, standard_threat("cifar10").eps
 SCALES: dict[str, dict[str, Setting]] = {
     "cpu": {
-        "mnist": Setting(0.3, dict(epochs=5, batch_size=128, optimizer="nesterov", lr=0.1,
+        "mnist": Setting(MNIST_EPS, dict(epochs=5, batch_size=128, optimizer="nesterov", lr=0.1,
                                    train_subset=10000), steps=5, step_size=0.1,
                          eps_ramp_epochs=2, pgd_n=500, audit_n=200,
                          defense_lr=TRADES_LR),
-        "cifar10": Setting(8 / 255, dict(epochs=5, batch_size=128, optimizer="nesterov",
+        "cifar10": Setting(CIFAR_EPS, dict(epochs=5, batch_size=128, optimizer="nesterov",
                                          lr=0.05, train_subset=5000, test_subset=500),
                            steps=3, step_size=3 / 255, eps_ramp_epochs=2, pgd_n=500,
                            audit_n=200, defense_lr=TRADES_LR),
     },
     "gpu": {
-        "mnist": Setting(0.3, dict(epochs=20, batch_size=128, optimizer="nesterov", lr=0.1),
+        "mnist": Setting(MNIST_EPS, dict(epochs=20, batch_size=128, optimizer="nesterov", lr=0.1),
                          steps=40, step_size=0.01, eps_ramp_epochs=2, pgd_n=10000,
                          audit_n=1000),
-        "cifar10": Setting(8 / 255, dict(epochs=30, batch_size=128, optimizer="nesterov",
+        "cifar10": Setting(CIFAR_EPS, dict(epochs=30, batch_size=128, optimizer="nesterov",
                                          lr=0.1), steps=10, step_size=2 / 255,
                            eps_ramp_epochs=2, pgd_n=1000, audit_n=1000),
     },

@@ -6,7 +6,7 @@ import streamlit as st
 from core.hyperparams import ATTACK_SETTINGS as ATTACKS
 from core.figures import epsilon_curve_figure, probability_bars
 from core.service import (amplified_perturbation, attack_single, classes_for_run, eps_label,
-                          example_choice, grid_result, grid_run, model_for_run, progress,
+                          example_choice, grid_point_done, grid_result, grid_run, model_for_run, progress,
                           read_upload, run_label, to_display)
 from core.specs import GridSpec
 from pages.common import fmt_seconds, require_trained_runs, get_store, pick_run, show_error
@@ -91,7 +91,7 @@ def poll(grid_ids: list[str], index: int, examples_shown: bool) -> None:
     # The examples are drawn by whole-page runs only: a poll redrawing images every second
     # drops media files the browser is still fetching (404, "image source error").
     if finished(grid_ids) or (not examples_shown
-                              and all(grid_result(g, index) is not None for g in grid_ids)):
+                              and all(grid_point_done(g, index) for g in grid_ids)):
         st.rerun()
     # one placeholder for everything: a new attack's first poll replaces the previous
     # attack's numbers instead of leaving them on screen, faded
