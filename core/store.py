@@ -22,6 +22,8 @@ KINDS = ("train", "evaluate", "attack", "sweep", "grid", "reproduce", "audit", "
 STALE_AFTER_S = 15.0
 QUEUED_TIMEOUT_S = 60.0
 
+_ID_TRIES = 20
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, parent TEXT,
@@ -122,13 +124,22 @@ class RunStore:
         """Insert a run and return its new id."""
         if kind not in KINDS:
             raise InputError(f"unknown run kind {kind!r}; valid kinds: {', '.join(KINDS)}")
-        run_id = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-        self._write(
-            "INSERT INTO runs (id, kind, status, parent, name, config, created) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (run_id, kind, status, parent, name, json.dumps(config), time.time()),
-        )
-        return run_id
+        # Six hex digits keep ids readable; hundreds of runs in one second (scripts, tests)
+        # can still draw the same suffix, so a taken id is redrawn rather than failing.
+        for _ in range(_ID_TRIES):
+            run_id = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+            try:
+                self._write(
+                    "INSERT INTO runs (id, kind, status, parent, name, config, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, kind, status, parent, name, json.dumps(config), time.time()),
+                )
+            except sqlite3.IntegrityError as err:
+                if "runs.id" not in str(err):
+                    raise
+                continue
+            return run_id
+        raise RuntimeError(f"no free run id after {_ID_TRIES} tries; is the clock stuck?")
 
     def get(self, run_id: str) -> Run:
         """Fetch one run, raising RunNotFound with a clear message when absent."""

@@ -76,3 +76,16 @@ def test_a_queued_run_that_no_worker_picks_up_fails(tmp_path):
     assert store.mark_stale() == [rid]
     assert "no worker picked this run up" in store.get(rid).error
     assert store.get(fresh).status == "queued"
+
+
+def test_a_run_id_drawn_twice_in_one_second_is_redrawn(tmp_path, monkeypatch):
+    import core.store as store_module
+
+    draws = iter(["aaaaaa", "aaaaaa", "aaaaaa", "bbbbbb"])
+    monkeypatch.setattr(store_module.secrets, "token_hex", lambda _n: next(draws))
+    monkeypatch.setattr(store_module.time, "strftime", lambda _fmt: "20260101-000000")
+    store = RunStore(tmp_path / "r.db")
+    first = store.create_run("evaluate", {})
+    second = store.create_run("evaluate", {})
+    assert (first, second) == ("evaluate-20260101-000000-aaaaaa", "evaluate-20260101-000000-bbbbbb")
+    assert {r.id for r in store.list_runs()} == {first, second}
