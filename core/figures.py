@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import plotly.graph_objects as go
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
 DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
 PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563"]
@@ -15,6 +17,7 @@ PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4
 def confusion_figure(confusion: Sequence[Sequence[int]], classes: Sequence[str],
                      title: str = "Confusion matrix") -> go.Figure:
     """Heatmap of a confusion matrix (rows true, columns predicted), counts in the cells."""
+    import plotly.graph_objects as go
     z = np.asarray(confusion)
     fig = go.Figure(go.Heatmap(
         z=z, x=list(classes), y=list(classes), colorscale="Blues", text=z, texttemplate="%{text}",
@@ -31,6 +34,7 @@ def confusion_grid_figure(confusion: Sequence[Sequence[int]], classes: Sequence[
     """The confusion matrix drawn as a grid of square markers, so a click selects a cell:
     Streamlit returns point selections for scatter traces, and none for heatmaps. Point k is
     cell (true k // n, predicted k % n)."""
+    import plotly.graph_objects as go
     z = np.asarray(confusion)
     n = len(classes)
     true, pred = np.divmod(np.arange(n * n), n)
@@ -128,6 +132,7 @@ def waterfall_figure(stages: list[dict], pending: Sequence[str] = (),
                      labels: dict[str, str] | None = None) -> go.Figure:
     """Clean accuracy, then the drop each stage of the audit caused, then the robust accuracy
     that is left; stages still to run are on the axis, marked pending."""
+    import plotly.graph_objects as go
     labels = labels or {}
     names = [labels.get(s["attack"], s["attack"]) for s in stages]
     values = [stages[0]["robust_acc"] * 100] + [
@@ -158,6 +163,7 @@ def epsilon_curve_figure(curves: dict[str, list[tuple[float, float]]], current: 
                          budget: str = "eps") -> go.Figure:
     """Accuracy under attack against epsilon, one line per model, with the slider's epsilon
     marked by a dashed line and a ring on each curve."""
+    import plotly.graph_objects as go
     fig = go.Figure()
     for k, (name, points) in enumerate(curves.items()):
         colour = PALETTE[k % len(PALETTE)]
