@@ -109,9 +109,9 @@ WATCH = """(before) => {
   document.addEventListener('keydown', () => { window.__pressed = performance.now(); },
                             {once: true, capture: true});
   const read = () => {
-    const m = [...document.querySelectorAll('[data-testid="stMetric"]')]
+    const m = [...document.querySelectorAll('[data-testid="eps-metric"]')]
       .find(e => e.textContent.includes('Accuracy under attack'));
-    const v = m && m.querySelector('[data-testid="stMetricValue"]');
+    const v = m && m.querySelector('[data-testid="eps-metric-value"]');
     return v ? v.textContent : null;
   };
   const seen = new MutationObserver(() => {
@@ -131,8 +131,8 @@ def slider_moves(page, url: str, run_id: str, moves: int) -> tuple[list[float], 
     from playwright.sync_api import expect
 
     page.goto(f"{url}/attack?model={run_id}")
-    metric = page.get_by_test_id("stMetric").filter(has_text="Accuracy under attack")
-    value = metric.get_by_test_id("stMetricValue")
+    metric = page.get_by_test_id("eps-metric").filter(has_text="Accuracy under attack")
+    value = metric.get_by_test_id("eps-metric-value")
     expect(value).to_be_visible(timeout=120_000)
     slider = page.get_by_role("slider", name="eps (pixel units)")
     in_page, polled = [], []

@@ -77,6 +77,18 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
+def read_sidecar(path: str | os.PathLike) -> dict[str, Any] | None:
+    """A checkpoint's sidecar (its metadata) without reading the tensors; None while absent
+    (the sidecar is written just after the tensors)."""
+    try:
+        return json.loads(_sidecar(Path(path)).read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"checkpoint sidecar {_sidecar(Path(path))} is not valid JSON: "
+                              f"{err}") from err
+
+
 def load(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a checkpoint and its sidecar, verifying the hash; raise CheckpointError if bad."""
     path = Path(path)

@@ -312,6 +312,17 @@ def grid_point_done(run_id: str, index: int) -> bool:
     return (run_dir(run_id) / f"grid-{index:03d}.safetensors").exists()
 
 
+def grid_summaries(run_id: str, count: int) -> list[dict | None]:
+    """Each grid point's numbers (clean and attacked accuracy, success rate, median L2 of the
+    flips), None where not yet computed; from the sidecars alone, so it is cheap to poll."""
+    keys = ("clean_acc", "adv_acc", "success_rate", "l2_median")
+    out = []
+    for k in range(count):
+        meta = checkpoint.read_sidecar(run_dir(run_id) / f"grid-{k:03d}.safetensors")
+        out.append(None if meta is None else {key: meta["summary"].get(key) for key in keys})
+    return out
+
+
 def grid_result(run_id: str, index: int) -> dict | None:
     """Result of grid point ``index`` (accuracy, examples) if it has been computed."""
     path = run_dir(run_id) / f"grid-{index:03d}.safetensors"

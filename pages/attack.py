@@ -6,10 +6,12 @@ import streamlit as st
 from core.hyperparams import ATTACK_SETTINGS as ATTACKS
 from core.figures import epsilon_curve_figure, probability_bars
 from core.service import (amplified_perturbation, attack_single, classes_for_run, eps_label,
-                          example_choice, grid_point_done, grid_result, grid_run, model_for_run, progress,
-                          read_upload, run_label, to_display)
+                          example_choice, grid_point_done, grid_result, grid_run, grid_summaries,
+                          model_for_run, progress, read_upload, run_label, to_display)
 from core.specs import GridSpec
+from core.store import Run
 from pages.common import fmt_seconds, require_trained_runs, get_store, pick_run, show_error
+from pages.epsilon_slider import epsilon_slider
 
 store = get_store()
 st.title("Attack playground")
@@ -51,11 +53,17 @@ except Exception as err:
 budgeted = ATTACKS[attack].budget is not None
 budgets = grids[0].config["budgets"] if budgeted else [None]
 if budgeted:
-    eps = st.select_slider(f"{ATTACKS[attack].budget} (pixel units)", options=budgets,
-                           value=budgets[4], format_func=eps_label, key="eps")
-    index = budgets.index(eps)
+    # the numbers of every computed epsilon travel with the slider, which repaints them in the
+    # browser; the server draws the examples and the curve's marker after each move
+    summaries = [grid_summaries(g.id, len(budgets)) for g in grids]
+    index = epsilon_slider(
+        f"{ATTACKS[attack].budget} (pixel units)", [eps_label(b) for b in budgets],
+        [{"name": run_label(m) if len(models) > 1 else "", "results": s}
+         for m, s in zip(models, summaries)], index=4, key="eps")
+    eps = budgets[index]
+    known = sum(r is not None for s in summaries for r in s)
 else:
-    eps, index = None, 0
+    eps, index, known = None, 0, 0
 st.caption(f"Every number here is on the same {n:,} test images (a seeded sample of the test "
            "split, the first of them shown below)"
            + ("" if budgeted else f"; {attack} has no epsilon, so there is one result")
@@ -82,16 +90,22 @@ def finished(grid_ids: list[str]) -> bool:
     return all(store.get(g).status in ("completed", "failed", "cancelled") for g in grid_ids)
 
 
+def points_done(grid_ids: list[str]) -> int:
+    return sum(len(store.metrics(g, ["adv_acc"])) for g in grid_ids)
+
+
 def complete(grid_ids: list[str]) -> bool:
-    return all(len(store.metrics(g, ["adv_acc"])) == len(budgets) for g in grid_ids)
+    return points_done(grid_ids) == len(budgets) * len(grid_ids)
 
 
 @st.fragment(run_every=1.0)
 def poll(grid_ids: list[str], index: int, examples_shown: bool) -> None:
     # The examples are drawn by whole-page runs only: a poll redrawing images every second
-    # drops media files the browser is still fetching (404, "image source error").
+    # drops media files the browser is still fetching (404, "image source error"). A newly
+    # computed epsilon also reruns the page, so that the slider carries its numbers.
     if finished(grid_ids) or (not examples_shown
-                              and all(grid_point_done(g, index) for g in grid_ids)):
+                              and all(grid_point_done(g, index) for g in grid_ids)) or (
+            budgeted and points_done(grid_ids) > known):
         st.rerun()
     # one placeholder for everything: a new attack's first poll replaces the previous
     # attack's numbers instead of leaving them on screen, faded
@@ -104,9 +118,8 @@ def show_grids(grid_ids: list[str], index: int, with_examples: bool = True) -> N
     columns = st.columns(len(grid_ids))
     for model, grid_id, column in zip(models, grid_ids, columns):
         with column:
-            if len(grid_ids) > 1:
-                st.markdown(f"**{run_label(model)}**")
-            results.append(show_grid(grid_id, index, len(grid_ids) > 1))
+            results.append(show_grid(grid_id, index, model if len(grid_ids) > 1 else None,
+                                     with_examples))
     if budgeted:
         curves = {run_label(m): [(budgets[int(d["step"])], d["value"])
                                  for d in store.metrics(g, ["adv_acc"])]
@@ -121,9 +134,14 @@ def show_grids(grid_ids: list[str], index: int, with_examples: bool = True) -> N
         examples(results)
 
 
-def show_grid(grid_id: str, index: int, narrow: bool) -> dict | None:
+def show_grid(grid_id: str, index: int, named: Run | None, load: bool) -> dict | None:
+    """Progress (and, for an attack without epsilon, its numbers: the slider shows the
+    others); the point's full result when ``load``."""
     g = store.get(grid_id)
     done = store.metrics(grid_id, ["adv_acc"])
+    narrow = named is not None
+    if narrow and (g.status == "failed" or len(done) < len(budgets) or not budgeted):
+        st.markdown(f"**{run_label(named)}**")
     if g.status == "failed":
         st.error(f"The attack job failed: {g.error}")
         return None
@@ -136,6 +154,8 @@ def show_grid(grid_id: str, index: int, narrow: bool) -> dict | None:
     if len(done) < len(budgets):
         st.progress(len(done) / len(budgets),
                     text=f"Computing the grid in the background: {len(done)}/{len(budgets)} done")
+    if budgeted:
+        return grid_result(grid_id, index) if load else None
     result = grid_result(grid_id, index)
     if result is None:
         st.info("This epsilon is still being computed…")

@@ -115,19 +115,19 @@ def test_train_evaluate_attack_in_a_real_browser(server):
         page.screenshot(path=str(SHOTS / "2-evaluate.png"), full_page=True)
 
         page.goto(f"{server}/attack?model={run_id}")
-        metric = page.get_by_test_id("stMetric").filter(has_text="Accuracy under attack")
+        metric = page.get_by_test_id("eps-metric").filter(has_text="Accuracy under attack")
         expect(metric).to_be_visible(timeout=180_000)
         # wait until the whole grid is computed, so every slider value answers from the store
         expect(page.get_by_text(GRID_DONE)).to_be_visible(timeout=300_000)
-        before = metric.get_by_test_id("stMetricValue").inner_text()
+        before = metric.get_by_test_id("eps-metric-value").inner_text()
         page.screenshot(path=str(SHOTS / "3-attack-before.png"), full_page=True)
         slider = page.get_by_role("slider", name=re.compile("eps"))
         slider.focus()
         for _ in range(4):
             page.keyboard.press("ArrowRight")
         # how fast it answers is benchmarks/dashboard.py's to measure, not a test's
-        expect(metric.get_by_test_id("stMetricValue")).not_to_have_text(before, timeout=30_000)
-        after = metric.get_by_test_id("stMetricValue").inner_text()
+        expect(metric.get_by_test_id("eps-metric-value")).not_to_have_text(before, timeout=30_000)
+        after = metric.get_by_test_id("eps-metric-value").inner_text()
         page.screenshot(path=str(SHOTS / "4-attack-after.png"), full_page=True)
         assert float(after.rstrip("%")) < float(before.rstrip("%"))
         browser.close()
@@ -358,7 +358,7 @@ def test_attack_examples_flipped_all_or_picked_and_two_models_side_by_side(mnist
         page.get_by_text("all", exact=True).click()
         expect(heads).to_have_text(first_six, timeout=20_000)  # in the sample's order
         _choose(page, "Side by side with", f"second · seed-resnet · mnist · {second[-9:]}")
-        accuracy = page.get_by_test_id("stMetric").filter(has_text="Accuracy under attack")
+        accuracy = page.get_by_test_id("eps-metric").filter(has_text="Accuracy under attack")
         expect(accuracy).to_have_count(2, timeout=180_000)
         expect(page.get_by_text(GRID_DONE)).to_be_visible(timeout=300_000)
         expect(heads).to_have_text(first_six, timeout=20_000)  # the same images on both models

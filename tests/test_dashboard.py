@@ -1,5 +1,6 @@
 """streamlit.testing AppTest: every page renders; the train form creates a run; the epsilon
-slider changes the accuracy shown; the gallery filters by class."""
+slider carries every epsilon's numbers and its position moves the curve's marker; the gallery
+filters by class."""
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -77,20 +78,40 @@ def _gallery_count(at) -> int:
 
 
 @requires_mnist
-def test_epsilon_slider_changes_the_accuracy_shown(mnist_model):
+def test_epsilon_slider_carries_every_epsilons_accuracy_and_moves_the_marker(mnist_model):
+    """The slider is drawn in the browser from the numbers the page hands it (the browser test
+    moves it); here: those numbers fall with epsilon, and the position it reports back moves
+    the curve's marker."""
+    import json
+
+    from core.specs import DEFAULT_GRID
+
     _, _, run_id = mnist_model
     store = RunStore()
     at = _app("attack", model=run_id).run()
     _no_exceptions(at)
     grid = grid_run(store, run_id, "pgd", {"steps": 40, "norm": "linf", "restarts": 1}, 200)
     assert wait_for(lambda: store.get(grid.id).status == "completed", 300), store.get(grid.id).error
-    values = {}
-    for eps in (0.0, 0.1, 0.3):
-        at.select_slider(key="eps").set_value(eps).run()
-        _no_exceptions(at)
-        metric = next(m for m in at.metric if m.label == "Accuracy under attack")
-        values[eps] = float(metric.value.rstrip("%"))
-    assert values[0.0] > values[0.1] > values[0.3]
+    at.run()
+    sliders = [e for e in at.get("bidi_component")
+               if e.proto.component_name == "robustlab.epsilon_slider"]
+    assert len(sliders) == 1
+    data = json.loads(sliders[0].proto.json)
+    results = data["models"][0]["results"]
+    assert len(results) == len(data["labels"]) == len(DEFAULT_GRID) and None not in results
+    acc = {eps: r["adv_acc"] for eps, r in zip(DEFAULT_GRID, results)}
+    assert acc[0.0] > acc[0.1] > acc[0.3]
+    assert data["labels"][4] == "0.03137 (8/255)" and data["index"] == 4
+
+    def marker() -> float:
+        figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+        return figure["layout"]["shapes"][0]["x0"]
+
+    assert marker() == pytest.approx(8 / 255)
+    at.session_state["eps"] = {"index": len(DEFAULT_GRID) - 1}  # what the browser sends back
+    at.run()
+    _no_exceptions(at)
+    assert marker() == pytest.approx(0.3)
 
 
 def test_a_failed_run_shows_its_error_on_the_train_page(tmp_path, monkeypatch):

@@ -53,6 +53,8 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
     model.eval()
     assert torch.allclose(loaded(x), model(x), atol=1e-6)
     assert meta2["versions"]["torch"] == torch.__version__ and not path.with_suffix(".tmp").exists()
+    assert checkpoint.read_sidecar(path)["model"] == "seed-resnet"  # metadata, no tensors read
+    assert checkpoint.read_sidecar(tmp_path / "absent.safetensors") is None
     # another architecture / input shape
     cifar = build_model("seed-resnet", (3, 32, 32), 10)
     tensors, _ = checkpoint.load(path)
