@@ -77,6 +77,11 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
+def is_complete(path: str | os.PathLike) -> bool:
+    """Whether a checkpoint has been fully written: its sidecar, written last, exists."""
+    return _sidecar(Path(path)).exists()
+
+
 def read_sidecar(path: str | os.PathLike) -> dict[str, Any] | None:
     """A checkpoint's sidecar (its metadata) without reading the tensors; None while absent
     (the sidecar is written just after the tensors)."""

@@ -11,7 +11,7 @@ from .attacks import build_attack, with_budget
 from .contract import LowPrecision, bf16_native
 from .evaluation import clean_report, run_attack, sanity_warnings, sharded_attack, sweep as sweep_
 from .hyperparams import ATTACK_SETTINGS
-from .paths import run_dir
+from .paths import grid_point_path
 from .prediction import model_from, pick_device, run_model_path
 from .specs import AttackSpec, AuditSpec, EvaluateSpec, GridSpec, ModelJobSpec, SweepSpec
 from .training import fit
@@ -148,7 +148,7 @@ def _save_grid_point(ctx, k: int, outcome, model: nn.Module, device: torch.devic
     tensors = dict(outcome.examples, clean_prob=clean_prob, adv_prob=adv_prob,
                    clean_pred=clean_prob.argmax(1), adv_pred=adv_prob.argmax(1),
                    labels=outcome.labels[:keep], index=outcome.index[:keep])
-    checkpoint.save(run_dir(ctx.run_id) / f"grid-{k:03d}.safetensors", tensors,
+    checkpoint.save(grid_point_path(ctx.run_id, k), tensors,
                     {"summary": summary})
 
 

@@ -72,6 +72,12 @@ def run_dir(run_id: str) -> Path:
     return path
 
 
+def grid_point_path(run_id: str, index: int) -> Path:
+    """File holding grid point ``index`` of a grid run (its examples, with the summary in the
+    sidecar)."""
+    return run_dir(run_id) / f"grid-{index:03d}.safetensors"
+
+
 def confine(path: str | os.PathLike, *roots: Path) -> Path:
     """Resolve ``path`` and refuse it unless it lies inside one of ``roots``."""
     resolved = Path(path).expanduser().resolve()

@@ -18,7 +18,7 @@ from .runner import delete_run  # noqa: F401  (the pages' name for it)
 from .attacks import build_attack
 from .console import headline
 from .hyperparams import ATTACK_SETTINGS, attack_settings
-from .paths import InputError, artifacts_dir, confine, data_dir, run_dir
+from .paths import InputError, artifacts_dir, confine, data_dir, grid_point_path, run_dir
 from .prediction import load_model, pick_device, run_model_path
 from .specs import (AttackSpec, AuditSpec, DEFAULT_GRID, EvaluateSpec, GridSpec, SweepSpec,
                     TrainSpec)
@@ -309,7 +309,7 @@ def load_report(run_id: str) -> dict:
 
 def grid_point_done(run_id: str, index: int) -> bool:
     """Whether grid point ``index`` has been computed (without reading it)."""
-    return (run_dir(run_id) / f"grid-{index:03d}.safetensors").exists()
+    return checkpoint.is_complete(grid_point_path(run_id, index))
 
 
 def grid_summaries(run_id: str, count: int) -> list[dict | None]:
@@ -318,17 +318,16 @@ def grid_summaries(run_id: str, count: int) -> list[dict | None]:
     keys = ("clean_acc", "adv_acc", "success_rate", "l2_median")
     out = []
     for k in range(count):
-        meta = checkpoint.read_sidecar(run_dir(run_id) / f"grid-{k:03d}.safetensors")
+        meta = checkpoint.read_sidecar(grid_point_path(run_id, k))
         out.append(None if meta is None else {key: meta["summary"].get(key) for key in keys})
     return out
 
 
 def grid_result(run_id: str, index: int) -> dict | None:
     """Result of grid point ``index`` (accuracy, examples) if it has been computed."""
-    path = run_dir(run_id) / f"grid-{index:03d}.safetensors"
-    if not path.exists():
+    if not grid_point_done(run_id, index):
         return None
-    tensors, meta = checkpoint.load(path)
+    tensors, meta = checkpoint.load(grid_point_path(run_id, index))
     keep = len(tensors["x"])
     return dict(meta["summary"], x=tensors["x"], x_adv=tensors["x_adv"],
                 clean_pred=tensors["clean_pred"], adv_pred=tensors["adv_pred"],

@@ -91,7 +91,8 @@ def finished(grid_ids: list[str]) -> bool:
 
 
 def points_done(grid_ids: list[str]) -> int:
-    return sum(len(store.metrics(g, ["adv_acc"])) for g in grid_ids)
+    # the sidecars, like the slider's numbers, so the two counts agree
+    return sum(grid_point_done(g, k) for g in grid_ids for k in range(len(budgets)))
 
 
 def complete(grid_ids: list[str]) -> bool:
@@ -138,27 +139,28 @@ def show_grid(grid_id: str, index: int, named: Run | None, load: bool) -> dict |
     """Progress (and, for an attack without epsilon, its numbers: the slider shows the
     others); the point's full result when ``load``."""
     g = store.get(grid_id)
-    done = store.metrics(grid_id, ["adv_acc"])
-    narrow = named is not None
-    if narrow and (g.status == "failed" or len(done) < len(budgets) or not budgeted):
+    done = sum(grid_point_done(grid_id, k) for k in range(len(budgets)))
+    if named is not None and (g.status == "failed" or done < len(budgets) or not budgeted):
         st.markdown(f"**{run_label(named)}**")
     if g.status == "failed":
         st.error(f"The attack job failed: {g.error}")
         return None
-    if not budgeted and not done:
+    if budgeted:
+        if done < len(budgets):
+            st.progress(done / len(budgets),
+                        text=f"Computing the grid in the background: {done}/{len(budgets)} done")
+        return grid_result(grid_id, index) if load else None
+    return show_single(grid_id, narrow=named is not None)
+
+
+def show_single(grid_id: str, narrow: bool) -> dict | None:
+    """An attack without epsilon: its progress while it runs, then its one result's numbers."""
+    result = grid_result(grid_id, 0)
+    if result is None:
         info = progress(store, grid_id)
         left = f" · {fmt_seconds(info['seconds_left'])} left" if info["seconds_left"] else ""
         st.progress(info["fraction"], text=f"Computing {attack} on {n:,} test images in the "
                     f"background: {info['label']}{left}")
-        return None
-    if len(done) < len(budgets):
-        st.progress(len(done) / len(budgets),
-                    text=f"Computing the grid in the background: {len(done)}/{len(budgets)} done")
-    if budgeted:
-        return grid_result(grid_id, index) if load else None
-    result = grid_result(grid_id, index)
-    if result is None:
-        st.info("This epsilon is still being computed…")
         return None
     m = st.columns(2 if narrow else 4)
     m[0].metric("Clean accuracy", f"{result['clean_acc']:.2%}")
