@@ -5,7 +5,7 @@ import streamlit as st
 from core import catalog
 from core.paths import data_dir
 from core.service import device_label
-from pages.common import favicon, get_store as store
+from pages.common import favicon, get_store as store, warm_up
 
 # the icon is an image drawn here: a named icon would make the browser fetch it from a CDN
 st.set_page_config(page_title="RobustLab", page_icon=favicon(), layout="wide")
@@ -39,4 +39,9 @@ with st.sidebar:
         st.caption(f"{icon} {name}: {found.get(name, 'not found (downloads on first use)')}")
     st.caption(f"Device: {device_label()}")
     running_jobs()
-navigation.run()
+try:
+    navigation.run()
+finally:
+    # after the page is drawn (also when it stops early), so the first visit does not share
+    # the CPU with it
+    warm_up()

@@ -243,7 +243,11 @@ def gallery_images(meta_dataset: str, records: list[dict],
 
 
 def classes_for_run(run: Run) -> list[str]:
-    """Class names of a training run's dataset (the split is cached in memory)."""
+    """Class names of a training run's dataset, from its weights' sidecar (cheap: no dataset
+    is read); from the dataset itself for a run whose weights are not written yet."""
+    meta = checkpoint.read_sidecar(run_dir(run.id) / "model.safetensors")
+    if meta is not None and "classes" in meta:
+        return list(meta["classes"])
     return data.load(run.config["dataset"], "test", run.config.get("data_dir")).classes
 
 

@@ -1,15 +1,29 @@
 """Small helpers shared by the pages (presentation only)."""
 from __future__ import annotations
 
+import threading
+
 import streamlit as st
 
 from core.paths import InputError, artifacts_dir
+from core.preload import import_libraries
 from core.store import RunStore
 
 
 @st.cache_resource
 def _store_at(path: str) -> RunStore:
     return RunStore(path)
+
+
+@st.cache_resource(show_spinner=False)
+def warm_up() -> threading.Thread:
+    """Start importing the pages' heavy libraries in the background, once per server, so that
+    no page's first visit waits for them. The libraries are third-party and never import the
+    pages' modules, so while a script waits for one of them the other thread never waits on
+    the script."""
+    thread = threading.Thread(target=import_libraries, name="robustlab-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def get_store() -> RunStore:

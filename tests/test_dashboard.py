@@ -72,6 +72,22 @@ def test_pages_with_a_trained_model(mnist_model):
     assert _gallery_count(at) < all_count
 
 
+@requires_mnist
+def test_class_names_come_from_the_weights_sidecar_without_reading_the_dataset(mnist_model,
+                                                                                monkeypatch):
+    from core import data, service
+
+    _, meta, run_id = mnist_model
+    run = RunStore().get(run_id)
+    expected = data.load("mnist", "test").classes
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the dataset was read for its class names")
+
+    monkeypatch.setattr(data, "load", refuse)
+    assert service.classes_for_run(run) == expected == meta["classes"]
+
+
 def _gallery_count(at) -> int:
     text = next(c.value for c in at.caption if "misclassified examples match" in c.value)
     return int(text.split()[0])

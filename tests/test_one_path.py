@@ -408,3 +408,15 @@ def test_layering_rules():
         names |= {(n.module or "").split(".")[0] for n in ast.walk(tree)
                   if isinstance(n, ast.ImportFrom) and n.level == 0}
         assert "streamlit" not in names, module
+
+
+def test_the_dashboards_warm_up_is_light_to_import_and_loads_the_heavy_libraries():
+    """The warm-up's own module imports nothing heavy (pages may import it early); running it
+    leaves the libraries the pages import lazily loaded."""
+    probe = ("import sys, core.preload\n"
+             "assert 'torch' not in sys.modules, 'core.preload imported torch'\n"
+             "core.preload.import_libraries()\n"
+             "assert {'torch', 'torchvision', 'sklearn.metrics', 'plotly.graph_objects'} <= set(sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
