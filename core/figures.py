@@ -39,10 +39,15 @@ def confusion_grid_figure(confusion: Sequence[Sequence[int]], classes: Sequence[
     n = len(classes)
     true, pred = np.divmod(np.arange(n * n), n)
     counts = z[true, pred]
+    shade = np.log1p(counts)
+    # white on the darker half of the colour scale, near-black on the lighter: grey text on
+    # mid-blue cells could not be read
+    dark = shade > 0.5 * max(shade.max(), 1e-9)
     fig = go.Figure(go.Scatter(
         x=[classes[p] for p in pred], y=[classes[t] for t in true], mode="markers+text",
-        text=[str(c) for c in counts], textfont=dict(size=11),
-        marker=dict(symbol="square", size=max(14, 420 // n), color=np.log1p(counts),
+        text=[str(c) for c in counts],
+        textfont=dict(size=11, color=np.where(dark, "white", "#111827").tolist()),
+        marker=dict(symbol="square", size=max(14, 420 // n), color=shade,
                     colorscale="Blues", line=dict(width=1, color="#e5e7eb")),
         customdata=counts,
         hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata} images<br>"

@@ -70,7 +70,7 @@ st.caption(f"Every number here is on the same {n:,} test images (a seeded sample
            + ". The Evaluate page's clean accuracy is on the whole test split, so it can differ "
            "by a point or two.")
 e1, e2 = st.columns([2, 3])
-show_what = e1.radio("Examples", ["flipped", "all", "pick"], horizontal=True, key="attack-show",
+show_what = e1.radio("Examples to show", ["flipped", "all", "pick"], horizontal=True, key="attack-show",
                      format_func={"flipped": "flipped only", "all": "all",
                                   "pick": "pick an image"}.get)
 picked = None

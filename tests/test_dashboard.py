@@ -344,3 +344,13 @@ def test_compare_starts_from_a_study_with_its_models_and_their_audits(tmp_path, 
     cifar = store.create_run("train", TrainSpec(dataset="cifar10", defense="pgd-at",
                                                 defense_args={"eps": 8 / 255}).to_dict())
     assert "pgd-at eps 0.03137 ·" in run_label(store.get(cifar))  # not 0.03137254901960784
+
+
+def test_confusion_cell_numbers_are_white_on_dark_cells_and_dark_on_light_ones():
+    from core.figures import confusion_grid_figure
+
+    # the shade is log(1 + count): 3 sits in the light fifth of the scale, 900 and 800 at the top
+    fig = confusion_grid_figure([[900, 3], [0, 800]], ["cat", "dog"])
+    colors = dict(zip(fig.data[0].text, fig.data[0].textfont.color))
+    assert colors["900"] == colors["800"] == "white"
+    assert colors["3"] != "white" and colors["0"] != "white"
