@@ -84,7 +84,10 @@ def reproduce(ctx) -> dict:
     chosen = [(key, run) for letter, key, run in steps if letter in spec.parts]
     ctx.progress.start(len(chosen), "parts")
     for done, (key, run) in enumerate(chosen, 1):
+        ran = ctx.children_run
         results[key] = run()
+        if ctx.children_run == ran:  # reused whole on a resume: not part of the rate
+            ctx.progress.start(len(chosen), "parts", done=done)
         ctx.progress.update(done)
     reports.write_json(folder / "results.json", results)
     checkpoint.atomic_write_text(folder / "report.md", render(results))

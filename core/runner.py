@@ -42,6 +42,9 @@ class JobContext:
     progress: Progress
     resume: bool = False
     rank: distributed.Context = field(default_factory=distributed.Context)
+    # child jobs that did work in this process (a resume's reused ones do not count), so a
+    # parent can leave instant reuses out of its rate and time left
+    children_run: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -74,10 +77,12 @@ class JobContext:
         if earlier is not None and resume_refusal(earlier) is None:
             reopen(self.store, earlier.id)
             self.say(f"run {earlier.id}: {spec.describe()} (resumed from its checkpoint)")
+            self.children_run += 1
             return earlier.id, execute(self.store, earlier.id, resume=True,
                                        echo=self.progress.enabled)
         run_id = create(self.store, spec, parent=self.run_id, name=name)
         self.say(f"run {run_id}: {spec.describe()}")
+        self.children_run += 1
         return run_id, execute(self.store, run_id, echo=self.progress.enabled)
 
     def _earlier_child(self, spec: Spec) -> Run | None:

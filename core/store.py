@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS runs (
     name TEXT, config TEXT NOT NULL, summary TEXT, warnings TEXT NOT NULL DEFAULT '[]',
     created REAL NOT NULL, started REAL, finished REAL, heartbeat REAL, pid INTEGER,
     error TEXT, cancel_requested INTEGER NOT NULL DEFAULT 0, owner TEXT,
-    tags TEXT NOT NULL DEFAULT '[]'
+    tags TEXT NOT NULL DEFAULT '[]', resumed REAL, earlier REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS metrics (
     run TEXT NOT NULL, step INTEGER, epoch INTEGER, name TEXT NOT NULL, value REAL,
@@ -39,6 +39,12 @@ CREATE TABLE IF NOT EXISTS metrics (
 CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run, name);
 CREATE INDEX IF NOT EXISTS runs_parent ON runs(parent);
 """
+
+
+# Leaving a finished state (a resume) adds the session that ended to ``earlier``; SQLite
+# evaluates every right-hand side on the old row, so ``finished`` can be cleared alongside.
+_FOLD = ("earlier = earlier + CASE WHEN finished IS NULL THEN 0 "
+         "ELSE finished - COALESCE(resumed, started, finished) END")
 
 
 class RunNotFound(InputError):
@@ -70,13 +76,16 @@ class Run:
     cancel_requested: bool
     owner: str | None = None
     tags: list = field(default_factory=list)
+    resumed: float | None = None
+    earlier: float = 0.0
 
     @property
     def duration(self) -> float | None:
-        """Seconds from start to finish (or to now while running)."""
+        """Seconds spent running: the sessions before a resume plus the latest one (to now
+        while running), not the time a cancelled run sat waiting to be resumed."""
         if self.started is None:
             return None
-        return (self.finished or time.time()) - self.started
+        return self.earlier + (self.finished or time.time()) - (self.resumed or self.started)
 
 
 class RunStore:
@@ -96,6 +105,9 @@ class RunStore:
             self._conn.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
         if "tags" not in columns:  # ... or before tags
             self._conn.execute("ALTER TABLE runs ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'")
+        if "resumed" not in columns:  # ... or before resumed runs' durations were kept
+            self._conn.execute("ALTER TABLE runs ADD COLUMN resumed REAL")
+            self._conn.execute("ALTER TABLE runs ADD COLUMN earlier REAL NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         """Close the connection."""
@@ -181,11 +193,12 @@ class RunStore:
             raise InputError(f"unknown status {status!r}; valid: {', '.join(STATUSES)}")
         now = time.time()
         if status == "running":
-            self._write("UPDATE runs SET status=?, started=COALESCE(started, ?), heartbeat=?, "
-                        "pid=?, error=NULL, finished=NULL WHERE id=?",
-                        (status, now, now, os.getpid(), run_id))
+            self._write(f"UPDATE runs SET status=?, {_FOLD}, resumed=?, "
+                        "started=COALESCE(started, ?), heartbeat=?, pid=?, error=NULL, "
+                        "finished=NULL WHERE id=?",
+                        (status, now, now, now, os.getpid(), run_id))
         elif status == "queued":
-            self._write("UPDATE runs SET status=?, error=NULL, finished=NULL, "
+            self._write(f"UPDATE runs SET status=?, {_FOLD}, error=NULL, finished=NULL, "
                         "cancel_requested=0 WHERE id=?", (status, run_id))
         else:
             self._write("UPDATE runs SET status=?, finished=?, error=? WHERE id=?",

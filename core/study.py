@@ -83,7 +83,10 @@ def study(ctx) -> dict:
     ctx.progress.start(len(pairs), "models")
     rows = []
     for done, (dataset, defense) in enumerate(pairs, 1):
+        ran = ctx.children_run
         rows.append(_Model(ctx, spec, dataset, defense).outcome())
+        if ctx.children_run == ran:  # reused whole on a resume: not part of the rate
+            ctx.progress.start(len(pairs), "models", done=done)
         ctx.progress.update(done)
         reports.write_json(folder / "results.json", _results(spec, rows))
     checkpoint.atomic_write_text(folder / "study.md", render(_results(spec, rows)))

@@ -89,3 +89,36 @@ def test_a_run_id_drawn_twice_in_one_second_is_redrawn(tmp_path, monkeypatch):
     second = store.create_run("evaluate", {})
     assert (first, second) == ("evaluate-20260101-000000-aaaaaa", "evaluate-20260101-000000-bbbbbb")
     assert {r.id for r in store.list_runs()} == {first, second}
+
+
+def test_a_resumed_runs_duration_leaves_out_the_time_it_sat_cancelled(tmp_path, monkeypatch):
+    import sqlite3
+
+    clock = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    store = RunStore(tmp_path / "runs.db")
+    run_id = store.create_run("train", {})
+    store.set_status(run_id, "running")
+    clock[0] += 40
+    store.set_status(run_id, "cancelled")
+    assert store.get(run_id).duration == pytest.approx(40)
+    clock[0] += 3600  # an hour before the resume
+    store.set_status(run_id, "queued")
+    clock[0] += 5  # waiting for a worker is not running either
+    store.set_status(run_id, "running")
+    clock[0] += 20
+    assert store.get(run_id).duration == pytest.approx(60)  # while running: to now
+    store.set_status(run_id, "completed")
+    clock[0] += 100
+    assert store.get(run_id).duration == pytest.approx(60)
+    # a database from before: the new columns are added and old runs keep start-to-finish
+    old = tmp_path / "old.db"
+    with sqlite3.connect(old) as conn:
+        conn.executescript(
+            "CREATE TABLE runs (id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL,"
+            " parent TEXT, name TEXT, config TEXT NOT NULL, summary TEXT, warnings TEXT NOT NULL"
+            " DEFAULT '[]', created REAL NOT NULL, started REAL, finished REAL, heartbeat REAL,"
+            " pid INTEGER, error TEXT, cancel_requested INTEGER NOT NULL DEFAULT 0);"
+            "INSERT INTO runs (id, kind, status, config, created, started, finished) VALUES"
+            " ('train-1', 'train', 'completed', '{}', 1, 10, 70);")
+    assert RunStore(old).get("train-1").duration == pytest.approx(60)

@@ -95,11 +95,24 @@ def test_a_stopped_study_resumes_reusing_the_jobs_that_finished(monkeypatch):
     first = {r.id for r in store.list_runs(parent=run)}
     assert len(first) == 4  # fgsm-at's train, clean, PGD-40 and audit
     monkeypatch.setattr(study._Model, "row", real_row)
+    from core.progress import Progress
+
+    starts = []
+    real_start = Progress.start
+
+    def start(self, total, unit="images", images_per_unit=1, done=0):
+        if unit == "models":
+            starts.append(done)
+        return real_start(self, total, unit, images_per_unit, done)
+
+    monkeypatch.setattr(Progress, "start", start)
     reopen(store, run)
     summary = execute(store, run, resume=True, echo=False)
     assert [r["defense"] for r in summary["rows"]] == ["fgsm-at", "iat"]
     children = {r.id for r in store.list_runs(parent=run)}
     assert first < children and len(children) == 8  # nothing of fgsm-at's was redone
+    # the reused model restarts the rate's count, so the time left is not taken from it
+    assert starts == [0, 1]
     assert store.get(run).status == "completed"
 
 
