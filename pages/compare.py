@@ -60,6 +60,12 @@ for column, metric, title in (
             curves.add_trace(go.Scatter(x=[m["epoch"] + 1 for m in epochs],
                                         y=[m["value"] for m in epochs], mode="lines+markers",
                                         name=r.name or r.id[-9:]))
+    if not curves.data:  # empty axes would read as a chart that failed to load
+        column.markdown(f"**{title}**")
+        column.caption("None of these runs logged it"
+                       + (": only runs with a defense have the guard." if metric == "robust_acc"
+                          else "."))
+        continue
     curves.update_layout(title=title, xaxis_title="epoch", height=320, yaxis_tickformat=".0%",
                          yaxis_range=[0, 1], xaxis_dtick=1, margin=dict(l=50, r=10, t=40, b=40))
     column.plotly_chart(curves, width="stretch")

@@ -338,6 +338,9 @@ def test_compare_starts_from_a_study_with_its_models_and_their_audits(tmp_path, 
     _no_exceptions(at)
     table = at.dataframe[0].value
     assert sorted(table["run"]) == ["iat", "pgd-at"]  # the study's models, not the outsider
+    # these runs logged no epoch figures: each chart says so instead of drawing empty axes
+    assert not at.get("plotly_chart")
+    assert any("only runs with a defense have the guard" in c.value for c in at.caption)
     assert table.set_index("run").loc["iat", "audited robust acc"] == "43.21%"
     from core.service import run_label
 
