@@ -109,7 +109,7 @@ def test_train_evaluate_attack_in_a_real_browser(server):
         run_id = page.url.split("run=")[1].split("&")[0]
 
         page.goto(f"{server}/evaluate?model={run_id}")
-        expect(page.get_by_text("Confusion matrix")).to_be_visible(timeout=120_000)
+        expect(page.get_by_text("Confusion matrix (click a cell)")).to_be_visible(timeout=120_000)
         expect(page.get_by_text("Per class")).to_be_visible()
         expect(page.get_by_text("Page not found")).to_have_count(0)
         page.screenshot(path=str(SHOTS / "2-evaluate.png"), full_page=True)
