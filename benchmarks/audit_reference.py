@@ -26,7 +26,7 @@ def main() -> None:
     import torchattacks
 
     from core import data
-    from core.apgd import APGD, APGDT
+    from core.attacks.apgd import APGD, APGDT
     from core.evaluation import run_attack
 
     split = data.load("mnist", "test").subset(args.n, seed=21)

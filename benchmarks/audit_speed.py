@@ -66,7 +66,8 @@ def main() -> None:
                         help="our search's arithmetic (verdicts are float32 either way)")
     args = parser.parse_args()
     _, _, model = small_mnist_model("robustlab-audit-")
-    from core import audit, data
+    from core import audit
+    from core import data
     from core.threat import ThreatModel
 
     split = data.load("mnist", "test").subset(args.n, seed=21)

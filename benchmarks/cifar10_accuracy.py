@@ -11,10 +11,10 @@ import time
 from common import machine
 
 from core.evaluation import clean_report
-from core.jobs import run_job
-from core.store import RunStore
+from core.jobs.kinds import run_job
+from core.jobs.store import RunStore
 from core.tasks import test_split
-from core.training import TrainConfig, load_model, run_model_path
+from core.training.loop import TrainConfig, load_model, run_model_path
 
 SEED_ACC = 0.6518
 SETTINGS = dict(dataset="cifar10", model="seed-resnet", batch_size=128, optimizer="nesterov",

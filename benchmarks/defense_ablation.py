@@ -54,9 +54,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 
 def run_variant(name: str, defense: str, extra: dict, args) -> dict:
     """Train one variant; return its held-out curve, clean test accuracy and wall time."""
-    from core.runner import create, execute
-    from core.specs import TrainSpec
-    from core.store import RunStore
+    from core.jobs.runner import create, execute
+    from core.jobs.specs import TrainSpec
+    from core.jobs.store import RunStore
 
     store = RunStore()
     defense_args = {"eps": args.eps, **({"steps": args.steps} if defense == "iat" else {}),
@@ -78,7 +78,7 @@ def run_variant(name: str, defense: str, extra: dict, args) -> dict:
 
 def collapse(curve: list[float], tolerance: float) -> dict:
     """Peak, the epoch it is first reached, the largest fall below it afterwards, the end."""
-    from core.study import held_out_fall
+    from core.jobs.study import held_out_fall
 
     fall = held_out_fall(curve)
     return dict(fall, collapsed=fall["fall"] > tolerance)

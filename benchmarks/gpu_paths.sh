@@ -15,7 +15,7 @@ exec > >(tee -a "$OUT/log.txt") 2>&1
 T0=$(date +%s)
 stamp() { echo "=== [$(( $(date +%s) - T0 ))s] $*"; }
 left() { local l=$(( BUDGET - ($(date +%s) - T0) )); [ "$1" -lt "$l" ] && l=$1; [ $l -lt 5 ] && l=5; echo $l; }
-newest() { python3 -c "from core.store import RunStore; print(RunStore().list_runs(kind='$1')[0].id)"; }
+newest() { python3 -c "from core.jobs.store import RunStore; print(RunStore().list_runs(kind='$1')[0].id)"; }
 PY=python3
 
 stamp setup

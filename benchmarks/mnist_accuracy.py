@@ -8,9 +8,9 @@ import time
 
 from common import machine
 
-from core.jobs import run_job
-from core.store import RunStore
-from core.training import TrainConfig
+from core.jobs.kinds import run_job
+from core.jobs.store import RunStore
+from core.training.loop import TrainConfig
 
 SETTINGS = dict(dataset="mnist", model="seed-resnet", epochs=5, batch_size=128,
                 optimizer="nesterov", lr=0.1, schedule="onecycle")

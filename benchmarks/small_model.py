@@ -20,9 +20,9 @@ def small_mnist_model(prefix: str):
     import torch
 
     from core.prediction import load_model, run_model_path
-    from core.runner import create, execute
-    from core.specs import TrainSpec
-    from core.store import RunStore
+    from core.jobs.runner import create, execute
+    from core.jobs.specs import TrainSpec
+    from core.jobs.store import RunStore
 
     torch.set_num_threads(2)
     store = RunStore()

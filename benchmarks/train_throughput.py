@@ -17,7 +17,7 @@ from common import machine, matmul_peak_gflops
 from core import data
 from core.models import build_model, flops_per_image
 from core.paths import data_dir
-from core.training import TrainConfig, fit
+from core.training.loop import TrainConfig, fit
 
 
 def baseline(images: int, batch: int, workers: int) -> float:

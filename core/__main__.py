@@ -1,6 +1,6 @@
 """``python -m core``: the RobustLab command line."""
 import sys
 
-from .cli import main
+from core.app.cli import main
 
 sys.exit(main())

@@ -6,8 +6,10 @@ import hashlib
 import os
 from pathlib import Path
 
-from .paths import InputError, cache_dir, data_dir
+from core.paths import InputError, cache_dir, data_dir
 
+DATASETS = ("mnist", "cifar10", "imagefolder:PATH")
+SPLITS = ("train", "test")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                "t10k-labels-idx1-ubyte"]

@@ -18,7 +18,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .paths import InputError
+from core.paths import InputError
 
 FORMAT_VERSION = 1
 

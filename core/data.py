@@ -18,10 +18,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .catalog import (CIFAR10_CLASSES, MNIST_FILES, DatasetNotFound, cache_path, has_files,
-                      scan_folder)
-from .paths import InputError, data_dir
-from .specs import DATASETS, SPLITS
+from core.catalog import (CIFAR10_CLASSES, DATASETS, MNIST_FILES, SPLITS, DatasetNotFound,
+                          cache_path, has_files, scan_folder)
+from core.paths import InputError, data_dir
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import torch.nn as nn
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
-from .paths import InputError
+from core.paths import InputError
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def shared_checkpoint(path: str | Path | None,
                       ctx: Context) -> tuple[dict[str, torch.Tensor], dict]:
     """Rank 0 reads and verifies a checkpoint and sends it to every rank as safetensors bytes,
     so nodes without a shared file system resume and evaluate from the same weights."""
-    from . import checkpoint
+    from core import checkpoint
 
     if ctx.world == 1:
         return checkpoint.load(path)

@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .hyperparams import AttackSettings, DefenseSettings
-from .progress import fmt_duration
+from core.hyperparams import AttackSettings, DefenseSettings
+from core.progress import fmt_duration
 
 # An attack step takes gradients for the input only (frozen weights, BatchNorm folded): about
 # this share of a training pass, measured on seed-resnet on 2 CPU cores.
@@ -35,7 +35,7 @@ def seconds_per_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> floa
 def seconds_per_attack_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Seconds per image of one attack gradient pass (eval mode, BatchNorm folded, gradient
     with respect to the input only), timed twice and the second counted."""
-    from .contract import attack_mode, folded, input_grad
+    from core.attacks.contract import attack_mode, folded, input_grad
 
     with attack_mode(model):
         fast = folded(model)

@@ -14,12 +14,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix
 
-from . import distributed
-from .attacks import Attack, attack_mode, input_grad, with_budget
-from .contract import outputs_are_probabilities
-from .data import TensorData
-from .metrics import classification_report
-from .prediction import predict
+from core import distributed
+from core.attacks import Attack, attack_mode, input_grad, with_budget
+from core.attacks.contract import outputs_are_probabilities
+from core.data import TensorData
+from core.metrics import classification_report
+from core.prediction import predict
 
 Progress = Callable[[int, int], None]
 

@@ -1,7 +1,7 @@
 """Hyperparameters of every attack, defense and model: their defaults and their checks, in plain
 Python (no torch), so a job spec validates in milliseconds before anything heavy loads.
 
-The attack and defense classes of :mod:`core.attacks` and :mod:`core.defenses` inherit these
+The attack and defense classes of :mod:`core.attacks` and :mod:`core.training.defenses` inherit these
 dataclasses and add only the computation, so each default lives here, once.
 """
 from __future__ import annotations
@@ -10,8 +10,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
-from .paths import InputError
-from .threat import ThreatModel
+from core.paths import InputError
+from core.threat import ThreatModel
 
 
 def check_range(name: str, value: Any, low: float, high: float) -> None:

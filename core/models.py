@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .paths import InputError
+from core.paths import InputError
 
 
 class Normalize(nn.Module):

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from . import checkpoint
-from .models import build_model
-from .paths import InputError, run_dir
+from core import checkpoint
+from core.models import build_model
+from core.paths import InputError, run_dir
 
 
 def pick_device(name: str = "auto") -> torch.device:

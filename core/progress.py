@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
-    from .store import RunStore
+    from core.jobs.store import RunStore
 
 STORE_EVERY_S = 1.0
 

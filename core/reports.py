@@ -12,8 +12,9 @@ from typing import Sequence
 import pandas as pd
 import torch
 
-from . import checkpoint, figures
-from .data import TensorData
+from core import checkpoint
+from core import figures
+from core.data import TensorData
 
 MISTAKES_SHOWN = 64
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .paths import InputError
+from core.paths import InputError
 
 NORMS = ("linf", "l2", "none")
 _SYMBOL = {"linf": "L∞", "l2": "L2", "none": "unbounded"}

@@ -5,11 +5,11 @@ import streamlit as st
 
 from core.hyperparams import ATTACK_SETTINGS as ATTACKS
 from core.figures import epsilon_curve_figure, probability_bars
-from core.service import (amplified_perturbation, attack_single, classes_for_run, eps_label,
+from core.app.service import (amplified_perturbation, attack_single, classes_for_run, eps_label,
                           example_choice, grid_point_done, grid_result, grid_run, grid_summaries,
                           model_for_run, progress, read_upload, run_label, to_display)
-from core.specs import GridSpec
-from core.store import Run
+from core.jobs.specs import GridSpec
+from core.jobs.store import Run
 from pages.common import fmt_seconds, require_trained_runs, get_store, pick_run, show_error
 from pages.epsilon_slider import epsilon_slider
 

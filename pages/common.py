@@ -6,8 +6,8 @@ import threading
 import streamlit as st
 
 from core.paths import InputError, artifacts_dir
-from core.preload import import_libraries
-from core.store import RunStore
+from core.app.preload import import_libraries
+from core.jobs.store import RunStore
 
 
 @st.cache_resource
@@ -33,7 +33,7 @@ def get_store() -> RunStore:
 
 def pick_run(label: str, runs: list, key: str, help: str | None = None):
     """A selectbox over runs that remembers its choice in the URL (?key=run_id)."""
-    from core.service import run_label
+    from core.app.service import run_label
 
     if not runs:
         return None
@@ -48,7 +48,7 @@ def pick_run(label: str, runs: list, key: str, help: str | None = None):
 
 def require_trained_runs(store: RunStore) -> list:
     """Completed training runs, or a friendly note and a stop when there are none."""
-    from core.service import trained_runs
+    from core.app.service import trained_runs
 
     runs = trained_runs(store)
     if not runs:

@@ -4,7 +4,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.service import config_diff, run_label
+from core.app.service import config_diff, run_label
 from pages.common import fmt_seconds, get_store, show_table
 
 store = get_store()

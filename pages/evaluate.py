@@ -5,9 +5,9 @@ import streamlit as st
 from core.evaluation import misclassified
 from core.figures import confusion_grid_figure
 from core.hyperparams import ATTACK_SETTINGS
-from core.service import (attack_label, attack_results, cached_evaluation, eps_label,
+from core.app.service import (attack_label, attack_results, cached_evaluation, eps_label,
                           gallery_images, launch_attack, load_report, progress)
-from core.specs import DEFAULT_GRID, AttackSpec
+from core.jobs.specs import DEFAULT_GRID, AttackSpec
 from pages.common import headline, require_trained_runs, get_store, pick_run, show_error
 
 store = get_store()

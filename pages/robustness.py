@@ -6,9 +6,9 @@ import streamlit as st
 
 from core.figures import robustness_figure, waterfall_figure
 from core.hyperparams import ATTACK_SETTINGS
-from core.service import (STAGE_NAMES, audit_examples, audit_runs, audit_view, eps_label,
+from core.app.service import (STAGE_NAMES, audit_examples, audit_runs, audit_view, eps_label,
                           launch_audit, launch_sweep, progress, run_label, sweep_curves)
-from core.specs import DEFAULT_BUDGETS, AuditSpec, SweepSpec
+from core.jobs.specs import DEFAULT_BUDGETS, AuditSpec, SweepSpec
 from core.threat import standard_threat
 from pages.common import pick_run, require_trained_runs, get_store, show_error, show_table
 

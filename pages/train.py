@@ -5,10 +5,10 @@ from core.figures import training_figure
 from core.hyperparams import DEFENSE_SETTINGS as DEFENSES
 from core.hyperparams import MODEL_ARGS as MODELS
 from core.hyperparams import MultiStepSettings
-from core.service import (delete_run, lab_overview, launch_training, progress, resumable,
+from core.app.service import (delete_run, lab_overview, launch_training, progress, resumable,
                           resume, run_label, runs_frame, train_form_defaults, training_estimate,
                           weights_file)
-from core.specs import OPTIMIZERS, SCHEDULES
+from core.jobs.specs import OPTIMIZERS, SCHEDULES
 from pages.common import fmt_seconds, get_store, show_error, show_table
 
 MULTI_STEP = [name for name, cls in DEFENSES.items() if issubclass(cls, MultiStepSettings)]

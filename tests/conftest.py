@@ -46,10 +46,10 @@ requires_mnist = pytest.mark.skipif(not has_mnist(), reason="real MNIST not foun
 @pytest.fixture(scope="session")
 def mnist_model():
     """seed-resnet trained for one epoch on 6,000 real MNIST images (about 95% accurate)."""
-    from core.runner import execute
-    from core.store import RunStore
+    from core.jobs.runner import execute
+    from core.jobs.store import RunStore
     from core.prediction import load_model, run_model_path
-    from core.specs import TrainSpec
+    from core.jobs.specs import TrainSpec
 
     store = RunStore()
     cfg = TrainSpec(dataset="mnist", epochs=1, train_subset=6000, test_subset=500,

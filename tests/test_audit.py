@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from core.apgd import checkpoints, dlr_loss
+from core.attacks.apgd import checkpoints, dlr_loss
 from core.attacks import build_attack
 from core.models import build_model
-from core.square import square_fraction
+from core.attacks.square import square_fraction
 from core.threat import ThreatModel
 
 from conftest import ROOT, requires_mnist
@@ -129,7 +129,7 @@ def test_audit_from_the_command_line_writes_its_files(mnist_model, tmp_path):
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_plane_step_is_the_smallest_step_onto_the_plane_inside_the_box(norm):
-    from core.fab import plane_step
+    from core.attacks.fab import plane_step
 
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(64, 20, generator=gen)
@@ -183,7 +183,7 @@ def test_a_bfloat16_search_gives_float32_verdicts_within_a_point_of_a_float32_se
     import torch
 
     from core import audit
-    from core.contract import LowPrecision
+    from core.attacks.contract import LowPrecision
 
     model, _, _ = mnist_model
     data = mnist_test.subset(100, seed=21)
@@ -214,7 +214,7 @@ def test_a_low_precision_success_float32_does_not_confirm_is_searched_again_in_f
     import torch
 
     from core.audit import _confirmed
-    from core.contract import LowPrecision
+    from core.attacks.contract import LowPrecision
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
@@ -233,7 +233,7 @@ def test_a_low_precision_success_float32_does_not_confirm_is_searched_again_in_f
 def test_rows_too_close_for_bfloat16_to_order_are_computed_in_float32():
     import torch
 
-    from core.contract import LowPrecision, folded, input_grad
+    from core.attacks.contract import LowPrecision, folded, input_grad
 
     torch.manual_seed(0)
     model = build_model("seed-resnet", (1, 12, 12), 10, width=4, blocks=1).eval()
@@ -253,7 +253,7 @@ def test_the_folded_model_follows_a_training_forward_and_attacks_keep_the_models
 
     from core.attacks import PGD
     from core.audit import gradient_indicator
-    from core.contract import LowPrecision, folded
+    from core.attacks.contract import LowPrecision, folded
 
     torch.manual_seed(0)
     model = build_model("seed-resnet", (1, 12, 12), 10, width=4, blocks=1).eval()

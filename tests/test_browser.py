@@ -136,7 +136,7 @@ def test_train_evaluate_attack_in_a_real_browser(server):
 @contextmanager
 def _cancel_jobs_left_running():
     """A browser test must not leave the jobs it started taking the CPU from the rest."""
-    from core.store import RunStore
+    from core.jobs.store import RunStore
 
     try:
         yield
@@ -255,7 +255,7 @@ def test_an_attack_without_epsilon_replaces_the_previous_examples(mnist_model):
 def test_a_click_on_a_confusion_cell_filters_the_gallery(mnist_model):
     from playwright.sync_api import expect
 
-    from core.store import RunStore
+    from core.jobs.store import RunStore
 
     _, _, run_id = mnist_model
     with _dashboard_page() as (page, url):
@@ -304,9 +304,9 @@ def test_attack_examples_flipped_all_or_picked_and_two_models_side_by_side(mnist
     the same images attacked beside the first, with its own numbers and curve."""
     from playwright.sync_api import expect
 
-    from core.runner import create, execute
-    from core.specs import TrainSpec
-    from core.store import RunStore
+    from core.jobs.runner import create, execute
+    from core.jobs.specs import TrainSpec
+    from core.jobs.store import RunStore
 
     _, _, run_id = mnist_model
     store = RunStore()

@@ -37,7 +37,7 @@ def test_help_lists_the_commands():
 def test_bad_input_gets_one_clear_error_and_creates_no_run(args, message, capsys):
     # In-process through the CLI's own entry point (a Python start costs seconds here); the
     # test below runs one case as a real process.
-    from core.cli import main
+    from core.app.cli import main
 
     before = _run_ids()
     assert main(args) == 2
@@ -57,7 +57,7 @@ def test_bad_input_in_a_real_process_exits_2_with_one_line():
 
 
 def _run_ids() -> list[str]:
-    from core.store import RunStore
+    from core.jobs.store import RunStore
 
     return [r.id for r in RunStore().list_runs()]
 

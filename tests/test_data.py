@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from core import catalog, data
+from core import catalog
+from core import data
 from core.paths import InputError, cache_dir
 
 from conftest import requires_mnist

@@ -5,14 +5,14 @@ import torch
 import torch.nn.functional as F
 
 from core.attacks import PGD
-from core.defenses import DEFENSES, IAT, TRADES, RobustGuard, build_defense
+from core.training.defenses import DEFENSES, IAT, TRADES, RobustGuard, build_defense
 from core.evaluation import run_attack
 from core.models import build_model
 from core.paths import InputError
 from core.prediction import load_model, run_model_path
-from core.specs import TrainSpec
-from core.training import fit, prepare
-from core.store import RunStore
+from core.jobs.specs import TrainSpec
+from core.training.loop import fit, prepare
+from core.jobs.store import RunStore
 
 from conftest import requires_mnist
 
@@ -165,7 +165,7 @@ def _running(model) -> list[torch.Tensor]:
 
 @requires_mnist
 def test_crafting_in_train_mode_uses_batch_statistics_and_leaves_the_running_ones(mnist_test):
-    from core.defenses import BatchStatistics
+    from core.training.defenses import BatchStatistics
 
     model, x, y = _real_batch(mnist_test)
     before = _running(model)
@@ -237,7 +237,7 @@ def test_the_ablation_options_refuse_unknown_values(defense, args, message):
 def test_fgsm_steps_stay_in_the_ball_unless_unprojected_n_fgsm(mnist_test):
     """R+FGSM's example is inside the eps-ball; N-FGSM's (noise 2 eps, step eps, no
     projection) goes beyond it, as de Jorge et al. intend, and stays in [0, 1]."""
-    from core.defenses import single_step
+    from core.training.defenses import single_step
 
     model, x, y = _real_batch(mnist_test)
     r_fgsm = single_step(model, x, y, 0.3, 0.375, random_start=True)
@@ -252,7 +252,7 @@ def test_fgsm_steps_stay_in_the_ball_unless_unprojected_n_fgsm(mnist_test):
 def test_iat_at_eps_03_on_real_mnist_does_not_collapse():
     """Issue 14's target, small: from the epoch IAT's held-out robust accuracy first peaks to
     the end it stays within 5 pp of that peak, and the peak is real robustness."""
-    from core.study import held_out_fall
+    from core.jobs.study import held_out_fall
 
     store = RunStore()
     cfg = TrainSpec(dataset="mnist", train_subset=1800, test_subset=200, batch_size=50,

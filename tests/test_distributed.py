@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from core.attacks import PGD
 from core.evaluation import run_attack
 from core.paths import run_dir
-from core.store import RunStore
+from core.jobs.store import RunStore
 
 from conftest import ROOT, requires_mnist, wait_for
 
@@ -57,7 +57,7 @@ def test_two_process_training_matches_one_process():
     single, _ = _train(args)
     double, run_id = _train(args, nproc=2)
     assert abs(single - double) <= 1.0, (single, double)
-    from core.store import RunStore
+    from core.jobs.store import RunStore
 
     run = RunStore().get(run_id)
     assert run.status == "completed" and run.summary["world_size"] == 2
@@ -70,7 +70,8 @@ def _sharded_worker(rank, world, port, model_path, n, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from core import data, distributed
+    from core import data
+    from core import distributed
     from core.evaluation import sharded_attack
     from core.prediction import load_model
 
@@ -158,7 +159,7 @@ def test_cancelled_ddp_run_resumes_under_torchrun_to_the_unbroken_weights():
     ["sweep", "--attacks", "fgsm,pgd", "--eps", "0.05,0.1", "--steps", "3", "-n", "300"],
 ])
 def test_torchrun_evaluation_commands_equal_one_process(mnist_model, command, capsys):
-    from core.cli import main
+    from core.app.cli import main
 
     _, _, model_run = mnist_model
     args = [command[0], model_run, *command[1:]]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from core.store import RunBusy, RunStore
+from core.jobs.store import RunBusy, RunStore
 
 from conftest import ROOT, requires_mnist, wait_for
 
@@ -25,7 +25,7 @@ def _cli(*args, env=None, **kw):
 # --- specs -----------------------------------------------------------------------------
 
 def test_every_spec_round_trips_through_its_config_json():
-    from core.specs import (AttackSpec, EvaluateSpec, GridSpec, ReproduceSpec, SweepSpec,
+    from core.jobs.specs import (AttackSpec, EvaluateSpec, GridSpec, ReproduceSpec, SweepSpec,
                             TrainSpec, spec_from_config)
 
     specs = [TrainSpec(defense="iat", defense_args={"eps": 0.3}), EvaluateSpec(model_run="r"),
@@ -36,7 +36,7 @@ def test_every_spec_round_trips_through_its_config_json():
 
 
 def test_defaults_live_once_in_the_spec_and_the_cli_uses_them():
-    from core.cli import attack_spec, build_parser, sweep_spec
+    from core.app.cli import attack_spec, build_parser, sweep_spec
     from core.hyperparams import CWSettings, PGDSettings
 
     args = build_parser().parse_args(["attack", "r", "--attack", "cw"])
@@ -49,7 +49,7 @@ def test_defaults_live_once_in_the_spec_and_the_cli_uses_them():
 
 
 def test_spec_validation_needs_no_torch():
-    code = ("import sys; from core.specs import TrainSpec, SweepSpec\n"
+    code = ("import sys; from core.jobs.specs import TrainSpec, SweepSpec\n"
             "try:\n    TrainSpec(epochs=0)\nexcept ValueError as e:\n    print(e)\n"
             "SweepSpec(model_run='r', attacks=['pgd', 'cw'], budgets=[0.1])\n"
             "print('torch' in sys.modules)")
@@ -71,7 +71,7 @@ def test_bad_values_are_rejected_in_under_two_seconds(args):
 # --- the store's lease and the states of runs ------------------------------------------
 
 def test_a_second_writer_is_refused(tmp_path):
-    from core.runner import execute
+    from core.jobs.runner import execute
 
     store = RunStore(tmp_path / "r.db")
     run_id = store.create_run("evaluate", {"model_run": "x"})
@@ -105,9 +105,9 @@ def test_cancel_of_a_finished_run_says_so_and_changes_nothing(tmp_path):
 
 
 def test_resume_rules_are_one_and_refuse_runs_without_a_checkpoint(tmp_path, monkeypatch):
-    from core.cli import main
+    from core.app.cli import main
     from core.paths import run_dir
-    from core.store import resume_refusal
+    from core.jobs.store import resume_refusal
 
     monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path))
     store = RunStore()
@@ -169,8 +169,8 @@ def _has_checkpoint(run_id: str) -> bool:
 
 @requires_mnist
 def test_a_cancel_from_the_store_interrupts_a_long_attack_batch(mnist_model):
-    from core.runner import submit
-    from core.specs import AttackSpec
+    from core.jobs.runner import submit
+    from core.jobs.specs import AttackSpec
 
     _, _, model_run = mnist_model
     store = RunStore()
@@ -281,7 +281,7 @@ def _imagefolder(root: Path, classes: dict, size: int = 8, bad: str | None = Non
     (None, "has no train/ folder"),
 ])
 def test_bad_data_is_refused_before_any_run_row(tmp_path, monkeypatch, capsys, layout, message):
-    from core.cli import main
+    from core.app.cli import main
 
     monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path / "artifacts"))
     root = tmp_path / "data"
@@ -315,7 +315,7 @@ def test_worst_case_never_crosses_threat_models(mnist_model, mnist_test):
 # --- command-line conventions ---------------------------------------------------------------
 
 def test_global_options_before_or_after_the_command(tmp_path, capsys, monkeypatch):
-    from core.cli import main
+    from core.app.cli import main
 
     # --artifacts-dir sets ROBUSTLAB_ARTIFACTS for the process; restore it after the test
     monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", os.environ["ROBUSTLAB_ARTIFACTS"])
@@ -354,23 +354,39 @@ def test_runs_survives_a_closed_pipe_and_shows_full_errors_on_demand(tmp_path):
 
 # --- layering --------------------------------------------------------------------------------
 
-def _imports(path: Path) -> set[str]:
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in CORE.rglob("*.py") if p.name != "__main__.py"}
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
     """Modules of ``core`` that a file imports, at any level (function-level included)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            if node.module:
-                found.add(node.module.split(".")[0])
-            else:
-                found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("core."):
-            found.add(node.module.split(".")[1])
+    found, tree = set(), ast.parse(path.read_text())
+    hints = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+             and getattr(block.test, "id", "") == "TYPE_CHECKING" for n in ast.walk(block)}
+    for node in ast.walk(tree):
+        if id(node) in hints:  # type hints only: no import at run time
+            continue
+        if isinstance(node, ast.ImportFrom) and node.level:
+            pytest.fail(f"{path}: core imports absolutely (from core.x import y)")
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                 [f"{node.module}.{a.name}" for a in node.names]
+                 if isinstance(node, ast.ImportFrom) else [])
+        for name in names:
+            while name and name not in modules:
+                name = name.rpartition(".")[0]
+            if name and name != "core":
+                found.add(name)
     return found
 
 
 def _graph() -> dict[str, set[str]]:
-    modules = {p.stem for p in CORE.glob("*.py")} - {"__init__", "__main__"}
-    return {m: _imports(CORE / f"{m}.py") & modules for m in modules}
+    modules = _modules()
+    return {m: _imports(p, modules) - {m} for m, p in modules.items()}
 
 
 def test_core_has_no_import_cycle():
@@ -392,17 +408,35 @@ def test_core_has_no_import_cycle():
             visit(module, [module])
 
 
+# which subpackages each layer may import: the shared values at the top import no subpackage
+# but attacks (the audit and evaluation need them); attacks import only the shared values
+ALLOWED = {"core": {"attacks"}, "core.attacks": set(), "core.audit": {"attacks"},
+           "core.training": {"attacks"}, "core.jobs": {"attacks", "audit", "training"},
+           "core.app": {"attacks", "audit", "training", "jobs"}}
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return "core" if len(parts) == 2 and module not in ALLOWED else ".".join(parts[:2])
+
+
 def test_layering_rules():
     graph = _graph()
-    assert "training" not in graph["evaluation"] and "training" not in graph["prediction"]
-    assert {"evaluation", "attacks"}.isdisjoint(graph["distributed"])
-    for module in ("service", "runner", "jobs", "reproduce", "console"):
-        assert "cli" not in graph[module], module
+    assert not any(m.startswith("core.training") for m in graph["core.evaluation"])
+    assert not any(m.startswith("core.training") for m in graph["core.prediction"])
+    assert {"core.evaluation", "core.attacks"}.isdisjoint(graph["core.distributed"])
+    for module, imported in graph.items():
+        layer = _layer(module)
+        for other in imported:
+            target = _layer(other)
+            assert target == "core" or target == layer or target.split(".")[1] in ALLOWED[layer], \
+                f"{module} imports {other}"
     for page in list((ROOT / "pages").glob("*.py")) + [ROOT / "dashboard.py"]:
         text = page.read_text()
-        assert "core.cli" not in text and "core.console" not in text, page
-    for module in graph:  # core never imports streamlit
-        tree = ast.parse((CORE / f"{module}.py").read_text())
+        assert "core.app.cli" not in text and "core.app.console" not in text, page
+        assert "import torch" not in text and "torch." not in text, f"{page} holds torch code"
+    for module, path in _modules().items():  # core never imports streamlit
+        tree = ast.parse(path.read_text())
         names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
                  for a in n.names}
         names |= {(n.module or "").split(".")[0] for n in ast.walk(tree)
@@ -413,9 +447,9 @@ def test_layering_rules():
 def test_the_dashboards_warm_up_is_light_to_import_and_loads_the_heavy_libraries():
     """The warm-up's own module imports nothing heavy (pages may import it early); running it
     leaves the libraries the pages import lazily loaded."""
-    probe = ("import sys, core.preload\n"
-             "assert 'torch' not in sys.modules, 'core.preload imported torch'\n"
-             "core.preload.import_libraries()\n"
+    probe = ("import sys, core.app.preload\n"
+             "assert 'torch' not in sys.modules, 'core.app.preload imported torch'\n"
+             "core.app.preload.import_libraries()\n"
              "assert {'torch', 'torchvision', 'sklearn.metrics', 'plotly.graph_objects'} <= set(sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)

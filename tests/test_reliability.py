@@ -17,10 +17,10 @@ from core import checkpoint
 from core.attacks import build_attack
 from core.models import build_model
 from core.paths import InputError
-from core.service import launch_training, progress, read_upload
-from core.store import RunStore
-from core.runner import submit
-from core.specs import SweepSpec, TrainSpec
+from core.app.service import launch_training, progress, read_upload
+from core.jobs.store import RunStore
+from core.jobs.runner import submit
+from core.jobs.specs import SweepSpec, TrainSpec
 
 from conftest import wait_for, ROOT, requires_mnist
 
@@ -33,8 +33,8 @@ SMALL = dict(dataset="mnist", train_subset=1280, test_subset=200, batch_size=64,
 def test_jobs_survive_the_process_that_launched_them():
     """A launcher (like the dashboard server) killed with SIGKILL does not take its job along;
     a fresh process (a restarted dashboard) finds the job in the store."""
-    code = ("import sys; from core.runner import submit; from core.store import RunStore; "
-            "from core.specs import TrainSpec; "
+    code = ("import sys; from core.jobs.runner import submit; from core.jobs.store import RunStore; "
+            "from core.jobs.specs import TrainSpec; "
             f"rid = submit(RunStore(), TrainSpec(epochs=2, **{SMALL!r})); "
             "print(rid, flush=True); import time; time.sleep(600)")
     launcher = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,

@@ -4,8 +4,8 @@ heartbeat under polling, and the report is complete)."""
 
 def test_a_defense_whose_guard_kept_an_earlier_epoch_is_reported_with_both_weights(tmp_path):
     from core.paths import run_dir
-    from core.reproduce import _label, _weights_to_report
-    from core.store import RunStore
+    from core.jobs.reproduce import _label, _weights_to_report
+    from core.jobs.store import RunStore
 
     store = RunStore()
     run = store.create_run("train", {"epochs": 5})
@@ -25,7 +25,7 @@ def test_a_defense_whose_guard_kept_an_earlier_epoch_is_reported_with_both_weigh
 def test_a_report_of_some_parts_holds_only_those_parts():
     from dataclasses import asdict
 
-    from core.reproduce import QUICK, render
+    from core.jobs.reproduce import QUICK, render
 
     row = {"defense": "pgd-at", "weights": "final", "epoch": 1, "settings": "eps 0.2",
            "clean": 0.99, "pgd@0.1": 0.9, "pgd@0.2": 0.8, "audit": 0.75, "audit_eps": 0.2,

@@ -4,7 +4,7 @@ import time
 import pytest
 
 from core.paths import InputError, check_run_id
-from core.store import RunNotFound, RunStore
+from core.jobs.store import RunNotFound, RunStore
 
 WRITERS, BATCHES, ROWS = 2, 200, 5
 
@@ -79,7 +79,7 @@ def test_a_queued_run_that_no_worker_picks_up_fails(tmp_path):
 
 
 def test_a_run_id_drawn_twice_in_one_second_is_redrawn(tmp_path, monkeypatch):
-    import core.store as store_module
+    import core.jobs.store as store_module
 
     draws = iter(["aaaaaa", "aaaaaa", "aaaaaa", "bbbbbb"])
     monkeypatch.setattr(store_module.secrets, "token_hex", lambda _n: next(draws))

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from core.study import Setting
+from core.jobs.study import Setting
 
 TINY = Setting(0.3, dict(epochs=2, batch_size=64, optimizer="nesterov", lr=0.05,
                          train_subset=300, test_subset=100), steps=2, step_size=0.15,
@@ -16,7 +16,7 @@ TINY = Setting(0.3, dict(epochs=2, batch_size=64, optimizer="nesterov", lr=0.05,
 
 @pytest.fixture
 def tiny_scale(monkeypatch):
-    from core import study
+    from core.jobs import study
 
     monkeypatch.setitem(study.SCALES["cpu"], "mnist", TINY)
 
@@ -35,9 +35,9 @@ def test_bad_study_input_is_one_line_before_any_run(tmp_path):
 
 @pytest.mark.usefixtures("tiny_scale")
 def test_a_study_trains_attacks_and_audits_each_defense_into_one_report():
-    from core.runner import create, execute
-    from core.specs import StudySpec
-    from core.store import RunStore
+    from core.jobs.runner import create, execute
+    from core.jobs.specs import StudySpec
+    from core.jobs.store import RunStore
 
     store = RunStore()
     run = create(store, StudySpec(datasets=["mnist"], defenses=["pgd-at", "iat"]))
@@ -64,7 +64,7 @@ def test_a_study_trains_attacks_and_audits_each_defense_into_one_report():
 
 def _raise_for(monkeypatch, defense: str, error: BaseException):
     """Make the study's model ``defense`` raise ``error``; return the real ``row`` method."""
-    from core import study
+    from core.jobs import study
 
     real_row = study._Model.row
 
@@ -79,11 +79,11 @@ def _raise_for(monkeypatch, defense: str, error: BaseException):
 
 @pytest.mark.usefixtures("tiny_scale")
 def test_a_stopped_study_resumes_reusing_the_jobs_that_finished(monkeypatch):
-    from core import study
+    from core.jobs import study
     from core.cancellation import Cancelled
-    from core.runner import create, execute, reopen
-    from core.specs import StudySpec
-    from core.store import RunStore
+    from core.jobs.runner import create, execute, reopen
+    from core.jobs.specs import StudySpec
+    from core.jobs.store import RunStore
 
     real_row = _raise_for(monkeypatch, "iat", Cancelled("stopped for the test"))
     store = RunStore()
@@ -118,10 +118,10 @@ def test_a_stopped_study_resumes_reusing_the_jobs_that_finished(monkeypatch):
 
 @pytest.mark.usefixtures("tiny_scale")
 def test_a_model_that_fails_is_a_row_saying_so_and_the_study_goes_on(monkeypatch):
-    from core.runner import create, execute
-    from core.specs import StudySpec
-    from core.store import RunStore
-    from core.training import NonFiniteLoss
+    from core.jobs.runner import create, execute
+    from core.jobs.specs import StudySpec
+    from core.jobs.store import RunStore
+    from core.training.loop import NonFiniteLoss
 
     _raise_for(monkeypatch, "trades", NonFiniteLoss("loss became nan at epoch 2, step 10"))
     store = RunStore()

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from core import checkpoint
-from core.runner import execute, submit
+from core.jobs.runner import execute, submit
 from core.models import build_model
 from core.paths import InputError, run_dir
-from core.store import RunStore
+from core.jobs.store import RunStore
 from core.prediction import load_model, run_model_path
-from core.specs import TrainSpec
-from core.training import NonFiniteLoss, fit, lr_at
+from core.jobs.specs import TrainSpec
+from core.training.loop import NonFiniteLoss, fit, lr_at
 
 from conftest import wait_for, requires_mnist
 

@@ -11,21 +11,26 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import checkpoint, data, distributed, estimate
-from .cancellation import STATE as CANCEL
-from .cancellation import Cancelled
-from .models import build_model
-from .paths import InputError, run_dir
-from .prediction import pick_device, predict
-from .progress import Progress, Quiet, fmt_duration
-from .specs import TrainSpec
-from .store import RunStore
+from core import checkpoint
+from core import data
+from core import distributed
+from core import estimate
+from core.cancellation import STATE as CANCEL
+from core.cancellation import Cancelled
+from core.models import build_model
+from core.paths import InputError, run_dir
+from core.prediction import pick_device, predict
+from core.progress import Progress, Quiet, fmt_duration
+
+if TYPE_CHECKING:  # a job's spec and store are handed in: the loop sits below the jobs
+    from core.jobs.specs import TrainSpec
+    from core.jobs.store import RunStore
 
 LOG_EVERY_STEPS = 10
 
@@ -75,7 +80,7 @@ class Setup:
 
 def prepare(cfg: TrainSpec, device: torch.device | None = None) -> Setup:
     """Load data, build model, optimizer and objective for ``cfg`` (on ``device`` if given)."""
-    from .defenses import build_defense
+    from core.training.defenses import build_defense
 
     train = data.load(cfg.dataset, "train", cfg.data_dir).subset(cfg.train_subset, cfg.seed)
     test = data.load(cfg.dataset, "test", cfg.data_dir).subset(cfg.test_subset, cfg.seed + 1)
@@ -294,7 +299,7 @@ def evaluate_epoch(setup: Setup, guard) -> dict:
 
 
 def _guard(setup: Setup):
-    from .defenses import RobustGuard
+    from core.training.defenses import RobustGuard
 
     if setup.held_out is None:
         return None

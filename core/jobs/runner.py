@@ -5,7 +5,7 @@ tests), goes through :func:`submit` or :func:`create` and then :func:`execute`.
 (the model run, the data) and only then writes the run row, so bad input leaves nothing behind.
 ``execute`` takes the run's lease (one writer per run), marks it running, beats a heartbeat,
 turns SIGINT and SIGTERM into a ``cancelled`` run, reports progress, and records the outcome.
-``submit`` does the same in a detached worker process (``python -m core.worker RUN``).
+``submit`` does the same in a detached worker process (``python -m core.jobs.worker RUN``).
 """
 from __future__ import annotations
 
@@ -20,14 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import catalog, distributed
-from .cancellation import STATE as CANCEL
-from .cancellation import Cancelled
-from .paths import PROJECT_ROOT, InputError, run_dir
-from .progress import Progress, Quiet
-from .specs import (ModelJobSpec, ReproduceSpec, Spec, StudySpec, TrainSpec,
+from core import catalog
+from core import distributed
+from core.cancellation import STATE as CANCEL
+from core.cancellation import Cancelled
+from core.paths import PROJECT_ROOT, InputError, run_dir
+from core.progress import Progress, Quiet
+from core.jobs.specs import (ModelJobSpec, ReproduceSpec, Spec, StudySpec, TrainSpec,
                     spec_from_config)
-from .store import Run, RunStore, restart_hint, resume_refusal
+from core.jobs.store import Run, RunStore, restart_hint, resume_refusal
 
 HEARTBEAT_S = 2.0
 
@@ -148,7 +149,7 @@ def preflight(store: RunStore, spec: Spec) -> None:
 
 def _check_data(name: str, root: str | None) -> None:
     if catalog.check(name, root) == "download":
-        from . import data
+        from core import data
 
         for split in ("train", "test"):  # torchvision downloads here, or says why it cannot
             data.load(name, split, root)
@@ -166,7 +167,9 @@ def create(store: RunStore, spec: Spec, parent: str | None = None,
 
 
 def _jobs() -> dict[str, Callable[[JobContext], dict]]:
-    from . import jobs, reproduce, study
+    from core.jobs import kinds as jobs
+    from core.jobs import reproduce
+    from core.jobs import study
 
     return {"train": jobs.train, "evaluate": jobs.evaluate, "attack": jobs.attack,
             "sweep": jobs.sweep, "grid": jobs.grid, "reproduce": reproduce.reproduce,
@@ -231,7 +234,7 @@ def start_worker(store: RunStore, run_id: str, resume: bool = False,
     """Spawn a detached, lower-priority worker for ``run_id`` (it survives the caller, e.g. the
     dashboard server, whose responsiveness it must not take)."""
     log_path = run_dir(run_id) / "worker.log"
-    cmd = [sys.executable, "-m", "core.worker", run_id] + (["--resume"] if resume else []) + (
+    cmd = [sys.executable, "-m", "core.jobs.worker", run_id] + (["--resume"] if resume else []) + (
         ["--evaluate-after"] if evaluate_after else [])
     env = dict(os.environ, ROBUSTLAB_DB=str(store.path), PYTHONUNBUFFERED="1")
     with open(log_path, "ab") as out:
@@ -243,7 +246,7 @@ def start_worker(store: RunStore, run_id: str, resume: bool = False,
 
 def reopen(store: RunStore, run_id: str) -> Run:
     """Queue a failed or cancelled training run again for resuming (the one rule of
-    :func:`core.store.resume_refusal`); clears the cancel request that stopped it."""
+    :func:`core.jobs.store.resume_refusal`); clears the cancel request that stopped it."""
     store.mark_stale()
     run = store.get(run_id)
     refusal = resume_refusal(run)
@@ -262,7 +265,7 @@ def resume_in_worker(store: RunStore, run_id: str, evaluate_after: bool = False)
 def _evaluate_finished_model(store: RunStore, run_id: str) -> None:
     """Start the clean evaluation of a completed training run's final weights on its whole
     test split, in a worker of its own."""
-    from .specs import EvaluateSpec
+    from core.jobs.specs import EvaluateSpec
 
     run = store.get(run_id)
     if run.kind == "train" and run.status == "completed":
@@ -271,7 +274,7 @@ def _evaluate_finished_model(store: RunStore, run_id: str) -> None:
 
 
 def worker_main(argv: list[str]) -> int:
-    """Entry point of ``python -m core.worker RUN [--resume]``."""
+    """Entry point of ``python -m core.jobs.worker RUN [--resume]``."""
     run_id, resume = argv[0], "--resume" in argv[1:]
     store = RunStore(os.environ.get("ROBUSTLAB_DB") or None)
     try:

@@ -10,9 +10,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import hyperparams as hp
-from .attacks import PGD, attack_mode, folded, input_grad
-from .paths import InputError
+from core import hyperparams as hp
+from core.attacks import PGD, attack_mode, folded, input_grad
+from core.paths import InputError
 
 
 def _inner(model: nn.Module) -> nn.Module:
@@ -244,7 +244,7 @@ class RobustGuard:
         n, collapse_drop."""
         opts = dict(cfg.robust_eval)
         eps = float(opts.pop("eps", cfg.defense_args.get("eps", 0.1)))
-        opts.pop("n", None)  # the size of held_out (core.training.held_out_size)
+        opts.pop("n", None)  # the size of held_out (core.training.loop.held_out_size)
         steps = int(opts.pop("steps", 10))
         drop = float(opts.pop("collapse_drop", 0.2))
         if opts:

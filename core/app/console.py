@@ -8,11 +8,11 @@ import sys
 import textwrap
 import time
 
-from . import distributed
-from .cancellation import Cancelled
-from .paths import InputError, run_dir
-from .specs import Spec, TrainSpec
-from .store import Run, RunStore
+from core import distributed
+from core.cancellation import Cancelled
+from core.paths import InputError, run_dir
+from core.jobs.specs import Spec, TrainSpec
+from core.jobs.store import Run, RunStore
 
 ERROR_WIDTH = 70
 SHARDED = ("train", "evaluate", "attack", "sweep", "audit")
@@ -21,7 +21,7 @@ SHARDED = ("train", "evaluate", "attack", "sweep", "audit")
 def run_job(spec: Spec, name: str | None = None) -> int:
     """Create the spec's run (rank 0 checks it; bad input stops every rank with one line),
     execute it here under the one runner, and print its outcome."""
-    from . import runner
+    from core.jobs import runner
 
     ctx = distributed.init(spec.device)
     try:
@@ -46,7 +46,7 @@ def run_job(spec: Spec, name: str | None = None) -> int:
 
 def run_resume(run_id: str, overrides: dict | None = None) -> int:
     """``train --resume RUN`` and ``resume RUN`` (under torchrun too)."""
-    from . import runner
+    from core.jobs import runner
 
     ctx = distributed.init((overrides or {}).get("device", "auto"))
     try:
@@ -69,11 +69,11 @@ def run_resume(run_id: str, overrides: dict | None = None) -> int:
 
 
 def _follow(spec: Spec, resume: bool = False) -> int:
-    from . import runner
+    from core.jobs import runner
 
     try:
         if resume:
-            from .training import fit
+            from core.training.loop import fit
 
             fit(spec, None, None, resume=True)
         else:
@@ -84,7 +84,7 @@ def _follow(spec: Spec, resume: bool = False) -> int:
 
 
 def _execute_and_print(store: RunStore, run_id: str, resume: bool) -> int:
-    from . import runner
+    from core.jobs import runner
 
     try:
         summary = runner.execute(store, run_id, resume=resume)
@@ -142,7 +142,7 @@ def _print_attack(store: RunStore, run: Run, s: dict) -> None:
 def _print_sweep(store: RunStore, run: Run, s: dict) -> None:
     import pandas as pd
 
-    from .reports import markdown, table_frame
+    from core.reports import markdown, table_frame
 
     print(f"sweep {run.id} of {s['model_run']} on {s['n']:,} test images ({s['source']})")
     print(markdown(table_frame(s["rows"])))
@@ -166,7 +166,7 @@ def _print_study(store: RunStore, run: Run, s: dict) -> None:
 def _print_audit(store: RunStore, run: Run, s: dict) -> None:
     import pandas as pd
 
-    from .reports import markdown
+    from core.reports import markdown
 
     print(f"audit {run.id} of {s['model_run']}: {s['threat_label']}, {s['version']} version, "
           f"{s['n']:,} test images ({s['source']})")
@@ -290,7 +290,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     """``delete RUN``: remove a finished run, the runs that belong to it, and their files."""
-    from .runner import delete_run
+    from core.jobs.runner import delete_run
 
     ids = delete_run(RunStore(), args.run)
     print(f"deleted {len(ids)} run(s): {', '.join(ids)}")

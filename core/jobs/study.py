@@ -14,10 +14,11 @@ import json
 import platform
 from dataclasses import asdict, dataclass, field
 
-from . import checkpoint, reports
-from .paths import InputError, reports_dir, run_dir
-from .specs import AuditSpec, EvaluateSpec, StudySpec, SweepSpec, TrainSpec
-from .threat import standard_threat
+from core import checkpoint
+from core import reports
+from core.paths import InputError, reports_dir, run_dir
+from core.jobs.specs import AuditSpec, EvaluateSpec, StudySpec, SweepSpec, TrainSpec
+from core.threat import standard_threat
 
 SEED_ROW = {"dataset": "mnist", "defense": "seed FGSM-AT (eps 0.2)", "clean": 0.9859,
             "pgd": 0.3131, "pgd_eps": 0.2}

@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn as nn
 
-from .paths import InputError
+from core.paths import InputError
 
 
 @contextmanager

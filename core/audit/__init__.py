@@ -15,15 +15,15 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from . import distributed
-from .apgd import APGD, APGDT
-from .attacks import PGD
-from .contract import (LowPrecision, attack_mode, input_grad, margin,
+from core import distributed
+from core.attacks.apgd import APGD, APGDT
+from core.attacks import PGD
+from core.attacks.contract import (LowPrecision, attack_mode, input_grad, margin,
                        outputs_are_probabilities)
-from .data import TensorData
-from .fab import FABT
-from .square import Square
-from .threat import ThreatModel
+from core.data import TensorData
+from core.attacks.fab import FABT
+from core.attacks.square import Square
+from core.threat import ThreatModel
 
 VERSIONS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
             "fast": ("apgd-ce", "apgd-t")}
@@ -69,7 +69,7 @@ def cascade(model: nn.Module, data: TensorData, plan: list[Stage], batch_size: i
     share under torchrun; examples come from rank 0's share). Batches are fixed by position
     and every attack call is seeded per batch, so under torchrun (whole batches per rank) the
     result equals one process's. ``low_precision`` searches in bfloat16
-    (:class:`core.contract.LowPrecision`); every verdict is still the float32 model's, and a
+    (:class:`core.attacks.contract.LowPrecision`); every verdict is still the float32 model's, and a
     point the bfloat16 search broke but float32 does not is searched again in float32."""
     ctx = ctx or distributed.Context()
     mine = distributed.my_positions(ctx, len(data), batch_size)

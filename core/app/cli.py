@@ -1,6 +1,6 @@
 """Command line: ``python -m core COMMAND``. Parses arguments into a job spec (every default
-lives in :mod:`core.specs`), hands it to :mod:`core.runner`, and prints the outcome with
-:mod:`core.console`. Nothing heavy is imported before the input has been validated."""
+lives in :mod:`core.jobs.specs`), hands it to :mod:`core.jobs.runner`, and prints the outcome with
+:mod:`core.app.console`. Nothing heavy is imported before the input has been validated."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from .paths import InputError
+from core.paths import InputError
 
 EXAMPLES = """examples:
   python -m core train --dataset mnist --epochs 5
@@ -234,7 +234,7 @@ def _given(args: argparse.Namespace, **mapping: str) -> dict:
 
 def train_spec(args: argparse.Namespace):
     """The TrainSpec for ``train`` arguments."""
-    from .specs import TrainSpec
+    from core.jobs.specs import TrainSpec
 
     model_args = _given(args, width="width", blocks="blocks")
     defense_args = dict(args.defense_param)
@@ -260,14 +260,14 @@ def _model_fields(args: argparse.Namespace) -> dict:
 
 def evaluate_spec(args: argparse.Namespace):
     """The EvaluateSpec for ``evaluate`` arguments."""
-    from .specs import EvaluateSpec
+    from core.jobs.specs import EvaluateSpec
 
     return EvaluateSpec(**_model_fields(args), **_given(args, split="split", n="n"))
 
 
 def attack_spec(args: argparse.Namespace):
     """The AttackSpec for ``attack`` arguments."""
-    from .specs import AttackSpec
+    from core.jobs.specs import AttackSpec
 
     params = dict(args.param) | _given(args, eps="eps", sigma="sigma", steps="steps")
     return AttackSpec(**_model_fields(args), attack=args.attack, params=params,
@@ -276,7 +276,7 @@ def attack_spec(args: argparse.Namespace):
 
 def sweep_spec(args: argparse.Namespace):
     """The SweepSpec for ``sweep`` arguments."""
-    from .specs import SweepSpec
+    from core.jobs.specs import SweepSpec
 
     values = _given(args, attacks="attacks", budgets="eps", n="n", seed="seed")
     if "attacks" in values:
@@ -290,7 +290,7 @@ def sweep_spec(args: argparse.Namespace):
 
 def audit_spec(args: argparse.Namespace):
     """The AuditSpec for ``audit`` arguments."""
-    from .specs import AuditSpec
+    from core.jobs.specs import AuditSpec
 
     return AuditSpec(**_model_fields(args), **_given(
         args, norm="norm", eps="eps", version="version", n="n", seed="seed", steps="steps",
@@ -299,7 +299,7 @@ def audit_spec(args: argparse.Namespace):
 
 def reproduce_spec(args: argparse.Namespace):
     """The ReproduceSpec for ``reproduce`` arguments."""
-    from .specs import ReproduceSpec
+    from core.jobs.specs import ReproduceSpec
 
     return ReproduceSpec(quick=args.quick, **_given(args, parts="parts", data_dir="data_dir",
                                                     device="device"))
@@ -307,7 +307,7 @@ def reproduce_spec(args: argparse.Namespace):
 
 def study_spec(args: argparse.Namespace):
     """The StudySpec for ``study`` arguments."""
-    from .specs import StudySpec
+    from core.jobs.specs import StudySpec
 
     lists = {key: [v.strip() for v in value.split(",") if v.strip()]
              for key, value in (("datasets", args.datasets), ("defenses", args.defenses))
@@ -345,10 +345,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command in SPEC_BUILDERS and not (args.command == "train" and args.resume):
         spec = SPEC_BUILDERS[args.command](args)  # validated here, before torch is imported
-        from . import console
+        from core.app import console
 
         return console.run_job(spec, name=getattr(args, "name", None))
-    from . import console
+    from core.app import console
 
     if args.command == "train":
         return console.run_resume(args.resume, _given(args, device="device"))

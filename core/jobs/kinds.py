@@ -1,4 +1,4 @@
-"""What each kind of job does, given its :class:`core.runner.JobContext`. Under torchrun every
+"""What each kind of job does, given its :class:`core.jobs.runner.JobContext`. Under torchrun every
 rank runs the same function on its share of the work; rank 0 alone writes files and the store.
 """
 from __future__ import annotations
@@ -6,15 +6,19 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from . import checkpoint, data, distributed, estimate, reports
-from .attacks import build_attack, with_budget
-from .contract import LowPrecision, bf16_native
-from .evaluation import clean_report, run_attack, sanity_warnings, sharded_attack, sweep as sweep_
-from .hyperparams import ATTACK_SETTINGS
-from .paths import grid_point_path
-from .prediction import model_from, pick_device, run_model_path
-from .specs import AttackSpec, AuditSpec, EvaluateSpec, GridSpec, ModelJobSpec, SweepSpec
-from .training import fit
+from core import checkpoint
+from core import data
+from core import distributed
+from core import estimate
+from core import reports
+from core.attacks import build_attack, with_budget
+from core.attacks.contract import LowPrecision, bf16_native
+from core.evaluation import clean_report, run_attack, sanity_warnings, sharded_attack, sweep as sweep_
+from core.hyperparams import ATTACK_SETTINGS
+from core.paths import grid_point_path
+from core.prediction import model_from, pick_device, run_model_path
+from core.jobs.specs import AttackSpec, AuditSpec, EvaluateSpec, GridSpec, ModelJobSpec, SweepSpec
+from core.training.loop import fit
 
 
 def train(ctx) -> dict:
@@ -177,7 +181,7 @@ def _stage_reporter(ctx):
 def audit(ctx) -> dict:
     """The AutoAttack-style cascade at one threat model, then the attack-failure indicators;
     audit.json, audit.csv and audit.md in the run's folder."""
-    from . import audit as audit_
+    from core import audit as audit_
 
     spec: AuditSpec = ctx.spec
     threat = spec.threat()

@@ -15,9 +15,11 @@ from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
-from . import checkpoint, figures, reports
-from .paths import reports_dir, run_dir
-from .specs import AttackSpec, AuditSpec, EvaluateSpec, ReproduceSpec, SweepSpec, TrainSpec
+from core import checkpoint
+from core import figures
+from core import reports
+from core.paths import reports_dir, run_dir
+from core.jobs.specs import AttackSpec, AuditSpec, EvaluateSpec, ReproduceSpec, SweepSpec, TrainSpec
 
 SEED = {"cifar_acc": 0.6518, "cifar_micro_f1": 0.680, "mnist_acc": 0.9828,
         "fgsm_at": {"clean": 0.9859, 0.01: 0.9393, 0.1: 0.4697, 0.2: 0.3131}}

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from . import hyperparams as hp
-from .contract import Attack, flat_norm, generator, margin, rand
+from core import hyperparams as hp
+from core.attacks.contract import Attack, flat_norm, generator, margin, rand
 
 # Query counts (of 10,000) at which the square's share of the image halves.
 HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)

@@ -13,16 +13,18 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, data, runner
-from .runner import delete_run  # noqa: F401  (the pages' name for it)
-from .attacks import build_attack
-from .console import headline
-from .hyperparams import ATTACK_SETTINGS, attack_settings
-from .paths import InputError, artifacts_dir, confine, data_dir, grid_point_path, run_dir
-from .prediction import load_model, pick_device, run_model_path
-from .specs import (AttackSpec, AuditSpec, DEFAULT_GRID, EvaluateSpec, GridSpec, SweepSpec,
+from core import checkpoint
+from core import data
+from core.jobs import runner
+from core.jobs.runner import delete_run  # noqa: F401  (the pages' name for it)
+from core.attacks import build_attack
+from core.app.console import headline
+from core.hyperparams import ATTACK_SETTINGS, attack_settings
+from core.paths import InputError, artifacts_dir, confine, data_dir, grid_point_path, run_dir
+from core.prediction import load_model, pick_device, run_model_path
+from core.jobs.specs import (AttackSpec, AuditSpec, DEFAULT_GRID, EvaluateSpec, GridSpec, SweepSpec,
                     TrainSpec)
-from .store import Run, RunStore, resume_refusal
+from core.jobs.store import Run, RunStore, resume_refusal
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 
@@ -449,7 +451,7 @@ def audit_view(store: RunStore, run_id: str) -> dict:
     """An audit as the dashboard shows it: its stages so far (clean first; from the store
     while it runs, from audit.json once done), the stages still to come, and when done the
     indicators and verdict."""
-    from .audit import VERSIONS
+    from core.audit import VERSIONS
 
     run = store.get(run_id)
     spec = AuditSpec.from_dict(run.config)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .paths import InputError, artifacts_dir, check_run_id, runs_root
+from core.paths import InputError, artifacts_dir, check_run_id, runs_root
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 KINDS = ("train", "evaluate", "attack", "sweep", "grid", "reproduce", "audit", "study")

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from . import hyperparams as hp
-from .contract import Attack, flat_norm, generator, rand
+from core import hyperparams as hp
+from core.attacks.contract import Attack, flat_norm, generator, rand
 
 # Bisection rounds of the box-constrained projection: the interval shrinks 2**-40 times.
 ROUNDS = 40

@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import hyperparams as hp
-from .contract import Attack, flat_norm, generator, margin, project, rand
+from core import hyperparams as hp
+from core.attacks.contract import Attack, flat_norm, generator, margin, project, rand
 
 MOMENTUM = 0.75
 RHO = 0.75

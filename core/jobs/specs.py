@@ -1,4 +1,4 @@
-"""Typed job specs: one dataclass per kind of job, the only input of :mod:`core.runner`.
+"""Typed job specs: one dataclass per kind of job, the only input of :mod:`core.jobs.runner`.
 
 A spec validates itself completely on construction, in plain Python (no torch, no data), and
 serializes to the run's config JSON; ``spec_from_config`` reads it back. The CLI, the dashboard,
@@ -11,16 +11,15 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
-from . import hyperparams as hp
-from .paths import InputError, check_run_id
-from .threat import ThreatModel
+from core import hyperparams as hp
+from core.catalog import DATASETS, SPLITS  # noqa: F401 (part of the specs' vocabulary)
+from core.paths import InputError, check_run_id
+from core.threat import ThreatModel
 
-DATASETS = ("mnist", "cifar10", "imagefolder:PATH")
 OPTIMIZERS = ("sgd", "nesterov", "adam")
 SCHEDULES = ("onecycle", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 WEIGHTS = ("final", "best")
-SPLITS = ("train", "test")
 ROBUST_EVAL_KEYS = ("eps", "steps", "n", "collapse_drop")
 DEFAULT_BUDGETS = (0.0, 0.01, 0.05, 0.1, 0.2, 0.3)
 AUDIT_VERSIONS = ("standard", "fast")
@@ -303,7 +302,7 @@ class AuditSpec(ModelJobSpec):
     steps: int = 100
     queries: int = 5000
     batch_size: int = 250
-    precision: str = "auto"  # of the search; verdicts are float32 (core.contract.LowPrecision)
+    precision: str = "auto"  # of the search; verdicts are float32 (core.attacks.contract.LowPrecision)
 
     def validate(self) -> None:
         super().validate()

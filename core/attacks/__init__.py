@@ -18,14 +18,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import hyperparams as hp
-from .paths import InputError
+from core import hyperparams as hp
+from core.paths import InputError
 
 NORMS = ("linf", "l2")
 SUCCESS = 1e6  # added to a restart's score when it fooled the model: success beats any loss
 
 
-from .contract import (Attack, attack_mode, flat_norm, folded, generator,  # noqa: F401
+from core.attacks.contract import (Attack, attack_mode, flat_norm, folded, generator,  # noqa: F401
                        input_grad, margin, project, rand)
 
 
@@ -275,9 +275,9 @@ ATTACKS: dict[str, type] = {
 def build_attack(name: str, strong: bool = False, **params) -> Attack:
     """Build a registered attack (its strong setting with ``strong``); unknown names or
     parameters get an error listing the valid ones."""
-    from .apgd import APGD, APGDT
-    from .fab import FABT
-    from .square import Square
+    from core.attacks.apgd import APGD, APGDT
+    from core.attacks.fab import FABT
+    from core.attacks.square import Square
 
     settings = hp.attack_settings(name, params, strong)
     registry = dict(ATTACKS, **{"apgd-ce": APGD, "apgd-t": APGDT, "fab-t": FABT,

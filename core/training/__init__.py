@@ -1,0 +1,1 @@
+"""Training: the loop, the defenses' objectives and the overfitting guard."""
