@@ -4,7 +4,7 @@ import streamlit as st
 
 from core import catalog
 from core.paths import data_dir
-from core.app.service import device_label
+from core.app.runs import device_label
 from pages.common import favicon, get_store as store, warm_up
 
 # the icon is an image drawn here: a named icon would make the browser fetch it from a CDN

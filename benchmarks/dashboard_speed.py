@@ -176,7 +176,9 @@ def main() -> None:
     store, run_id, _ = small_mnist_model("robustlab-dash-")
     from playwright.sync_api import sync_playwright
 
-    from core.app.service import cached_evaluation, grid_run, launch_sweep
+    from core.app.attack import grid_run
+    from core.app.evaluate import cached_evaluation
+    from core.app.robustness import launch_sweep
 
     jobs = [cached_evaluation(store, run_id).id,
             grid_run(store, run_id, "pgd", {"steps": 40, "norm": "linf", "restarts": 1}, 200).id]

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import copy
 import time
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.hyperparams import AttackSettings, DefenseSettings
+from core.attacks import AttackSettings
 from core.progress import fmt_duration
+
+if TYPE_CHECKING:
+    from core.training.settings import DefenseSettings
 
 # An attack step takes gradients for the input only (frozen weights, BatchNorm folded): about
 # this share of a training pass, measured on seed-resnet on 2 CPU cores.
@@ -35,7 +39,8 @@ def seconds_per_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> floa
 def seconds_per_attack_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Seconds per image of one attack gradient pass (eval mode, BatchNorm folded, gradient
     with respect to the input only), timed twice and the second counted."""
-    from core.attacks.contract import attack_mode, folded, input_grad
+    from core.attacks.contract import attack_mode, input_grad
+    from core.attacks.speed import folded
 
     with attack_mode(model):
         fast = folded(model)

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix
 
 from core import distributed
-from core.attacks import Attack, attack_mode, input_grad, with_budget
+from core.attacks import Attack, with_budget
+from core.attacks.contract import attack_mode, input_grad
 from core.attacks.contract import outputs_are_probabilities
 from core.data import TensorData
 from core.metrics import classification_report

@@ -4,9 +4,9 @@ import streamlit as st
 
 from core.evaluation import misclassified
 from core.figures import confusion_grid_figure
-from core.hyperparams import ATTACK_SETTINGS
-from core.app.service import (attack_label, attack_results, cached_evaluation, eps_label,
-                          gallery_images, launch_attack, load_report, progress)
+from core.attacks import ATTACKS
+from core.app.evaluate import attack_label, attack_results, cached_evaluation, gallery_images, launch_attack
+from core.app.runs import eps_label, load_report, progress
 from core.jobs.specs import DEFAULT_GRID, AttackSpec
 from pages.common import headline, require_trained_runs, get_store, pick_run, show_error
 
@@ -89,11 +89,11 @@ st.caption("Robust accuracy and the confusion matrix under a chosen attack, besi
            "matrix of the same test images. Each attack runs once in the background and is kept.")
 with st.form("eval-attack", border=False):
     a1, a2, a3, a4 = st.columns([2, 2, 2, 1], vertical_alignment="bottom")
-    budgeted = [a for a, s in ATTACK_SETTINGS.items() if s.budget == "eps"]
+    budgeted = [a for a, s in ATTACKS.items() if s.budget == "eps"]
     attack = a1.selectbox("Attack", budgeted, index=budgeted.index("pgd"), key="eval-attack")
     # the defaults are the attack's and the spec's own (one place for every default)
     eps = a2.select_slider("eps (pixel units)", options=list(DEFAULT_GRID[1:]),
-                           value=ATTACK_SETTINGS["pgd"].eps, format_func=eps_label,
+                           value=ATTACKS["pgd"].eps, format_func=eps_label,
                            key="eval-eps")
     n = a3.select_slider("Test images", [100, 200, 500, 1000], value=AttackSpec.n,
                          key="eval-n")

@@ -5,9 +5,9 @@ CSV download. Both launch background jobs."""
 import streamlit as st
 
 from core.figures import robustness_figure, waterfall_figure
-from core.hyperparams import ATTACK_SETTINGS
-from core.app.service import (STAGE_NAMES, audit_examples, audit_runs, audit_view, eps_label,
-                          launch_audit, launch_sweep, progress, run_label, sweep_curves)
+from core.attacks import ATTACKS
+from core.app.robustness import STAGE_NAMES, audit_examples, audit_runs, audit_view, launch_audit, launch_sweep, sweep_curves
+from core.app.runs import eps_label, progress, run_label
 from core.jobs.specs import DEFAULT_BUDGETS, AuditSpec, SweepSpec
 from core.threat import standard_threat
 from pages.common import pick_run, require_trained_runs, get_store, show_error, show_table
@@ -149,13 +149,13 @@ def sweep_form() -> None:
         st.markdown("**Launch a sweep**")
         c1, c2 = st.columns([3, 2])
         models = c1.multiselect("Models", runs, default=runs[:1], format_func=run_label)
-        attacks = c2.multiselect("Attacks", list(ATTACK_SETTINGS),
+        attacks = c2.multiselect("Attacks", list(ATTACKS),
                                  default=["noise", "fgsm", "pgd"])
         c1, c2, c3 = st.columns(3)
         eps_text = c1.text_input("Epsilons (pixel units)",
                                  ", ".join(f"{b:g}" for b in DEFAULT_BUDGETS))
         n = c2.number_input("Test images", 10, 10000, SweepSpec.n, step=100)
-        steps = c3.number_input("PGD steps", 1, 200, ATTACK_SETTINGS["pgd"].steps)
+        steps = c3.number_input("PGD steps", 1, 200, ATTACKS["pgd"].steps)
         go = st.form_submit_button("Run sweep", type="primary", icon=":material/play_arrow:")
     if go:
         try:

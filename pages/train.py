@@ -2,12 +2,11 @@
 import streamlit as st
 
 from core.figures import training_figure
-from core.hyperparams import DEFENSE_SETTINGS as DEFENSES
-from core.hyperparams import MODEL_ARGS as MODELS
-from core.hyperparams import MultiStepSettings
-from core.app.service import (delete_run, lab_overview, launch_training, progress, resumable,
-                          resume, run_label, runs_frame, train_form_defaults, training_estimate,
-                          weights_file)
+from core.training.settings import DEFENSE_SETTINGS as DEFENSES
+from core.training.settings import MODEL_ARGS as MODELS
+from core.training.settings import MultiStepSettings
+from core.app.runs import delete_run, lab_overview, progress, resumable, resume, run_label, runs_frame, weights_file
+from core.app.train import launch_training, train_form_defaults, training_estimate
 from core.jobs.specs import OPTIMIZERS, SCHEDULES
 from pages.common import fmt_seconds, get_store, show_error, show_table
 

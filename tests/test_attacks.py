@@ -3,7 +3,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.attacks import PGD, build_attack, hsv_to_rgb, rgb_to_hsv
+from core.attacks import PGD, build_attack
+from core.attacks.semantic import hsv_to_rgb, rgb_to_hsv
 from core.evaluation import run_attack, sanity_warnings, sweep
 from core.models import build_model
 from core.paths import InputError

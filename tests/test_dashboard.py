@@ -4,7 +4,7 @@ filters by class."""
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.app.service import grid_run
+from core.app.attack import grid_run
 from core.jobs.store import RunStore
 
 from conftest import wait_for, requires_mnist
@@ -76,7 +76,7 @@ def test_pages_with_a_trained_model(mnist_model):
 def test_class_names_come_from_the_weights_sidecar_without_reading_the_dataset(mnist_model,
                                                                                 monkeypatch):
     from core import data
-    from core.app import service
+    from core.app import evaluate as service
 
     _, meta, run_id = mnist_model
     run = RunStore().get(run_id)
@@ -176,7 +176,7 @@ def test_the_train_form_shows_a_defense_budget_only_with_a_defense_and_estimates
 
 def test_the_same_sweep_is_not_launched_twice(tmp_path, monkeypatch):
     monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path))
-    from core.app import service
+    from core.app import robustness as service
 
     store = RunStore()
     model = store.create_run("train", {"dataset": "mnist", "epochs": 1})
@@ -199,7 +199,7 @@ def test_a_run_is_renamed_downloaded_and_deleted_with_what_belongs_to_it(tmp_pat
     monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path))
     from core.prediction import load_model
     from core.jobs.runner import create, execute
-    from core.app.service import delete_run, weights_file
+    from core.app.runs import delete_run, weights_file
     from core.jobs.specs import EvaluateSpec, TrainSpec
 
     store = RunStore()
@@ -224,7 +224,7 @@ def test_tags_are_set_from_the_cli_shown_in_labels_and_filter_the_runs_table(tmp
                                                                            monkeypatch, capsys):
     monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path))
     from core.app.cli import main
-    from core.app.service import run_label
+    from core.app.runs import run_label
 
     store = RunStore()
     tagged = store.create_run("train", {"dataset": "mnist", "model": "seed-resnet"})
@@ -246,7 +246,7 @@ def test_tags_are_set_from_the_cli_shown_in_labels_and_filter_the_runs_table(tmp
 
 
 def test_time_left_is_the_average_rate_since_the_first_step_counting_down():
-    from core.app.service import remaining_seconds
+    from core.app.runs import remaining_seconds
 
     steady = [(100.0 + 2 * k, 10.0 * k) for k in range(11)]  # 5 steps/s, 100 of 400 done
     assert remaining_seconds(steady, 400, now=120.0) == pytest.approx(60.0)
@@ -262,7 +262,7 @@ def test_time_left_is_the_average_rate_since_the_first_step_counting_down():
 def test_examples_are_the_same_images_for_both_models_and_flipped_on_either():
     import torch
 
-    from core.app.service import example_choice
+    from core.app.attack import example_choice
 
     labels = torch.tensor([0, 1, 2, 3, 4])
     a = {"x": torch.zeros(5, 1, 2, 2), "labels": labels, "clean_pred": labels.clone(),
@@ -284,7 +284,7 @@ def test_images_are_inline_pngs_upscaled_without_smoothing():
     import torch
     from PIL import Image
 
-    from core.app.service import to_display
+    from core.app.images import to_display
 
     gray = torch.tensor([[[0.0, 1.0], [0.5, 0.25]]])
     uri = to_display(gray, scale=3)
@@ -343,7 +343,7 @@ def test_compare_starts_from_a_study_with_its_models_and_their_audits(tmp_path, 
     assert not at.get("plotly_chart")
     assert any("only runs with a defense have the guard" in c.value for c in at.caption)
     assert table.set_index("run").loc["iat", "audited robust acc"] == "43.21%"
-    from core.app.service import run_label
+    from core.app.runs import run_label
 
     cifar = store.create_run("train", TrainSpec(dataset="cifar10", defense="pgd-at",
                                                 defense_args={"eps": 8 / 255}).to_dict())

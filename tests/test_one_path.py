@@ -37,7 +37,8 @@ def test_every_spec_round_trips_through_its_config_json():
 
 def test_defaults_live_once_in_the_spec_and_the_cli_uses_them():
     from core.app.cli import attack_spec, build_parser, sweep_spec
-    from core.hyperparams import CWSettings, PGDSettings
+    from core.attacks.cw import CWSettings
+    from core.attacks.pgd import PGDSettings
 
     args = build_parser().parse_args(["attack", "r", "--attack", "cw"])
     assert attack_spec(args).params == CWSettings().params()

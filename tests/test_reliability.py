@@ -17,7 +17,9 @@ from core import checkpoint
 from core.attacks import build_attack
 from core.models import build_model
 from core.paths import InputError
-from core.app.service import launch_training, progress, read_upload
+from core.app.images import read_upload
+from core.app.runs import progress
+from core.app.train import launch_training
 from core.jobs.store import RunStore
 from core.jobs.runner import submit
 from core.jobs.specs import SweepSpec, TrainSpec

@@ -157,7 +157,7 @@ def test_seed_resnet_on_real_mnist_one_epoch_reaches_95_percent():
 
 @requires_mnist
 def test_bf16_training_keeps_attack_gradients_in_float32():
-    from core.attacks import input_grad, attack_mode
+    from core.attacks.contract import attack_mode, input_grad
 
     store = RunStore()
     acc = {}

@@ -5,13 +5,55 @@ at checkpoints when progress stalls, with the cross-entropy or the DLR loss, unt
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+from core.attacks.contract import Attack, BallSettings, flat_norm, generator, margin, project, rand
+from core.checks import check_choice, check_positive
+from core.lazy import F, torch
 
-from core import hyperparams as hp
-from core.attacks.contract import Attack, flat_norm, generator, margin, project, rand
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+
+@dataclass
+class APGDSettings(BallSettings):
+    """APGD: ``steps`` iterations (100, the reference's), the ce or dlr loss, ``restarts``."""
+
+    name: ClassVar[str] = "apgd-ce"
+    strong: ClassVar[dict] = {"restarts": 5}
+    steps: int = 100
+    loss: str = "ce"
+    restarts: int = 1
+    seed: int | None = 0
+    losses: ClassVar[tuple] = ("ce", "dlr")
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive("steps", self.steps)
+        check_positive("restarts", self.restarts)
+        check_choice(f"{self.name} loss", self.loss, self.losses)
+
+    def gradients_per_image(self) -> int:
+        return self.steps * self.restarts
+
+
+@dataclass
+class APGDTSettings(APGDSettings):
+    """APGD-T: the targeted DLR loss against each of the ``targets`` most likely other classes."""
+
+    name: ClassVar[str] = "apgd-t"
+    strong: ClassVar[dict] = {}
+    losses: ClassVar[tuple] = ("dlr-targeted",)
+    loss: str = "dlr-targeted"
+    targets: int = 9
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive("targets", self.targets)
+
+    def gradients_per_image(self) -> int:
+        return self.steps * self.restarts * self.targets
+
 
 MOMENTUM = 0.75
 RHO = 0.75
@@ -52,7 +94,7 @@ def _loss(logits: torch.Tensor, y: torch.Tensor, kind: str,
 
 
 @dataclass
-class APGD(hp.APGDSettings, Attack):
+class APGD(APGDSettings, Attack):
     """APGD (Croce & Hein 2020): ``steps`` iterations from a random start, initial step 2 eps,
     momentum 0.75, the step halved at checkpoints when the loss rose in at most 75% of the steps
     since the last one or when nothing improved; restarts only on still-robust points; per
@@ -179,7 +221,7 @@ class APGD(hp.APGDSettings, Attack):
 
 
 @dataclass
-class APGDT(hp.APGDTSettings, APGD):
+class APGDT(APGDTSettings, APGD):
     """APGD-T (Croce & Hein 2020): APGD with the targeted DLR loss, one run per target class,
     the targets being the classes with the 2nd to (k+1)-th highest clean logits; each run only
     on the points still robust."""

@@ -1,17 +1,75 @@
-"""The attack contract, shared by every attack: eval mode with frozen parameters, the model
-with BatchNorm folded, gradients with respect to the input only, projections onto the
-epsilon-balls, seeded randomness, and the checks on inputs and outputs (see
-:mod:`core.attacks`)."""
+"""The attack contract, shared by every attack. An attack is a dataclass of hyperparameters
+(its settings class, checked on construction without torch) called as
+``attack(model, x, y) -> x_adv`` with ``x`` in [0, 1] (B, C, H, W): gradients with respect to
+the input only (parameters frozen for the call, so their ``.grad`` is untouched), eval mode
+with the previous mode restored, the model with BatchNorm folded, and a result that is
+detached, of the input's shape, dtype and device, inside [0, 1] and, for norm-bounded attacks,
+inside the epsilon-ball. Random attacks take a ``seed``; ``seed=None`` draws from torch's
+global generator (training). Here too: projections onto the balls, seeded randomness, and the
+checks on inputs and outputs."""
 from __future__ import annotations
 
-import weakref
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterator
 
-import torch
-import torch.nn as nn
-
+from core.checks import check_range
+from core.lazy import F, torch
 from core.paths import InputError
+from core.threat import ThreatModel
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+NORMS = ("linf", "l2")
+SUCCESS = 1e6  # added to a restart's score when it fooled the model: success beats any loss
+
+
+@dataclass
+class AttackSettings:
+    """Base of attack hyperparameters. ``kind`` is ``adversarial`` or ``corruption`` (random
+    noise, never part of a worst case); ``budget`` names the field a sweep varies; ``strong``
+    is the stronger setting that ``--strong`` selects."""
+
+    name: ClassVar[str] = "attack"
+    kind: ClassVar[str] = "adversarial"
+    budget: ClassVar[str | None] = None
+    strong: ClassVar[dict] = {}
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise InputError for out-of-range hyperparameters."""
+
+    def params(self) -> dict:
+        """Hyperparameters as a JSON-able dict."""
+        return asdict(self)
+
+    def threat(self) -> ThreatModel | None:
+        """The threat model this attack works in (None for a corruption)."""
+        return ThreatModel("none")
+
+    def gradients_per_image(self) -> int:
+        """Forward-backward passes per image (for cost estimates before a run starts)."""
+        return 1
+
+
+@dataclass
+class BallSettings(AttackSettings):
+    """Base of attacks bounded by an L-inf or L2 ball of radius ``eps`` (pixel units)."""
+
+    budget: ClassVar[str | None] = "eps"
+    eps: float = 0.1
+    norm: str = "linf"
+
+    def validate(self) -> None:
+        if self.norm not in NORMS:
+            raise InputError(f"unknown norm {self.norm!r}; valid norms: linf, l2")
+        check_range("eps", self.eps, 0.0, 1.0 if self.norm == "linf" else 1e4)
+
+    def threat(self) -> ThreatModel | None:
+        return ThreatModel(self.norm, self.eps)
 
 
 @contextmanager
@@ -33,128 +91,6 @@ def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-class _Folded:
-    """A model's graph traced once with every Conv2d -> BatchNorm2d pair replaced by one
-    convolution whose weights are refolded only when the original weights or running statistics
-    change (exact in eval mode). The other layers are the model's own modules, shared."""
-
-    def __init__(self, model: nn.Module) -> None:
-        from torch.fx import symbolic_trace
-
-        module = symbolic_trace(model)
-        found = dict(module.named_modules())
-        self.pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d, nn.Conv2d]] = []
-        for node in list(module.graph.nodes):
-            conv_node = node.args[0] if node.op == "call_module" and node.args else None
-            bn = found.get(node.target) if node.op == "call_module" else None
-            if not (isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None
-                    and getattr(conv_node, "op", None) == "call_module"
-                    and isinstance(found.get(conv_node.target), nn.Conv2d)
-                    and len(conv_node.users) == 1):
-                continue
-            conv = found[conv_node.target]
-            fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                              conv.padding, conv.dilation, conv.groups, bias=True,
-                              padding_mode=conv.padding_mode).to(conv.weight.device)
-            fused.requires_grad_(False)
-            name = f"folded_{len(self.pairs)}"
-            module.add_submodule(name, fused.to(memory_format=torch.channels_last))
-            conv_node.target = name
-            node.replace_all_uses_with(conv_node)
-            module.graph.erase_node(node)
-            self.pairs.append((conv, bn, fused))
-        module.graph.lint()
-        module.recompile()
-        self.module = module
-        self.stamp: tuple = ()
-
-    def refresh(self) -> nn.Module:
-        """Refold the pairs whose weights or statistics changed since the last call."""
-        from torch.nn.utils.fusion import fuse_conv_bn_weights
-
-        # a train-mode forward updates the running statistics without bumping their version
-        # counters; it does bump num_batches_tracked's
-        stamp = tuple((t._version, t.data_ptr()) for conv, bn, _ in self.pairs
-                      for t in (conv.weight, bn.weight, bn.bias, bn.running_mean,
-                                bn.running_var, bn.num_batches_tracked) if t is not None)
-        if stamp != self.stamp:
-            with torch.no_grad():
-                for conv, bn, fused in self.pairs:
-                    w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean,
-                                                bn.running_var, bn.eps, bn.weight, bn.bias)
-                    fused.weight.copy_(w)
-                    fused.bias.copy_(b)
-            self.stamp = stamp
-        return self.module
-
-
-_FOLDED: "weakref.WeakKeyDictionary[nn.Module, _Folded | None]" = weakref.WeakKeyDictionary()
-
-
-def folded(model: nn.Module) -> nn.Module:
-    """The model with BatchNorm folded into its convolutions, for attacking in eval mode.
-    Small convolutions are bound by memory traffic, so the BatchNorm passes are a large share
-    of every attack step. The graph is traced once per model; later calls only refold the
-    weights when an optimizer step or a BatchNorm update changed them. Models torch.fx cannot
-    trace are used as they are."""
-    if model not in _FOLDED:
-        from torch.fx.proxy import TraceError
-
-        entry = None
-        # wrappers that fold their model themselves (or must not be folded) say so
-        if (getattr(model, "fold_batchnorm", True)
-                and any(isinstance(m, nn.BatchNorm2d) for m in model.modules())):
-            try:
-                entry = _Folded(model)
-            except (TraceError, TypeError, RuntimeError, NotImplementedError, AttributeError):
-                entry = None  # dynamic control flow: attack the model as it is
-        _FOLDED[model] = entry
-    entry = _FOLDED[model]
-    return model if entry is None else entry.refresh()
-
-
-class LowPrecision(nn.Module):
-    """The model's folded forward under bfloat16 autocast, its logits returned in float32: an
-    attack's search runs 2.5-3x faster where the hardware has bfloat16 arithmetic (CPUs with
-    AVX-512 BF16 or AMX, recent GPUs). Rows whose top two logits are too close for bf16 to
-    order are computed in float32. Gradients still reach the input in float32. Whoever
-    searches with it takes every verdict with the float32 model (the audit does, and
-    searches again in float32 wherever the two disagree)."""
-
-    fold_batchnorm = False  # it folds its model itself, inside autocast
-
-    def __init__(self, model: nn.Module, near: float = 0.04) -> None:
-        super().__init__()
-        self.model = model
-        # bf16 rounds the logits by about 1% of their scale, so where the top two are within
-        # ``near`` of that scale the predicted class is a coin toss: those rows are computed
-        # again in float32, and the search decides at the boundary as the verdict will
-        self.near = near
-        # a new module starts in train mode: the attack contract restores the wrapper's
-        # mode, which must be its model's, or an attack would leave the model training
-        self.training = model.training
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # no cast cache: it would hold every iterate's bf16 copy until the attack ends
-        net = folded(self.model)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=False):
-            logits = net(x).float()
-        top = logits.detach().topk(2, dim=1).values
-        close = (top[:, 0] - top[:, 1]) <= self.near * logits.detach().abs().amax(1).clamp_min(1)
-        if not close.any():
-            return logits
-        logits = logits.clone()
-        logits[close] = net(x[close])
-        return logits
-
-
-def bf16_native(device: torch.device) -> bool:
-    """Whether ``device`` computes in bfloat16 natively (elsewhere it is emulated, and slow)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
 def input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,6 +101,27 @@ def input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         loss = loss_fn(logits.float(), y)
         (grad,) = torch.autograd.grad(loss, x)
     return grad, logits.detach()
+
+
+def ce_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y, reduction="sum")
+
+
+def goal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, targeted: bool,
+          target: int | None) -> tuple[torch.Tensor, float]:
+    """Labels the loss is computed against and the ascent sign (+1 untargeted, -1 targeted)."""
+    if not targeted:
+        return y, 1.0
+    if target is not None:
+        return torch.full_like(y, int(target)), -1.0
+    with torch.no_grad():
+        classes = model(x[:1]).shape[1]
+    return (y + 1) % classes, -1.0  # "next class" target when none is given
+
+
+def succeeded(logits: torch.Tensor, labels: torch.Tensor, sign: float) -> torch.Tensor:
+    """Misclassified (untargeted, ``sign`` 1) or classified as the target (``sign`` -1)."""
+    return logits.argmax(1) != labels if sign > 0 else logits.argmax(1) == labels
 
 
 def rand(shape: torch.Size, like: torch.Tensor, gen: torch.Generator | None,
@@ -185,7 +142,7 @@ def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """z_y - max_{i != y} z_i per example: negative once the point is misclassified. Unlike
     cross-entropy it never saturates, so its gradient survives confident softmaxes."""
     own = logits.gather(1, y[:, None]).squeeze(1)
-    others = logits.masked_fill(torch.nn.functional.one_hot(y, logits.shape[1]).bool(),
+    others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(),
                                 -float("inf"))
     return own - others.max(1).values
 
@@ -217,13 +174,15 @@ def _check_input(x: torch.Tensor, y: torch.Tensor) -> None:
 
 class Attack:
     """Base of attack computations: input checks, eval mode with frozen parameters, the folded
-    model, and the output contract. Subclasses inherit their hyperparameters from
-    :mod:`core.hyperparams` and implement ``perturb``."""
+    model, and the output contract. Each attack inherits its settings class (defined beside it)
+    and this, and implements ``perturb``."""
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         _check_input(x, y)
         if x.shape[0] == 0:
             return x.detach().clone()
+        from core.attacks.speed import folded  # torch loads with the first attack, not before
+
         with attack_mode(model):
             fast = folded(model)
             out = self.perturb(fast, x.detach().contiguous(memory_format=torch.channels_last),

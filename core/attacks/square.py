@@ -6,12 +6,33 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-import torch.nn as nn
+from core.attacks.contract import Attack, BallSettings, flat_norm, generator, margin, rand
+from core.checks import check_positive, check_range
+from core.lazy import torch
 
-from core import hyperparams as hp
-from core.attacks.contract import Attack, flat_norm, generator, margin, rand
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+
+@dataclass
+class SquareSettings(BallSettings):
+    """Square: ``queries`` forward passes per image at most, initial square share ``p_init``."""
+
+    name: ClassVar[str] = "square"
+    queries: int = 5000
+    p_init: float = 0.8
+    seed: int | None = 0
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive("queries", self.queries)
+        check_range("p_init", self.p_init, 1e-4, 1.0)
+
+    def gradients_per_image(self) -> int:
+        return self.queries // 2  # a query is a forward pass, about half a gradient pass
+
 
 # Query counts (of 10,000) at which the square's share of the image halves.
 HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -49,7 +70,7 @@ def pattern(side: int, like: torch.Tensor, gen: torch.Generator | None) -> torch
 
 
 @dataclass
-class Square(hp.SquareSettings, Attack):
+class Square(SquareSettings, Attack):
     """Square Attack (Andriushchenko et al. 2020), L-inf and L2. L-inf: start from vertical
     stripes of +-eps, then ``queries`` times draw a square window (side from the p schedule)
     and set it to a random +-eps per channel. L2: start from a grid of pseudo-Gaussian bumps of

@@ -3,7 +3,8 @@
 A spec validates itself completely on construction, in plain Python (no torch, no data), and
 serializes to the run's config JSON; ``spec_from_config`` reads it back. The CLI, the dashboard,
 ``reproduce``, torchrun and the tests all build specs, and every default lives here, once (the
-hyperparameters of attacks and defenses live in :mod:`core.hyperparams`).
+hyperparameters of attacks live beside each attack in :mod:`core.attacks`, those of defenses
+and models in :mod:`core.training.settings`).
 """
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
-from core import hyperparams as hp
+from core.attacks import ATTACKS, AttackSettings, attack_settings
 from core.catalog import DATASETS, SPLITS  # noqa: F401 (part of the specs' vocabulary)
+from core.checks import check_choice, check_positive, check_range
 from core.paths import InputError, check_run_id
 from core.threat import ThreatModel
+from core.training.settings import (DEFENSE_SETTINGS, DefenseSettings, check_model,
+                                    defense_settings)
 
 OPTIMIZERS = ("sgd", "nesterov", "adam")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -44,7 +48,7 @@ def check_dataset(name: Any) -> None:
 
 def _optional_positive(name: str, value: Any) -> None:
     if value is not None:
-        hp.check_positive(name, value)
+        check_positive(name, value)
 
 
 @dataclass
@@ -107,13 +111,13 @@ class TrainSpec(Spec):
 
     def validate(self) -> None:
         check_dataset(self.dataset)
-        hp.check_model(self.model, self.model_args)
-        hp.check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        hp.check_choice("schedule", self.schedule, SCHEDULES)
-        hp.check_choice("defense", self.defense, tuple(hp.DEFENSE_SETTINGS))
-        hp.check_choice("precision", self.precision, PRECISIONS)
-        hp.check_positive("epochs", self.epochs)
-        hp.check_positive("batch size", self.batch_size)
+        check_model(self.model, self.model_args)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("defense", self.defense, tuple(DEFENSE_SETTINGS))
+        check_choice("precision", self.precision, PRECISIONS)
+        check_positive("epochs", self.epochs)
+        check_positive("batch size", self.batch_size)
         _optional_positive("train subset", self.train_subset)
         _optional_positive("test subset", self.test_subset)
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
@@ -131,13 +135,13 @@ class TrainSpec(Spec):
             raise InputError(f"unknown robust_eval options {unknown}; valid: "
                              f"{', '.join(ROBUST_EVAL_KEYS)}")
         if "eps" in self.robust_eval:
-            hp.check_range("robust_eval eps", self.robust_eval["eps"], 0.0, 1.0)
+            check_range("robust_eval eps", self.robust_eval["eps"], 0.0, 1.0)
         if "steps" in self.robust_eval:
-            hp.check_positive("robust_eval steps", self.robust_eval["steps"])
+            check_positive("robust_eval steps", self.robust_eval["steps"])
 
-    def defense_settings(self) -> hp.DefenseSettings:
+    def defense_settings(self) -> DefenseSettings:
         """The defense's validated hyperparameters."""
-        return hp.defense_settings(self.defense, label_smoothing=self.label_smoothing,
+        return defense_settings(self.defense, label_smoothing=self.label_smoothing,
                                    **self.defense_args)
 
     @property
@@ -163,7 +167,7 @@ class ModelJobSpec(Spec):
         if not self.model_run:
             raise InputError("name the training run to use (a run id from `python -m core runs`)")
         check_run_id(self.model_run)
-        hp.check_choice("weights", self.which, WEIGHTS)
+        check_choice("weights", self.which, WEIGHTS)
         check_device(self.device)
 
 
@@ -178,9 +182,9 @@ class EvaluateSpec(ModelJobSpec):
 
     def validate(self) -> None:
         super().validate()
-        hp.check_choice("split", self.split, SPLITS)
+        check_choice("split", self.split, SPLITS)
         _optional_positive("n", self.n)
-        hp.check_positive("batch size", self.batch_size)
+        check_positive("batch size", self.batch_size)
 
     def describe(self) -> str:
         return f"evaluating {self.model_run} on the {self.split} split"
@@ -201,15 +205,25 @@ class OneAttackSpec(ModelJobSpec):
 
     def validate(self) -> None:
         super().validate()
-        self.params = hp.attack_settings(self.attack, self.params, self.strong).params()
-        hp.check_positive("n", self.n)
-        hp.check_positive("batch size", self.batch_size)
+        self.params = attack_settings(self.attack, self.params, self.strong).params()
+        check_positive("n", self.n)
+        check_positive("batch size", self.batch_size)
         if not isinstance(self.keep, int) or self.keep < 0:
             raise InputError(f"keep must be a whole number >= 0, got {self.keep!r}")
 
-    def settings(self) -> hp.AttackSettings:
+    def settings(self) -> AttackSettings:
         """The attack's hyperparameters."""
-        return hp.attack_settings(self.attack, self.params)
+        return attack_settings(self.attack, self.params)
+
+    def where(self) -> str:
+        """The threat model ('L∞ ε=0.1 (25.5/255)'), or for an attack without one its mode
+        or noise level."""
+        settings = self.settings()
+        threat = settings.threat()
+        if threat is not None:
+            return threat.label()
+        return ", ".join(f"{k} {v}" for k, v in settings.params().items()
+                         if k in ("mode", "sigma"))
 
 
 @dataclass
@@ -219,20 +233,18 @@ class AttackSpec(OneAttackSpec):
     kind: ClassVar[str] = "attack"
 
     def describe(self) -> str:
-        threat = self.settings().threat()
-        where = f" ({threat.label()})" if threat else ""
-        return f"{self.attack}{where} on {self.n:,} test images of {self.model_run}"
+        return f"{self.attack} ({self.where()}) on {self.n:,} test images of {self.model_run}"
 
 
 def _attack_list(attacks: Any, strong: bool) -> list[dict]:
     if not isinstance(attacks, (list, tuple)) or not attacks:
         raise InputError("a sweep needs at least one attack; valid attacks: "
-                         f"{', '.join(hp.ATTACK_SETTINGS)}")
+                         f"{', '.join(ATTACKS)}")
     out = []
     for item in attacks:
         name, params = (item, {}) if isinstance(item, str) else (item.get("name"),
                                                                  item.get("params", {}))
-        out.append({"name": name, "params": hp.attack_settings(name, params, strong).params()})
+        out.append({"name": name, "params": attack_settings(name, params, strong).params()})
     return out
 
 
@@ -241,7 +253,7 @@ def check_budgets(budgets: Any, what: str = "budgets") -> list[float]:
     if not isinstance(budgets, (list, tuple)) or not budgets:
         raise InputError(f"{what} must be a non-empty list of numbers in [0, 1] (pixel units)")
     for b in budgets:
-        hp.check_range(f"each of the {what}", b, 0.0, 1.0)
+        check_range(f"each of the {what}", b, 0.0, 1.0)
     return [float(b) for b in budgets]
 
 
@@ -261,8 +273,8 @@ class SweepSpec(ModelJobSpec):
         super().validate()
         self.attacks = _attack_list(self.attacks, self.strong)
         self.budgets = check_budgets(self.budgets)
-        hp.check_positive("n", self.n)
-        hp.check_positive("batch size", self.batch_size)
+        check_positive("n", self.n)
+        check_positive("batch size", self.batch_size)
 
     def describe(self) -> str:
         names = ", ".join(a["name"] for a in self.attacks)
@@ -306,7 +318,7 @@ class AuditSpec(ModelJobSpec):
 
     def validate(self) -> None:
         super().validate()
-        hp.check_choice("audit precision", self.precision, PRECISIONS)
+        check_choice("audit precision", self.precision, PRECISIONS)
         if self.eps is None:
             raise InputError("an audit needs its epsilon (--eps), in pixel units: e.g. 0.3 for "
                              "MNIST, 8/255 = 0.0314 for CIFAR-10")
@@ -314,9 +326,9 @@ class AuditSpec(ModelJobSpec):
             raise InputError(f"an audit needs a bounded threat model; valid norms: linf, l2 "
                              f"(got {self.norm!r})")
         self.threat()
-        hp.check_choice("audit version", self.version, AUDIT_VERSIONS)
+        check_choice("audit version", self.version, AUDIT_VERSIONS)
         for name in ("n", "steps", "queries", "batch_size"):
-            hp.check_positive(name.replace("_", " "), getattr(self, name))
+            check_positive(name.replace("_", " "), getattr(self, name))
 
     def threat(self) -> ThreatModel:
         """The audited threat model."""
@@ -378,11 +390,11 @@ class StudySpec(Spec):
             if not isinstance(values, list) or not values:
                 raise InputError(f"a study needs at least one {name}; valid: {', '.join(valid)}")
             for value in values:
-                hp.check_choice(f"study {name}", value, valid)
+                check_choice(f"study {name}", value, valid)
             if len(set(values)) != len(values):
                 raise InputError(f"study {name}s must not repeat, got {values}")
-        hp.check_model(self.model, {})
-        hp.check_choice("study scale", self.scale, STUDY_SCALES)
+        check_model(self.model, {})
+        check_choice("study scale", self.scale, STUDY_SCALES)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise InputError(f"seed must be a whole number >= 0, got {self.seed!r}")
         check_device(self.device)

@@ -1,6 +1,9 @@
 """Defenses: training objectives plugged into ``fit``. Each is called as
-``objective(model, x, y) -> loss`` with the model in train mode; adversarial
-examples are crafted with the attacks of :mod:`core.attacks` (eval mode, frozen parameters)."""
+``objective(model, x, y) -> loss`` with the model in train mode. Adversarial examples are
+crafted with frozen parameters: the PGD-based defenses (PGD-AT, TRADES, IAT) against the model
+with BatchNorm's running statistics (``craft_mode="eval"``, the default) or the batch's own
+(``"train"``); the single-step ones (FGSM-AT, fast-AT) against the model in train mode, as
+Wong et al.'s reference code does. Their settings live in :mod:`core.training.settings`."""
 from __future__ import annotations
 
 import math
@@ -10,9 +13,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core import hyperparams as hp
-from core.attacks import PGD, attack_mode, folded, input_grad
+from core.attacks import PGD
+from core.attacks.contract import attack_mode, input_grad
+from core.attacks.speed import folded
 from core.paths import InputError
+from core.training.settings import (COLLAPSE_DROP, DefenseSettings, FastATSettings,
+                                    FGSMTrainingSettings, IATSettings, MultiStepSettings,
+                                    PGDTrainingSettings, TRADESSettings, defense_settings)
 
 
 def _inner(model: nn.Module) -> nn.Module:
@@ -25,7 +32,7 @@ def _ce(logits: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor
     return F.cross_entropy(logits, y, label_smoothing=smoothing)
 
 
-class Objective(hp.DefenseSettings):
+class Objective(DefenseSettings):
     """Plain cross-entropy (with optional label smoothing): the undefended objective.
     Defenses are called as ``objective(model, x, y) -> loss`` with the model in train mode."""
 
@@ -69,7 +76,7 @@ class BatchStatistics(nn.Module):
                 m.train(training)
 
 
-class _Adversarial(hp.MultiStepSettings, Objective):
+class _Adversarial(MultiStepSettings, Objective):
     """Shared crafting of PGD-based defenses."""
 
     def craft(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -116,7 +123,7 @@ def single_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, 
 
 
 @dataclass
-class FGSMTraining(hp.FGSMTrainingSettings, Objective):
+class FGSMTraining(FGSMTrainingSettings, Objective):
     """FGSM adversarial training, Goodfellow, Shlens & Szegedy 2015, "Explaining and Harnessing
     Adversarial Examples": loss = (1 - weight) * CE(clean) + weight * CE(FGSM(x)). With
     ``random_start`` the step starts from a random point of the ball, as R+FGSM (Tramèr et al.
@@ -134,7 +141,7 @@ class FGSMTraining(hp.FGSMTrainingSettings, Objective):
 
 
 @dataclass
-class FastAT(hp.FastATSettings, Objective):
+class FastAT(FastATSettings, Objective):
     """"Fast is better than free", Wong, Rice & Kolter 2020: FGSM from a uniform random start
     in the eps-ball with step ``alpha_ratio`` * eps (1.25 by default), projected; train on it."""
 
@@ -145,7 +152,7 @@ class FastAT(hp.FastATSettings, Objective):
 
 
 @dataclass
-class PGDTraining(hp.PGDTrainingSettings, _Adversarial):
+class PGDTraining(PGDTrainingSettings, _Adversarial):
     """PGD adversarial training, Madry et al. 2018, "Towards Deep Learning Models Resistant to
     Adversarial Attacks": minimize CE on PGD examples (random start) of the current batch."""
 
@@ -154,7 +161,7 @@ class PGDTraining(hp.PGDTrainingSettings, _Adversarial):
 
 
 @dataclass
-class TRADES(hp.TRADESSettings, _Adversarial):
+class TRADES(TRADESSettings, _Adversarial):
     """TRADES, Zhang et al. 2019, "Theoretically Principled Trade-off between Robustness and
     Accuracy": CE(f(x), y) + beta * KL(f(x) || f(x')), x' maximizing that KL by PGD from
     x + 0.001 * N(0, 1) inside the L-inf eps-ball."""
@@ -163,6 +170,8 @@ class TRADES(hp.TRADESSettings, _Adversarial):
         """Adversary of TRADES: maximize KL between clean and perturbed predictions."""
         eps, alpha = self.current_eps, self.step_size or 2.5 * self.current_eps / self.steps
         inner = _inner(model)
+        if self.craft_mode == "train":
+            inner = BatchStatistics(inner)
         with attack_mode(inner):
             model = folded(inner)
             with torch.no_grad():
@@ -185,7 +194,7 @@ class TRADES(hp.TRADESSettings, _Adversarial):
 
 
 @dataclass
-class IAT(hp.IATSettings, _Adversarial):
+class IAT(IATSettings, _Adversarial):
     """Interpolated Adversarial Training, Lamb et al. 2019, "Interpolated Adversarial Training:
     Achieving Robust Neural Networks without Sacrificing Too Much Accuracy": craft PGD examples
     from the clean batch, apply mixup (lambda ~ Beta(alpha, alpha), a random pairing) separately
@@ -222,7 +231,7 @@ SINGLE_STEP = ("fgsm-at", "fast-at")
 
 def build_defense(name: str, **params) -> Objective:
     """Build a registered defense objective; unknown names or parameters list the valid ones."""
-    settings = hp.defense_settings(name, **params)
+    settings = defense_settings(name, **params)
     return DEFENSES[name](**settings.params())
 
 
@@ -232,7 +241,7 @@ class RobustGuard:
     best epoch by robust accuracy (selection on a validation split, as Rice et al. 2020)."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, attack: PGD,
-                 collapse_drop: float = 0.2) -> None:
+                 collapse_drop: float = COLLAPSE_DROP) -> None:
         self.x, self.y, self.attack, self.collapse_drop = x, y, attack, collapse_drop
         self.best_acc = -math.inf
         self.best_epoch: int | None = None
@@ -246,7 +255,7 @@ class RobustGuard:
         eps = float(opts.pop("eps", cfg.defense_args.get("eps", 0.1)))
         opts.pop("n", None)  # the size of held_out (core.training.loop.held_out_size)
         steps = int(opts.pop("steps", 10))
-        drop = float(opts.pop("collapse_drop", 0.2))
+        drop = float(opts.pop("collapse_drop", COLLAPSE_DROP))
         if opts:
             raise InputError(f"unknown robust_eval options {sorted(opts)}; valid: eps, steps, n, "
                              "collapse_drop")

@@ -1,0 +1,81 @@
+"""What the Attack page asks: the epsilon grid's job and points, the examples to show, and
+single-image attacks on an upload.
+Plain Python (no streamlit), so pages stay thin."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from core import checkpoint
+from core.jobs import runner
+from core.attacks import build_attack
+from core.paths import grid_point_path
+from core.jobs.specs import DEFAULT_GRID, GridSpec
+from core.jobs.store import Run, RunStore
+from core.app.runs import find_same
+
+
+def grid_run(store: RunStore, model_run: str, attack: str, params: dict, n: int,
+             budgets: list[float] | None = None) -> Run:
+    """The attack-grid job for these settings: reuse a matching one, else launch it."""
+    spec = GridSpec(model_run=model_run, attack=attack, params=params, n=n,
+                    budgets=list(budgets or DEFAULT_GRID))
+    return find_same(store, spec) or store.get(runner.submit(store, spec, parent=model_run))
+
+
+def grid_point_done(run_id: str, index: int) -> bool:
+    """Whether grid point ``index`` has been computed (without reading it)."""
+    return checkpoint.is_complete(grid_point_path(run_id, index))
+
+
+def grid_summaries(run_id: str, count: int) -> list[dict | None]:
+    """Each grid point's numbers (clean and attacked accuracy, success rate, median L2 of the
+    flips), None where not yet computed; from the sidecars alone, so it is cheap to poll."""
+    keys = ("clean_acc", "adv_acc", "success_rate", "l2_median")
+    out = []
+    for k in range(count):
+        meta = checkpoint.read_sidecar(grid_point_path(run_id, k))
+        out.append(None if meta is None else {key: meta["summary"].get(key) for key in keys})
+    return out
+
+
+def grid_result(run_id: str, index: int) -> dict | None:
+    """Result of grid point ``index`` (accuracy, examples) if it has been computed."""
+    if not grid_point_done(run_id, index):
+        return None
+    tensors, meta = checkpoint.load(grid_point_path(run_id, index))
+    keep = len(tensors["x"])
+    return dict(meta["summary"], x=tensors["x"], x_adv=tensors["x_adv"],
+                clean_pred=tensors["clean_pred"], adv_pred=tensors["adv_pred"],
+                clean_prob=tensors["clean_prob"], adv_prob=tensors["adv_prob"],
+                labels=tensors["labels"],
+                # grids saved before the index was kept hold the sample's first images
+                index=tensors.get("index", torch.arange(keep)))
+
+
+def example_choice(results: list[dict], show: str, picked: int | None = None,
+                   limit: int = 6) -> list[int]:
+    """Which kept examples to show, the same for every model: ``flipped`` (the attack turned a
+    correct prediction wrong on any of the models), ``all`` (in sample order) or ``pick``."""
+    if show == "pick":
+        return [] if picked is None else [picked]
+    keep = min(len(r["x"]) for r in results)
+    if show == "all":
+        return list(range(min(limit, keep)))
+    flipped = torch.zeros(keep, dtype=torch.bool)
+    for r in results:
+        labels = r["labels"][:keep]
+        flipped |= (r["clean_pred"][:keep] == labels) & (r["adv_pred"][:keep] != labels)
+    return flipped.nonzero().squeeze(1)[:limit].tolist()
+
+
+def attack_single(model: torch.nn.Module, x: torch.Tensor, attack: str, params: dict,
+                  label: int | None = None) -> dict:
+    """Attack one image (true label: the given one, else the model's prediction)."""
+    with torch.no_grad():
+        clean = F.softmax(model(x), 1)[0]
+    y = torch.tensor([int(clean.argmax()) if label is None else label])
+    adv = build_attack(attack, **params)(model, x, y)
+    with torch.no_grad():
+        probs = F.softmax(model(adv), 1)[0]
+    return {"x": x[0], "x_adv": adv[0], "clean_prob": clean, "adv_prob": probs, "label": int(y)}

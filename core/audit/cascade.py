@@ -1,0 +1,175 @@
+"""The AutoAttack cascade (Croce & Hein, ICML 2020, "Reliable evaluation of adversarial
+robustness with an ensemble of diverse parameter-free attacks"): each stage attacks only the
+points still robust; robust accuracy and seconds are recorded after every stage, and for every
+example which stage broke it."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from core import distributed
+from core.attacks import APGD, APGDT, FABT, Square
+from core.attacks.contract import attack_mode
+from core.attacks.speed import LowPrecision
+from core.data import TensorData
+from core.threat import ThreatModel
+
+VERSIONS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
+            "fast": ("apgd-ce", "apgd-t")}
+
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Stage:
+    """One attack of the cascade."""
+
+    name: str
+    attack: object
+
+
+def stages(version: str, threat: ThreatModel, steps: int = 100, queries: int = 5000,
+           seed: int = 0) -> list[Stage]:
+    """The cascade's attacks for ``version``, AutoAttack's settings: 100 iterations and one run
+    for APGD-CE, 9 target classes for APGD-T and FAB-T, 5,000 queries for Square."""
+    ball = {"eps": threat.eps, "norm": threat.norm, "seed": seed}
+    build = {"apgd-ce": lambda: APGD(steps=steps, loss="ce", **ball),
+             "apgd-t": lambda: APGDT(steps=steps, **ball),
+             "fab-t": lambda: FABT(steps=steps, **ball),
+             "square": lambda: Square(queries=queries, **ball)}
+    return [Stage(name, build[name]()) for name in VERSIONS[version]]
+
+
+def predict_labels(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The float32 model's predicted classes (eval mode, no gradients)."""
+    with torch.inference_mode(), attack_mode(model):
+        return model(x).float().argmax(1)
+
+
+ROBUST = -1  # the code of a point no stage broke; 0 is "misclassified clean", k + 1 stage k
+
+
+def cascade(model: nn.Module, data: TensorData, plan: list[Stage], batch_size: int = 250,
+            progress: Progress | None = None, ctx: distributed.Context | None = None,
+            on_stage: Callable[[dict], None] | None = None, keep: int = 8,
+            low_precision: bool = False) -> dict:
+    """Run the stages in order, each on the points still robust, batch by batch. Returns the
+    clean and robust accuracy, per-stage figures, the stage that broke each example, and silent
+    successes, and up to ``keep`` adversarial examples per stage (``shown``: position, image,
+    prediction); ``on_stage`` gets each stage's row as soon as it is done (this process's
+    share under torchrun; examples come from rank 0's share). Batches are fixed by position
+    and every attack call is seeded per batch, so under torchrun (whole batches per rank) the
+    result equals one process's. ``low_precision`` searches in bfloat16
+    (:class:`core.attacks.contract.LowPrecision`); every verdict is still the float32 model's, and a
+    point the bfloat16 search broke but float32 does not is searched again in float32."""
+    ctx = ctx or distributed.Context()
+    mine = distributed.my_positions(ctx, len(data), batch_size)
+    local = _run_stages(model, data, mine, plan, batch_size, progress, on_stage, keep,
+                        low_precision)
+    shown = local.pop("shown")
+    tensors = {"clean_pred": local.pop("clean_pred"), "code": local.pop("code")}
+    if ctx.world > 1:
+        tensors = distributed.gather_in_order(ctx, mine, tensors if len(mine) else {})
+        parts = distributed.gather_objects(ctx, local)
+        local = {"seconds": [max(p["seconds"][k] for p in parts) for k in range(len(plan))],
+                 "silent": sum(p["silent"] for p in parts),
+                 "trace": _summed([p["trace"] for p in parts])}
+    return dict(_result(plan, data.labels, tensors["clean_pred"], tensors["code"], local),
+                shown=shown)
+
+
+def _run_stages(model: nn.Module, data: TensorData, positions: torch.Tensor, plan: list[Stage],
+                batch_size: int, progress: Progress | None,
+                on_stage: Callable[[dict], None] | None, keep: int,
+                low_precision: bool = False) -> dict:
+    device = next(model.parameters()).device
+    search = LowPrecision(model) if low_precision else model
+    batches = [positions[s:s + batch_size] for s in range(0, len(positions), batch_size)]
+    preds = [predict_labels(model, data.floats(part).to(device)).cpu() for part in batches]
+    codes = [torch.where(p == data.labels[part], ROBUST, 0) for p, part in zip(preds, batches)]
+    seconds, silent, traces = [0.0] * len(plan), 0, []
+    shown: dict[str, list] = {"position": [], "x_adv": [], "adv_pred": [], "stage": []}
+    if on_stage and batches:
+        code = torch.cat(codes)
+        on_stage({"attack": "clean", "robust_acc": float((code == ROBUST).float().mean()),
+                  "seconds": 0.0, "n": len(code)})
+    for k, stage in enumerate(plan):
+        began = time.perf_counter()
+        for b, part in enumerate(batches):
+            idx = (codes[b] == ROBUST).nonzero().squeeze(1)
+            if len(idx):
+                x = data.floats(part[idx]).to(device)
+                y = data.labels[part[idx]].to(device)
+                adv = stage.attack(search, x, y)
+                if stage.name == "apgd-ce":
+                    traces.append(list(stage.attack.trace))
+                adv, adv_pred, found = _confirmed(stage.attack, model, search, x, y, adv)
+                fooled = adv_pred != y.cpu()
+                room = keep - sum(s == k for s in shown["stage"])
+                for j in fooled.nonzero().squeeze(1)[:max(room, 0)].tolist():
+                    shown["position"].append(int(part[idx[j]]))
+                    shown["x_adv"].append(adv[j].cpu())
+                    shown["adv_pred"].append(int(adv_pred[j]))
+                    shown["stage"].append(k)
+                # Square returns the very point where it saw its lowest margin: a disagreement
+                # there is two forwards' rounding at a margin near 0, not a lost success
+                if found is not None and stage.name != "square":
+                    silent += int((found & ~fooled).sum())
+                codes[b][idx[fooled]] = k + 1
+            if progress:  # this rank's share done, as a share of the whole cascade
+                share = (k * len(positions) + batch_size * b + len(part)) / (
+                    len(positions) * len(plan))
+                progress(round(share * len(data) * len(plan)), len(data) * len(plan))
+        seconds[k] = time.perf_counter() - began
+        if on_stage and batches:
+            code = torch.cat(codes)
+            on_stage({"attack": stage.name, "robust_acc": float((code == ROBUST).float().mean()),
+                      "seconds": seconds[k], "n": len(code)})
+    empty = torch.empty(0, dtype=torch.long)
+    return {"code": torch.cat(codes) if codes else empty,
+            "clean_pred": torch.cat(preds) if preds else empty,
+            "seconds": seconds, "silent": silent, "trace": _summed(traces), "shown": shown}
+
+
+def _confirmed(attack, model: nn.Module, search: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The float32 model's predictions on ``adv`` and the attack's own successes (CPU); where a
+    low-precision search saw a success that float32 does not confirm, the point is searched
+    again in float32, so rounding neither hides a success nor counts as a silent one."""
+    adv_pred = predict_labels(model, adv).cpu().clone()  # an inference tensor is read-only here
+    found = getattr(attack, "found_any", None)
+    found = None if found is None else found.cpu().clone()
+    if search is model or found is None:
+        return adv, adv_pred, found
+    doubt = (found & (adv_pred == y.cpu())).nonzero().squeeze(1)
+    if len(doubt):
+        on = doubt.to(x.device)
+        again = attack(model, x[on], y[on])
+        adv = adv.clone()
+        adv[on] = again
+        adv_pred[doubt] = predict_labels(model, again).cpu()
+        found[doubt] = attack.found_any.cpu()
+    return adv, adv_pred, found
+
+
+def _summed(traces: list[list[int]]) -> list[int]:
+    traces = [t for t in traces if t]
+    return [sum(column) for column in zip(*traces)] if traces else []
+
+
+def _result(plan: list[Stage], labels: torch.Tensor, clean: torch.Tensor, code: torch.Tensor,
+            extra: dict) -> dict:
+    n = len(labels)
+    rows = [{"attack": stage.name,
+             "robust_acc": float(((code == ROBUST) | (code > k + 1)).float().mean()) if n else 0.0,
+             "seconds": extra["seconds"][k]} for k, stage in enumerate(plan)]
+    names = ["clean"] + [stage.name for stage in plan]
+    return {"n": n, "clean_acc": float((clean == labels).float().mean()) if n else 0.0,
+            "robust_acc": float((code == ROBUST).float().mean()) if n else 0.0, "stages": rows,
+            "broken_by": [None if c == ROBUST else names[c] for c in code.tolist()],
+            "clean_pred": clean.tolist(), "silent": extra["silent"], "trace": extra["trace"]}
