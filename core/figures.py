@@ -191,6 +191,23 @@ def epsilon_curve_figure(curves: dict[str, list[tuple[float, float]]], current: 
     return fig
 
 
+def epoch_curves_figure(curves: dict[str, list[tuple[int, float]]], title: str) -> go.Figure:
+    """One metric per epoch (an accuracy), one line per run; a run keeps its colour in every
+    chart drawn from the same ordered ``curves`` keys, and the legend names them."""
+    import plotly.graph_objects as go
+    fig = go.Figure()
+    for k, (name, points) in enumerate(curves.items()):
+        if points:
+            fig.add_trace(go.Scatter(x=[e for e, _ in points], y=[v for _, v in points],
+                                     mode="lines+markers", name=name,
+                                     line=dict(color=PALETTE[k % len(PALETTE)])))
+    fig.update_layout(title=title, xaxis_title="epoch", height=320, yaxis_tickformat=".0%",
+                      yaxis_range=[0, 1], xaxis_dtick=1, showlegend=True,
+                      legend=dict(orientation="h", y=-0.25),
+                      margin=dict(l=50, r=10, t=40, b=40))
+    return fig
+
+
 CLEAN_COLOUR, ADVERSARIAL_COLOUR = "#2563eb", "#dc2626"
 
 

@@ -3,11 +3,13 @@ epsilon slider reads grids computed in the background; the examples are the flip
 or one picked, the same images for both models; upload your own image to attack it."""
 import streamlit as st
 
-from core.hyperparams import ATTACK_SETTINGS as ATTACKS
+from core.attacks import ATTACKS
 from core.figures import epsilon_curve_figure, probability_bars
-from core.app.service import (amplified_perturbation, attack_single, classes_for_run, eps_label,
-                          example_choice, grid_point_done, grid_result, grid_run, grid_summaries,
-                          model_for_run, progress, read_upload, run_label, to_display)
+from core.app.attack import (attack_single, example_choice, grid_result, grid_run,
+                             grid_summaries)
+from core.app.evaluate import classes_for_run
+from core.app.images import amplified_perturbation, read_upload, to_display
+from core.app.runs import eps_label, model_for_run, progress, run_label
 from core.jobs.specs import GridSpec
 from core.jobs.store import Run
 from pages.common import fmt_seconds, require_trained_runs, get_store, pick_run, show_error
@@ -50,20 +52,32 @@ try:
 except Exception as err:
     show_error(err)
     st.stop()
+
+
+def read_points(grid_ids: list[str]) -> list[list[dict | None]]:
+    """Each grid's points (None where not computed yet): the one record that the slider, the
+    curve and every count on this page read."""
+    return [grid_summaries(g, len(budgets)) for g in grid_ids]
+
+
+def count(points: list[list[dict | None]]) -> int:
+    return sum(p is not None for grid in points for p in grid)
+
+
 budgeted = ATTACKS[attack].budget is not None
 budgets = grids[0].config["budgets"] if budgeted else [None]
 if budgeted:
     # the numbers of every computed epsilon travel with the slider, which repaints them in the
     # browser; the server draws the examples and the curve's marker after each move
-    summaries = [grid_summaries(g.id, len(budgets)) for g in grids]
+    summaries = read_points([g.id for g in grids])
     index = epsilon_slider(
         f"{ATTACKS[attack].budget} (pixel units)", [eps_label(b) for b in budgets],
         [{"name": run_label(m) if len(models) > 1 else "", "results": s}
          for m, s in zip(models, summaries)], index=4, key="eps")
     eps = budgets[index]
-    known = sum(r is not None for s in summaries for r in s)
+    known = count(summaries)
 else:
-    eps, index, known = None, 0, 0
+    eps, index, known, summaries = None, 0, 0, None
 st.caption(f"Every number here is on the same {n:,} test images (a seeded sample of the test "
            "split, the first of them shown below)"
            + ("" if budgeted else f"; {attack} has no epsilon, so there is one result")
@@ -90,56 +104,48 @@ def finished(grid_ids: list[str]) -> bool:
     return all(store.get(g).status in ("completed", "failed", "cancelled") for g in grid_ids)
 
 
-def points_done(grid_ids: list[str]) -> int:
-    # the sidecars, like the slider's numbers, so the two counts agree
-    return sum(grid_point_done(g, k) for g in grid_ids for k in range(len(budgets)))
-
-
-def complete(grid_ids: list[str]) -> bool:
-    return points_done(grid_ids) == len(budgets) * len(grid_ids)
-
-
 @st.fragment(run_every=1.0)
 def poll(grid_ids: list[str], index: int, examples_shown: bool) -> None:
     # The examples are drawn by whole-page runs only: a poll redrawing images every second
     # drops media files the browser is still fetching (404, "image source error"). A newly
     # computed epsilon also reruns the page, so that the slider carries its numbers.
-    if finished(grid_ids) or (not examples_shown
-                              and all(grid_point_done(g, index) for g in grid_ids)) or (
-            budgeted and points_done(grid_ids) > known):
+    fresh = read_points(grid_ids)
+    if finished(grid_ids) or (not examples_shown and all(g[index] for g in fresh)) or (
+            budgeted and count(fresh) > known):
         st.rerun()
     # one placeholder for everything: a new attack's first poll replaces the previous
     # attack's numbers instead of leaving them on screen, faded
     with st.empty().container():
-        show_grids(grid_ids, index, with_examples=False)
+        show_grids(grid_ids, index, fresh, with_examples=False)
 
 
-def show_grids(grid_ids: list[str], index: int, with_examples: bool = True) -> None:
+def show_grids(grid_ids: list[str], index: int, points: list[list[dict | None]],
+               with_examples: bool = True) -> None:
     results = []
     columns = st.columns(len(grid_ids))
-    for model, grid_id, column in zip(models, grid_ids, columns):
+    for model, grid_id, grid_points, column in zip(models, grid_ids, points, columns):
         with column:
-            results.append(show_grid(grid_id, index, model if len(grid_ids) > 1 else None,
-                                     with_examples))
+            results.append(show_grid(grid_id, index, grid_points,
+                                     model if len(grid_ids) > 1 else None, with_examples))
     if budgeted:
-        curves = {run_label(m): [(budgets[int(d["step"])], d["value"])
-                                 for d in store.metrics(g, ["adv_acc"])]
-                  for m, g in zip(models, grid_ids)}
+        curves = {run_label(m): [(budgets[k], p["adv_acc"]) for k, p in enumerate(grid) if p]
+                  for m, grid in zip(models, points)}
         if any(curves.values()):
             st.plotly_chart(epsilon_curve_figure(curves, eps, ATTACKS[attack].budget),
                             width="stretch",
                             key=f"curve-{'-'.join(grid_ids)}-{sum(map(len, curves.values()))}")
-    if budgeted and finished(grid_ids) and complete(grid_ids):
+    if budgeted and finished(grid_ids) and count(points) == len(budgets) * len(grid_ids):
         st.caption(f"All {len(budgets)} epsilons computed: the slider reads stored results.")
     if with_examples and all(r is not None for r in results):
         examples(results)
 
 
-def show_grid(grid_id: str, index: int, named: Run | None, load: bool) -> dict | None:
+def show_grid(grid_id: str, index: int, points: list[dict | None], named: Run | None,
+              load: bool) -> dict | None:
     """Progress (and, for an attack without epsilon, its numbers: the slider shows the
     others); the point's full result when ``load``."""
     g = store.get(grid_id)
-    done = sum(grid_point_done(grid_id, k) for k in range(len(budgets)))
+    done = sum(p is not None for p in points)
     if named is not None and (g.status == "failed" or done < len(budgets) or not budgeted):
         st.markdown(f"**{run_label(named)}**")
     if g.status == "failed":
@@ -213,7 +219,7 @@ grid_ids = [g.id for g in grids]
 if finished(grid_ids):
     # drawn once per slider move, not every second; in place, so the browser updates the
     # charts it has instead of building new ones
-    show_grids(grid_ids, index)
+    show_grids(grid_ids, index, summaries or read_points(grid_ids))
 else:
     ready = [grid_result(g, index) for g in grid_ids]
     shown = all(r is not None for r in ready)

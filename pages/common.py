@@ -6,6 +6,7 @@ import threading
 import streamlit as st
 
 from core.paths import InputError, artifacts_dir
+from core.progress import fmt_duration as fmt_seconds  # noqa: F401  (the pages' name for it)
 from core.app.preload import import_libraries
 from core.jobs.store import RunStore
 
@@ -33,7 +34,7 @@ def get_store() -> RunStore:
 
 def pick_run(label: str, runs: list, key: str, help: str | None = None):
     """A selectbox over runs that remembers its choice in the URL (?key=run_id)."""
-    from core.app.service import run_label
+    from core.app.runs import run_label
 
     if not runs:
         return None
@@ -48,7 +49,7 @@ def pick_run(label: str, runs: list, key: str, help: str | None = None):
 
 def require_trained_runs(store: RunStore) -> list:
     """Completed training runs, or a friendly note and a stop when there are none."""
-    from core.app.service import trained_runs
+    from core.app.runs import trained_runs
 
     runs = trained_runs(store)
     if not runs:
@@ -99,14 +100,6 @@ def headline(column, label: str, value: str, note: str = "") -> None:
                     f'<p style="font-size:2.25rem;line-height:1.3;margin:0">{value}</p>'
                     + (f'<p style="font-size:0.8rem;opacity:0.6;margin:0">{note}</p>'
                        if note else ""), unsafe_allow_html=True)
-
-
-def fmt_seconds(s: float | None) -> str:
-    """'1 min 05 s' style."""
-    if s is None:
-        return "—"
-    s = int(s)
-    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
 
 
 def _leave_legacy_mode() -> None:

@@ -146,6 +146,32 @@ def test_plane_step_is_the_smallest_step_onto_the_plane_inside_the_box(norm):
     assert (size(d) >= size(unboxed) - 1e-5).all()
 
 
+def _bisected_plane_step(w, c, low, high, norm, rounds=200):
+    """The same minimum by bisection on the clipped ray's length (slow, obviously right)."""
+    s = torch.sign(c)[:, None]
+    v = s * (torch.sign(w) if norm == "linf" else w)
+    lo, hi = torch.zeros_like(c), torch.full_like(c, 1e12)
+    for _ in range(rounds):
+        mid = torch.where(lo > 0, (lo * hi).sqrt(), hi / 2 ** 40)
+        short = (w * (mid[:, None] * v).clamp(low, high)).sum(1) * s.squeeze(1) < c.abs()
+        lo, hi = torch.where(short, mid, lo), torch.where(short, hi, mid)
+    return (hi[:, None] * v).clamp(low, high) * (c.abs() > 0)[:, None]
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_plane_step_is_exact_against_a_fine_bisection_even_where_no_step_reaches(norm):
+    from core.attacks.fab import plane_step
+
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(200, 300, generator=gen, dtype=torch.float64)
+    w = w * (torch.rand(200, 300, generator=gen) < 0.8)  # zero weights: coordinates that never move
+    x = torch.rand(200, 300, generator=gen, dtype=torch.float64)
+    c = torch.randn(200, generator=gen, dtype=torch.float64) * 10 ** torch.empty(200).uniform_(
+        -3, 2.5, generator=gen).double()  # some planes beyond the box: the nearest corner
+    d, ref = plane_step(w, c, -x, 1 - x, norm), _bisected_plane_step(w, c, -x, 1 - x, norm)
+    assert torch.allclose(d, ref, atol=1e-7), (d - ref).abs().max()
+
+
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_fab_finds_the_boundary_of_a_linear_model(norm):
     """For a linear two-class model the boundary is a plane: FAB-T reaches it exactly, so a
@@ -166,7 +192,7 @@ def test_fab_finds_the_boundary_of_a_linear_model(norm):
 
 @pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 0.5)])
 def test_the_weaker_attacks_stay_in_the_ball_and_fail_the_indicator_when_they_win(norm, eps):
-    from core.audit import _noise_in_ball, weaker_indicator
+    from core.audit.failure import _noise_in_ball, weaker_indicator
 
     x = torch.rand(16, 1, 8, 8)
     delta = (_noise_in_ball(x, ThreatModel(norm, eps), 0) - x).flatten(1)
@@ -183,7 +209,7 @@ def test_a_bfloat16_search_gives_float32_verdicts_within_a_point_of_a_float32_se
     import torch
 
     from core import audit
-    from core.attacks.contract import LowPrecision
+    from core.attacks.speed import LowPrecision
 
     model, _, _ = mnist_model
     data = mnist_test.subset(100, seed=21)
@@ -213,8 +239,8 @@ class _ClaimsSuccess:
 def test_a_low_precision_success_float32_does_not_confirm_is_searched_again_in_float32():
     import torch
 
-    from core.audit import _confirmed
-    from core.attacks.contract import LowPrecision
+    from core.audit.cascade import _confirmed
+    from core.attacks.speed import LowPrecision
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
@@ -233,7 +259,8 @@ def test_a_low_precision_success_float32_does_not_confirm_is_searched_again_in_f
 def test_rows_too_close_for_bfloat16_to_order_are_computed_in_float32():
     import torch
 
-    from core.attacks.contract import LowPrecision, folded, input_grad
+    from core.attacks.contract import input_grad
+    from core.attacks.speed import LowPrecision, folded
 
     torch.manual_seed(0)
     model = build_model("seed-resnet", (1, 12, 12), 10, width=4, blocks=1).eval()
@@ -252,8 +279,8 @@ def test_the_folded_model_follows_a_training_forward_and_attacks_keep_the_models
     import torch
 
     from core.attacks import PGD
-    from core.audit import gradient_indicator
-    from core.attacks.contract import LowPrecision, folded
+    from core.audit.failure import gradient_indicator
+    from core.attacks.speed import LowPrecision, folded
 
     torch.manual_seed(0)
     model = build_model("seed-resnet", (1, 12, 12), 10, width=4, blocks=1).eval()

@@ -175,17 +175,19 @@ def test_crafting_in_train_mode_uses_batch_statistics_and_leaves_the_running_one
     before = _running(model)
     assert torch.allclose(batch_stats(x), expected, atol=1e-5)
     assert all(torch.equal(a, b) for a, b in zip(before, _running(model)))
-    made = {}
-    for mode in ("eval", "train"):
-        torch.manual_seed(3)
-        made[mode] = build_defense("pgd-at", eps=0.3, steps=3, craft_mode=mode).craft(model, x, y)
-        assert model.training, "the model's mode is restored"
-        assert all(torch.equal(a, b) for a, b in zip(before, _running(model)))
-        assert (made[mode] - x).abs().max() <= 0.3 + 1e-6
-        assert made[mode].min() >= 0 and made[mode].max() <= 1
-    # a fresh model's running statistics (0 and 1) are far from the batch's: the two modes
-    # attack different functions, so they craft different examples
-    assert not torch.allclose(made["eval"], made["train"])
+    crafters = {"pgd-at": lambda d: d.craft(model, x, y), "trades": lambda d: d.craft_kl(model, x)}
+    for defense, craft in crafters.items():  # TRADES honours craft_mode too
+        made = {}
+        for mode in ("eval", "train"):
+            torch.manual_seed(3)
+            made[mode] = craft(build_defense(defense, eps=0.3, steps=3, craft_mode=mode))
+            assert model.training, "the model's mode is restored"
+            assert all(torch.equal(a, b) for a, b in zip(before, _running(model)))
+            assert (made[mode] - x).abs().max() <= 0.3 + 1e-6
+            assert made[mode].min() >= 0 and made[mode].max() <= 1
+        # a fresh model's running statistics (0 and 1) are far from the batch's: the two modes
+        # attack different functions, so they craft different examples
+        assert not torch.allclose(made["eval"], made["train"]), defense
 
 
 @requires_mnist

@@ -7,49 +7,82 @@ and L2."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-import torch.nn as nn
+from core.attacks.contract import Attack, BallSettings, flat_norm, generator, rand
+from core.checks import check_positive, check_range
+from core.lazy import torch
 
-from core import hyperparams as hp
-from core.attacks.contract import Attack, flat_norm, generator, rand
+if TYPE_CHECKING:
+    import torch.nn as nn
 
-# Bisection rounds of the box-constrained projection: the interval shrinks 2**-40 times.
-ROUNDS = 40
+
+@dataclass
+class FABSettings(BallSettings):
+    """FAB-T: ``steps`` iterations and ``restarts`` per target class, ``targets`` classes,
+    step bias ``alpha_max``, overshoot ``eta`` and backward step ``beta``."""
+
+    name: ClassVar[str] = "fab-t"
+    steps: int = 100
+    restarts: int = 1
+    targets: int = 9
+    alpha_max: float = 0.1
+    eta: float = 1.05
+    beta: float = 0.9
+    seed: int | None = 0
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive("steps", self.steps)
+        check_positive("restarts", self.restarts)
+        check_positive("targets", self.targets)
+        check_range("alpha_max", self.alpha_max, 0.0, 1.0)
+        check_range("eta", self.eta, 1.0, 10.0)
+        check_range("beta", self.beta, 0.0, 1.0)
+
+    def gradients_per_image(self) -> int:
+        # a gradient pass and a forward pass per iteration
+        return self.steps * self.restarts * self.targets * 4 // 3
 
 
 def plane_step(w: torch.Tensor, c: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
                norm: str) -> torch.Tensor:
     """The smallest ``d`` (in ``norm``) with ``w . d = c`` and ``low <= d <= high``, per
-    example (rows of the flattened tensors); where no such ``d`` exists, the box corner that
-    comes closest. Both norms make ``d`` a clipped ray ``clip(t * v, low, high)`` whose
-    ``w . d`` grows with ``t``: ``v = sign(c) sign(w)`` for L-inf and ``v = sign(c) w`` for L2,
-    so a bisection on ``t`` finds it."""
-    s = torch.sign(c)[:, None]
-    v = s * (torch.sign(w) if norm == "linf" else w)
-
-    def reach(t: torch.Tensor) -> torch.Tensor:
-        return (w * (t[:, None] * v).clamp(low, high)).sum(1) * s.squeeze(1)
-
-    need = c.abs()
+    example (rows of the flattened tensors; ``low <= 0 <= high``); where no such ``d`` exists,
+    the box corner that comes closest. Both norms make ``d`` a clipped ray
+    ``clip(t * v, low, high)`` (``v = sign(c) sign(w)`` for L-inf, ``sign(c) w`` for L2) whose
+    ``w . d`` is, in ``t``, piecewise linear and increasing: each coordinate adds ``slope * t``
+    until it reaches its bound at its breakpoint, then a constant. So the exact ``t`` comes from
+    the breakpoints sorted once per row and two running sums: a few kernels, where a bisection
+    took hundreds per step (and a GPU runs a small model's attack at the pace of its kernel
+    launches)."""
+    a = torch.sign(c)[:, None] * w
+    bound = torch.where(a > 0, high, -low)  # how far each coordinate can move the useful way
     if norm == "linf":
-        lo, hi = need / w.abs().sum(1).clamp_min(1e-12), torch.ones_like(need)
+        v, slope, knot = torch.sign(a), a.abs(), bound
     else:
-        lo = need / (w * w).sum(1).clamp_min(1e-24)
-        smallest = torch.where(w != 0, w.abs(), torch.full_like(w, float("inf"))).min(1).values
-        hi = torch.maximum(1.0 / smallest.clamp_min(1e-12), lo)
-    lo = torch.minimum(lo, hi)
-    for _ in range(ROUNDS):
-        # L2's interval can span many orders of magnitude: halve it on a log scale
-        mid = (lo + hi) / 2 if norm == "linf" else torch.where(lo > 0, (lo * hi).sqrt(),
-                                                               (lo + hi) / 2)
-        short = reach(mid) < need
-        lo, hi = torch.where(short, mid, lo), torch.where(short, hi, mid)
-    return (hi[:, None] * v).clamp(low, high) * (need > 0)[:, None]
+        v, slope = a, a * a
+        knot = torch.where(a != 0, bound / a.abs().clamp_min(1e-30), float("inf"))
+    reached = torch.where(slope > 0, slope * knot.nan_to_num(posinf=0.0), 0.0)
+    knot, order = knot.sort(dim=1)
+    slope, reached = slope.gather(1, order), reached.gather(1, order)
+    done_before = reached.cumsum(1) - reached  # from the coordinates already at their bound
+    slope_before = slope.cumsum(1) - slope
+    total = slope.sum(1, keepdim=True)
+    rate = (total - slope_before).clamp_min(0)
+    at_knot = torch.where(knot.isinf(), float("inf"), done_before + knot * rate)
+    need = c.abs()
+    count = (at_knot < need[:, None]).sum(1, keepdim=True)  # knots passed before w . d = c
+    k = count.clamp(max=knot.shape[1] - 1)
+    t = ((need[:, None] - done_before.gather(1, k))
+         / rate.gather(1, k).clamp_min(1e-30)).squeeze(1)
+    corner = knot.masked_fill(knot.isinf(), 0).amax(1)  # every coordinate at its bound
+    t = torch.where(count.squeeze(1) >= knot.shape[1], corner, t)
+    return (t[:, None] * v).clamp(low, high) * (need > 0)[:, None]
 
 
 @dataclass
-class FABT(hp.FABSettings, Attack):
+class FABT(FABSettings, Attack):
     """FAB-T (Croce & Hein 2020), targeted at the classes with the 2nd to (k+1)-th highest
     clean logits, ``steps`` iterations and ``restarts`` per target, ``alpha_max`` 0.1,
     overshoot ``eta`` 1.05, backward step ``beta`` 0.9, as AutoAttack's standard version. A

@@ -84,13 +84,8 @@ def reproduce(ctx) -> dict:
     steps = [("a", "cifar", parts.part_a), ("b", "mnist", parts.part_b),
              ("c", "defenses", parts.part_c)]
     chosen = [(key, run) for letter, key, run in steps if letter in spec.parts]
-    ctx.progress.start(len(chosen), "parts")
-    for done, (key, run) in enumerate(chosen, 1):
-        ran = ctx.children_run
-        results[key] = run()
-        if ctx.children_run == ran:  # reused whole on a resume: not part of the rate
-            ctx.progress.start(len(chosen), "parts", done=done)
-        ctx.progress.update(done)
+    outcomes = ctx.in_turn(chosen, "parts", lambda piece: piece[1]())
+    results.update({key: outcome for (key, _), outcome in zip(chosen, outcomes)})
     reports.write_json(folder / "results.json", results)
     checkpoint.atomic_write_text(folder / "report.md", render(results))
     summary = {"report": str(folder / "report.md"), "parts": spec.parts}

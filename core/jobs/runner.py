@@ -18,7 +18,7 @@ import threading
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from core import catalog
 from core import distributed
@@ -85,6 +85,20 @@ class JobContext:
         self.say(f"run {run_id}: {spec.describe()}")
         self.children_run += 1
         return run_id, execute(self.store, run_id, echo=self.progress.enabled)
+
+    def in_turn(self, pieces: list, unit: str, run_one: Callable[[Any], Any]) -> list:
+        """``run_one`` on each piece in order (a piece runs child jobs), progress counted in
+        ``unit``; return the results. A piece that a resume reused whole ran no child job: the
+        rate restarts after it, so the time left comes from real work, not instant reuses."""
+        self.progress.start(len(pieces), unit)
+        results = []
+        for done, piece in enumerate(pieces, 1):
+            ran = self.children_run
+            results.append(run_one(piece))
+            if self.children_run == ran:
+                self.progress.start(len(pieces), unit, done=done)
+            self.progress.update(done)
+        return results
 
     def _earlier_child(self, spec: Spec) -> Run | None:
         """The newest child of this run with exactly ``spec`` (its stored JSON form)."""

@@ -19,6 +19,7 @@ from core import reports
 from core.paths import InputError, reports_dir, run_dir
 from core.jobs.specs import AuditSpec, EvaluateSpec, StudySpec, SweepSpec, TrainSpec
 from core.threat import standard_threat
+from core.training.settings import COLLAPSE_DROP
 
 SEED_ROW = {"dataset": "mnist", "defense": "seed FGSM-AT (eps 0.2)", "clean": 0.9859,
             "pgd": 0.3131, "pgd_eps": 0.2}
@@ -81,15 +82,14 @@ def study(ctx) -> dict:
     folder = reports_dir() / ctx.run_id
     folder.mkdir(parents=True, exist_ok=True)
     pairs = [(d, f) for d in spec.datasets for f in spec.defenses]
-    ctx.progress.start(len(pairs), "models")
-    rows = []
-    for done, (dataset, defense) in enumerate(pairs, 1):
-        ran = ctx.children_run
-        rows.append(_Model(ctx, spec, dataset, defense).outcome())
-        if ctx.children_run == ran:  # reused whole on a resume: not part of the rate
-            ctx.progress.start(len(pairs), "models", done=done)
-        ctx.progress.update(done)
-        reports.write_json(folder / "results.json", _results(spec, rows))
+    rows: list[dict] = []
+
+    def one_model(pair: tuple[str, str]) -> dict:
+        rows.append(_Model(ctx, spec, *pair).outcome())
+        reports.write_json(folder / "results.json", _results(spec, rows))  # readable midway
+        return rows[-1]
+
+    ctx.in_turn(pairs, "models", one_model)
     checkpoint.atomic_write_text(folder / "study.md", render(_results(spec, rows)))
     summary = {"report": str(folder / "study.md"), "rows": rows}
     ctx.store.set_summary(ctx.run_id, summary)
@@ -236,7 +236,9 @@ def render(results: dict) -> str:
             verdict = r["verdict"] + (f" ({', '.join(r['failing'])})" if r["failing"] else "")
             fall = held_out_fall(r["held_out_curve"])
             curve = " ".join(f"{100 * v:.0f}" for v in r["held_out_curve"]) + (
-                f" ({100 * fall['fall']:.1f} pp)" if fall["fall"] is not None else "")
+                f" ({100 * fall['fall']:.1f} pp"
+                f"{', **collapsed**' if fall['fall'] > COLLAPSE_DROP else ''})"
+                if fall["fall"] is not None else "")
             out.append(f"| {r['defense']} | {_pct(r['clean'])} | {_pct(r['pgd'])} | "
                        f"{_pct(r['audit'])} | {verdict} | {curve} | "
                        f"{_minutes(r['train_s'])} | {_minutes(r['audit_s'])} |")
