@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -84,6 +84,14 @@ class TensorData:
     def original_index(self) -> torch.Tensor:
         """Index of each example in the full split (for per-example records)."""
         return self.indices if self.indices is not None else torch.arange(len(self))
+
+    def to(self, device: torch.device | str) -> "TensorData":
+        """The split with its images and labels on ``device`` (moved once; batches are then
+        indexed, augmented and converted there). Positions in the full split stay on the CPU."""
+        device = torch.device(device)
+        if self.images.device == device:
+            return self
+        return replace(self, images=_to(self.images, device), labels=_to(self.labels, device))
 
     def floats(self, idx: torch.Tensor | slice | None = None) -> torch.Tensor:
         """Images at ``idx`` as float32 in [0, 1]."""
@@ -229,28 +237,56 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) ->
     return order[rank * per_rank:(rank + 1) * per_rank]
 
 
+def resident(split: TensorData, device: torch.device, share: float = 0.25) -> TensorData:
+    """``split`` moved to ``device`` once, where that is a GPU with room for it (at most
+    ``share`` of its free memory): batches are then cut, augmented and converted there, and
+    no step waits for a copy from the host. Elsewhere, the split as it is."""
+    if device.type != "cuda":
+        return split
+    free, _total = torch.cuda.mem_get_info(device)
+    size = split.images.numel() * split.images.element_size()
+    return split.to(device) if size <= share * free else split
+
+
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; to a GPU from pinned memory, without waiting for its queue."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def augment_batch(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop with ``pad``-pixel zero padding and horizontal flip on a uint8 batch."""
+    """Random crop with ``pad``-pixel zero padding and horizontal flip on a uint8 batch, on the
+    batch's device. The random numbers come from the CPU ``generator`` whatever the device, so a
+    GPU run crops and flips exactly as a CPU run (and a resumed run as an unbroken one)."""
     b, c, h, w = images.shape
+    dev = images.device
     padded = F.pad(images, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
-    batch = torch.arange(b)[:, None, None, None]
-    chans = torch.arange(c)[None, :, None, None]
-    out = padded[batch, chans, rows, cols]
     flip = torch.rand(b, generator=generator) < 0.5
+    if dev.type != "cpu":  # one small copy that does not wait for the device's queue
+        dy, dx, flip = torch.stack([dy, dx, flip.long()]).to(dev, non_blocking=True)
+        flip = flip.bool()
+    rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]
+    batch = torch.arange(b, device=dev)[:, None, None, None]
+    chans = torch.arange(c, device=dev)[None, :, None, None]
+    out = padded[batch, chans, rows, cols]
     return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
 def batches(data: TensorData, batch_size: int, order: torch.Tensor | None = None,
             augment: bool = False, generator: torch.Generator | None = None,
             ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield (float images in [0, 1], labels, positions) batches in ``order`` (default: as stored)."""
+    """Yield (float images in [0, 1], labels, positions) batches in ``order`` (default: as
+    stored), on the device that holds ``data`` (see :meth:`TensorData.to`): a split moved to a
+    GPU once is indexed, augmented and converted there, with no copy per batch."""
     if batch_size <= 0:
         raise InputError(f"batch size must be positive, got {batch_size}")
     order = torch.arange(len(data)) if order is None else order
+    if order.device != data.images.device:
+        order = _to(order, data.images.device)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         imgs = data.images[idx]

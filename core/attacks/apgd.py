@@ -189,9 +189,13 @@ class APGD(APGDSettings, Attack):
         """Write the misclassified iterates out and drop those points from the batch."""
         if not bool(hit.any()):
             return s
-        out[s["live"][hit]] = s["x_k"][hit]
-        fooled[s["live"][hit]] = True
-        return {key: value[~hit] for key, value in s.items()}
+        # positions once, then plain gathers: a boolean index would wait for the device
+        # once per tensor
+        gone, keep = hit.nonzero().squeeze(1), (~hit).nonzero().squeeze(1)
+        where = s["live"].index_select(0, gone)
+        out[where] = s["x_k"].index_select(0, gone)
+        fooled[where] = True
+        return {key: value.index_select(0, keep) for key, value in s.items()}
 
     def _start(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         if self.norm == "linf":

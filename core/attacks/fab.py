@@ -126,15 +126,17 @@ class FABT(FABSettings, Attack):
             origin = x[live]
             fooled = logits.argmax(1) != y[live]
             within = fooled & (self._size((x_k - origin).flatten(1)) <= self.eps)
-            out[live[within]], hit[live[within]] = x_k[within], True
-            keep = ~within
-            live, x_k, f, w, fooled = live[keep], x_k[keep], f[keep], w[keep], fooled[keep]
-            if not len(live):
-                break
-            if fooled.any():  # past the boundary: step back towards the original
+            if bool(within.any()):  # positions once, then plain gathers (no wait per tensor)
+                done, keep = within.nonzero().squeeze(1), (~within).nonzero().squeeze(1)
+                out[live[done]], hit[live[done]] = x_k[done], True
+                live, x_k, f, w, fooled = (t.index_select(0, keep)
+                                           for t in (live, x_k, f, w, fooled))
+                if not len(live):
+                    break
+            back = fooled.nonzero().squeeze(1)
+            if len(back):  # past the boundary: step back towards the original
                 x_k = torch.where(fooled.view(shape),
                                   (1 - self.beta) * x[live] + self.beta * x_k, x_k)
-                back = fooled.nonzero().squeeze(1)
                 f[back], w[back], _ = self._boundary(model, x_k[back], y[live[back]],
                                                      target[live[back]])
         return out, hit

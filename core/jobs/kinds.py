@@ -10,14 +10,15 @@ from core import checkpoint
 from core import data
 from core import distributed
 from core import estimate
+from core import precision
 from core import reports
-from core.attacks import build_attack, with_budget
-from core.attacks.contract import LowPrecision, bf16_native
-from core.evaluation import clean_report, run_attack, sanity_warnings, sharded_attack, sweep as sweep_
-from core.hyperparams import ATTACK_SETTINGS
+from core.attacks import ATTACKS, build_attack, with_budget
+from core.attacks.speed import LowPrecision
+from core.evaluation import clean_report, run_attack, sanity_warnings, sharded_attack
+from core.evaluation import sweep as sweep_
+from core.jobs.specs import AttackSpec, AuditSpec, EvaluateSpec, GridSpec, ModelJobSpec, SweepSpec
 from core.paths import grid_point_path
 from core.prediction import model_from, pick_device, run_model_path
-from core.jobs.specs import AttackSpec, AuditSpec, EvaluateSpec, GridSpec, ModelJobSpec, SweepSpec
 from core.training.loop import fit
 
 
@@ -135,10 +136,9 @@ def grid(ctx) -> dict:
         summary = {key: v for key, v in outcome.summary().items()
                    if key not in ("confusion_adv", "confusion_clean", "per_class_adv_acc")}
         _save_grid_point(ctx, k, outcome, model, device, summary)
-        done[str(k)] = summary["adv_acc"]
-        ctx.store.log_metrics(ctx.run_id, [(k, None, "adv_acc", summary["adv_acc"])])
+        done[str(k)] = summary["adv_acc"]  # the point's sidecar is the record pages read
     result = {"adv_acc": done, "budgets": budgets, "n": len(split), "source": split.source,
-              "classes": split.classes, "kind": ATTACK_SETTINGS[spec.attack].kind}
+              "classes": split.classes, "kind": ATTACKS[spec.attack].kind}
     ctx.store.set_summary(ctx.run_id, result)
     return result
 
@@ -189,7 +189,10 @@ def audit(ctx) -> dict:
     split = split_for(meta, spec, "test", spec.n, spec.seed)
     plan = audit_.stages(spec.version, threat, spec.steps, spec.queries, spec.seed)
     device = next(model.parameters()).device
-    low = spec.precision == "bf16" or (spec.precision == "auto" and bf16_native(device))
+    batch = min(spec.batch_size, len(split))
+    search = precision.choose(spec.precision, model, split.floats(slice(0, batch)).to(device),
+                              split.labels[:batch].to(device), "search")
+    low = search.bf16
     probe = split.floats(slice(0, 64)).to(device)
     per_pass = estimate.seconds_per_attack_pass(LowPrecision(model) if low else model, probe,
                                                 split.labels[:64].to(device))
@@ -197,12 +200,14 @@ def audit(ctx) -> dict:
     ctx.say(estimate.line(seconds, f"{', '.join(s.name for s in plan)} on at most "
                                    f"{len(split):,} images; later stages only see the points "
                                    "still robust"))
-    ctx.say(f"searching in {'bfloat16' if low else 'float32'}; every verdict in float32")
+    ctx.say(f"searching in {'bfloat16' if low else 'float32'} ({search.reason}); every verdict "
+            "in float32")
     ctx.progress.start(len(plan) * len(split))
     result = audit_.cascade(model, split, plan, spec.batch_size,
                             progress=lambda done, _total: ctx.progress.update(done),
                             ctx=ctx.rank, on_stage=_stage_reporter(ctx), low_precision=low)
-    result["search_precision"] = "bf16" if low else "fp32"
+    result["search_precision"] = search.name
+    result["search_precision_reason"] = search.reason
     if not ctx.is_main:
         return {}
     ctx.say("checking the indicators of attack failure…")

@@ -1,0 +1,127 @@
+"""Which arithmetic ``--precision auto`` uses, chosen by measurement rather than assumption.
+
+bfloat16 is 2-3x faster than float32 on CPUs with AVX-512 BF16 or AMX, but on a GPU a small
+model is bound by kernel launches and memory traffic, and the casts can make bfloat16 slower
+(on one H200 the audit's bf16 search was 1.6-1.8x slower than float32). So ``auto`` times a few
+passes of this model at this batch size on this device in both, picks the faster, and caches the
+choice per (device, model, input shape, purpose) in ``artifacts/cache/precision.json``. Where the
+device has no native bfloat16 it is float32 without a measurement.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from core import checkpoint
+from core.paths import cache_dir
+
+PASSES = 4  # timed passes per arithmetic, after one untimed warm-up of each
+
+
+@dataclass
+class Choice:
+    """The arithmetic chosen and why, as printed and stored with the run."""
+
+    bf16: bool
+    reason: str
+
+    @property
+    def name(self) -> str:
+        """'bf16' or 'fp32'."""
+        return "bf16" if self.bf16 else "fp32"
+
+
+def choose(requested: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+           purpose: str) -> Choice:
+    """The arithmetic for ``purpose`` (``train``: a training step under autocast; ``search``:
+    an attack's input-gradient pass) of ``model`` on batches like ``x``: as requested, else the
+    faster one measured here (cached)."""
+    from core.attacks.speed import bf16_native
+
+    if requested != "auto":
+        return Choice(requested == "bf16", f"--precision {requested}")
+    device = x.device
+    if not bf16_native(device):
+        return Choice(False, f"auto: {device.type} has no native bfloat16")
+    key = _key(model, x, purpose)
+    cache = _read_cache()
+    if key not in cache:
+        cache[key] = {"fp32_ms": _time(model, x, y, purpose, False) * 1e3,
+                      "bf16_ms": _time(model, x, y, purpose, True) * 1e3}
+        _write_cache(cache)
+    fp32, bf16 = cache[key]["fp32_ms"], cache[key]["bf16_ms"]
+    faster = bf16 < fp32
+    return Choice(faster, f"auto: {'bf16' if faster else 'fp32'} measured faster for this model "
+                          f"on {_device_name(device)} (bf16 {bf16:.1f} ms, fp32 {fp32:.1f} ms "
+                          f"per {purpose} pass of {len(x)} images)")
+
+
+def _time(model: nn.Module, x: torch.Tensor, y: torch.Tensor, purpose: str, bf16: bool) -> float:
+    """Median seconds of one pass (a copy of the model: no statistics or weights change)."""
+    probe = copy.deepcopy(model)
+    if purpose == "search":
+        from core.attacks.speed import LowPrecision, folded
+
+        probe.eval().requires_grad_(False)
+        net = LowPrecision(probe) if bf16 else folded(probe)
+    else:
+        probe.train()
+        net = probe
+    times = []
+    with torch.random.fork_rng(devices=[]):
+        for k in range(PASSES + 1):
+            began = time.perf_counter()
+            _one_pass(net, x, y, purpose, bf16)
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+            if k:
+                times.append(time.perf_counter() - began)
+    return sorted(times)[len(times) // 2]
+
+
+def _one_pass(net: nn.Module, x: torch.Tensor, y: torch.Tensor, purpose: str, bf16: bool
+              ) -> None:
+    if purpose == "search":
+        point = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            torch.autograd.grad(F.cross_entropy(net(point).float(), y), point)
+        return
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = F.cross_entropy(net(x), y)
+    loss.backward()
+    net.zero_grad(set_to_none=True)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"this {os.cpu_count()}-core CPU"
+
+
+def _key(model: nn.Module, x: torch.Tensor, purpose: str) -> str:
+    params = sum(p.numel() for p in model.parameters())
+    return (f"{_device_name(x.device)}|torch {torch.__version__}|{type(model).__name__}"
+            f"|{params}|{tuple(x.shape)}|{purpose}")
+
+
+def _path():
+    return cache_dir() / "precision.json"
+
+
+def _read_cache() -> dict:
+    try:
+        return json.loads(_path().read_text())
+    except (OSError, ValueError):
+        return {}  # no cache yet, or a damaged one: measure again
+
+
+def _write_cache(cache: dict) -> None:
+    _path().parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.atomic_write_text(_path(), json.dumps(cache, indent=1))
