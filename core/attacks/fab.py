@@ -113,32 +113,31 @@ class FABT(FABSettings, Attack):
                  gen: torch.Generator | None, random_start: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """One FAB run towards ``target``; returns the points and which are adversarial within
-        eps. Points stop being iterated once one is found. The gradient pass at each new point
-        also tells whether it is adversarial, so no separate forward pass checks it."""
+        eps. Each iteration takes the boundary's gradient at the current points, steps, and
+        checks the new points with a forward pass (a step that crossed the boundary is then
+        pulled back towards the original, so a gradient there would be wasted); a point stops
+        being iterated once it is adversarial within eps."""
         shape = (-1,) + (1,) * (x.dim() - 1)
         out, hit = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
         live = torch.arange(len(x), device=x.device)
         x_k = self._start(x, gen) if random_start else x.clone()
-        f, w, _ = self._boundary(model, x_k, y, target)
         for _ in range(self.steps):
-            x_k = self._step(x[live], x_k, f, w, shape)
-            f, w, logits = self._boundary(model, x_k, y[live], target[live])
+            f, w, _ = self._boundary(model, x_k, y[live], target[live])
             origin = x[live]
-            fooled = logits.argmax(1) != y[live]
+            x_k = self._step(origin, x_k, f, w, shape)
+            with torch.no_grad():
+                fooled = model(x_k).float().argmax(1) != y[live]
             within = fooled & (self._size((x_k - origin).flatten(1)) <= self.eps)
             if bool(within.any()):  # positions once, then plain gathers (no wait per tensor)
                 done, keep = within.nonzero().squeeze(1), (~within).nonzero().squeeze(1)
                 out[live[done]], hit[live[done]] = x_k[done], True
-                live, x_k, f, w, fooled = (t.index_select(0, keep)
-                                           for t in (live, x_k, f, w, fooled))
+                live, x_k, fooled, origin = (t.index_select(0, keep)
+                                             for t in (live, x_k, fooled, origin))
                 if not len(live):
                     break
-            back = fooled.nonzero().squeeze(1)
-            if len(back):  # past the boundary: step back towards the original
-                x_k = torch.where(fooled.view(shape),
-                                  (1 - self.beta) * x[live] + self.beta * x_k, x_k)
-                f[back], w[back], _ = self._boundary(model, x_k[back], y[live[back]],
-                                                     target[live[back]])
+            # past the boundary: step back towards the original
+            x_k = torch.where(fooled.view(shape), (1 - self.beta) * origin + self.beta * x_k,
+                              x_k)
         return out, hit
 
     def _step(self, origin: torch.Tensor, x_k: torch.Tensor, f: torch.Tensor, w: torch.Tensor,
