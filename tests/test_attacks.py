@@ -169,3 +169,21 @@ def test_cw_finds_smaller_l2_perturbations_than_pgd_l2(mnist_model, mnist_test):
     assert both.sum() >= 10
     assert cw.l2[both].median() < pgd.l2[both].median()
     assert cw.summary()["success_rate"] > 0.9
+
+
+@requires_mnist
+def test_apgd_settling_points_lazily_as_on_a_gpu_changes_no_result(mnist_model, mnist_test,
+                                                                   monkeypatch):
+    """On a GPU broken points stay in the batch until they are half of it (fewer batch
+    sizes for cuDNN to plan); the points, the verdicts and the trace are the same."""
+    from core.attacks import APGD, APGDT
+
+    model, _, _ = mnist_model
+    x, y = mnist_test.floats(slice(0, 120)), mnist_test.labels[:120]
+    for cls in (APGD, APGDT):
+        results = []
+        for lazy in (False, True):
+            monkeypatch.setattr(APGD, "_settle_lazily", staticmethod(lambda x, lazy=lazy: lazy))
+            attack = cls(eps=0.15, steps=20, seed=0, **({"targets": 3} if cls is APGDT else {}))
+            results.append((attack(model, x, y), list(attack.trace)))
+        assert torch.equal(results[0][0], results[1][0]) and results[0][1] == results[1][1]

@@ -126,9 +126,11 @@ class APGD(APGDSettings, Attack):
     def run_once(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  target: torch.Tensor | None, gen: torch.Generator | None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One APGD run; returns the points and which of them are misclassified. A point leaves
-        the batch at its first misclassified iterate: its verdict cannot change, and every
-        point broken makes the remaining iterations cheaper."""
+        """One APGD run; returns the points and which of them are misclassified. A point is
+        settled at its first misclassified iterate (its verdict cannot change) and leaves the
+        batch: on a CPU at once (every row costs arithmetic), on a GPU once half the rows are
+        settled (there a small batch costs little more than a smaller one, while every new
+        batch size makes cuDNN plan each convolution anew)."""
         n, shape = len(x), (-1,) + (1,) * (x.dim() - 1)
         out, fooled = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
         x_k = (x + self._start(x, gen)).clamp(0, 1)
@@ -137,11 +139,13 @@ class APGD(APGDSettings, Attack):
              "x_prev": x_k.clone(), "eta": torch.full((n,), 2 * self.eps, device=x.device),
              "loss": loss, "grad": grad, "loss_best": loss.clone(), "x_best": x_k.clone(),
              "grad_best": grad.clone(), "rises": torch.zeros(n, device=x.device),
-             "halved_last": torch.zeros(n, dtype=torch.bool, device=x.device)}
+             "halved_last": torch.zeros(n, dtype=torch.bool, device=x.device),
+             "settled": torch.zeros(n, dtype=torch.bool, device=x.device)}
         if target is not None:
             s["target"] = target
         s["eta_at_mark"], s["best_at_mark"] = s["eta"].clone(), s["loss_best"].clone()
-        s = self._retire(s, self._hit(logits, s["y"]), out, fooled)
+        lazy = self._settle_lazily(x)
+        s = self._retire(s, self._hit(logits, s["y"]), out, fooled, lazy)
         broken, marks, last_mark = [int(fooled.sum())], set(checkpoints(self.steps)), 0
         for k in range(self.steps):
             if not len(s["live"]):
@@ -160,12 +164,13 @@ class APGD(APGDSettings, Attack):
             s["loss_best"] = torch.where(better, new_loss, s["loss_best"])
             s["x_best"] = torch.where(better.view(shape), s["x_k"], s["x_best"])
             s["grad_best"] = torch.where(better.view(shape), s["grad"], s["grad_best"])
-            s = self._retire(s, self._hit(logits, s["y"]), out, fooled)
+            s = self._retire(s, self._hit(logits, s["y"]), out, fooled, lazy)
             broken.append(int(fooled.sum()))
             if k + 1 in marks:
                 self._checkpoint(s, k + 1 - last_mark, shape)
                 last_mark = k + 1
-        out[s["live"]] = s["x_best"]
+        rest = (~s["settled"]).nonzero().squeeze(1)
+        out[s["live"].index_select(0, rest)] = s["x_best"].index_select(0, rest)
         self.broken = broken
         return out, fooled
 
@@ -185,16 +190,28 @@ class APGD(APGDSettings, Attack):
         s["eta_at_mark"], s["best_at_mark"] = s["eta"].clone(), s["loss_best"].clone()
 
     @staticmethod
-    def _retire(s: dict, hit: torch.Tensor, out: torch.Tensor, fooled: torch.Tensor) -> dict:
-        """Write the misclassified iterates out and drop those points from the batch."""
-        if not bool(hit.any()):
-            return s
+    def _settle_lazily(x: torch.Tensor) -> bool:
+        return x.device.type == "cuda"
+
+    @staticmethod
+    def _retire(s: dict, hit: torch.Tensor, out: torch.Tensor, fooled: torch.Tensor,
+                lazy: bool) -> dict:
+        """Write newly misclassified iterates out and settle those points; drop the settled
+        points from the batch (with ``lazy``, only once they are half of it)."""
+        new = hit & ~s["settled"]
         # positions once, then plain gathers: a boolean index would wait for the device
         # once per tensor
-        gone, keep = hit.nonzero().squeeze(1), (~hit).nonzero().squeeze(1)
+        gone = new.nonzero().squeeze(1)
+        if not len(gone):
+            return s
         where = s["live"].index_select(0, gone)
         out[where] = s["x_k"].index_select(0, gone)
         fooled[where] = True
+        s["settled"] = s["settled"] | new
+        settled = int(s["settled"].sum()) if lazy else len(s["settled"])
+        if lazy and 2 * settled < len(s["settled"]):
+            return s
+        keep = (~s["settled"]).nonzero().squeeze(1)
         return {key: value.index_select(0, keep) for key, value in s.items()}
 
     def _start(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:

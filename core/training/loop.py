@@ -232,9 +232,8 @@ def _train_epoch(setup: Setup, net: nn.Module, epoch: int, steps_per_epoch: int,
     model.train()
     # Losses stay on the device and reach the host only at logging points: a .item() per step
     # would stall a GPU's queue every step.
-    loss_sum = torch.zeros((), device=setup.device)
-    pending: list[tuple[int, torch.Tensor]] = []
-    counts = {"seen": 0, "correct": 0, "measured": 0}
+    pending: list[tuple[int, torch.Tensor, int]] = []  # (step, loss, batch size)
+    counts = {"seen": 0, "correct": 0, "measured": 0, "loss_sum": 0.0}
     batch = max(cfg.batch_size // world, 1)
     for i, (x, y, _) in enumerate(data.batches(setup.train, batch, order, augment, gen)):
         if len(y) < 2:  # BatchNorm cannot train on a batch of one
@@ -249,9 +248,8 @@ def _train_epoch(setup: Setup, net: nn.Module, epoch: int, steps_per_epoch: int,
         setup.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         setup.optimizer.step()
-        loss_sum += loss.detach() * len(y)
         counts["seen"] += len(y)
-        pending.append((step + 1, loss.detach()))
+        pending.append((step + 1, loss.detach(), len(y)))
         if len(pending) >= LOG_EVERY_STEPS or i == steps_per_epoch - 1:
             _log_point(setup, pending, x, y, counts, ctx, writer, run_id, epoch, i)
             report.update(step + 1, f"epoch {epoch + 1}/{cfg.epochs} · loss "
@@ -260,7 +258,7 @@ def _train_epoch(setup: Setup, net: nn.Module, epoch: int, steps_per_epoch: int,
     if pending:
         _log_point(setup, pending, x, y, counts, ctx, writer, run_id, epoch, i)
     seen = max(counts["seen"], 1)
-    return {"train_loss": float(loss_sum) / seen,
+    return {"train_loss": counts["loss_sum"] / seen,
             "train_acc": counts["correct"] / max(counts["measured"], 1)}
 
 
@@ -270,7 +268,8 @@ def _log_point(setup: Setup, pending: list, x: torch.Tensor, y: torch.Tensor, co
     """Once every LOG_EVERY_STEPS steps: the losses reach the host (one transfer), a NaN on any
     rank stops every rank, a stop request is honoured on every rank, train accuracy is
     measured on this batch, and the rows are written."""
-    losses = torch.stack([v for _, v in pending]).float().cpu()
+    losses = torch.stack([v for _, v, _ in pending]).float().cpu()
+    counts["loss_sum"] += sum(v * n for v, (_, _, n) in zip(losses.tolist(), pending))
     if distributed.any_rank(not bool(torch.isfinite(losses).all()), ctx):
         raise NonFiniteLoss(
             f"loss became {losses.tolist()[-1]} at epoch {epoch + 1}, step {i + 1}; stopped "
@@ -280,7 +279,7 @@ def _log_point(setup: Setup, pending: list, x: torch.Tensor, y: torch.Tensor, co
     counts["correct"] += _clean_correct(setup.model, x, y)
     counts["measured"] += len(y)
     if writer:
-        rows = [(s, epoch, "train_loss_step", v) for (s, _), v in zip(pending, losses.tolist())]
+        rows = [(s, epoch, "train_loss_step", v) for (s, _, _), v in zip(pending, losses.tolist())]
         writer.log_metrics(run_id, rows + [(pending[-1][0], epoch, "lr",
                                             setup.optimizer.param_groups[0]["lr"])])
 
