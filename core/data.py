@@ -95,8 +95,7 @@ class TensorData:
 
     def floats(self, idx: torch.Tensor | slice | None = None) -> torch.Tensor:
         """Images at ``idx`` as float32 in [0, 1]."""
-        imgs = self.images if idx is None else self.images[idx]
-        return imgs.float().div_(255.0)
+        return unit_floats(self.images if idx is None else self.images[idx])
 
 
 def load(name: str, split: str, root: str | os.PathLike | None = None) -> TensorData:
@@ -237,6 +236,21 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) ->
     return order[rank * per_rank:(rank + 1) * per_rank]
 
 
+_UNIT_TABLES: dict[torch.device, torch.Tensor] = {}
+
+
+def unit_floats(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images as float32 in [0, 1] with the same bits on every device. The CPU divides
+    by 255 with correct rounding; a GPU's division can differ in the last bit (seen on an
+    H200), so there the 256 values are looked up in a table the CPU computed."""
+    if images.device.type == "cpu":
+        return images.float().div_(255.0)
+    if images.device not in _UNIT_TABLES:
+        _UNIT_TABLES[images.device] = (torch.arange(256, dtype=torch.float32) / 255).to(
+            images.device)
+    return _UNIT_TABLES[images.device][images.long()]
+
+
 def resident(split: TensorData, device: torch.device, share: float = 0.25) -> TensorData:
     """``split`` moved to ``device`` once, where that is a GPU with room for it (at most
     ``share`` of its free memory): batches are then cut, augmented and converted there, and
@@ -292,4 +306,4 @@ def batches(data: TensorData, batch_size: int, order: torch.Tensor | None = None
         imgs = data.images[idx]
         if augment:
             imgs = augment_batch(imgs, generator or torch.Generator().manual_seed(0))
-        yield imgs.float().div_(255.0), data.labels[idx], idx
+        yield unit_floats(imgs), data.labels[idx], idx
