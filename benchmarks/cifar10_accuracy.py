@@ -10,11 +10,12 @@ import time
 
 from common import machine
 
+from core import data
 from core.evaluation import clean_report
-from core.jobs.kinds import run_job
+from core.jobs.runner import create, execute
+from core.jobs.specs import TrainSpec
 from core.jobs.store import RunStore
-from core.tasks import test_split
-from core.training.loop import TrainConfig, load_model, run_model_path
+from core.prediction import load_model, run_model_path
 
 SEED_ACC = 0.6518
 SETTINGS = dict(dataset="cifar10", model="seed-resnet", batch_size=128, optimizer="nesterov",
@@ -22,6 +23,7 @@ SETTINGS = dict(dataset="cifar10", model="seed-resnet", batch_size=128, optimize
 
 
 def main() -> None:
+    """Train through the runner; print per-epoch and final accuracy against the seed's."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=SETTINGS["lr"])
@@ -29,19 +31,19 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    cfg = TrainConfig(**dict(SETTINGS, epochs=args.epochs, lr=args.lr,
-                                batch_size=args.batch_size, precision=args.precision))
+    cfg = TrainSpec(**dict(SETTINGS, epochs=args.epochs, lr=args.lr,
+                           batch_size=args.batch_size, precision=args.precision))
     print(f"config: {cfg.to_dict()}")
     store = RunStore()
-    run_id = store.create_run("train", cfg.to_dict(), name="benchmark cifar10")
+    run_id = create(store, cfg, name="benchmark cifar10")
     start = time.perf_counter()
-    run_job(store, run_id, progress=False)
+    execute(store, run_id, echo=False)
     wall = time.perf_counter() - start
     per_epoch = [m["value"] for m in store.metrics(run_id, ["test_acc"])]
     for e, acc in enumerate(per_epoch, 1):
         print(f"epoch {e:2d}: test accuracy {acc:.2%}")
     model, meta = load_model(run_model_path(run_id))
-    split = test_split(meta)
+    split = data.load(meta["dataset"], "test")
     r = clean_report(model, split)
     first = next((e for e, a in enumerate(per_epoch, 1) if a > SEED_ACC), None)
     print(f"run {run_id}: {len(split)} test images ({split.source})")

@@ -17,7 +17,8 @@ from common import machine, matmul_peak_gflops
 from core import data
 from core.models import build_model, flops_per_image
 from core.paths import data_dir
-from core.training.loop import TrainConfig, fit
+from core.jobs.specs import TrainSpec
+from core.training.loop import fit
 
 
 def baseline(images: int, batch: int, workers: int) -> float:
@@ -50,15 +51,16 @@ def baseline(images: int, batch: int, workers: int) -> float:
 
 def ours(images: int, batch: int, precision: str = "fp32") -> float:
     """Images/s of ``fit`` (one epoch on ``images`` examples; evaluation on 100 excluded)."""
-    cfg = TrainConfig(dataset="cifar10", epochs=1, batch_size=batch, lr=0.05,
-                      train_subset=images, test_subset=100, precision=precision)
+    cfg = TrainSpec(dataset="cifar10", epochs=1, batch_size=batch, lr=0.05,
+                    train_subset=images, test_subset=100, precision=precision)
     data.load("cifar10", "train")  # decode/cache outside the timed region
     start = time.perf_counter()
-    fit(cfg, progress=False)
+    fit(cfg)
     return images / (time.perf_counter() - start)
 
 
 def main() -> None:
+    """Print images/s of the textbook loop and of fit, side by side."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=12800)
     parser.add_argument("--batch", type=int, default=128)
