@@ -1,5 +1,6 @@
-"""Every benchmark script imports what exists and answers --help: a rename in core cannot
-silently break the scripts that RESULTS.md cites."""
+"""Every benchmark script imports what exists and answers --help, and every page imports
+names that exist: a rename in core cannot silently break the scripts that RESULTS.md cites or
+a page."""
 import subprocess
 import sys
 from pathlib import Path
@@ -25,12 +26,14 @@ def test_a_benchmark_imports_and_answers_help(script: Path):
     assert "usage:" in done.stdout
 
 
-def test_every_name_a_benchmark_imports_from_core_exists():
-    """Imports inside functions run only when a benchmark does: check each one here."""
+def test_every_name_a_benchmark_or_page_imports_from_core_exists():
+    """Imports inside functions run only when a benchmark does, and a page's only when it is
+    drawn: check each one here."""
     import ast
     import importlib
 
-    for script in SCRIPTS + [ROOT / "benchmarks" / "small_model.py"]:
+    pages = sorted((ROOT / "pages").glob("*.py")) + [ROOT / "dashboard.py"]
+    for script in SCRIPTS + [ROOT / "benchmarks" / "small_model.py"] + pages:
         for node in ast.walk(ast.parse(script.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("core"):
                 module = importlib.import_module(node.module)
