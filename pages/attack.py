@@ -5,8 +5,8 @@ import streamlit as st
 
 from core.attacks import ATTACKS
 from core.figures import epsilon_curve_figure, probability_bars
-from core.app.attack import (attack_single, example_choice, grid_result, grid_run,
-                             grid_summaries)
+from core.app.attack import (attack_single, example_choice, existing_grid, grid_result,
+                             grid_spec, grid_summaries, launch_grid)
 from core.app.evaluate import classes_for_run
 from core.app.images import amplified_perturbation, read_upload, to_display
 from core.app.runs import eps_label, model_for_run, progress, run_label
@@ -28,7 +28,8 @@ params = {}
 with st.expander("Attack parameters", expanded=False):
     if attack == "pgd":
         p1, p2, p3 = st.columns(3)
-        params["steps"] = p1.number_input("Steps", 1, 200, ATTACKS["pgd"].steps)
+        params["steps"] = p1.number_input("Steps", 1, 200, ATTACKS["pgd"].steps,
+                                          key="attack-pgd-steps")
         params["norm"] = p2.selectbox("Norm", ["linf", "l2"])
         params["restarts"] = p3.number_input("Restarts", 1, 10, 1)
     elif attack == "cw":
@@ -48,9 +49,53 @@ other = st.selectbox("Side by side with (a second model, on the same images)",
                      format_func=lambda r: "no second model" if r is None else run_label(r))
 models = [run] + ([other] if other is not None else [])
 try:
-    grids = [grid_run(store, m.id, attack, params, n) for m in models]
+    specs = [grid_spec(m.id, attack, params, n) for m in models]
 except Exception as err:
     show_error(err)
+    st.stop()
+
+
+def own_image(eps: float | None) -> None:
+    """Attack an uploaded image with the chosen attack at ``eps`` (its budget, if any)."""
+    st.divider()
+    st.subheader("Attack your own image")
+    upload = st.file_uploader("An image (PNG, JPEG, …, at most 5 MB); it is resized to the model's "
+                              "input", type=None, key="upload")
+    if upload is not None:
+        try:
+            model, meta = model_for_run(store, run.id, device="cpu")  # one image: no GPU needed
+            x = read_upload(upload.getvalue(), meta["input_shape"])
+            single = dict(params)
+            if budgeted:
+                single[ATTACKS[attack].budget] = eps
+            out = attack_single(model, x, attack, single)
+            classes = meta["classes"]
+            cols = st.columns(3)
+            cols[0].image(to_display(out["x"]), caption=f"yours: {classes[int(out['clean_prob'].argmax())]} "
+                          f"({out['clean_prob'].max():.0%})", width="stretch")
+            cols[1].image(to_display(out["x_adv"]), caption=f"attacked: "
+                          f"{classes[int(out['adv_prob'].argmax())]} ({out['adv_prob'].max():.0%})",
+                          width="stretch")
+            cols[2].html(probability_bars(out["clean_prob"].tolist(), out["adv_prob"].tolist(),
+                                          classes))
+        except Exception as err:
+            show_error(err)
+
+
+grids = [existing_grid(store, spec) for spec in specs]
+if None in grids:
+    # nothing heavy starts by itself: the user asks for the grid (minutes on a CPU)
+    todo = [m for m, g in zip(models, grids) if g is None]
+    points = len(specs[0].budgets) if ATTACKS[attack].budget is not None else 1
+    st.info(f"{attack} over {points} epsilon(s) on {n:,} test images is not computed yet for "
+            + ", ".join(run_label(m) for m in todo) + ". It runs in the background; the "
+            "slider then reads its results.")
+    if st.button("Compute", type="primary", key="attack-compute"):
+        for spec, grid in zip(specs, grids):
+            if grid is None:
+                launch_grid(store, spec)
+        st.rerun()
+    own_image(specs[0].params.get(ATTACKS[attack].budget or "", None))
     st.stop()
 
 
@@ -216,6 +261,11 @@ def examples(results: list[dict]) -> None:
 
 
 grid_ids = [g.id for g in grids]
+if not finished(grid_ids) and st.button("Cancel", key="attack-cancel",
+                                        help="Stop computing this grid (and the second model's)"):
+    for g in grid_ids:
+        store.request_cancel(g)
+    st.rerun()
 if finished(grid_ids):
     # drawn once per slider move, not every second; in place, so the browser updates the
     # charts it has instead of building new ones
@@ -227,26 +277,4 @@ else:
     if shown:
         examples(ready)
 
-st.divider()
-st.subheader("Attack your own image")
-upload = st.file_uploader("An image (PNG, JPEG, …, at most 5 MB); it is resized to the model's "
-                          "input", type=None, key="upload")
-if upload is not None:
-    try:
-        model, meta = model_for_run(store, run.id, device="cpu")  # one image: no GPU needed
-        x = read_upload(upload.getvalue(), meta["input_shape"])
-        single = dict(params)
-        if budgeted:
-            single[ATTACKS[attack].budget] = eps
-        out = attack_single(model, x, attack, single)
-        classes = meta["classes"]
-        cols = st.columns(3)
-        cols[0].image(to_display(out["x"]), caption=f"yours: {classes[int(out['clean_prob'].argmax())]} "
-                      f"({out['clean_prob'].max():.0%})", width="stretch")
-        cols[1].image(to_display(out["x_adv"]), caption=f"attacked: "
-                      f"{classes[int(out['adv_prob'].argmax())]} ({out['adv_prob'].max():.0%})",
-                      width="stretch")
-        cols[2].html(probability_bars(out["clean_prob"].tolist(), out["adv_prob"].tolist(),
-                                      classes))
-    except Exception as err:
-        show_error(err)
+own_image(eps)

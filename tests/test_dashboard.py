@@ -95,6 +95,34 @@ def _gallery_count(at) -> int:
 
 
 @requires_mnist
+def test_opening_the_attack_page_starts_no_job_until_compute_is_pressed(tmp_path, monkeypatch):
+    """Nothing heavy starts by itself: the page offers the grid, the button launches it, and
+    a running grid has its Cancel."""
+    from core.jobs.runner import create, execute
+    from core.jobs.specs import TrainSpec
+
+    monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path))
+    store = RunStore()
+    model = create(store, TrainSpec(dataset="mnist", epochs=1, train_subset=200,
+                                    test_subset=50))
+    execute(store, model, echo=False)
+    at = _app("attack", model=model).run()
+    _no_exceptions(at)
+    assert [r.kind for r in store.list_runs()] == ["train"]
+    assert at.button(key="attack-compute").label == "Compute"
+    with monkeypatch.context() as m:  # launched, not run: this test needs no worker
+        from core.jobs import runner
+
+        m.setattr(runner, "start_worker", lambda *a, **k: None)
+        at.button(key="attack-compute").click().run()
+    grids = store.list_runs(kind="grid")
+    assert len(grids) == 1 and grids[0].status == "queued"
+    _no_exceptions(at)
+    at.button(key="attack-cancel").click().run()
+    assert store.cancel_requested(grids[0].id)  # its worker stops at its next check
+
+
+@requires_mnist
 def test_epsilon_slider_carries_every_epsilons_accuracy_and_moves_the_marker(mnist_model):
     """The slider is drawn in the browser from the numbers the page hands it (the browser test
     moves it); here: those numbers fall with epsilon, and the position it reports back moves
@@ -105,9 +133,14 @@ def test_epsilon_slider_carries_every_epsilons_accuracy_and_moves_the_marker(mni
 
     _, _, run_id = mnist_model
     store = RunStore()
-    at = _app("attack", model=run_id).run()
+    at = _app("attack", model=run_id)
+    at.session_state["attack-n"] = 100  # a grid of seconds: PGD-5 on 100 images
+    at.session_state["attack-pgd-steps"] = 5
+    at.run()
     _no_exceptions(at)
-    grid = grid_run(store, run_id, "pgd", {"steps": 40, "norm": "linf", "restarts": 1}, 200)
+    at.button(key="attack-compute").click().run()
+    _no_exceptions(at)
+    grid = grid_run(store, run_id, "pgd", {"steps": 5, "norm": "linf", "restarts": 1}, 100)
     assert wait_for(lambda: store.get(grid.id).status == "completed", 300), store.get(grid.id).error
     at.run()
     sliders = [e for e in at.get("bidi_component")

@@ -50,6 +50,7 @@ def _train(args, nproc=None):
     return float(line.split("test accuracy ")[1].split("%")[0]), line.split()[1].rstrip(":")
 
 
+@pytest.mark.slow  # torchrun: real process groups
 @requires_mnist
 def test_two_process_training_matches_one_process():
     args = ["--dataset", "mnist", "--epochs", "1", "--train-subset", "6000", "--test-subset",
@@ -84,6 +85,7 @@ def _sharded_worker(rank, world, port, model_path, n, out):
     distributed.shutdown()
 
 
+@pytest.mark.slow  # torchrun: real process groups
 @requires_mnist
 def test_sharded_evaluation_equals_single_process(mnist_model, tmp_path):
     from core import data
@@ -152,6 +154,7 @@ def test_cancelled_ddp_run_resumes_under_torchrun_to_the_unbroken_weights():
     assert len(epochs) == 3  # the interrupted epoch is logged once, not twice
 
 
+@pytest.mark.slow  # torchrun: real process groups
 @requires_mnist
 @pytest.mark.parametrize("command", [
     ["evaluate", "-n", "300"],
@@ -186,6 +189,7 @@ def test_torchrun_evaluation_commands_equal_one_process(mnist_model, command, ca
         " on 2 processes", "")
 
 
+@pytest.mark.slow  # torchrun: real process groups
 @requires_mnist
 @pytest.mark.parametrize("args, message", [
     (["train", "--resume", "no-such-run"], "no run with id 'no-such-run'"),
@@ -199,6 +203,7 @@ def test_torchrun_bad_input_stops_every_rank_with_one_message(args, message):
     assert len(RunStore().list_runs()) == before
 
 
+@pytest.mark.slow  # torchrun: real process groups
 @requires_mnist
 def test_torchrun_audit_equals_one_process(mnist_model):
     """The cascade runs on fixed batches, whole batches per rank: every example's verdict, the

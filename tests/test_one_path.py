@@ -61,12 +61,17 @@ def test_spec_validation_needs_no_torch():
 
 @pytest.mark.parametrize("args", [["train", "--epochs", "0"], ["sweep", "r", "--eps", "0.1,,2"],
                                   ["attack", "r", "--attack", "pgd", "--eps", "3"]])
-def test_bad_values_are_rejected_in_under_two_seconds(args):
-    began = time.monotonic()
-    proc = _cli(*args)
-    assert proc.returncode == 2 and proc.stderr.startswith("error: ")
+def test_bad_values_are_rejected_before_torch_loads(args):
+    """The refusal needs no torch (so it comes at once): with torch made unimportable the
+    command still answers with its one line."""
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from core.app.cli import main\n"
+            f"sys.exit(main({args!r}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: "), proc.stderr[-2000:]
     assert proc.stderr.count("\n") == 1
-    assert time.monotonic() - began < 2.0
+    assert _cli(*args).stderr == proc.stderr  # the real command says the same
 
 
 # --- the store's lease and the states of runs ------------------------------------------
@@ -134,32 +139,46 @@ SLOW = {"train": ["train", "--epochs", "30", "--train-subset", "2000", "--test-s
 
 @requires_mnist
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["train", "attack", "sweep"])
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_sigint_and_sigterm_leave_the_job_cancelled(kind, sig, mnist_model):
+def test_sigint_and_sigterm_leave_every_kind_of_job_cancelled(mnist_model):
+    """Train, attack and sweep, each stopped by SIGINT and by SIGTERM: six command-line
+    processes started together (one start-up wait instead of six), each signalled once its
+    job is running."""
     _, _, model_run = mnist_model
     store = RunStore()
     before = {r.id for r in store.list_runs()}
-    args = [model_run if a is None else a for a in SLOW[kind]]
-    proc = subprocess.Popen([sys.executable, "-m", "core", *args], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
+    procs = {}
+    for kind, args in SLOW.items():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            procs[kind, sig] = subprocess.Popen(
+                [sys.executable, "-m", "core", *[model_run if a is None else a for a in args]],
+                cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env=dict(os.environ))
 
-    def started():
-        new = [r for r in store.list_runs(kind=kind) if r.id not in before]
-        return new and new[0].status == "running" and (kind != "train"
-                                                        or store.metrics(new[0].id))
+    def run_of(kind, proc):
+        return next((r for r in store.list_runs(kind=kind)
+                     if r.id not in before and r.pid == proc.pid), None)
 
-    assert wait_for(started, 120)
-    run_id = next(r.id for r in store.list_runs(kind=kind) if r.id not in before)
+    def running(kind, proc):
+        run = run_of(kind, proc)
+        return run is not None and run.status == "running" and (kind != "train"
+                                                                 or store.metrics(run.id))
+
+    runs = {}
+    for (kind, sig), proc in procs.items():
+        assert wait_for(lambda: running(kind, proc), 300), (kind, sig)
+        runs[kind, sig] = run_of(kind, proc).id
     time.sleep(2.0)
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
-    run = store.get(run_id)
-    assert run.status == "cancelled", (run.status, run.error, err[-2000:])
-    assert signal.Signals(sig).name in run.error and "Traceback" not in err
-    assert proc.returncode == 130
-    hint = "resume it" if kind == "train" and _has_checkpoint(run_id) else "start it again"
-    assert hint in run.error and run.owner is None
+    for (kind, sig), proc in procs.items():
+        proc.send_signal(sig)
+    for (kind, sig), proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        run = store.get(runs[kind, sig])
+        assert run.status == "cancelled", (kind, sig, run.status, run.error, err[-2000:])
+        assert signal.Signals(sig).name in run.error and "Traceback" not in err
+        assert proc.returncode == 130, (kind, sig)
+        hint = ("resume it" if kind == "train" and _has_checkpoint(run.id)
+                else "start it again")
+        assert hint in run.error and run.owner is None, (kind, sig, run.error)
 
 
 def _has_checkpoint(run_id: str) -> bool:
@@ -179,9 +198,9 @@ def test_a_cancel_from_the_store_interrupts_a_long_attack_batch(mnist_model):
     assert wait_for(lambda: store.get(run_id).status == "running", 60)
     time.sleep(2.0)  # inside its first (and only) batch of 250 images
     assert store.request_cancel(run_id)
-    began = time.monotonic()
-    assert wait_for(lambda: store.get(run_id).status == "cancelled", 30), store.get(run_id).error
-    assert time.monotonic() - began < 15
+    # the batch alone takes many minutes (CW 1000 x 9 on 250 images): cancelled means it was
+    # interrupted inside it
+    assert wait_for(lambda: store.get(run_id).status == "cancelled", 120), store.get(run_id).error
     assert "start it again" in store.get(run_id).error
 
 

@@ -33,6 +33,7 @@ def test_bad_study_input_is_one_line_before_any_run(tmp_path):
         assert not (tmp_path / "runs.db").exists()
 
 
+@pytest.mark.slow  # a whole study, end to end
 @pytest.mark.usefixtures("tiny_scale")
 def test_a_study_trains_attacks_and_audits_each_defense_into_one_report():
     from core.jobs.runner import create, execute
@@ -77,6 +78,7 @@ def _raise_for(monkeypatch, defense: str, error: BaseException):
     return real_row
 
 
+@pytest.mark.slow  # a whole study, end to end
 @pytest.mark.usefixtures("tiny_scale")
 def test_a_stopped_study_resumes_reusing_the_jobs_that_finished(monkeypatch):
     from core.jobs import study
@@ -116,6 +118,7 @@ def test_a_stopped_study_resumes_reusing_the_jobs_that_finished(monkeypatch):
     assert store.get(run).status == "completed"
 
 
+@pytest.mark.slow  # a whole study, end to end
 @pytest.mark.usefixtures("tiny_scale")
 def test_a_model_that_fails_is_a_row_saying_so_and_the_study_goes_on(monkeypatch):
     from core.jobs.runner import create, execute

@@ -15,12 +15,28 @@ from core.jobs.store import Run, RunStore
 from core.app.runs import find_same
 
 
+def grid_spec(model_run: str, attack: str, params: dict, n: int,
+              budgets: list[float] | None = None) -> GridSpec:
+    """The attack-grid job of these settings (checked; raises InputError when one is bad)."""
+    return GridSpec(model_run=model_run, attack=attack, params=params, n=n,
+                    budgets=list(budgets or DEFAULT_GRID))
+
+
+def existing_grid(store: RunStore, spec: GridSpec) -> Run | None:
+    """A queued, running or completed grid of exactly ``spec``; None when there is none."""
+    return find_same(store, spec)
+
+
+def launch_grid(store: RunStore, spec: GridSpec) -> Run:
+    """The grid of ``spec``: a matching one, else a new job in a worker."""
+    return existing_grid(store, spec) or store.get(runner.submit(store, spec,
+                                                                 parent=spec.model_run))
+
+
 def grid_run(store: RunStore, model_run: str, attack: str, params: dict, n: int,
              budgets: list[float] | None = None) -> Run:
     """The attack-grid job for these settings: reuse a matching one, else launch it."""
-    spec = GridSpec(model_run=model_run, attack=attack, params=params, n=n,
-                    budgets=list(budgets or DEFAULT_GRID))
-    return find_same(store, spec) or store.get(runner.submit(store, spec, parent=model_run))
+    return launch_grid(store, grid_spec(model_run, attack, params, n, budgets))
 
 
 def grid_point_done(run_id: str, index: int) -> bool:
