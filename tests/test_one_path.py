@@ -139,46 +139,32 @@ SLOW = {"train": ["train", "--epochs", "30", "--train-subset", "2000", "--test-s
 
 @requires_mnist
 @pytest.mark.slow
-def test_sigint_and_sigterm_leave_every_kind_of_job_cancelled(mnist_model):
-    """Train, attack and sweep, each stopped by SIGINT and by SIGTERM: six command-line
-    processes started together (one start-up wait instead of six), each signalled once its
-    job is running."""
+@pytest.mark.parametrize("kind", ["train", "attack", "sweep"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_and_sigterm_leave_the_job_cancelled(kind, sig, mnist_model):
     _, _, model_run = mnist_model
     store = RunStore()
     before = {r.id for r in store.list_runs()}
-    procs = {}
-    for kind, args in SLOW.items():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            procs[kind, sig] = subprocess.Popen(
-                [sys.executable, "-m", "core", *[model_run if a is None else a for a in args]],
-                cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                env=dict(os.environ))
+    args = [model_run if a is None else a for a in SLOW[kind]]
+    proc = subprocess.Popen([sys.executable, "-m", "core", *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
 
-    def run_of(kind, proc):
-        return next((r for r in store.list_runs(kind=kind)
-                     if r.id not in before and r.pid == proc.pid), None)
+    def started():
+        new = [r for r in store.list_runs(kind=kind) if r.id not in before]
+        return new and new[0].status == "running" and (kind != "train"
+                                                        or store.metrics(new[0].id))
 
-    def running(kind, proc):
-        run = run_of(kind, proc)
-        return run is not None and run.status == "running" and (kind != "train"
-                                                                 or store.metrics(run.id))
-
-    runs = {}
-    for (kind, sig), proc in procs.items():
-        assert wait_for(lambda: running(kind, proc), 300), (kind, sig)
-        runs[kind, sig] = run_of(kind, proc).id
+    assert wait_for(started, 120)
+    run_id = next(r.id for r in store.list_runs(kind=kind) if r.id not in before)
     time.sleep(2.0)
-    for (kind, sig), proc in procs.items():
-        proc.send_signal(sig)
-    for (kind, sig), proc in procs.items():
-        out, err = proc.communicate(timeout=120)
-        run = store.get(runs[kind, sig])
-        assert run.status == "cancelled", (kind, sig, run.status, run.error, err[-2000:])
-        assert signal.Signals(sig).name in run.error and "Traceback" not in err
-        assert proc.returncode == 130, (kind, sig)
-        hint = ("resume it" if kind == "train" and _has_checkpoint(run.id)
-                else "start it again")
-        assert hint in run.error and run.owner is None, (kind, sig, run.error)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    run = store.get(run_id)
+    assert run.status == "cancelled", (run.status, run.error, err[-2000:])
+    assert signal.Signals(sig).name in run.error and "Traceback" not in err
+    assert proc.returncode == 130
+    hint = "resume it" if kind == "train" and _has_checkpoint(run_id) else "start it again"
+    assert hint in run.error and run.owner is None
 
 
 def _has_checkpoint(run_id: str) -> bool:
