@@ -18,9 +18,7 @@ if "ROBUSTLAB_ARTIFACTS" not in os.environ:
 
     os.environ["ROBUSTLAB_ARTIFACTS"] = tempfile.mkdtemp(prefix="robustlab-test-")
 
-# Two pytest workers share the two cores (pytest.ini: -n 2): one thread each, so neither waits
-# for the other's threads.
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
+torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 def wait_for(predicate, timeout: float = 240.0) -> bool:
