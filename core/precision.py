@@ -1,11 +1,14 @@
 """Which arithmetic ``--precision auto`` uses, chosen by measurement rather than assumption.
 
-bfloat16 is 2-3x faster than float32 on CPUs with AVX-512 BF16 or AMX, but on a GPU a small
-model is bound by kernel launches and memory traffic, and the casts can make bfloat16 slower
-(on one H200 the audit's bf16 search was 1.6-1.8x slower than float32). So ``auto`` times a few
-passes of this model at this batch size on this device in both, picks the faster, and caches the
-choice per (device, model, input shape, purpose) in ``artifacts/cache/precision.json``. Where the
-device has no native bfloat16 it is float32 without a measurement.
+On a GPU ``auto`` times a few passes of this model at this batch size in both arithmetics,
+picks the faster, and caches the choice per (device, model, input shape, purpose) in
+``artifacts/cache/precision.json``: there a small model is bound by kernel launches and memory
+traffic, and on one H200 the audit's bf16 search was 1.8-2.4x slower than float32 while bf16
+training was faster at batch 512 and slower at 128. On a CPU with native bfloat16 the search is
+bf16 by a rule backed by the audit benchmark (a whole audit 2-3x faster there,
+``benchmarks/RESULTS.md``): a probe on clean images cannot see the cost of the float32 pass on
+rows near the boundary, which differs between a trained and an untrained model. Where the device
+has no native bfloat16 it is float32.
 """
 from __future__ import annotations
 
@@ -50,6 +53,15 @@ def choose(requested: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     device = x.device
     if not bf16_native(device):
         return Choice(False, f"auto: {device.type} has no native bfloat16")
+    if device.type == "cpu":
+        return Choice(purpose == "search", "auto: on a CPU with native bfloat16 the search is "
+                      "bf16 (a whole audit 2-3x faster) and training float32")
+    return measured(model, x, y, purpose)
+
+
+def measured(model: nn.Module, x: torch.Tensor, y: torch.Tensor, purpose: str) -> Choice:
+    """The faster arithmetic for ``purpose``, timed here once and cached."""
+    device = x.device
     key = _key(model, x, purpose)
     cache = _read_cache()
     if key not in cache:

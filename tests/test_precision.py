@@ -24,19 +24,26 @@ def test_an_explicit_precision_is_taken_as_asked():
 
 
 @pytest.mark.parametrize("purpose", ["train", "search"])
-def test_auto_measures_once_then_reads_its_cache(purpose, monkeypatch):
-    from core.attacks.speed import bf16_native
-
+def test_a_measured_choice_is_timed_once_then_read_from_its_cache(purpose, monkeypatch):
+    """What auto does on a GPU (here on the CPU: the same code)."""
     model, x, y = _model_and_batch()
-    first = precision.choose("auto", model, x, y, purpose)
-    if not bf16_native(x.device):  # nothing to measure: float32, and it says why
-        assert first.name == "fp32" and "no native bfloat16" in first.reason
-        return
+    before = [p.clone() for p in model.parameters()]
+    first = precision.measured(model, x, y, purpose)
     assert "measured faster" in first.reason and first.name in first.reason
     monkeypatch.setattr(precision, "_time", lambda *a: pytest.fail("measured twice"))
-    assert precision.choose("auto", model, x, y, purpose) == first
-    before = [p.clone() for p in model.parameters()]
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert precision.measured(model, x, y, purpose) == first
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # a copy was timed
+
+
+def test_auto_on_a_cpu_follows_its_rule_and_says_why(monkeypatch):
+    from core.attacks import speed
+
+    model, x, y = _model_and_batch()
+    monkeypatch.setattr(precision, "_time", lambda *a: pytest.fail("no probe on a CPU"))
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(speed, "bf16_native", lambda device, native=native: native)
+        choice = precision.choose("auto", model, x, y, "search")
+        assert choice.name == expected and choice.reason.startswith("auto: ")
 
 
 @requires_mnist
