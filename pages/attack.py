@@ -129,9 +129,14 @@ st.caption(f"Every number here is on the same {n:,} test images (a seeded sample
            + ". The Evaluate page's clean accuracy is on the whole test split, so it can differ "
            "by a point or two.")
 e1, e2 = st.columns([2, 3])
-show_what = e1.radio("Examples to show", ["flipped", "all", "pick"], horizontal=True, key="attack-show",
+SHOW = ["flipped", "all", "pick"]
+# kept outside the widget: a run that stops at the Compute prompt (a second model added) does
+# not draw this radio, and Streamlit forgets the state of widgets it did not draw
+show_what = e1.radio("Examples to show", SHOW, horizontal=True,
+                     index=SHOW.index(st.session_state.get("attack-show-choice", "flipped")),
                      format_func={"flipped": "flipped only", "all": "all",
                                   "pick": "pick an image"}.get)
+st.session_state["attack-show-choice"] = show_what
 picked = None
 if show_what == "pick":
     first = grid_result(grids[0].id, index)
