@@ -77,7 +77,10 @@ def test_two_trainings_and_a_sweep_at_once_with_a_polling_reader(mnist_model):
         assert sum(m["name"] == "lr" for m in rows) == steps // 10
         assert sum(m["name"] == "test_acc" for m in rows) == 2
     assert len(store.get(sweep).summary["rows"]) == 6
-    assert sum(m["name"] == "progress" for m in store.metrics(sweep)) == 6
+    # progress rows are throttled by time (how many depends on the machine's speed); the
+    # last one always says done
+    fractions = [m["value"] for m in store.metrics(sweep) if m["name"] == "progress"]
+    assert fractions and fractions[-1] == 1.0 and fractions == sorted(fractions)
     assert polls > 5
 
 
