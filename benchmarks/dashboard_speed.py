@@ -176,12 +176,13 @@ def main() -> None:
     store, run_id, _ = small_mnist_model("robustlab-dash-")
     from playwright.sync_api import sync_playwright
 
-    from core.app.attack import grid_run
+    from core.app.attack import grid_spec, launch_grid
     from core.app.evaluate import cached_evaluation
     from core.app.robustness import launch_sweep
 
     jobs = [cached_evaluation(store, run_id).id,
-            grid_run(store, run_id, "pgd", {"steps": 40, "norm": "linf", "restarts": 1}, 200).id]
+            launch_grid(store, grid_spec(run_id, "pgd", {"steps": 40, "norm": "linf",
+                                                           "restarts": 1}, 200)).id]
     while any(store.get(j).status in ("queued", "running") for j in jobs):
         time.sleep(1)
     port = 8650

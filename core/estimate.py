@@ -22,35 +22,39 @@ ATTACK_PASS = 0.7
 FORWARD_PASS = 0.35
 
 
-def seconds_per_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+def _timed(one_pass, x: torch.Tensor, repeats: int) -> float:
+    """Seconds per image of ``one_pass``: one untimed warm-up, then the median of
+    ``repeats - 1`` timed passes (the device synchronised after each)."""
+    times = []
+    for k in range(max(repeats, 2)):
+        began = time.perf_counter()
+        one_pass()
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        if k:
+            times.append(time.perf_counter() - began)
+    return sorted(times)[len(times) // 2] / max(len(x), 1)
+
+
+def seconds_per_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     repeats: int = 2) -> float:
     """Seconds per image of one training forward-backward pass (timed on a copy of the model,
-    twice, the second counted; random state untouched)."""
+    under whatever autocast the caller set; random state untouched)."""
     probe = copy.deepcopy(model).train()
     with torch.random.fork_rng(devices=[]):
-        for _ in range(2):
-            began = time.perf_counter()
-            F.cross_entropy(probe(x), y).backward()
-            if x.device.type == "cuda":
-                torch.cuda.synchronize(x.device)
-            took = time.perf_counter() - began
-    return took / max(len(x), 1)
+        return _timed(lambda: F.cross_entropy(probe(x), y).backward(), x, repeats)
 
 
-def seconds_per_attack_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+def seconds_per_attack_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                            repeats: int = 2) -> float:
     """Seconds per image of one attack gradient pass (eval mode, BatchNorm folded, gradient
-    with respect to the input only), timed twice and the second counted."""
+    with respect to the input only)."""
     from core.attacks.contract import attack_mode, input_grad
     from core.attacks.speed import folded
 
     with attack_mode(model):
         fast = folded(model)
-        for _ in range(2):
-            began = time.perf_counter()
-            input_grad(fast, x, y, F.cross_entropy)
-            if x.device.type == "cuda":
-                torch.cuda.synchronize(x.device)
-            took = time.perf_counter() - began
-    return took / max(len(x), 1)
+        return _timed(lambda: input_grad(fast, x, y, F.cross_entropy), x, repeats)
 
 
 def training_seconds(defense: DefenseSettings, epochs: int, n_train: int, n_test: int,

@@ -12,17 +12,15 @@ has no native bfloat16 it is float32.
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
-import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from core import checkpoint
+from core import estimate
 from core.paths import cache_dir
 
 PASSES = 4  # timed passes per arithmetic, after one untimed warm-up of each
@@ -78,39 +76,15 @@ def measured(model: nn.Module, x: torch.Tensor, y: torch.Tensor, purpose: str) -
 
 
 def _time(model: nn.Module, x: torch.Tensor, y: torch.Tensor, purpose: str, bf16: bool) -> float:
-    """Median seconds of one pass (a copy of the model: no statistics or weights change)."""
-    probe = copy.deepcopy(model)
+    """Median seconds of one pass of a batch like ``x``, timed as the estimates are
+    (:mod:`core.estimate`; no statistics or weights of ``model`` change)."""
+    from core.attacks.speed import LowPrecision
+
     if purpose == "search":
-        from core.attacks.speed import LowPrecision, folded
-
-        probe.eval().requires_grad_(False)
-        net = LowPrecision(probe) if bf16 else folded(probe)
-    else:
-        probe.train()
-        net = probe
-    times = []
-    with torch.random.fork_rng(devices=[]):
-        for k in range(PASSES + 1):
-            began = time.perf_counter()
-            _one_pass(net, x, y, purpose, bf16)
-            if x.device.type == "cuda":
-                torch.cuda.synchronize(x.device)
-            if k:
-                times.append(time.perf_counter() - began)
-    return sorted(times)[len(times) // 2]
-
-
-def _one_pass(net: nn.Module, x: torch.Tensor, y: torch.Tensor, purpose: str, bf16: bool
-              ) -> None:
-    if purpose == "search":
-        point = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            torch.autograd.grad(F.cross_entropy(net(point).float(), y), point)
-        return
+        net = LowPrecision(model) if bf16 else model
+        return estimate.seconds_per_attack_pass(net, x, y, PASSES + 1) * len(x)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-        loss = F.cross_entropy(net(x), y)
-    loss.backward()
-    net.zero_grad(set_to_none=True)
+        return estimate.seconds_per_pass(model, x, y, PASSES + 1) * len(x)
 
 
 def _device_name(device: torch.device) -> str:

@@ -174,6 +174,7 @@ def test_the_audit_panel_in_a_real_browser(mnist_model, page_url):
     _choose(page, "Norm", "linf")
     expect(budget).to_have_value("0.3000")  # the rerun is drawn: typing now is kept
     budget.fill("0.1")
+    _choose(page, "Version", "fast")  # APGD-CE, APGD-T: the panel's parts in seconds
     page.get_by_role("spinbutton", name="Test images").first.fill("30")
     page.get_by_role("button", name="Run audit").click()
     # the new audit is selected at once, and its waterfall starts with clean accuracy

@@ -4,7 +4,7 @@ filters by class."""
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.app.attack import grid_run
+from core.app.attack import grid_spec, launch_grid
 from core.jobs.store import RunStore
 
 from conftest import wait_for, requires_mnist
@@ -140,7 +140,8 @@ def test_epsilon_slider_carries_every_epsilons_accuracy_and_moves_the_marker(mni
     _no_exceptions(at)
     at.button(key="attack-compute").click().run()
     _no_exceptions(at)
-    grid = grid_run(store, run_id, "pgd", {"steps": 5, "norm": "linf", "restarts": 1}, 100)
+    grid = launch_grid(store, grid_spec(run_id, "pgd", {"steps": 5, "norm": "linf",
+                                                        "restarts": 1}, 100))
     assert wait_for(lambda: store.get(grid.id).status == "completed", 300), store.get(grid.id).error
     at.run()
     sliders = [e for e in at.get("bidi_component")

@@ -209,8 +209,8 @@ def test_torchrun_audit_equals_one_process(mnist_model):
     """The cascade runs on fixed batches, whole batches per rank: every example's verdict, the
     stages' robust accuracies and the indicators match one process (only seconds differ)."""
     _, _, model_run = mnist_model
-    args = ["audit", model_run, "--eps", "0.1", "--version", "standard", "-n", "270",
-            "--steps", "5", "--queries", "40"]
+    args = ["audit", model_run, "--eps", "0.1", "--version", "standard", "-n", "60",
+            "--batch-size", "30", "--steps", "5", "--queries", "40"]  # two batches, a rank each
     runs = [_core(args, nproc=nproc) for nproc in (None, 2)]
     ids = [p.stdout.split()[1].rstrip(":") for p in runs]
     store = RunStore()
@@ -222,4 +222,4 @@ def test_torchrun_audit_equals_one_process(mnist_model):
     assert [st["attack"] for st in summaries[0]["stages"]] == ["apgd-ce", "apgd-t", "fab-t",
                                                                "square"]
     one, two = ((run_dir(i) / "audit.csv").read_text() for i in ids)
-    assert one == two and len(one.splitlines()) == 271
+    assert one == two and len(one.splitlines()) == 61

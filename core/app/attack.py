@@ -33,11 +33,6 @@ def launch_grid(store: RunStore, spec: GridSpec) -> Run:
                                                                  parent=spec.model_run))
 
 
-def grid_run(store: RunStore, model_run: str, attack: str, params: dict, n: int,
-             budgets: list[float] | None = None) -> Run:
-    """The attack-grid job for these settings: reuse a matching one, else launch it."""
-    return launch_grid(store, grid_spec(model_run, attack, params, n, budgets))
-
 
 def grid_point_done(run_id: str, index: int) -> bool:
     """Whether grid point ``index`` has been computed (without reading it)."""

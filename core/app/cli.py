@@ -162,7 +162,8 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--robust-eps", type=float, help="eps of the per-epoch held-out PGD check")
     _device_option(p)
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
-                   help="bf16 autocast for training (auto, the default: on GPU only)")
+                   help="bf16 autocast for training (auto, the default: the faster one "
+                   "measured on a GPU, fp32 on a CPU)")
     p.add_argument("--name", help="a label for the run")
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
 
@@ -216,9 +217,12 @@ def _audit_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="iterations of APGD-CE, APGD-T and FAB-T "
                    "(default 100, the reference's)")
     p.add_argument("--queries", type=int, help="Square queries (default 5000)")
+    p.add_argument("--batch-size", type=int, help="images per batch (default 250); torchrun "
+                   "gives each rank whole batches")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
-                   help="arithmetic of the attacks' search: auto (default) is bf16 where the "
-                   "hardware computes it natively, else fp32; verdicts are always fp32")
+                   help="arithmetic of the attacks' search: auto (default) is the faster one "
+                   "measured on a GPU, bf16 on a CPU with native bf16, else fp32; verdicts are "
+                   "always fp32")
 
 
 def _device_option(p: argparse.ArgumentParser) -> None:
@@ -294,7 +298,7 @@ def audit_spec(args: argparse.Namespace):
 
     return AuditSpec(**_model_fields(args), **_given(
         args, norm="norm", eps="eps", version="version", n="n", seed="seed", steps="steps",
-        queries="queries", precision="precision"))
+        queries="queries", batch_size="batch_size", precision="precision"))
 
 
 def reproduce_spec(args: argparse.Namespace):
