@@ -82,11 +82,12 @@ def own_image(eps: float | None) -> None:
             show_error(err)
 
 
+budgeted = ATTACKS[attack].budget is not None
 grids = [existing_grid(store, spec) for spec in specs]
 if None in grids:
     # nothing heavy starts by itself: the user asks for the grid (minutes on a CPU)
     todo = [m for m, g in zip(models, grids) if g is None]
-    points = len(specs[0].budgets) if ATTACKS[attack].budget is not None else 1
+    points = len(specs[0].budgets) if budgeted else 1
     st.info(f"{attack} over {points} epsilon(s) on {n:,} test images is not computed yet for "
             + ", ".join(run_label(m) for m in todo) + ". It runs in the background; the "
             "slider then reads its results.")
@@ -109,7 +110,6 @@ def count(points: list[list[dict | None]]) -> int:
     return sum(p is not None for grid in points for p in grid)
 
 
-budgeted = ATTACKS[attack].budget is not None
 budgets = grids[0].config["budgets"] if budgeted else [None]
 if budgeted:
     # the numbers of every computed epsilon travel with the slider, which repaints them in the
