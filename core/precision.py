@@ -50,12 +50,12 @@ def choose(requested: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         return Choice(requested == "bf16", f"--precision {requested}")
     device = x.device
     if not bf16_native(device):
-        return Choice(False, f"auto: {device.type} has no native bfloat16")
+        return Choice(False, f"auto: float32 ({_device_name(device)} has no native bfloat16)")
     if device.type == "cpu":
         if purpose == "search":
             return Choice(True, "auto: bf16 search on a CPU with native bfloat16, where a whole "
                                 "audit runs 2-3x faster than in float32")
-        return Choice(False, "auto: float32 training on a CPU")
+        return Choice(False, "auto: float32 training on a CPU (--precision bf16 to change)")
     return measured(model, x, y, purpose)
 
 

@@ -303,8 +303,6 @@ def choose_precision(setup: Setup) -> Choice:
     for this model and batch size (:mod:`core.precision`); with ``auto`` on a CPU float32, the
     arithmetic of every CPU figure in the README (``--precision bf16`` is about 1.7x faster on
     CPUs with native bfloat16, at slightly different numbers)."""
-    if setup.cfg.precision == "auto" and setup.device.type == "cpu":
-        return Choice(False, "auto: float32 for training on a CPU; --precision bf16 to change")
     batch = max(min(setup.cfg.batch_size, len(setup.train)), 2)
     x = setup.train.floats(slice(0, batch)).to(setup.device, memory_format=torch.channels_last)
     y = setup.train.labels[:batch].to(setup.device)
