@@ -65,7 +65,7 @@ def cascade(model: nn.Module, data: TensorData, plan: list[Stage], batch_size: i
     share under torchrun; examples come from rank 0's share). Batches are fixed by position
     and every attack call is seeded per batch, so under torchrun (whole batches per rank) the
     result equals one process's. ``low_precision`` searches in bfloat16
-    (:class:`core.attacks.contract.LowPrecision`); every verdict is still the float32 model's, and a
+    (:class:`core.attacks.speed.LowPrecision`); every verdict is still the float32 model's, and a
     point the bfloat16 search broke but float32 does not is searched again in float32."""
     ctx = ctx or distributed.Context()
     mine = distributed.my_positions(ctx, len(data), batch_size)

@@ -314,7 +314,7 @@ class AuditSpec(ModelJobSpec):
     steps: int = 100
     queries: int = 5000
     batch_size: int = 250
-    precision: str = "auto"  # of the search; verdicts are float32 (core.attacks.contract.LowPrecision)
+    precision: str = "auto"  # of the search; verdicts are float32 (core.attacks.speed.LowPrecision)
 
     def validate(self) -> None:
         super().validate()
