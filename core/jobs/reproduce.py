@@ -46,6 +46,7 @@ class Plan:
     defense_budgets: list = field(default_factory=lambda: [0.01, 0.1, 0.2])
     cw_n: int = 200
     audit: dict = field(default_factory=lambda: {"version": "standard", "n": 200})
+    eval_n: int | None = None  # clean evaluations: the whole test split unless set
 
 
 FULL = Plan(
@@ -69,7 +70,7 @@ QUICK = Plan(
                         test_subset=200),
     defenses={"fgsm-at": dict(SEED_FGSM_AT), "iat": {"eps": 0.2, "steps": 2, "alpha": 1.0}},
     defense_eval_n=100, defense_budgets=[0.1, 0.2], cw_n=30,
-    audit={"version": "fast", "n": 30, "steps": 10},
+    audit={"version": "fast", "n": 30, "steps": 10}, eval_n=500,
 )
 
 
@@ -110,9 +111,10 @@ class _Parts:
         return child, self.ctx.store.get(child).duration or 0.0
 
     def evaluate(self, model_run: str, name: str, which: str = "final") -> tuple[str, dict]:
-        """Clean evaluation of a model on its whole test split, as a child run."""
-        return self.ctx.child(EvaluateSpec(model_run=model_run, which=which, **self._where()),
-                              name)
+        """Clean evaluation of a model on its test split (the whole split in the full plan), as
+        a child run."""
+        return self.ctx.child(EvaluateSpec(model_run=model_run, which=which, n=self.plan.eval_n,
+                                           **self._where()), name)
 
     def part_a(self) -> dict:
         child, wall = self.train("seed study (a): cifar10", **self.plan.cifar)
