@@ -12,13 +12,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from sklearn.metrics import confusion_matrix
 
-from core import distributed
+from core import confidence, distributed
 from core.attacks import Attack, with_budget
 from core.attacks.contract import attack_mode, input_grad
 from core.attacks.contract import outputs_are_probabilities
 from core.data import TensorData
+from core.lazy import sklearn_metrics
 from core.metrics import classification_report
 from core.prediction import predict
 
@@ -92,25 +92,32 @@ class AttackOutcome:
         """Accuracies, success rate, norms, per-class accuracy and confusion under attack."""
         clean_ok = self.clean_pred == self.labels
         adv_ok = self.adv_pred == self.labels
+        robust = clean_ok & adv_ok  # the audit's definition: correct before and after
         flipped = clean_ok & ~adv_ok
-        n_ok = int(clean_ok.sum())
+        n, n_ok = int(len(self.labels)), int(clean_ok.sum())
         l2, linf = self.l2[flipped].numpy(), self.linf[flipped].numpy()
         report = classification_report(self.labels.numpy(), self.adv_pred.numpy(), self.classes)
+        per_class = [float(robust[self.labels == c].float().mean()) if (self.labels == c).any()
+                     else 0.0 for c in range(len(self.classes))]
         return {
             "attack": self.attack, "budget": self.budget, "params": self.params,
-            **threat_columns(self.threat, self.params), "n": int(len(self.labels)),
+            **threat_columns(self.threat, self.params), "n": n,
             "clean_acc": float(clean_ok.float().mean()),
-            "adv_acc": float(adv_ok.float().mean()),
+            "clean_acc_ci": confidence.interval(n_ok, n),
+            "adv_acc": float(robust.float().mean()),
+            "adv_acc_ci": confidence.interval(int(robust.sum()), n),
+            # the older figure, renamed: correct after the attack, whatever the clean prediction
+            "after_attack_acc": float(adv_ok.float().mean()),
             "success_rate": float(flipped.sum()) / n_ok if n_ok else 0.0,
             # no flipped example, no perturbation size: None ("—"), never a misleading 0
             "l2_mean": float(l2.mean()) if len(l2) else None,
             "l2_median": float(np.median(l2)) if len(l2) else None,
             "linf_mean": float(linf.mean()) if len(linf) else None,
             "linf_median": float(np.median(linf)) if len(linf) else None,
-            "per_class_adv_acc": {c["class"]: c["recall"] for c in report["per_class"]},
+            "per_class_adv_acc": dict(zip(self.classes, per_class)),
             "confusion_adv": report["confusion"],
             # the same images unattacked, so the two matrices compare like with like
-            "confusion_clean": confusion_matrix(self.labels.numpy(), self.clean_pred.numpy(),
+            "confusion_clean": sklearn_metrics.confusion_matrix(self.labels.numpy(), self.clean_pred.numpy(),
                                                 labels=list(range(len(self.classes)))).tolist(),
         }
 
@@ -196,16 +203,20 @@ def sweep(model: nn.Module, data: TensorData, attacks: Sequence[Attack],
         outcome = runner(model, data, concrete, batch_size, progress=tick)
         summary = outcome.summary()
         rows.append({key: summary[key] for key in (
-            "attack", "kind", "norm", "eps", "sigma", "budget", "n", "clean_acc", "adv_acc",
-            "success_rate", "l2_mean", "l2_median", "linf_mean", "linf_median")}
+            "attack", "kind", "norm", "eps", "sigma", "budget", "n", "clean_acc", "adv_acc")}
+            | {"adv_acc_low": summary["adv_acc_ci"][0], "adv_acc_high": summary["adv_acc_ci"][1]}
+            | {key: summary[key] for key in ("success_rate", "l2_mean", "l2_median",
+                                             "linf_mean", "linf_median")}
             | {"params": summary["params"]})
         if outcome.threat is not None:
             key = (outcome.threat["norm"], outcome.threat["eps"])
-            ok = outcome.adv_pred == outcome.labels
+            ok = (outcome.adv_pred == outcome.labels) & (outcome.clean_pred == outcome.labels)
             robust[key] = robust.get(key, ok) & ok
             members.setdefault(key, []).append(attack.name)
     worst = [{"norm": norm, "eps": eps, "attacks": ", ".join(members[(norm, eps)]),
-              "n": n, "worst_case_acc": float(ok.float().mean())}
+              "n": n, "worst_case_acc": float(ok.float().mean()),
+              "worst_case_low": confidence.interval(int(ok.sum()), n)[0],
+              "worst_case_high": confidence.interval(int(ok.sum()), n)[1]}
              for (norm, eps), ok in sorted(robust.items(), key=lambda kv: (kv[0][0],
                                                                             kv[0][1] or 0))]
     return {"rows": rows, "worst_case": worst, "warnings": warnings + _ordering_warnings(rows)}

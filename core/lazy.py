@@ -22,3 +22,8 @@ class LazyModule:
 
 torch: Any = LazyModule("torch")
 F: Any = LazyModule("torch.nn.functional")
+# scikit-learn, pandas and SciPy cost about a second to import: a worker or a CLI refusal that
+# never writes a table or a metric should not pay it
+sklearn_metrics: Any = LazyModule("sklearn.metrics")
+pd: Any = LazyModule("pandas")
+scipy_stats: Any = LazyModule("scipy.stats")

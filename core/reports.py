@@ -9,12 +9,12 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-import pandas as pd
 import torch
 
-from core import checkpoint
+from core import checkpoint, confidence
 from core import figures
 from core.data import TensorData
+from core.lazy import pd
 
 MISTAKES_SHOWN = 64
 
@@ -188,21 +188,43 @@ def write_audit(folder: Path, report: dict, shown: dict, data: TensorData,
     tmp = folder / "audit.csv.tmp"
     pd.DataFrame(report["examples"]).to_csv(tmp, index=False)
     os.replace(tmp, folder / "audit.csv")
+    tmp = folder / "audit_stages.csv.tmp"
+    pd.DataFrame(audit_stage_rows(report)).to_csv(tmp, index=False)
+    os.replace(tmp, folder / "audit_stages.csv")
     checkpoint.atomic_write_text(folder / "audit.md", audit_markdown(report))
 
 
+def audit_stage_rows(report: dict) -> list[dict]:
+    """The waterfall as rows: stage, robust accuracy, its 95% interval, images, seconds."""
+    n = report["n"]
+    rows = [{"stage": "clean", "robust_acc": report["clean_acc"],
+             "ci_low": report["clean_acc_ci"][0], "ci_high": report["clean_acc_ci"][1], "n": n,
+             "seconds": None}]
+    return rows + [{"stage": s["attack"], "robust_acc": s["robust_acc"],
+                    "ci_low": s["robust_acc_ci"][0], "ci_high": s["robust_acc_ci"][1], "n": n,
+                    "seconds": s["seconds"]} for s in report["stages"]]
+
+
 def audit_markdown(report: dict) -> str:
-    """The audit as Markdown: what was measured, the stage waterfall, the indicators."""
-    stages = [{"stage": "clean", "robust accuracy": f"{report['clean_acc']:.2%}", "seconds": "—"}]
-    stages += [{"stage": s["attack"], "robust accuracy": f"{s['robust_acc']:.2%}",
-                "seconds": f"{s['seconds']:.1f}"} for s in report["stages"]]
+    """The audit as Markdown: what was measured, the stage waterfall with 95% intervals, the
+    indicators."""
+    n = report["n"]
+    stages = [{"stage": "clean", "robust accuracy (95% interval)":
+               confidence.text(report["clean_acc"], n), "seconds": "—"}]
+    stages += [{"stage": s["attack"], "robust accuracy (95% interval)":
+                confidence.text(s["robust_acc"], n), "seconds": f"{s['seconds']:.1f}"}
+               for s in report["stages"]]
     checks = [{"indicator": c["name"], "status": c["status"], "what it means": c["detail"]}
               for c in report["indicators"]]
     lines = [f"# Audit: {report['threat_label']}, {report['version']} version, "
-             f"{report['n']:,} test images", "",
-             f"Robust accuracy **{report['robust_acc']:.2%}** (clean {report['clean_acc']:.2%});"
-             f" verdict: **{report['verdict']}**. The attacks searched in "
+             f"{n:,} test images", "",
+             f"Robust accuracy **{confidence.text(report['robust_acc'], n)}** (95% Wilson "
+             f"interval; clean {confidence.text(report['clean_acc'], n)}); verdict: "
+             f"**{report['verdict']}**. The attacks searched in "
              f"{report.get('search_precision', 'fp32')}; every verdict is the float32 model's.",
              ""]
+    lines += [f"{stage} used the {loss} loss: DLR needs at least 4 classes."
+              for stage, loss in report.get("losses", {}).items()
+              if stage != "apgd-ce" and not loss.startswith("dlr")]
     lines += ["", markdown(pd.DataFrame(stages)), "", markdown(pd.DataFrame(checks)), ""]
     return "\n".join(lines)

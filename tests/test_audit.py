@@ -199,7 +199,7 @@ def test_the_weaker_attacks_stay_in_the_ball_and_fail_the_indicator_when_they_wi
     size = delta.abs().max(1).values if norm == "linf" else delta.norm(dim=1)
     assert (size <= eps + 1e-6).all() and (size > 0).all()
     assert weaker_indicator(0, 0, 16)["status"] == "pass"
-    assert weaker_indicator(0, 1, 16)["status"] == "fail"
+    assert weaker_indicator(0, 3, 16)["status"] == "fail"
     assert weaker_indicator(2, 0, 16)["status"] == "fail"
 
 

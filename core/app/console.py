@@ -10,6 +10,7 @@ import time
 
 from core import distributed
 from core.cancellation import Cancelled
+from core.confidence import text
 from core.paths import InputError, run_dir
 from core.jobs.specs import Spec, TrainSpec
 from core.jobs.store import Run, RunStore
@@ -101,11 +102,12 @@ def _execute_and_print(store: RunStore, run_id: str, resume: bool) -> int:
 
 def _print_train(store: RunStore, run: Run, s: dict) -> None:
     final = s["final"]
-    print(f"run {run.id} completed: test accuracy {final['test_acc']:.2%} on "
+    print(f"run {run.id} completed: test accuracy {text(final['test_acc'], s['n_test'])} on "
           f"{s['n_test']:,} test images ({s['dataset_source']})")
     if "robust_acc" in final:
-        print(f"  held-out PGD (eps {final['robust_eps']}) accuracy {final['robust_acc']:.2%} on "
-              f"{s['n_held_out']:,} held-out training images")
+        print(f"  the guard's held-out robust accuracy (L-inf eps {final['robust_eps']}) "
+              f"{text(final['robust_acc'], s['n_held_out'])} on {s['n_held_out']:,} held-out "
+              "training images")
     print(f"  weights: {run_dir(run.id) / 'model.safetensors'}")
 
 
@@ -114,7 +116,7 @@ def _print_evaluate(store: RunStore, run: Run, s: dict) -> None:
 
     print(f"evaluation {run.id} of {s['model_run']} on {s['n']:,} {s['split']} images "
           f"({s['source']})")
-    print(f"  accuracy {s['accuracy']:.2%}   micro-F1 {s['micro_f1']:.2%}   macro-F1 "
+    print(f"  accuracy {text(s['accuracy'], s['n'])}   micro-F1 {s['micro_f1']:.2%}   macro-F1 "
           f"{s['macro_f1']:.2%}   (micro-F1 equals accuracy for single-label data)")
     print(pd.DataFrame(s["per_class"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print("confusion matrix (rows: true, columns: predicted):")
@@ -127,8 +129,9 @@ def _print_evaluate(store: RunStore, run: Run, s: dict) -> None:
 def _print_attack(store: RunStore, run: Run, s: dict) -> None:
     print(f"attack {run.id}: {s['attack']} ({s['threat_label']}) on {s['n']:,} test images of "
           f"{s['model_run']}")
-    print(f"  clean accuracy {s['clean_acc']:.2%}  ->  under attack {s['adv_acc']:.2%}   "
-          f"success rate {s['success_rate']:.2%}")
+    print(f"  clean accuracy {text(s['clean_acc'], s['n'])}  ->  robust accuracy "
+          f"{text(s['adv_acc'], s['n'])} (correct before and after the attack; 95% intervals)"
+          f"   success rate {s['success_rate']:.2%}")
     if s["l2_mean"] is None:
         print("  no example flipped, so no perturbation size to report")
     else:
@@ -170,11 +173,17 @@ def _print_audit(store: RunStore, run: Run, s: dict) -> None:
 
     print(f"audit {run.id} of {s['model_run']}: {s['threat_label']}, {s['version']} version, "
           f"{s['n']:,} test images ({s['source']})")
-    rows = [{"stage": "clean", "robust accuracy": f"{s['clean_acc']:.2%}", "seconds": "—"}]
-    rows += [{"stage": r["attack"], "robust accuracy": f"{r['robust_acc']:.2%}",
+    rows = [{"stage": "clean", "robust accuracy (95% interval)": text(s["clean_acc"], s["n"]),
+             "seconds": "—"}]
+    rows += [{"stage": r["attack"], "robust accuracy (95% interval)": text(r["robust_acc"],
+                                                                           s["n"]),
               "seconds": f"{r['seconds']:.1f}"} for r in s["stages"]]
     print(markdown(pd.DataFrame(rows)))
-    print(f"robust accuracy {s['robust_acc']:.2%}; verdict: {s['verdict']}")
+    for stage, loss in s.get("losses", {}).items():
+        if not loss.startswith("dlr") and stage != "apgd-ce":
+            print(f"  {stage} used the {loss} loss: DLR needs at least 4 classes")
+    print(f"robust accuracy {text(s['robust_acc'], s['n'])} on {s['n']:,} images; verdict: "
+          f"{s['verdict']}")
     for c in s["indicators"]:
         print(f"  [{c['status']:4s}] {c['name']}: {c['detail']}")
     folder = run_dir(run.id)
@@ -193,18 +202,18 @@ def headline(run: Run) -> str:
     if run.status in ("failed", "cancelled"):
         return run.error or run.status
     if run.kind == "train" and s.get("final"):
-        text = f"test acc {s['final']['test_acc']:.2%} (n={s.get('n_test')})"
+        line = f"test acc {s['final']['test_acc']:.2%} (n={s.get('n_test')})"
         if "robust_acc" in s["final"]:
-            text += f", held-out PGD {s['final']['robust_acc']:.2%}"
-        return text
+            line += f", held-out robust {s['final']['robust_acc']:.2%}"
+        return line
     if run.kind == "evaluate" and "accuracy" in s:
-        return f"acc {s['accuracy']:.2%}, macro-F1 {s['macro_f1']:.2%} (n={s['n']})"
+        return f"acc {text(s['accuracy'], s['n'])}, macro-F1 {s['macro_f1']:.2%} (n={s['n']})"
     if run.kind == "attack" and "adv_acc" in s:
         return (f"{s['attack']} {s.get('threat_label', '')}: {s['clean_acc']:.2%} -> "
-                f"{s['adv_acc']:.2%} (n={s['n']})")
+                f"{text(s['adv_acc'], s['n'])} (n={s['n']})")
     if run.kind == "audit" and "robust_acc" in s:
         return (f"{s['threat_label']} {s['version']}: {s['clean_acc']:.2%} -> "
-                f"{s['robust_acc']:.2%} (n={s['n']}, {s['verdict']})")
+                f"{text(s['robust_acc'], s['n'])} (n={s['n']}, {s['verdict']})")
     if run.kind == "sweep" and s.get("rows"):
         return f"{len(s['rows'])} rows (n={s['n']})"
     if run.kind == "study" and s.get("rows"):

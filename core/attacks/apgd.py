@@ -86,10 +86,24 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None 
     return -(own - aimed) / scale
 
 
+# DLR's denominator needs the 3rd (untargeted) or the 3rd and 4th (targeted) largest logit;
+# with fewer classes AutoAttack's own rule applies: cross-entropy, or targeted cross-entropy
+DLR_CLASSES = {"dlr": 3, "dlr-targeted": 4}
+FALLBACK = {"dlr": "ce", "dlr-targeted": "ce-targeted"}
+
+
+def effective_loss(kind: str, classes: int) -> str:
+    """The loss actually used for ``kind`` on a model with ``classes`` outputs."""
+    return FALLBACK[kind] if classes < DLR_CLASSES.get(kind, 0) else kind
+
+
 def _loss(logits: torch.Tensor, y: torch.Tensor, kind: str,
           target: torch.Tensor | None) -> torch.Tensor:
+    kind = effective_loss(kind, logits.shape[1])
     if kind == "ce":
         return F.cross_entropy(logits, y, reduction="none")
+    if kind == "ce-targeted":  # maximized: pull the point towards the target class
+        return -F.cross_entropy(logits, target, reduction="none")
     return dlr_loss(logits, y, target)
 
 

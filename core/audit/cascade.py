@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from core import distributed
 from core.attacks import APGD, APGDT, FABT, Square
+from core.attacks.apgd import effective_loss
 from core.attacks.contract import attack_mode
 from core.attacks.speed import LowPrecision
 from core.data import TensorData
@@ -80,7 +81,14 @@ def cascade(model: nn.Module, data: TensorData, plan: list[Stage], batch_size: i
                  "silent": sum(p["silent"] for p in parts),
                  "trace": _summed([p["trace"] for p in parts])}
     return dict(_result(plan, data.labels, tensors["clean_pred"], tensors["code"], local),
-                shown=shown)
+                shown=shown, losses=stage_losses(plan, len(data.classes)))
+
+
+def stage_losses(plan: list[Stage], classes: int) -> dict[str, str]:
+    """The loss each APGD stage uses with ``classes`` classes: DLR where it is defined, else
+    AutoAttack's fallback (cross-entropy, targeted cross-entropy)."""
+    return {s.name: effective_loss(s.attack.loss, classes) for s in plan
+            if hasattr(s.attack, "loss")}
 
 
 def _run_stages(model: nn.Module, data: TensorData, positions: torch.Tensor, plan: list[Stage],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from core import confidence
 from core.attacks import APGD, PGD
 from core.attacks.contract import attack_mode, input_grad, margin, outputs_are_probabilities
 from core.audit.cascade import Stage, predict_labels
@@ -15,6 +16,22 @@ from core.threat import ThreatModel
 
 def _indicator(name: str, status: str, detail: str) -> dict:
     return {"name": name, "status": status, "detail": detail}
+
+
+# The stated test of the counting indicators: a count of k examples in n fails only when it is
+# unlikely (p < SIGNIFICANCE) if such examples occurred independently at the tolerated rate,
+# the run-to-run wobble of a randomly started attack. One example in 200 is chance; ten are not.
+SIGNIFICANCE = 0.05
+TOLERANCE = {"optimisation": 0.005, "black-box": 0.002, "weaker beats stronger": 0.005}
+
+
+def _by_chance(name: str, k: int, n: int) -> tuple[bool, str]:
+    """Whether ``k`` of ``n`` is within chance for indicator ``name``, and the sentence saying
+    how likely that count is."""
+    rate = TOLERANCE[name]
+    p = confidence.chance(k, max(n, 1), rate)
+    return p >= SIGNIFICANCE, (f"{k} of {n} ({k / max(n, 1):.1%}); P(at least {k} by chance at "
+                               f"a tolerated rate of {rate:.1%}) = {p:.2g}")
 
 
 def gradient_indicator(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
@@ -70,16 +87,19 @@ def optimisation_indicator(trace: list[int], extra_broken: int, n: int) -> dict:
     """5. The attack still makes progress over the last 10% of iterations (points broken
     there), or doubling APGD's iterations lowers robust accuracy by more than 0.5 pp."""
     late = trace[-1] - trace[-max(2, len(trace) // 10)] if trace else 0
-    if extra_broken / max(n, 1) > 0.005:
-        return _indicator("optimisation", "fail", f"doubling APGD-CE's iterations broke "
-                          f"{extra_broken} more example(s) ({extra_broken / n:.1%}): the attack "
-                          "had not converged; raise the iterations until the number settles")
-    if late / max(n, 1) > 0.005:
-        return _indicator("optimisation", "warn", f"APGD-CE still broke {late} example(s) in its "
-                          "last 10% of iterations: it had not converged; more iterations may "
-                          "lower robust accuracy")
+    extra_ok, extra_text = _by_chance("optimisation", extra_broken, n)
+    late_ok, late_text = _by_chance("optimisation", late, n)
+    if not extra_ok:
+        return _indicator("optimisation", "fail", f"doubling APGD-CE's iterations broke more "
+                          f"examples: {extra_text}: the attack had not converged; raise the "
+                          "iterations until the number settles")
+    if not late_ok:
+        return _indicator("optimisation", "warn", f"APGD-CE still broke examples in its last 10% "
+                          f"of iterations: {late_text}: it had not converged; more iterations "
+                          "may lower robust accuracy")
     return _indicator("optimisation", "pass", f"APGD-CE broke {late} example(s) in its last 10% "
-                      f"of iterations, and doubling its iterations broke {extra_broken} more")
+                      f"of iterations, and doubling its iterations broke {extra_broken} more "
+                      f"({extra_text}): within chance")
 
 
 def unbounded_indicator(accuracy: float, n: int) -> dict:
@@ -97,21 +117,30 @@ def blackbox_indicator(square_broken: int, n: int, ran: bool) -> dict:
         return _indicator("black-box", "warn", "Square did not run (fast version), so "
                           "gradient masking was not checked by a gradient-free attack; run the "
                           "standard version for that check")
-    if square_broken / max(n, 1) > 0.002:
-        return _indicator("black-box", "fail", f"gradient-free Square broke {square_broken} "
-                          f"example(s) ({square_broken / n:.1%}) that APGD missed: gradients "
-                          "are masked; trust the cascade's number, not PGD-style ones")
-    return _indicator("black-box", "pass", f"Square broke {square_broken} example(s) APGD missed")
+    within, text = _by_chance("black-box", square_broken, n)
+    if not within:
+        return _indicator("black-box", "fail", f"gradient-free Square broke examples that APGD "
+                          f"missed: {text}: gradients are masked; trust the cascade's number, "
+                          "not PGD-style ones")
+    return _indicator("black-box", "pass", f"Square broke {square_broken} example(s) APGD "
+                      f"missed ({text}): within chance")
 
 
 def weaker_indicator(fgsm_only: int, noise_only: int, n: int) -> dict:
     """8. A single gradient step (FGSM, or its L2 form) or random noise inside the ball breaks
     an example that APGD-CE did not, in the same threat model."""
-    if fgsm_only or noise_only:
-        return _indicator("weaker beats stronger", "fail", f"a single gradient step (FGSM) broke "
-                          f"{fgsm_only} and random noise inside the ball {noise_only} example(s) "
-                          "that APGD-CE did not: a stronger attack lost to a weaker one; check "
+    name = "weaker beats stronger"
+    fgsm_within, fgsm_text = _by_chance(name, fgsm_only, n)
+    noise_within, noise_text = _by_chance(name, noise_only, n)
+    if not (fgsm_within and noise_within):
+        return _indicator(name, "fail", f"weaker attacks broke examples that APGD-CE did not: "
+                          f"a single gradient step (FGSM) {fgsm_text}, random noise inside the "
+                          f"ball {noise_text}: a stronger attack lost to a weaker one; check "
                           "the attack's step sizes and the model's gradients")
+    if fgsm_only or noise_only:
+        return _indicator(name, "pass", f"a single gradient step (FGSM) broke {fgsm_only} and "
+                          f"random noise {noise_only} example(s) APGD-CE missed, within chance "
+                          f"(FGSM: {fgsm_text}; noise: {noise_text})")
     return _indicator("weaker beats stronger", "pass", f"neither a single gradient step (FGSM) "
                       f"nor random noise inside the ball broke anything APGD-CE missed ({n} "
                       "images)")
@@ -140,6 +169,31 @@ def monotone_indicator(points: list[tuple[float, float]]) -> dict:
     return _indicator("monotone", "pass", f"robust accuracy falls with epsilon ({text})")
 
 
+OWN_NUMBERS = "own numbers"
+
+
+def own_numbers_indicator(figures: list[dict], robust_acc: float, n: int) -> dict:
+    """10. The lab's own stored robust accuracies of this model at this threat model (attack
+    runs, sweeps, the Attack page's grid, the overfitting guard) against the audit: a figure
+    whose 95% interval lies wholly above the audit's overstates the model's robustness."""
+    if not figures:
+        return _indicator(OWN_NUMBERS, "pass", "no other robust accuracy of this model at this "
+                          "threat model is stored: nothing to compare")
+    audit_text = confidence.text(robust_acc, n)
+    over = [f for f in figures if confidence.overstates(f["acc"], f["n"], robust_acc, n)]
+    if over:
+        worst = max(over, key=lambda f: f["acc"])
+        listed = "; ".join(f"{f['what']}: {confidence.text(f['acc'], f['n'])} on {f['n']:,} "
+                           f"images, {(f['acc'] - robust_acc) * 100:+.1f} pp" for f in over)
+        return _indicator(OWN_NUMBERS, "fail", f"{len(over)} of {len(figures)} stored figure(s) "
+                          f"overstate the audit's {audit_text} beyond both intervals ({listed}); "
+                          f"believe the audit: the weaker attack behind "
+                          f"{'them' if len(over) > 1 else 'it'} is fooled by this model, by up "
+                          f"to {(worst['acc'] - robust_acc) * 100:.1f} pp")
+    return _indicator(OWN_NUMBERS, "pass", f"all {len(figures)} stored figure(s) agree with the "
+                      f"audit's {audit_text} within their intervals")
+
+
 def _accuracy(model: nn.Module, attack, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
                                                                                    torch.Tensor]:
     adv = attack(model, x, y)
@@ -148,8 +202,10 @@ def _accuracy(model: nn.Module, attack, x: torch.Tensor, y: torch.Tensor) -> tup
 
 
 def indicators(model: nn.Module, data: TensorData, threat: ThreatModel, result: dict,
-               plan: list[Stage], steps: int = 100, seed: int = 0, probe: int = 128) -> list[dict]:
-    """All nine indicators for an audit ``result`` of ``model`` on ``data``."""
+               plan: list[Stage], steps: int = 100, seed: int = 0, probe: int = 128,
+               figures: list[dict] | None = None) -> list[dict]:
+    """All ten indicators for an audit ``result`` of ``model`` on ``data``; ``figures`` are
+    the lab's stored robust accuracies of the model at ``threat`` (:mod:`core.jobs.claims`)."""
     device = next(model.parameters()).device
     x = data.floats(slice(0, probe)).to(device)
     y = data.labels[:probe].to(device)
@@ -184,6 +240,7 @@ def indicators(model: nn.Module, data: TensorData, threat: ThreatModel, result: 
                                        steps=max(10, steps // 5), seed=seed), x, y)
         points.append((threat.eps * share, acc))
     out.append(monotone_indicator(points))
+    out.append(own_numbers_indicator(figures or [], result["robust_acc"], result["n"]))
     return out
 
 
@@ -195,15 +252,32 @@ def report(spec, threat: ThreatModel, result: dict, checks: list[dict], data: Te
                  "broken_by": b}
                 for i, lab, p, b in zip(data.original_index().tolist(), data.labels.tolist(),
                                         result["clean_pred"], result["broken_by"])]
+    n = result["n"]
+    stages = [dict(s, robust_acc_ci=confidence.accuracy_interval(s["robust_acc"], n))
+              for s in result["stages"]]
     return {"threat_model": threat.to_dict(), "threat_label": threat.label(),
-            "version": spec.version, "n": result["n"], "clean_acc": result["clean_acc"],
-            "robust_acc": result["robust_acc"], "stages": result["stages"],
+            "version": spec.version, "n": n, "clean_acc": result["clean_acc"],
+            "clean_acc_ci": confidence.accuracy_interval(result["clean_acc"], n),
+            "robust_acc": result["robust_acc"],
+            "robust_acc_ci": confidence.accuracy_interval(result["robust_acc"], n),
+            "interval": "95% Wilson", "stages": stages,
             "indicators": checks, "steps": spec.steps, "queries": spec.queries,
             "search_precision": result.get("search_precision", "fp32"),
-            "verdict": verdict(checks), "examples": examples}
+            "losses": result.get("losses", {}),
+            "verdict": verdict(checks, result["robust_acc"]), "examples": examples}
 
 
-def verdict(checks: list[dict]) -> str:
-    """'trusted', 'doubtful' (a warning) or 'failed' (a failing indicator)."""
-    statuses = {c["status"] for c in checks}
-    return "failed" if "fail" in statuses else "doubtful" if "warn" in statuses else "trusted"
+NOTHING_LEFT = "nothing left to check"
+
+
+def verdict(checks: list[dict], robust_acc: float | None = None) -> str:
+    """'trusted', 'doubtful' (a warning) or 'failed' (a failing indicator) about the audit's own
+    number; at 0% robust accuracy without a failing indicator, 'nothing left to check' (the
+    indicators that look at surviving points had none). The own-numbers indicator judges the
+    lab's other figures, not the audit, so it does not enter the verdict."""
+    statuses = {c["status"] for c in checks if c["name"] != OWN_NUMBERS}
+    if "fail" in statuses:
+        return "failed"
+    if robust_acc == 0:
+        return NOTHING_LEFT
+    return "doubtful" if "warn" in statuses else "trusted"

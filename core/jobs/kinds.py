@@ -16,6 +16,7 @@ from core.attacks import ATTACKS, build_attack, with_budget
 from core.attacks.speed import LowPrecision
 from core.evaluation import clean_report, run_attack, sanity_warnings, sharded_attack
 from core.evaluation import sweep as sweep_
+from core.jobs.claims import stored_figures
 from core.jobs.specs import AttackSpec, AuditSpec, EvaluateSpec, GridSpec, ModelJobSpec, SweepSpec
 from core.paths import grid_point_path
 from core.prediction import model_from, pick_device, run_model_path
@@ -211,7 +212,9 @@ def audit(ctx) -> dict:
     if not ctx.is_main:
         return {}
     ctx.say("checking the indicators of attack failure…")
-    checks = audit_.indicators(model, split, threat, result, plan, spec.steps, spec.seed)
+    figures = stored_figures(ctx.store, spec.model_run, spec.which, threat)
+    checks = audit_.indicators(model, split, threat, result, plan, spec.steps, spec.seed,
+                               figures=figures)
     report = audit_.report(spec, threat, result, checks, split)
     reports.write_audit(ctx.folder, report, result["shown"], split)
     summary = {k: v for k, v in report.items() if k != "examples"}

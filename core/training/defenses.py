@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.attacks import PGD
+from core.attacks import APGD, PGD
 from core.attacks.contract import attack_mode, input_grad
 from core.attacks.speed import folded
 from core.paths import InputError
@@ -236,11 +236,14 @@ def build_defense(name: str, **params) -> Objective:
 
 
 class RobustGuard:
-    """Per-epoch PGD accuracy on fixed held-out training images (never trained on, never test
-    images); flags catastrophic overfitting (Wong et al. 2020) when it collapses and tracks the
-    best epoch by robust accuracy (selection on a validation split, as Rice et al. 2020)."""
+    """Per-epoch robust accuracy under APGD-CE (Croce & Hein 2020; a short budget, 10 steps by
+    default) on fixed held-out training images (never trained on, never test images); flags
+    catastrophic overfitting (Wong et al. 2020) when it collapses and tracks the best epoch by
+    robust accuracy (selection on a validation split, as Rice et al. 2020). APGD-CE, not PGD:
+    the audit showed PGD fooled by IAT's models, and a guard must not select the epoch that
+    fools its own attack best."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, attack: PGD,
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, attack: APGD,
                  collapse_drop: float = COLLAPSE_DROP) -> None:
         self.x, self.y, self.attack, self.collapse_drop = x, y, attack, collapse_drop
         self.best_acc = -math.inf
@@ -259,10 +262,12 @@ class RobustGuard:
         if opts:
             raise InputError(f"unknown robust_eval options {sorted(opts)}; valid: eps, steps, n, "
                              "collapse_drop")
-        return cls(held_out.floats(), held_out.labels, PGD(eps=eps, steps=steps, seed=0), drop)
+        return cls(held_out.floats(), held_out.labels,
+                   APGD(eps=eps, steps=steps, loss="ce", seed=0), drop)
 
     def measure(self, model: nn.Module) -> dict:
-        """PGD accuracy of ``model`` on the held-out images (and the eps used)."""
+        """Robust accuracy of ``model`` under the guard's attack on the held-out images
+        (correct before and after; and the eps used)."""
         device = next(model.parameters()).device
         correct = 0
         for start in range(0, len(self.x), 250):
@@ -281,7 +286,7 @@ class RobustGuard:
         warning = None
         below = self.best_epoch is not None and acc < self.best_acc - self.collapse_drop
         if below and not self.collapsed:
-            warning = (f"catastrophic overfitting suspected at epoch {epoch + 1}: held-out PGD "
+            warning = (f"catastrophic overfitting suspected at epoch {epoch + 1}: held-out APGD-CE "
                        f"accuracy fell from {self.best_acc:.1%} (epoch {self.best_epoch}) to "
                        f"{acc:.1%}; the best checkpoint by robust accuracy is kept "
                        "(best.safetensors)")

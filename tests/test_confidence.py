@@ -1,0 +1,155 @@
+"""Verdicts with error bars: the interval of a count, indicators that decide with a stated test,
+the lab's own figures checked against the audit, one definition of robust, any label set, and
+a guard as strong as APGD-CE."""
+import pytest
+import torch
+import torch.nn as nn
+
+from core import confidence
+from core.audit import cascade, indicators, report, stages, verdict
+from core.audit.failure import (NOTHING_LEFT, OWN_NUMBERS, blackbox_indicator,
+                                own_numbers_indicator, weaker_indicator)
+from core.data import TensorData
+from core.threat import ThreatModel
+
+
+def test_the_interval_of_a_known_count():
+    low, high = confidence.interval(69, 200)  # 34.5%: the issue's example
+    assert low == pytest.approx(0.2826, abs=5e-4) and high == pytest.approx(0.4132, abs=5e-4)
+    assert confidence.text(0.345, 200) == "34.5% (28.3-41.3)"
+    assert confidence.interval(0, 200)[0] == 0.0 and 0.01 < confidence.interval(0, 200)[1] < 0.02
+    assert confidence.interval(200, 200)[1] == 1.0
+    assert confidence.interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        confidence.interval(5, 4)
+
+
+def test_an_indicator_passes_one_example_in_200_as_chance_and_fails_many():
+    one = weaker_indicator(1, 0, 200)
+    assert one["status"] == "pass" and "within chance" in one["detail"]
+    assert "P(at least 1 by chance" in one["detail"]
+    many = weaker_indicator(8, 0, 200)
+    assert many["status"] == "fail"
+    assert "8 of 200" in many["detail"] and "P(at least 8 by chance" in many["detail"]
+    assert blackbox_indicator(1, 200, ran=True)["status"] == "pass"
+    failing = blackbox_indicator(6, 200, ran=True)
+    assert failing["status"] == "fail" and "6 of 200" in failing["detail"]
+
+
+def test_the_tenth_indicator_fires_on_an_overstated_figure_and_stays_quiet_otherwise():
+    pgd = {"what": "sweep s-1: pgd, 40 steps", "run": "s-1", "acc": 0.698, "n": 1000}
+    fired = own_numbers_indicator([pgd], 0.0, 200)
+    assert fired["name"] == OWN_NUMBERS and fired["status"] == "fail"
+    assert "sweep s-1: pgd, 40 steps" in fired["detail"] and "+69.8 pp" in fired["detail"]
+    assert "believe the audit" in fired["detail"]
+    close = dict(pgd, acc=0.37, n=200)  # inside the audit's 34.5% (28.3-41.3)
+    quiet = own_numbers_indicator([close], 0.345, 200)
+    assert quiet["status"] == "pass" and "agree" in quiet["detail"]
+    assert own_numbers_indicator([], 0.345, 200)["status"] == "pass"
+    # it judges the lab's other figures, so the verdict on the audit's own number ignores it
+    assert verdict([fired, {"name": "gradients", "status": "pass"}], 0.3) == "trusted"
+
+
+def test_at_zero_robust_accuracy_the_verdict_says_nothing_was_left_to_check():
+    passing = [{"name": "gradients", "status": "pass"}]
+    assert verdict(passing, 0.0) == NOTHING_LEFT
+    assert verdict(passing, 0.2) == "trusted"
+    assert verdict([{"name": "gradients", "status": "fail"}], 0.0) == "failed"
+
+
+def test_stored_figures_of_the_model_at_the_threat_model_are_gathered_from_the_store(tmp_path):
+    from core.jobs.claims import stored_figures
+    from core.jobs.store import RunStore
+
+    store = RunStore(tmp_path / "runs.db")
+    model = store.create_run("train", {"robust_eval": {"steps": 10}})
+    store.set_summary(model, {"final": {"robust_acc": 0.68, "robust_eps": 0.3},
+                              "best": None, "n_held_out": 500})
+    store.set_status(model, "completed")
+
+    def done(kind: str, config: dict, summary: dict) -> str:
+        run = store.create_run(kind, dict(config, model_run=model))
+        store.set_summary(run, summary)
+        store.set_status(run, "completed")
+        return run
+
+    row = {"attack": "pgd", "norm": "linf", "eps": 0.3, "adv_acc": 0.698, "n": 1000,
+           "params": {"steps": 40}}
+    sweep = done("sweep", {}, {"rows": [row, dict(row, eps=0.1, adv_acc=0.9)]})
+    attack = done("attack", {}, dict(row, adv_acc=0.71, n=200))
+    grid = done("grid", {"attack": "pgd", "params": {"norm": "linf", "steps": 40}},
+                {"adv_acc": {"0": 0.95, "1": 0.70}, "budgets": [0.1, 0.3], "n": 200,
+                 "kind": "adversarial"})
+    done("sweep", {"which": "best"}, {"rows": [row]})  # other weights: not this model's figure
+    found = stored_figures(store, model, "final", ThreatModel("linf", 0.3))
+    assert sorted(f["run"] for f in found) == sorted([model, sweep, attack, grid])
+    assert {f["acc"] for f in found} == {0.68, 0.698, 0.71, 0.70}
+    assert stored_figures(store, model, "final", ThreatModel("l2", 0.3)) == []
+    checked = own_numbers_indicator(found, 0.0, 200)
+    assert checked["status"] == "fail" and "4 of 4" in checked["detail"]
+
+
+def test_a_sweep_counts_an_originally_wrong_example_as_not_robust():
+    from core.evaluation import AttackOutcome
+
+    labels = torch.tensor([0, 1, 1, 0])
+    clean = torch.tensor([0, 0, 1, 0])  # example 1 is wrong before the attack
+    adv = torch.tensor([0, 1, 0, 1])  # ... and right after it
+    z = torch.zeros(4)
+    outcome = AttackOutcome("pgd", {"steps": 5}, 0.1, {"norm": "linf", "eps": 0.1}, clean, z,
+                            adv, z, z, z, labels, torch.arange(4), ["a", "b"])
+    s = outcome.summary()
+    assert s["adv_acc"] == 0.25  # only example 0 is correct before and after
+    assert s["after_attack_acc"] == 0.5  # the old figure, renamed
+    assert s["adv_acc_ci"] == list(confidence.interval(1, 4)) or \
+        tuple(s["adv_acc_ci"]) == confidence.interval(1, 4)
+    assert s["per_class_adv_acc"] == {"a": 0.5, "b": 0.0}
+
+
+class _Tiny(nn.Module):
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_an_audit_of_two_or_three_classes_ends_with_a_verdict(classes):
+    torch.manual_seed(0)
+    model = _Tiny(classes).eval()
+    n = 24
+    data = TensorData("tiny", "test", torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8),
+                      torch.randint(0, classes, (n,)), [f"c{k}" for k in range(classes)],
+                      "random", (0.5,), (0.5,))
+    threat = ThreatModel("linf", 0.1)
+    plan = stages("standard", threat, steps=5, queries=30)
+    result = cascade(model, data, plan)
+    assert result["losses"]["apgd-t"] == "ce-targeted"  # DLR-T needs 4 classes
+    assert result["losses"]["apgd-ce"] == "ce"
+    checks = indicators(model, data, threat, result, plan, steps=5)
+
+    class _Spec:
+        version, steps, queries = "standard", 5, 30
+
+    audited = report(_Spec(), threat, result, checks, data)
+    assert audited["verdict"] in ("trusted", "doubtful", "failed", NOTHING_LEFT)
+    low, high = audited["robust_acc_ci"]
+    assert low <= audited["robust_acc"] <= high
+    from core.reports import audit_markdown
+
+    assert "apgd-t used the ce-targeted loss" in audit_markdown(audited)
+
+
+def test_the_guard_selects_with_apgd_ce():
+    from core.attacks import APGD
+    from core.jobs.specs import TrainSpec
+    from core.training.defenses import RobustGuard
+
+    held = TensorData("tiny", "train", torch.zeros(4, 1, 8, 8, dtype=torch.uint8),
+                      torch.zeros(4, dtype=torch.long), ["a", "b"], "zeros", (0.5,), (0.5,))
+    cfg = TrainSpec(dataset="mnist", defense="pgd-at", defense_args={"eps": 0.2})
+    guard = RobustGuard.for_config(cfg, held)
+    assert isinstance(guard.attack, APGD) and guard.attack.loss == "ce"
+    assert guard.attack.eps == 0.2 and guard.attack.steps == 10
