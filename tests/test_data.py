@@ -129,3 +129,24 @@ def test_holdout_splits_disjointly_and_keeps_original_indices():
     assert torch.equal(split.holdout(4, seed=2)[1].original_index(), held.original_index())
     with pytest.raises(InputError, match="cannot hold out 15 of 15 examples"):
         split.holdout(15)
+
+
+def test_idx_files_are_read_plain_or_gzipped_and_a_damaged_one_is_named(tmp_path):
+    import gzip
+    import struct
+
+    from core.catalog import DatasetNotFound
+    from core.data import read_idx
+
+    images = torch.arange(2 * 3 * 4, dtype=torch.uint8).view(2, 3, 4)
+    blob = b"\0\0\x08\x03" + struct.pack(">3I", 2, 3, 4) + images.numpy().tobytes()
+    (tmp_path / "plain-idx3-ubyte").write_bytes(blob)
+    (tmp_path / "zipped-idx3-ubyte.gz").write_bytes(gzip.compress(blob))
+    assert torch.equal(read_idx(tmp_path / "plain-idx3-ubyte"), images)
+    assert torch.equal(read_idx(tmp_path / "zipped-idx3-ubyte.gz"), images)
+    (tmp_path / "short").write_bytes(blob[:-5])
+    with pytest.raises(DatasetNotFound, match="truncated or damaged"):
+        read_idx(tmp_path / "short")
+    (tmp_path / "png").write_bytes(b"\x89PNG\r\n")
+    with pytest.raises(DatasetNotFound, match="not an IDX file"):
+        read_idx(tmp_path / "png")

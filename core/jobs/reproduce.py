@@ -13,7 +13,7 @@ import json
 import shutil
 from dataclasses import asdict, dataclass, field
 
-import pandas as pd
+from core.lazy import pd
 
 from core import checkpoint
 from core import figures
