@@ -104,6 +104,7 @@ def test_the_audit_flags_a_masked_model_and_passes_an_honest_one(mnist_model, mn
     assert honest["robust_acc"] <= honest["stages"][0]["robust_acc"] <= honest["clean_acc"]
 
 
+@pytest.mark.slow
 @requires_mnist
 def test_audit_from_the_command_line_writes_its_files(mnist_model, tmp_path):
     _, _, run_id = mnist_model

@@ -34,6 +34,7 @@ def test_every_page_renders_with_an_empty_store(page, tmp_path, monkeypatch):
     assert at.title[0].value
 
 
+@pytest.mark.slow
 @requires_mnist
 def test_train_form_creates_a_run(tmp_path, monkeypatch):
     monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path))
@@ -53,6 +54,7 @@ def test_train_form_creates_a_run(tmp_path, monkeypatch):
                                 store.list_runs(kind="evaluate", parent=runs[0].id)))
 
 
+@pytest.mark.slow
 @requires_mnist
 def test_pages_with_a_trained_model(mnist_model):
     _, _, run_id = mnist_model
@@ -122,6 +124,7 @@ def test_opening_the_attack_page_starts_no_job_until_compute_is_pressed(tmp_path
     assert store.cancel_requested(grids[0].id)  # its worker stops at its next check
 
 
+@pytest.mark.slow
 @requires_mnist
 def test_epsilon_slider_carries_every_epsilons_accuracy_and_moves_the_marker(mnist_model):
     """The slider is drawn in the browser from the numbers the page hands it (the browser test

@@ -42,6 +42,7 @@ def undefended_robust_acc(mnist_test):
     return _robust_acc("none", mnist_test)
 
 
+@pytest.mark.slow
 @requires_mnist
 @pytest.mark.parametrize("defense", list(DEFENSE_ARGS))
 def test_each_defense_beats_the_undefended_model_under_pgd(defense, undefended_robust_acc,

@@ -240,6 +240,7 @@ def _check_report(report: Path) -> None:
 
 # --- progress in every log ----------------------------------------------------------------
 
+@pytest.mark.slow
 @requires_mnist
 def test_progress_lines_appear_when_stderr_is_a_file(tmp_path, mnist_model):
     _, _, model_run = mnist_model
@@ -339,6 +340,7 @@ def test_help_hides_nothing_odd():
     assert "--artifacts-dir" in out and "ROBUSTLAB_ARTIFACTS" in out
 
 
+@pytest.mark.slow
 def test_runs_survives_a_closed_pipe_and_shows_full_errors_on_demand(tmp_path):
     store = RunStore(tmp_path / "runs.db")
     long_error = "ValueError: " + "a very long explanation of what went wrong " * 5 + "THE END"

@@ -50,6 +50,7 @@ def test_jobs_survive_the_process_that_launched_them():
     assert run_id in [r.id for r in RunStore().list_runs(kind="train")]
 
 
+@pytest.mark.slow
 @requires_mnist
 def test_two_trainings_and_a_sweep_at_once_with_a_polling_reader(mnist_model):
     _, _, model_run = mnist_model

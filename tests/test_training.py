@@ -108,6 +108,7 @@ def test_nan_loss_stops_without_saving_weights():
 
 
 
+@pytest.mark.slow
 @requires_mnist
 def test_killed_worker_is_detected_and_resume_matches_uninterrupted_run():
     store = RunStore()
@@ -144,6 +145,7 @@ def test_cancel_flag_stops_a_worker_cooperatively():
     assert wait_for(lambda: store.get(run_id).status == "cancelled", 60)
 
 
+@pytest.mark.slow
 @requires_mnist
 def test_seed_resnet_on_real_mnist_one_epoch_reaches_95_percent():
     store = RunStore()
