@@ -32,6 +32,7 @@ defaults = train_form_defaults(store.get(clone) if clone else None)
 # session state, set here on the first visit and on a clone (or the clone would keep them)
 for key, value in (("epochs", int(defaults["epochs"])),
                    ("subset", int(defaults["train_subset"] or 0)),
+                   ("test-subset", int(defaults.get("test_subset") or 0)),
                    ("defense", defaults["defense"])):
     if clone or key not in st.session_state:
         st.session_state[key] = value
@@ -66,6 +67,9 @@ with st.form("train-form"):
                                 int(defaults["defense_args"].get("steps",
                                                                  MultiStepSettings.steps)))
     subset = c1.number_input("Training images (0 = all)", 0, 10**7, step=1000, key="subset")
+    test_subset = c4.number_input("Test images (0 = all)", 0, 10**7, step=1000,
+                                  key="test-subset",
+                                  help="Images of the test split scored after each epoch")
     name = st.text_input("Run name (optional)", placeholder="e.g. mnist baseline")
     b1, b2, _ = st.columns([1, 1, 3])
     submitted = b1.form_submit_button("Launch training", type="primary",
@@ -81,7 +85,7 @@ if submitted or estimated:
     values = dict(defaults, dataset=dataset, model=model, epochs=int(epochs),
                   batch_size=int(batch), optimizer=optimizer, schedule=schedule, lr=float(lr),
                   seed=int(seed), defense=defense, defense_args=defense_args,
-                  train_subset=int(subset) or None)
+                  train_subset=int(subset) or None, test_subset=int(test_subset) or None)
     st.info(f"Estimated training time: {training_estimate(store, values)}.",
             icon=":material/timer:")
 if submitted:

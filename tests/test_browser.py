@@ -106,6 +106,7 @@ def test_train_evaluate_attack_in_a_real_browser(page_url):
     assert page.url.split("?")[0].rstrip("/") == server
     page.get_by_label("Epochs").fill("1")
     page.get_by_label("Training images (0 = all)").fill("1000")
+    page.get_by_label("Test images (0 = all)", exact=True).fill("500")
     page.get_by_label("Run name (optional)").fill("browser test")
     page.get_by_role("button", name="Launch training").click()
     # live curve shows points, then the run completes
@@ -211,6 +212,7 @@ def test_the_train_page_follows_its_jobs(page_url):
     def launch(epochs: str, images: str, name: str) -> None:
         page.get_by_label("Epochs").fill(epochs)
         page.get_by_label("Training images (0 = all)").fill(images)
+        page.get_by_label("Test images (0 = all)", exact=True).fill("500")
         page.get_by_label("Run name (optional)").fill(name)
         page.get_by_role("button", name="Launch training").click()
 
@@ -235,6 +237,7 @@ def test_the_train_page_follows_its_jobs(page_url):
     expect(page.get_by_text("Form filled from run")).to_be_visible(timeout=30_000)
     expect(page.get_by_label("Epochs")).to_have_value("2")
     expect(page.get_by_label("Training images (0 = all)")).to_have_value("30000")
+    expect(page.get_by_label("Test images (0 = all)", exact=True)).to_have_value("500")
 
 
 @pytest.mark.slow

@@ -41,6 +41,7 @@ def test_train_form_creates_a_run(tmp_path, monkeypatch):
     at = _app("train").run()
     at.number_input(key="epochs").set_value(1)
     at.number_input(key="subset").set_value(500)
+    at.number_input(key="test-subset").set_value(300)
     at.text_input[0].input("apptest run")
     at.button[0].click().run()
     _no_exceptions(at)
@@ -48,6 +49,7 @@ def test_train_form_creates_a_run(tmp_path, monkeypatch):
     runs = store.list_runs(kind="train")
     assert len(runs) == 1 and runs[0].name == "apptest run"
     assert runs[0].config["epochs"] == 1 and runs[0].config["train_subset"] == 500
+    assert runs[0].config["test_subset"] == 300
     assert wait_for(lambda: store.get(runs[0].id).status == "completed")
     # its clean evaluation starts when training ends, before anyone opens the Evaluate page
     assert wait_for(lambda: any(r.status == "completed" for r in
