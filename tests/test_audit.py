@@ -97,9 +97,9 @@ def test_the_audit_flags_a_masked_model_and_passes_an_honest_one(mnist_model, mn
     assert checks["black-box"]["status"] == "fail"
     square = sum(b == "square" for b in result["broken_by"])
     assert square > 10  # Square breaks what APGD could not touch
-    plan = audit.stages("standard", threat, steps=100, queries=600)
+    plan = audit.stages("standard", threat, steps=50, queries=600)
     honest = audit.cascade(model, data, plan)
-    checks = audit.indicators(model, data, threat, honest, plan, 100)
+    checks = audit.indicators(model, data, threat, honest, plan, 50)
     assert all(c["status"] == "pass" for c in checks), checks
     assert honest["robust_acc"] <= honest["stages"][0]["robust_acc"] <= honest["clean_acc"]
 

@@ -72,7 +72,7 @@ def test_train_evaluate_attack_sweep_from_the_command_line():
     ev = cli("evaluate", run_id, "-n", "300").stdout
     assert "micro-F1" in ev and "confusion matrix" in ev and "misclassified" in ev
     at = cli("attack", run_id, "--attack", "pgd", "--eps", "0.1", "--steps", "5", "-n", "100").stdout
-    assert "under attack" in at and "success rate" in at
+    assert "robust accuracy" in at and "success rate" in at and "95% intervals" in at
     bad = cli("attack", run_id, "--attack", "fgsm", "--eps", "-0.1", check=False)
     assert bad.returncode == 2 and "eps must be a number in [0.0, 1.0]" in bad.stderr
     sw = cli("sweep", run_id, "--attacks", "noise,fgsm,pgd", "--eps", "0,0.1", "--steps", "3",
