@@ -38,6 +38,14 @@ def text(share: float, n: int) -> str:
     return f"{share:.1%} ({low * 100:.1f}-{high * 100:.1f})"
 
 
+def interval_text(share: float | None, n: int | None) -> str | None:
+    """'28.3-41.3%': the 95% interval alone (None when there is no figure)."""
+    if share is None or not n:
+        return None
+    low, high = interval(count(share, n), n)
+    return f"{low * 100:.1f}-{high * 100:.1f}%"
+
+
 def chance(k: int, n: int, rate: float) -> float:
     """P(at least ``k`` of ``n``) if each example did so independently at ``rate``: how likely
     the count is by chance alone (1.0 when k is 0)."""

@@ -4,6 +4,7 @@ or one picked, the same images for both models; upload your own image to attack 
 import streamlit as st
 
 from core.attacks import ATTACKS
+from core.confidence import interval_text
 from core.figures import epsilon_curve_figure, probability_bars
 from core.app.attack import (attack_single, example_choice, existing_grid, grid_result,
                              grid_spec, grid_summaries, launch_grid)
@@ -221,7 +222,10 @@ def show_single(grid_id: str, narrow: bool) -> dict | None:
     m = st.columns(2 if narrow else 4)
     m[0].metric("Clean accuracy", f"{result['clean_acc']:.2%}")
     m[1].metric("Accuracy under attack", f"{result['adv_acc']:.2%}",
-                delta=f"{result['adv_acc'] - result['clean_acc']:+.2%}")
+                delta=f"{result['adv_acc'] - result['clean_acc']:+.2%}",
+                help="Correct before and after the attack; 95% interval "
+                     f"{interval_text(result['adv_acc'], result.get('n'))} on "
+                     f"{result.get('n', 0):,} images")
     if narrow:
         m = st.columns(2)
     m[-2].metric("Attack success rate", f"{result['success_rate']:.2%}",

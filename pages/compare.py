@@ -25,14 +25,14 @@ if not chosen:
 frame = compare_rows(store, chosen)
 numeric = [c for c in frame.columns if "acc" in c or c.startswith("PGD")]
 show_table(frame, percent=numeric)
-st.caption("Clean accuracy: the run's test split at the end of training. Held-out PGD: the "
-           "overfitting guard's training images. PGD columns: the latest sweep of the run. "
+st.caption("Clean accuracy: the run's test split at the end of training. Held-out robust: the "
+           "overfitting guard's APGD-CE on its held-out training images. PGD columns: the latest sweep of the run. "
            "Audited: the latest audit (AutoAttack cascade) of the run; launch one on the "
            "Robustness page.")
 left, right = st.columns(2)
 for column, metric, title in (
         (left, "test_acc", "Clean test accuracy per epoch"),
-        (right, "robust_acc", "Held-out PGD accuracy per epoch (the guard's training images)")):
+        (right, "robust_acc", "Held-out robust accuracy per epoch (the guard's training images)")):
     curves = epoch_curves(store, chosen, metric)
     if not any(curves.values()):  # empty axes would read as a chart that failed to load
         column.markdown(f"**{title}**")

@@ -29,6 +29,7 @@ _CSS = """
 .rl-eps-label { font-size: 0.875rem; }
 .rl-eps-number { font-size: 2.25rem; line-height: 1.2; }
 .rl-eps-delta { font-size: 0.875rem; color: #d33; }
+.rl-eps-note { font-size: 0.75rem; opacity: 0.7; }
 .rl-eps-pending { font-style: italic; opacity: 0.7; padding: 0.5rem 0; }
 """
 
@@ -51,10 +52,12 @@ export default function (component) {
   const input = root.querySelector('input');
   const esc = (t) => String(t).replace(/[&<>"']/g, (c) => '&#' + c.charCodeAt(0) + ';');
   const pct = (v) => (100 * v).toFixed(2) + '%';
-  const metric = (label, value, delta) =>
+  const metric = (label, value, delta, note) =>
     '<div class="rl-eps-metric" data-testid="eps-metric"><div class="rl-eps-label">' + label +
     '</div><div class="rl-eps-number" data-testid="eps-metric-value">' + value + '</div>' +
-    (delta ? '<div class="rl-eps-delta">' + delta + '</div>' : '') + '</div>';
+    (delta ? '<div class="rl-eps-delta">' + delta + '</div>' : '') +
+    (note ? '<div class="rl-eps-note" data-testid="eps-metric-interval">' + note + '</div>' : '') +
+    '</div>';
   root.paint = (i) => {
     input.setAttribute('aria-valuetext', data.labels[i]);
     root.querySelector('.rl-eps-value').textContent = data.labels[i];
@@ -66,7 +69,9 @@ export default function (component) {
       const delta = r.adv_acc - r.clean_acc;
       return '<div class="rl-eps-model">' + name + '<div class="rl-eps-metrics">' +
         metric('Clean accuracy', pct(r.clean_acc)) +
-        metric('Accuracy under attack', pct(r.adv_acc), (delta < 0 ? '−' : '+') + pct(Math.abs(delta))) +
+        metric('Accuracy under attack', pct(r.adv_acc), (delta < 0 ? '−' : '+') + pct(Math.abs(delta)),
+               r.adv_acc_ci ? '95%: ' + (100 * r.adv_acc_ci[0]).toFixed(1) + '–' +
+               (100 * r.adv_acc_ci[1]).toFixed(1) + '% of ' + r.n + ' images' : '') +
         metric('Attack success rate', pct(r.success_rate)) +
         metric('Median L2 of flips', r.l2_median == null ? '—' : r.l2_median.toFixed(3)) +
         '</div></div>';

@@ -2,6 +2,7 @@
 import pandas as pd
 import streamlit as st
 
+from core.confidence import interval_text
 from core.evaluation import misclassified
 from core.figures import confusion_grid_figure
 from core.attacks import ATTACKS
@@ -34,7 +35,9 @@ if evaluation.status != "completed":
 
 summary = evaluation.summary
 c = st.columns(4)  # drawn before the per-example report is read: the first content comes sooner
-headline(c[0], "Accuracy", f"{summary['accuracy']:.2%}")
+headline(c[0], "Accuracy", f"{summary['accuracy']:.2%}",
+         f"95% interval {interval_text(summary['accuracy'], summary['n'])} on "
+         f"{summary['n']:,} images")
 headline(c[1], "Micro-F1", f"{summary['micro_f1']:.2%}", "equals accuracy for single-label data")
 headline(c[2], "Macro-F1", f"{summary['macro_f1']:.2%}")
 headline(c[3], "Test images", f"{summary['n']:,}")
@@ -131,7 +134,10 @@ if done_attacks:
         m = st.columns(3)
         m[0].metric("Clean accuracy (these images)", f"{res['clean_acc']:.2%}")
         m[1].metric("Robust accuracy", f"{res['adv_acc']:.2%}",
-                    delta=f"{res['adv_acc'] - res['clean_acc']:+.2%}")
+                    delta=f"{res['adv_acc'] - res['clean_acc']:+.2%}",
+                    help="Correct before and after the attack; 95% interval "
+                         f"{interval_text(res['adv_acc'], res.get('n'))} on "
+                         f"{res.get('n', 0):,} images")
         m[2].metric("Attack success rate", f"{res['success_rate']:.2%}")
         if "confusion_clean" not in res:
             st.caption("This attack ran before the clean matrix was kept; run it again.")

@@ -4,6 +4,7 @@ accuracy-versus-epsilon curves of several models and attacks with the seed-style
 CSV download. Both launch background jobs."""
 import streamlit as st
 
+from core.confidence import text as accuracy_text
 from core.figures import robustness_figure, waterfall_figure
 from core.attacks import ATTACKS
 from core.app.robustness import STAGE_NAMES, audit_examples, audit_runs, audit_view, launch_audit, launch_sweep, sweep_curves
@@ -95,9 +96,13 @@ def audit_results(run_id: str) -> None:
     view = audit_view(store, run_id)
     if view["status"] != "completed":
         return
-    st.markdown(f"**Robust accuracy {view['robust_acc']:.2%}** at {view['threat_label']} on "
-                f"{view['n']:,} test images ({view['version']} cascade) · verdict: "
-                f"**{view['verdict']}**")
+    st.markdown(f"**Robust accuracy {accuracy_text(view['robust_acc'], view['n'])}** at "
+                f"{view['threat_label']} on {view['n']:,} test images ({view['version']} "
+                f"cascade; 95% interval in brackets) · verdict: **{view['verdict']}**")
+    if view["verdict"] == "nothing left to check":
+        st.caption("Every image was broken, so the indicators that look at surviving points "
+                   "had nothing to examine: 0% is the model's robust accuracy here, not a "
+                   "vouched-for measurement of a robust model.")
     st.markdown("**Indicators of attack failure**")
     for c in view["indicators"]:
         st.markdown(f"{LIGHTS[c['status']]} **{c['name']}**: {c['detail']}")
@@ -191,7 +196,8 @@ def sweep_results() -> None:
         for w in r.warnings:
             st.warning(f"{r.id}: {w}", icon=":material/warning:")
     if not table.empty:
-        shares = [c for c in ("clean_acc", "adv_acc", "success_rate") if c in table]
+        shares = [c for c in ("clean_acc", "adv_acc", "adv_acc_low", "adv_acc_high",
+                              "success_rate") if c in table]
         sizes = [c for c in ("l2_mean", "l2_median", "linf_mean", "linf_median") if c in table]
         table = table.drop(columns=["per_class_adv_acc", "confusion_adv"], errors="ignore")
         show_table(table, percent=shares, places={c: 4 for c in sizes})

@@ -131,10 +131,12 @@ def draw(run) -> None:
     epoch_rows = store.metrics(run_id, ["test_acc", "robust_acc"])
     last = {m["name"]: m["value"] for m in epoch_rows}
     cols[1].metric("Clean test accuracy", f"{last['test_acc']:.2%}" if "test_acc" in last else "—")
-    cols[2].metric("Held-out PGD",
+    cols[2].metric("Held-out robust",
                    f"{last['robust_acc']:.2%}" if "robust_acc" in last else "—",
-                   help="The overfitting guard's PGD accuracy on training images held out from "
-                        "training; it picks the best epoch, so it never sees test images.")
+                   help="The overfitting guard's robust accuracy (APGD-CE, as strong as the "
+                        "audit's first stage; runs before 2026-12-05 used PGD) on training "
+                        "images held out from training; it picks the best epoch, so it never "
+                        "sees test images.")
     n_test = (run.summary or {}).get("n_test")
     cols[3].metric("Test images", f"{n_test:,}" if n_test else "—")
     if run.status in ("running", "queued"):

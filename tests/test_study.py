@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from core import confidence
 from core.jobs.study import Setting
 
 TINY = Setting(0.3, dict(epochs=2, batch_size=64, optimizer="nesterov", lr=0.05,
@@ -54,12 +55,13 @@ def test_a_study_trains_attacks_and_audits_each_defense_into_one_report():
         assert audit.summary["threat_model"] == {"norm": "linf", "eps": 0.3}
         assert audit.summary["n"] == 16 and row["n_pgd"] == 40
         assert store.get(row["run"]).config["defense_args"]["eps"] == 0.3
-        assert len(row["held_out_curve"]) == 2  # the guard's held-out PGD, once per epoch
+        assert len(row["held_out_curve"]) == 2  # the guard's held-out figure, once per epoch
     report = open(summary["report"]).read()
     assert "## mnist, L∞ eps 0.3" in report
     for name in ("pgd-at", "iat"):
         line = next(x for x in report.splitlines() if x.startswith(f"| {name} |"))
-        assert f"{rows[name]['audit']:.2%}" in line and f"{rows[name]['clean']:.2%}" in line
+        assert confidence.text(rows[name]["audit"], 16) in line  # each figure with its interval
+        assert confidence.text(rows[name]["clean"], rows[name]["n_clean"]) in line
     assert "IAT's claim on mnist" in report and "seed FGSM-AT" in report
 
 

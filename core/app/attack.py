@@ -42,7 +42,7 @@ def grid_point_done(run_id: str, index: int) -> bool:
 def grid_summaries(run_id: str, count: int) -> list[dict | None]:
     """Each grid point's numbers (clean and attacked accuracy, success rate, median L2 of the
     flips), None where not yet computed; from the sidecars alone, so it is cheap to poll."""
-    keys = ("clean_acc", "adv_acc", "success_rate", "l2_median")
+    keys = ("clean_acc", "adv_acc", "adv_acc_ci", "n", "success_rate", "l2_median")
     out = []
     for k in range(count):
         meta = checkpoint.read_sidecar(grid_point_path(run_id, k))

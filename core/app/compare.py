@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import pandas as pd
 
+from core.confidence import interval_text
 from core.jobs.store import Run, RunStore
 from core.progress import fmt_duration
 
 
 def compare_rows(store: RunStore, runs: list[Run]) -> pd.DataFrame:
-    """One row per run: clean accuracy, the guard's held-out PGD accuracy, the latest sweep's
+    """One row per run: clean accuracy, the guard's held-out robust accuracy, the latest sweep's
     PGD rows (each column names its source and size), the latest audit, and training time."""
     rows = []
     for r in runs:
         final = (r.summary or {}).get("final") or {}
         rows.append({"run": r.name or r.id, "defense": r.config.get("defense"),
                      "clean acc": final.get("test_acc"),
-                     "held-out PGD acc (guard)": final.get("robust_acc"),
+                     "held-out robust acc (guard)": final.get("robust_acc"),
                      **_pgd_columns(store, r.id), **_audit_columns(store, r.id),
                      "training time": fmt_duration(r.duration),
                      "test images": (r.summary or {}).get("n_test")})
@@ -36,6 +37,7 @@ def _audit_columns(store: RunStore, run_id: str) -> dict:
     audits = store.list_runs(kind="audit", model_run=run_id, status="completed")
     audit = audits[0].summary if audits else {}
     return {"audited robust acc": audit.get("robust_acc"),
+            "audit 95% interval": interval_text(audit.get("robust_acc"), audit.get("n")),
             "audit": (f"{audit['version']} at {audit['threat_label']} on {audit['n']} "
                       f"imgs: {audit['verdict']}") if audit else None}
 

@@ -8,6 +8,8 @@ import json
 import time
 
 import pandas as pd
+
+from core.confidence import interval_text
 import torch
 
 from core.jobs import runner
@@ -176,6 +178,8 @@ def lab_overview(store: RunStore) -> pd.DataFrame:
                      "defense": run.config.get("defense", "none"),
                      "clean acc": final.get("test_acc"),
                      "audited robust acc": audit.get("robust_acc"),
+                     "audit 95% interval": interval_text(audit.get("robust_acc"),
+                                                         audit.get("n")),
                      "audit": f"{audit['threat_label']}, {audit['n']} imgs, {audit['verdict']}"
                      if audit else None})
     frame = pd.DataFrame(rows)
