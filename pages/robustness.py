@@ -23,7 +23,7 @@ LIGHTS = {"pass": ":green[●] pass", "warn": ":orange[●] warn", "fail": ":red
 def audit_form():
     """The launch form; returns the model it is set to (the page's ?model=)."""
     st.markdown("**Audit a model**: APGD-CE → APGD-T → FAB-T → Square (standard) or the "
-                "first two (fast), each on the points still robust, then nine checks for "
+                "first two (fast), each on the points still robust, then ten checks for "
                 "attack failure.")
     # model and norm outside the form: the epsilon offered is the field's budget for them
     c1, c2 = st.columns([4, 1])

@@ -44,7 +44,7 @@ def test_the_tenth_indicator_fires_on_an_overstated_figure_and_stays_quiet_other
     assert "believe the audit" in fired["detail"]
     close = dict(pgd, acc=0.37, n=200)  # inside the audit's 34.5% (28.3-41.3)
     quiet = own_numbers_indicator([close], 0.345, 200)
-    assert quiet["status"] == "pass" and "agree" in quiet["detail"]
+    assert quiet["status"] == "pass" and "none of the 1 stored" in quiet["detail"]
     assert own_numbers_indicator([], 0.345, 200)["status"] == "pass"
     # it judges the lab's other figures, so the verdict on the audit's own number ignores it
     assert verdict([fired, {"name": "gradients", "status": "pass"}], 0.3) == "trusted"

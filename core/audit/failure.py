@@ -30,6 +30,8 @@ def _by_chance(name: str, k: int, n: int) -> tuple[bool, str]:
     how likely that count is."""
     rate = TOLERANCE[name]
     p = confidence.chance(k, max(n, 1), rate)
+    if k == 0:
+        return True, f"0 of {n}"
     return p >= SIGNIFICANCE, (f"{k} of {n} ({k / max(n, 1):.1%}); P(at least {k} by chance at "
                                f"a tolerated rate of {rate:.1%}) = {p:.2g}")
 
@@ -187,11 +189,13 @@ def own_numbers_indicator(figures: list[dict], robust_acc: float, n: int) -> dic
                            f"images, {(f['acc'] - robust_acc) * 100:+.1f} pp" for f in over)
         return _indicator(OWN_NUMBERS, "fail", f"{len(over)} of {len(figures)} stored figure(s) "
                           f"overstate the audit's {audit_text} beyond both intervals ({listed}); "
-                          f"believe the audit: the weaker attack behind "
-                          f"{'them' if len(over) > 1 else 'it'} is fooled by this model, by up "
-                          f"to {(worst['acc'] - robust_acc) * 100:.1f} pp")
-    return _indicator(OWN_NUMBERS, "pass", f"all {len(figures)} stored figure(s) agree with the "
-                      f"audit's {audit_text} within their intervals")
+                          f"believe the audit: the attack behind "
+                          f"{'them' if len(over) > 1 else 'it'} is weaker than the audit's and "
+                          f"misses adversarial examples the audit finds, by up to "
+                          f"{(worst['acc'] - robust_acc) * 100:.1f} pp")
+    listed = "; ".join(f"{f['what']}: {confidence.text(f['acc'], f['n'])}" for f in figures)
+    return _indicator(OWN_NUMBERS, "pass", f"none of the {len(figures)} stored figure(s) "
+                      f"overstates the audit's {audit_text} beyond both intervals ({listed})")
 
 
 def _accuracy(model: nn.Module, attack, x: torch.Tensor, y: torch.Tensor) -> tuple[float,

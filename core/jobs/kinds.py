@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from core import checkpoint
+from core import confidence
 from core import data
 from core import distributed
 from core import estimate
@@ -166,10 +167,11 @@ def _stage_reporter(ctx):
         if not ctx.is_main:
             return
         share = "" if ctx.rank.world == 1 else f" on this process's {row['n']:,} images"
+        figure = confidence.text(row["robust_acc"], row["n"])
         if row["attack"] == "clean":
-            ctx.say(f"clean accuracy {row['robust_acc']:.2%}{share}")
+            ctx.say(f"clean accuracy {figure}{share}")
         else:
-            ctx.say(f"after {row['attack']}: robust accuracy {row['robust_acc']:.2%}{share} "
+            ctx.say(f"after {row['attack']}: robust accuracy {figure}{share} "
                     f"({row['seconds']:.0f} s)")
         stages.append(row["attack"])
         ctx.store.log_metrics(ctx.run_id, [
