@@ -3,7 +3,7 @@ computation lives in ``core``, and long work runs in worker processes."""
 import streamlit as st
 
 from core import catalog
-from core.paths import data_dir
+from core.paths import InputError, data_dir
 from core.app.runs import device_label
 from pages.common import favicon, get_store as store, warm_up
 
@@ -32,11 +32,14 @@ navigation = st.navigation(PAGES)
 with st.sidebar:
     st.markdown("### :material/shield: RobustLab")
     st.caption("Train classifiers, then find out how easily they are fooled.")
-    found = catalog.available()
-    st.caption(f"Data folder: `{data_dir()}`")
-    for name in ("mnist", "cifar10"):
-        icon = ":material/check_circle:" if name in found else ":material/cancel:"
-        st.caption(f"{icon} {name}: {found.get(name, 'not found (downloads on first use)')}")
+    try:
+        found = catalog.available()
+        st.caption(f"Data folder: `{data_dir()}`")
+        for name in ("mnist", "cifar10"):
+            icon = ":material/check_circle:" if name in found else ":material/cancel:"
+            st.caption(f"{icon} {name}: {found.get(name, 'not found (downloads on first use)')}")
+    except InputError as err:  # ROBUSTLAB_DATA names a file: say so, keep the pages usable
+        st.error(str(err))
     st.caption(f"Device: {device_label()}")
     running_jobs()
 try:

@@ -75,13 +75,13 @@ def check_images(folder: Path, files: list[tuple[str, int]]) -> None:
                 size = img.size
         except (UnidentifiedImageError, OSError) as err:
             raise InputError(f"ImageFolder {folder}: cannot read image {path} ({err})") from err
+        if min(size) < MIN_SIDE:  # before the size mix: a tiny image is the problem to name
+            raise InputError(f"ImageFolder {folder}: {path} is {size[0]}x{size[1]} pixels; the "
+                             f"models need at least {MIN_SIDE}x{MIN_SIDE}")
         first = first or (size, path)
         if size != first[0]:
             raise InputError(f"ImageFolder {folder}: mixed image sizes, {path} is {size} but "
                              f"{first[1]} is {first[0]}; resize them to one size first")
-    if first and min(first[0]) < MIN_SIDE:
-        raise InputError(f"ImageFolder {folder}: images are {first[0][0]}x{first[0][1]} pixels; "
-                         f"the models need at least {MIN_SIDE}x{MIN_SIDE}")
 
 
 def check_imagefolder(root: Path, expect_classes: list[str] | None = None) -> None:

@@ -9,6 +9,36 @@ from typing import Any
 from core.paths import InputError
 
 
+NAME_MAX = 100
+TAG_MAX = 32
+
+
+def clean_name(name: str | None) -> str | None:
+    """A run's name trimmed (None when blank); refuses one over ``NAME_MAX`` characters or
+    with a line break, which would break every table it is listed in."""
+    name = (name or "").strip() or None
+    if name is not None and (len(name) > NAME_MAX or any(c in name for c in "\n\r\t")):
+        raise InputError(f"invalid run name {name[:40]!r}{'…' if len(name) > 40 else ''} "
+                         f"({len(name):,} characters): at most {NAME_MAX} characters, on one "
+                         "line")
+    return name
+
+
+def clean_tag(tag: str) -> str:
+    """A tag trimmed and lower-cased; refuses one over ``TAG_MAX`` characters or holding a
+    space, comma, tab or line break (tags are listed comma-separated and typed as words)."""
+    tag = str(tag).strip().lower()
+    if len(tag) > TAG_MAX or any(c in tag for c in ", \n\t"):
+        raise InputError(f"invalid tag {tag[:40]!r}: one word of at most {TAG_MAX} characters, "
+                         "without spaces, commas, tabs or line breaks (use - or _ to join words)")
+    return tag
+
+
+def a_kind(kind: str) -> str:
+    """'an audit run', 'a train run': a run's kind with its article, for messages."""
+    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind} run"
+
+
 def check_range(name: str, value: Any, low: float, high: float) -> None:
     """Raise InputError unless ``value`` is a finite number in [low, high]."""
     if (not isinstance(value, (int, float)) or isinstance(value, bool)

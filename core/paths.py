@@ -28,11 +28,15 @@ def artifacts_dir() -> Path:
 
 def data_dir(explicit: str | os.PathLike | None = None) -> Path:
     """Resolve the data root: explicit argument, then ROBUSTLAB_DATA, then artifacts/data."""
-    if explicit:
-        return Path(explicit).expanduser().resolve()
-    env = os.environ.get("ROBUSTLAB_DATA")
-    if env:
-        return Path(env).expanduser().resolve()
+    for where, given in (("--data-dir", explicit), ("ROBUSTLAB_DATA",
+                                                    os.environ.get("ROBUSTLAB_DATA"))):
+        if given:
+            path = Path(given).expanduser().resolve()
+            if path.exists() and not path.is_dir():
+                raise InputError(f"{where} {given} is a file; it must be the folder that holds "
+                                 "the datasets (MNIST/raw, cifar10-subset/, or train/ and test/ "
+                                 "of an ImageFolder)")
+            return path
     return artifacts_dir() / "data"
 
 

@@ -9,6 +9,7 @@ import time
 
 import pandas as pd
 
+from core.checks import a_kind
 from core.confidence import interval_text
 import torch
 
@@ -133,7 +134,7 @@ def model_for_run(store: RunStore, run_id: str, which: str = "final",
     """Load the trained model of a training run."""
     run = store.get(run_id)
     if run.kind != "train":
-        raise InputError(f"run {run_id} is a {run.kind} run; pick a training run")
+        raise InputError(f"run {run_id} is {a_kind(run.kind)}; pick a training run")
     return load_model(run_model_path(run_id, which), device)
 
 

@@ -23,6 +23,7 @@ from typing import Any, Callable
 from core import catalog
 from core import distributed
 from core.cancellation import STATE as CANCEL
+from core.checks import a_kind, clean_name
 from core.cancellation import Cancelled
 from core.paths import PROJECT_ROOT, InputError, run_dir
 from core.progress import Progress, Quiet
@@ -143,7 +144,7 @@ def preflight(store: RunStore, spec: Spec) -> None:
     if isinstance(spec, ModelJobSpec):
         model = store.get(spec.model_run)
         if model.kind != "train":
-            raise InputError(f"run {spec.model_run} is a {model.kind} run; pick a training run")
+            raise InputError(f"run {spec.model_run} is {a_kind(model.kind)}; pick a training run")
         name = "best.safetensors" if spec.which == "best" else "model.safetensors"
         if not (run_dir(spec.model_run) / name).exists():
             raise InputError(f"run {spec.model_run} has no {spec.which} weights ({name}); "
@@ -172,6 +173,7 @@ def _check_data(name: str, root: str | None) -> None:
 def create(store: RunStore, spec: Spec, parent: str | None = None,
            name: str | None = None) -> str:
     """Check ``spec``'s references and data, then create its queued run; return the id."""
+    clean_name(name)  # before the data loads: a bad name is refused at once
     spec.validate()
     preflight(store, spec)
     # a job on a model belongs to that model unless a parent job started it: the dashboard

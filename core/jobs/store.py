@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from core.checks import a_kind, clean_name, clean_tag
 from core.paths import InputError, artifacts_dir, check_run_id, runs_root
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
@@ -134,6 +135,7 @@ class RunStore:
     def create_run(self, kind: str, config: dict, parent: str | None = None,
                    name: str | None = None, status: str = "queued") -> str:
         """Insert a run and return its new id."""
+        name = clean_name(name)
         if kind not in KINDS:
             raise InputError(f"unknown run kind {kind!r}; valid kinds: {', '.join(KINDS)}")
         # Six hex digits keep ids readable; hundreds of runs in one second (scripts, tests)
@@ -245,8 +247,9 @@ class RunStore:
 
     def rename(self, run_id: str, name: str | None) -> None:
         """Give the run a name (None or blank clears it)."""
+        name = clean_name(name)
         self.get(run_id)
-        self._write("UPDATE runs SET name=? WHERE id=?", ((name or "").strip() or None, run_id))
+        self._write("UPDATE runs SET name=? WHERE id=?", (name, run_id))
 
     def set_tags(self, run_id: str, tags: Iterable[str]) -> list[str]:
         """Replace the run's tags (short words to group runs by, such as "baseline"); returns
@@ -254,12 +257,9 @@ class RunStore:
         self.get(run_id)
         clean: list[str] = []
         for tag in tags:
-            tag = str(tag).strip().lower()
-            if not tag:
+            if not str(tag).strip():
                 continue
-            if len(tag) > 32 or any(c in tag for c in ",\n\t"):
-                raise InputError(f"invalid tag {tag[:40]!r}: at most 32 characters, without "
-                                 "commas, tabs or line breaks")
+            tag = clean_tag(tag)
             if tag not in clean:
                 clean.append(tag)
         self._write("UPDATE runs SET tags=? WHERE id=?", (json.dumps(clean), run_id))
@@ -368,7 +368,7 @@ def resume_refusal(run: Run) -> str | None:
     with a checkpoint, or a study made of child jobs (the one rule, for the CLI and the
     dashboard)."""
     if run.kind not in ("train",) + PARENT_KINDS:
-        return (f"run {run.id} is a {run.kind} run; only training runs and studies resume "
+        return (f"run {run.id} is {a_kind(run.kind)}; only training runs and studies resume "
                 "(start it again instead)")
     if run.status not in ("failed", "cancelled"):
         return (f"run {run.id} is {run.status}; only failed or cancelled runs can be resumed")
