@@ -276,7 +276,7 @@ def test_tags_are_set_from_the_cli_shown_in_labels_and_filter_the_runs_table(tmp
     out = capsys.readouterr().out
     assert tagged in out and other not in out
     assert main(["tag", tagged, "a,b"]) == 2  # one clear line, the old tags kept
-    assert "without commas" in capsys.readouterr().err
+    assert "without spaces, commas" in capsys.readouterr().err
     assert store.get(tagged).tags == ["baseline", "mnist"]
     assert main(["rename", other, "second"]) == 0 and store.get(other).name == "second"
     assert main(["delete", other]) == 2  # queued: refused
