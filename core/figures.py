@@ -134,9 +134,10 @@ def robustness_figure(series: dict[str, list[tuple[float, float]]],
 
 def waterfall_figure(stages: list[dict], pending: Sequence[str] = (),
                      title: str = "Robust accuracy through the cascade",
-                     labels: dict[str, str] | None = None) -> go.Figure:
+                     labels: dict[str, str] | None = None, n: int | None = None) -> go.Figure:
     """Clean accuracy, then the drop each stage of the audit caused, then the robust accuracy
-    that is left; stages still to run are on the axis, marked pending."""
+    that is left; stages still to run are on the axis, marked pending. Given the image count
+    ``n``, the clean and the final robust bar carry their 95% Wilson interval as a whisker."""
     import plotly.graph_objects as go
     labels = labels or {}
     names = [labels.get(s["attack"], s["attack"]) for s in stages]
@@ -159,9 +160,29 @@ def waterfall_figure(stages: list[dict], pending: Sequence[str] = (),
         decreasing=dict(marker_color=PALETTE[1]), increasing=dict(marker_color=PALETTE[2]),
         totals=dict(marker_color=PALETTE[0]), connector=dict(line=dict(color="#9ca3af")),
         hovertemplate="%{x}: %{text}<extra></extra>"))
+    if n and stages and not pending:
+        _whiskers(fig, [names[0], names[-1]],
+                  [stages[0]["robust_acc"], stages[-1]["robust_acc"]], n)
     fig.update_layout(title=title, yaxis_title="accuracy (%)", yaxis_range=[0, 105], height=380,
                       showlegend=False, margin=dict(l=60, r=20, t=50, b=40))
     return fig
+
+
+def _whiskers(fig, names: list[str], shares: list[float], n: int) -> None:
+    """95% intervals drawn over bars ``names`` (accuracies as shares of ``n`` images)."""
+    import plotly.graph_objects as go
+
+    from core import confidence
+
+    bounds = [confidence.interval(confidence.count(v, n), n) for v in shares]
+    fig.add_trace(go.Scatter(
+        x=names, y=[v * 100 for v in shares], mode="markers", marker=dict(size=1, opacity=0),
+        error_y=dict(type="data", symmetric=False, color="#374151", thickness=1.5, width=8,
+                     array=[(hi - v) * 100 for v, (_, hi) in zip(shares, bounds)],
+                     arrayminus=[(v - lo) * 100 for v, (lo, _) in zip(shares, bounds)]),
+        customdata=[[lo * 100, hi * 100] for lo, hi in bounds],
+        hovertemplate="%{x}: 95% interval %{customdata[0]:.1f}-%{customdata[1]:.1f}%"
+                      "<extra></extra>"))
 
 
 def epsilon_curve_figure(curves: dict[str, list[tuple[float, float]]], current: float,

@@ -88,7 +88,10 @@ def waterfall(run_id: str) -> None:
     if view["stages"]:
         st.plotly_chart(waterfall_figure(view["stages"], view["pending"],
                                          f"{view['version']} audit at {view['threat_label']}, "
-                                         f"{view['n']:,} test images", STAGE_NAMES),
+                                         f"{view['n']:,} test images (whiskers: 95% "
+                                         "intervals)" if view["status"] == "completed" else
+                                         f"{view['n']:,} test images", STAGE_NAMES,
+                                         n=view["n"] if view["status"] == "completed" else None),
                         width="stretch")
 
 

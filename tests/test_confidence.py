@@ -169,3 +169,17 @@ def test_the_study_decides_iat_s_claim_with_intervals_not_a_point_difference():
     assert "35.0% (" in within  # every figure carries its interval
     assert "does not hold" in iat_claim(rows(0.20, 0.990), "mnist")  # robust: clearly below
     assert "does not hold" in iat_claim(rows(0.40, 0.981), "mnist")  # clean: not clearly above
+
+
+def test_the_waterfall_draws_the_intervals_of_clean_and_robust_accuracy():
+    from core.figures import waterfall_figure
+
+    stages = [{"attack": "clean", "robust_acc": 0.59}, {"attack": "apgd-ce", "robust_acc": 0.31},
+              {"attack": "apgd-t", "robust_acc": 0.238}]
+    fig = waterfall_figure(stages, n=1000)
+    whiskers = fig.data[1]
+    assert list(whiskers.x) == ["clean", "robust"]
+    low, high = confidence.interval(238, 1000)
+    assert whiskers.error_y.array[1] == pytest.approx((high - 0.238) * 100)
+    assert whiskers.error_y.arrayminus[1] == pytest.approx((0.238 - low) * 100)
+    assert len(waterfall_figure(stages, pending=["fab-t"], n=1000).data) == 1  # still running
