@@ -270,12 +270,17 @@ def examples(results: list[dict]) -> None:
 
 
 grid_ids = [g.id for g in grids]
-if not finished(grid_ids) and st.button("Cancel", key="attack-cancel",
+# read once: a grid finishing between two reads would show a Cancel button and no poll, or
+# stop the page on the points read at its top (one short) with nothing left to rerun it
+done_now = finished(grid_ids)
+if done_now and budgeted and count(read_points(grid_ids)) > known:
+    st.rerun()  # the last points landed after the slider read them
+if not done_now and st.button("Cancel", key="attack-cancel",
                                         help="Stop computing this grid (and the second model's)"):
     for g in grid_ids:
         store.request_cancel(g)
     st.rerun()
-if finished(grid_ids):
+if done_now:
     # drawn once per slider move, not every second; in place, so the browser updates the
     # charts it has instead of building new ones
     show_grids(grid_ids, index, summaries or read_points(grid_ids))

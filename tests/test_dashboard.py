@@ -170,6 +170,35 @@ def test_epsilon_slider_carries_every_epsilons_accuracy_and_moves_the_marker(mni
     assert marker() == pytest.approx(0.3)
 
 
+def test_a_grid_finishing_while_the_page_runs_is_shown_complete(mnist_model, monkeypatch):
+    """The last epsilon lands after the page read the points at its top, just before the grid
+    is marked completed: the page reruns and shows every epsilon, not a progress bar stuck one
+    short with nothing left to poll it (a CI failure)."""
+    import core.app.attack as app_attack
+    from core.jobs.specs import DEFAULT_GRID
+
+    _, _, run_id = mnist_model
+    store = RunStore()
+    grid = launch_grid(store, grid_spec(run_id, "fgsm", {}, 100))
+    assert wait_for(lambda: store.get(grid.id).status == "completed", 300), store.get(grid.id).error
+    real, calls = app_attack.grid_summaries, []
+
+    def late_last_point(run: str, count: int) -> list:
+        calls.append(run)
+        points = real(run, count)
+        return points[:-1] + [None] if len(calls) == 1 else points
+
+    monkeypatch.setattr(app_attack, "grid_summaries", late_last_point)
+    at = _app("attack", model=run_id)
+    at.session_state["attack-n"] = 100
+    at.session_state["attack-name"] = "fgsm"
+    at.run()
+    _no_exceptions(at)
+    assert len(calls) > 1
+    assert not [p for p in at.get("progress") if "done" in p.proto.text]
+    assert any(f"All {len(DEFAULT_GRID)} epsilons computed" in c.value for c in at.caption)
+
+
 def test_a_failed_run_shows_its_error_on_the_train_page(tmp_path, monkeypatch):
     monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path))
     store = RunStore()
