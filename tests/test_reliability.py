@@ -50,6 +50,32 @@ def test_jobs_survive_the_process_that_launched_them():
     assert run_id in [r.id for r in RunStore().list_runs(kind="train")]
 
 
+@pytest.mark.parametrize("user_policy, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_workers_wait_passively_unless_the_user_says_otherwise(tmp_path, monkeypatch,
+                                                               user_policy, expected):
+    """Workers beside each other must not spin on the cores the others need; a user's own
+    OMP_WAIT_POLICY wins."""
+    from core.jobs import runner
+
+    monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path))
+    if user_policy is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", user_policy)
+    launched = []
+
+    class Recorder:
+        def __init__(self, cmd, **kwargs):
+            launched.append(kwargs["env"])
+            self.pid = 1
+
+    monkeypatch.setattr(runner.subprocess, "Popen", Recorder)
+    store = RunStore()
+    run_id = store.create_run("train", TrainSpec(epochs=1, **SMALL).to_dict())
+    runner.start_worker(store, run_id)
+    assert launched[0]["OMP_WAIT_POLICY"] == expected
+
+
 @pytest.mark.slow
 @requires_mnist
 def test_two_trainings_and_a_sweep_at_once_with_a_polling_reader(mnist_model):
