@@ -12,13 +12,30 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "datasets"
 if "ROBUSTLAB_DATA" not in os.environ and SHARED.is_dir():
     os.environ["ROBUSTLAB_DATA"] = str(SHARED)
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 if "ROBUSTLAB_ARTIFACTS" not in os.environ:
     # Tests never touch the user's artifacts/: each session writes to its own folder.
     import tempfile
 
     os.environ["ROBUSTLAB_ARTIFACTS"] = tempfile.mkdtemp(prefix="robustlab-test-")
+if WORKER and not os.environ["ROBUSTLAB_ARTIFACTS"].endswith(WORKER):
+    # pytest-xdist workers inherit the controller's folder: each needs a store of its own,
+    # since tests count the runs they made
+    os.environ["ROBUSTLAB_ARTIFACTS"] = str(Path(os.environ["ROBUSTLAB_ARTIFACTS"]) / WORKER)
+# The cores are shared among the pytest workers, and every process a test starts inherits its
+# share: threads beyond a core each only spin against each other.
+THREADS = max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT",
+                                                                       1))))
+# set, not defaulted: the controller's value reaches the workers, and a test that compares a
+# run in a subprocess with one in here needs both on the same thread count
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
+torch.set_num_threads(THREADS)
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: a worker per core, at most four (each may start a server, a browser and
+    training processes)."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def wait_for(predicate, timeout: float = 240.0) -> bool:
