@@ -122,7 +122,12 @@ def test_train_evaluate_attack_in_a_real_browser(page_url):
     page.screenshot(path=str(SHOTS / "2-evaluate.png"), full_page=True)
 
     page.goto(f"{server}/attack?model={run_id}")
-    page.get_by_text("Attack parameters").click()  # PGD-5: a grid of seconds
+    images = page.get_by_role("slider", name=re.compile("^Test images"))
+    images.focus()
+    page.keyboard.press("ArrowLeft")  # 100 test images: with PGD-5, a grid of seconds
+    expect(page.get_by_text(re.compile(r"over \d+ epsilon\(s\) on 100 test images"))
+           ).to_be_visible(timeout=30_000)
+    page.get_by_text("Attack parameters").click()
     page.get_by_label("Steps", exact=True).fill("5")
     page.get_by_label("Steps", exact=True).press("Tab")
     _compute(page)

@@ -65,7 +65,7 @@ def _run_ids() -> list[str]:
 @requires_mnist
 @pytest.mark.slow
 def test_train_evaluate_attack_sweep_from_the_command_line():
-    out = cli("train", "--dataset", "mnist", "--epochs", "1", "--train-subset", "2000",
+    out = cli("train", "--dataset", "mnist", "--epochs", "1", "--train-subset", "1000",
               "--test-subset", "300", "--name", "cli").stdout
     assert "completed: test accuracy" in out and "300 test images" in out
     run_id = out.split()[1].rstrip(":")

@@ -10,11 +10,8 @@ import sys
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from core.attacks import PGD
-from core.evaluation import run_attack
 from core.paths import run_dir
 from core.jobs.store import RunStore
 
@@ -65,51 +62,6 @@ def test_two_process_training_matches_one_process():
     # rank 0 alone logged: one row per step, not two
     steps = [m for m in RunStore().metrics(run_id, ["train_loss_step"])]
     assert len(steps) == -(-6000 // 2 // 32)  # ceil: the last partial batch is a step too
-
-
-def _sharded_worker(rank, world, port, model_path, n, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    from core import data
-    from core import distributed
-    from core.evaluation import sharded_attack
-    from core.prediction import load_model
-
-    ctx = distributed.init("cpu")
-    model, _ = load_model(model_path)
-    split = data.load("mnist", "test").subset(n, seed=3)
-    outcome = sharded_attack(ctx, batch_size=64)(model, split, PGD(eps=0.1, steps=5))
-    if ctx.is_main:
-        torch.save({"records": outcome.records(), "summary": outcome.summary()}, out)
-    distributed.shutdown()
-
-
-@pytest.mark.slow  # torchrun: real process groups
-@requires_mnist
-def test_sharded_evaluation_equals_single_process(mnist_model, tmp_path):
-    from core import data
-    from core.prediction import run_model_path
-
-    _, _, run_id = mnist_model
-    path = str(run_model_path(run_id))
-    out = tmp_path / "sharded.pt"
-    mp.get_context("spawn")
-    mp.start_processes(_sharded_worker, args=(2, _free_port(), path, 300, str(out)), nprocs=2,
-                       start_method="spawn")
-    sharded = torch.load(out, weights_only=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        from core.prediction import load_model
-
-        model, _ = load_model(path)
-        single = run_attack(model, data.load("mnist", "test").subset(300, seed=3),
-                            PGD(eps=0.1, steps=5), batch_size=64)
-    finally:
-        torch.set_num_threads(threads)
-    assert sharded["records"] == single.records()
-    assert sharded["summary"] == single.summary()
 
 
 SMALL = ["--dataset", "mnist", "--epochs", "3", "--train-subset", "3000", "--test-subset", "300",

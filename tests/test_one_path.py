@@ -248,7 +248,7 @@ def test_progress_lines_appear_when_stderr_is_a_file(tmp_path, mnist_model):
     env = {"ROBUSTLAB_PROGRESS_EVERY": "1"}
     with open(log, "w") as fh:
         subprocess.run([sys.executable, "-m", "core", "train", "--epochs", "2", "--train-subset",
-                        "1500", "--test-subset", "100"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                        "600", "--test-subset", "100"], cwd=ROOT, stdout=subprocess.DEVNULL,
                        stderr=fh, env=dict(os.environ, **env), check=True, timeout=600)
         subprocess.run([sys.executable, "-m", "core", "attack", model_run, "--attack", "cw",
                         "-n", "250", "--steps", "12"], cwd=ROOT, stdout=subprocess.DEVNULL,
