@@ -143,8 +143,11 @@ def test_epsilon_slider_carries_every_epsilons_accuracy_and_moves_the_marker(mni
     at.session_state["attack-pgd-steps"] = 5
     at.run()
     _no_exceptions(at)
-    at.button(key="attack-compute").click().run()
-    _no_exceptions(at)
+    # Compute is offered unless this worker's store already holds the grid (tests share it)
+    compute = [b for b in at.button if b.key == "attack-compute"]
+    if compute:
+        compute[0].click().run()
+        _no_exceptions(at)
     grid = launch_grid(store, grid_spec(run_id, "pgd", {"steps": 5, "norm": "linf",
                                                         "restarts": 1}, 100))
     assert wait_for(lambda: store.get(grid.id).status == "completed", 300), store.get(grid.id).error
