@@ -59,3 +59,33 @@ def test_a_data_dir_that_is_a_file_is_said_plainly(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "is a file" in proc.stderr
     assert "download" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["evaluate", "no-such-run"], "no run with id 'no-such-run'"),
+    (["resume", "RUNNING"], "is running; only failed or cancelled runs"),
+    (["attack", "EVALUATION", "--attack", "fgsm"], "is an evaluate run; pick a training run"),
+    (["train", "--dataset", "imagefolder:/no/such/folder"], "has no train/ folder"),
+])
+def test_refusals_that_need_only_the_store_come_before_torch(tmp_path, args, message):
+    """A bad run id, kind or state, or a missing data folder, is refused without importing
+    torch (0.1 s instead of seconds: benchmarks/refusals.py)."""
+    import os
+    import subprocess
+    import sys
+
+    from core.jobs.store import RunStore
+
+    store = RunStore(tmp_path / "runs.db")
+    ids = {"RUNNING": store.create_run("train", {"dataset": "mnist"}),
+           "EVALUATION": store.create_run("evaluate", {"model_run": "x"})}
+    store.set_status(ids["RUNNING"], "running")
+    store.heartbeat(ids["RUNNING"], "test")
+    probe = ("import sys; from core.app.cli import main; rc = main(sys.argv[1:]); "
+             "print('torch' in sys.modules); sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", probe, *[ids.get(a, a) for a in args]],
+                          cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, ROBUSTLAB_ARTIFACTS=str(tmp_path)), timeout=60)
+    assert done.returncode == 2 and done.stdout.strip() == "False", done.stderr
+    errors = done.stderr.strip().splitlines()
+    assert len(errors) == 1 and message in errors[0], errors

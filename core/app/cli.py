@@ -349,14 +349,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command in SPEC_BUILDERS and not (args.command == "train" and args.resume):
         spec = SPEC_BUILDERS[args.command](args)  # validated here, before torch is imported
+        _refuse_early(spec)
         from core.app import console
 
         return console.run_job(spec, name=getattr(args, "name", None))
+    if args.command == "train" or args.command == "resume":
+        _refuse_early(None, args.resume if args.command == "train" else args.run)
     from core.app import console
 
     if args.command == "train":
         return console.run_resume(args.resume, _given(args, device="device"))
     return getattr(console, f"cmd_{args.command}")(args)
+
+
+def _refuse_early(spec: object | None, resume: str | None = None) -> None:
+    """The checks that need only the store and the file system (the run, its kind and state,
+    its weights, the data folder), before torch loads; under torchrun rank 0 makes them once
+    the group is up, so that every rank stops together."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    from core.jobs.store import RunStore, resume_refusal
+
+    store = RunStore()
+    if resume is None:
+        from core.jobs.preflight import preflight
+
+        preflight(store, spec)
+        return
+    store.mark_stale()
+    refusal = resume_refusal(store.get(resume))
+    if refusal:
+        raise InputError(refusal)
 
 
 if __name__ == "__main__":

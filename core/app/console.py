@@ -8,7 +8,6 @@ import sys
 import textwrap
 import time
 
-from core import distributed
 from core.cancellation import Cancelled
 from core.confidence import text
 from core.paths import InputError, run_dir
@@ -22,6 +21,7 @@ SHARDED = ("train", "evaluate", "attack", "sweep", "audit")
 def run_job(spec: Spec, name: str | None = None) -> int:
     """Create the spec's run (rank 0 checks it; bad input stops every rank with one line),
     execute it here under the one runner, and print its outcome."""
+    from core import distributed
     from core.jobs import runner
 
     ctx = distributed.init(spec.device)
@@ -47,6 +47,7 @@ def run_job(spec: Spec, name: str | None = None) -> int:
 
 def run_resume(run_id: str, overrides: dict | None = None) -> int:
     """``train --resume RUN`` and ``resume RUN`` (under torchrun too)."""
+    from core import distributed
     from core.jobs import runner
 
     ctx = distributed.init((overrides or {}).get("device", "auto"))

@@ -20,15 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from core import catalog
 from core import distributed
 from core.cancellation import STATE as CANCEL
-from core.checks import a_kind, clean_name
+from core.checks import clean_name
 from core.cancellation import Cancelled
 from core.paths import PROJECT_ROOT, InputError, run_dir
 from core.progress import Progress, Quiet
-from core.jobs.specs import (ModelJobSpec, ReproduceSpec, Spec, StudySpec, TrainSpec,
-                    spec_from_config)
+from core.jobs.preflight import preflight
+from core.jobs.specs import Spec, spec_from_config
 from core.jobs.store import Run, RunStore, restart_hint, resume_refusal
 
 HEARTBEAT_S = 2.0
@@ -136,38 +135,6 @@ class _Heartbeat:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-
-
-def preflight(store: RunStore, spec: Spec) -> None:
-    """Check what a spec refers to before its run exists: the model run and its weights, the
-    dataset on disk (downloading a built-in one when it is missing)."""
-    if isinstance(spec, ModelJobSpec):
-        model = store.get(spec.model_run)
-        if model.kind != "train":
-            raise InputError(f"run {spec.model_run} is {a_kind(model.kind)}; pick a training run")
-        name = "best.safetensors" if spec.which == "best" else "model.safetensors"
-        if not (run_dir(spec.model_run) / name).exists():
-            raise InputError(f"run {spec.model_run} has no {spec.which} weights ({name}); "
-                             f"it is {model.status}" + (
-                                 "" if spec.which == "final" else
-                                 " (best weights exist only for defended runs)"))
-        _check_data(model.config["dataset"], spec.data_dir or model.config.get("data_dir"))
-    elif isinstance(spec, TrainSpec):
-        _check_data(spec.dataset, spec.data_dir)
-    elif isinstance(spec, ReproduceSpec):
-        for name in ("mnist", "cifar10"):
-            _check_data(name, spec.data_dir)
-    elif isinstance(spec, StudySpec):
-        for name in spec.datasets:
-            _check_data(name, spec.data_dir)
-
-
-def _check_data(name: str, root: str | None) -> None:
-    if catalog.check(name, root) == "download":
-        from core import data
-
-        for split in ("train", "test"):  # torchvision downloads here, or says why it cannot
-            data.load(name, split, root)
 
 
 def create(store: RunStore, spec: Spec, parent: str | None = None,
