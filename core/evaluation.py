@@ -132,14 +132,25 @@ class AttackOutcome:
         ]
 
 
+PARTS = ("cp", "cc", "ap", "ac", "l2", "linf")  # clean/adv prediction and confidence, norms
+Saved = tuple[dict[str, torch.Tensor], dict]  # (tensors, JSON bookkeeping) of a stopped job
+
+
 def run_attack(model: nn.Module, data: TensorData, attack: Attack, batch_size: int = 250,
-               keep_examples: int = 0, progress: Progress | None = None) -> AttackOutcome:
-    """Attack every example of ``data``; keep the first ``keep_examples`` image pairs."""
+               keep_examples: int = 0, progress: Progress | None = None,
+               saved: Saved | None = None, on_batch: Callable[[Saved], None] | None = None
+               ) -> AttackOutcome:
+    """Attack every example of ``data``; keep the first ``keep_examples`` image pairs. After
+    each batch ``on_batch`` gets the state so far; ``saved`` (such a state) continues from it,
+    with the result of an unbroken run (the attack is seeded per call)."""
     device = next(model.parameters()).device
-    parts: dict[str, list] = {k: [] for k in ("cp", "cc", "ap", "ac", "l2", "linf")}
-    kept_x, kept_adv = [], []
+    parts: dict[str, list] = {k: [] for k in PARTS + ("kept_x", "kept_adv")}
+    first = 0
+    if saved is not None:
+        parts = {k: [saved[0][k]] if k in saved[0] else [] for k in parts}
+        first = saved[1]["next"]
     n = len(data)
-    for start in range(0, n, batch_size):
+    for start in range(first, n, batch_size):
         x = data.floats(slice(start, start + batch_size)).to(device)
         y = data.labels[start:start + batch_size].to(device)
         adv = attack(model, x, y)
@@ -151,20 +162,29 @@ def run_attack(model: nn.Module, data: TensorData, attack: Attack, batch_size: i
                          ("ap", p_adv.argmax(1)), ("ac", p_adv.max(1).values),
                          ("l2", delta.norm(dim=1)), ("linf", delta.abs().max(1).values)):
             parts[key].append(val)
-        if sum(len(k) for k in kept_x) < keep_examples:
-            kept_x.append(x.cpu())
-            kept_adv.append(adv.cpu())
+        if sum(len(k) for k in parts["kept_x"]) < keep_examples:
+            parts["kept_x"].append(x.cpu())
+            parts["kept_adv"].append(adv.cpu())
+        if on_batch:
+            on_batch(({k: torch.cat(v) for k, v in parts.items() if v},
+                      {"next": min(start + batch_size, n)}))
         if progress:
             progress(min(start + batch_size, n), n)
-    cat = {k: torch.cat(v) for k, v in parts.items()}
+    cat = {k: torch.cat(v) for k, v in parts.items() if v}
     examples = {}
     if keep_examples:
-        examples = {"x": torch.cat(kept_x)[:keep_examples],
-                    "x_adv": torch.cat(kept_adv)[:keep_examples]}
+        examples = {"x": cat["kept_x"][:keep_examples], "x_adv": cat["kept_adv"][:keep_examples]}
+    return outcome_of(attack, data, cat, examples)
+
+
+def outcome_of(attack: Attack, data: TensorData, cat: dict[str, torch.Tensor],
+               examples: dict | None = None) -> AttackOutcome:
+    """The outcome of ``attack`` on ``data`` from its per-example tensors (:data:`PARTS`)."""
     return AttackOutcome(attack.name, attack.params(),
                          getattr(attack, attack.budget) if attack.budget else None,
-                         _threat_dict(attack), cat["cp"], cat["cc"], cat["ap"], cat["ac"], cat["l2"], cat["linf"],
-                         data.labels.clone(), data.original_index(), data.classes, examples)
+                         _threat_dict(attack), cat["cp"], cat["cc"], cat["ap"], cat["ac"],
+                         cat["l2"], cat["linf"], data.labels.clone(), data.original_index(),
+                         data.classes, examples or {})
 
 
 def _threat_dict(attack: Attack) -> dict | None:
@@ -182,13 +202,16 @@ def threat_columns(threat: dict | None, params: dict) -> dict:
 
 def sweep(model: nn.Module, data: TensorData, attacks: Sequence[Attack],
           budgets: Sequence[float], batch_size: int = 250,
-          progress: Progress | None = None, runner: Callable | None = None) -> dict:
+          progress: Progress | None = None, runner: Callable | None = None,
+          saved: Saved | None = None, on_batch: Callable[[Saved], None] | None = None) -> dict:
     """Run each attack at each budget (eps for attacks, sigma for noise; attacks without a
     budget once).
 
     Returns ``rows`` (the tidy table, with each row's threat model), ``worst_case`` (per threat
     model: accuracy when an example counts as robust only if every attack of that threat model
-    failed on it; noise is never part of one) and ``warnings``.
+    failed on it; noise is never part of one) and ``warnings``. After each batch ``on_batch``
+    gets the state so far (finished points and the current one's batches); ``saved``, such a
+    state, continues from it (one process).
     """
     runner = runner or sharded_attack(distributed.current())
     jobs = [(a, b) for a in attacks for b in (budgets if a.budget else [None])]
@@ -196,11 +219,20 @@ def sweep(model: nn.Module, data: TensorData, attacks: Sequence[Attack],
     members: dict[tuple, list[str]] = {}
     warnings = sanity_warnings(model, data.floats(slice(0, 64)), data.labels[:64])
     n = len(data)
+    done, current = _sweep_state(saved)
     for k, (attack, budget) in enumerate(jobs):
         concrete = with_budget(attack, budget) if budget is not None else attack
-        tick = (lambda done, _total, k=k: progress(k * n + done, len(jobs) * n)) \
+        tick = (lambda d, _total, k=k: progress(k * n + d, len(jobs) * n)) \
             if progress else None
-        outcome = runner(model, data, concrete, batch_size, progress=tick)
+        if k in done:
+            outcome = outcome_of(concrete, data, done[k])
+        elif on_batch is None and current is None:
+            outcome = runner(model, data, concrete, batch_size, progress=tick)
+        else:
+            keep = _sweep_saver(on_batch, done, k)
+            outcome = run_attack(model, data, concrete, batch_size, progress=tick,
+                                 saved=current if k == _point(saved) else None, on_batch=keep)
+            done[k] = {key: getattr(outcome, name) for key, name in _PART_FIELDS.items()}
         summary = outcome.summary()
         rows.append({key: summary[key] for key in (
             "attack", "kind", "norm", "eps", "sigma", "budget", "n", "clean_acc", "adv_acc")}
@@ -220,6 +252,45 @@ def sweep(model: nn.Module, data: TensorData, attacks: Sequence[Attack],
              for (norm, eps), ok in sorted(robust.items(), key=lambda kv: (kv[0][0],
                                                                             kv[0][1] or 0))]
     return {"rows": rows, "worst_case": worst, "warnings": warnings + _ordering_warnings(rows)}
+
+
+_PART_FIELDS = {"cp": "clean_pred", "cc": "clean_conf", "ap": "adv_pred", "ac": "adv_conf",
+                "l2": "l2", "linf": "linf"}
+
+
+def _point(saved: Saved | None) -> int | None:
+    return None if saved is None else saved[1]["point"]
+
+
+def _sweep_state(saved: Saved | None) -> tuple[dict[int, dict], Saved | None]:
+    """A saved sweep's finished points (their per-example tensors) and its current point's
+    state."""
+    if saved is None:
+        return {}, None
+    tensors, meta = saved
+    done: dict[int, dict] = {}
+    current = {}
+    for name, value in tensors.items():
+        point, key = name.split(".", 1)
+        if point == "cur":
+            current[key] = value
+        else:
+            done.setdefault(int(point), {})[key] = value
+    return done, (current, meta["current"]) if meta.get("current") else None
+
+
+def _sweep_saver(on_batch: Callable[[Saved], None] | None, done: dict[int, dict], k: int
+                 ) -> Callable[[Saved], None] | None:
+    """``on_batch`` for point ``k`` of a sweep: the finished points and this one's batches."""
+    if on_batch is None:
+        return None
+
+    def save(state: Saved) -> None:
+        tensors = {f"{p}.{key}": v for p, part in done.items() for key, v in part.items()}
+        tensors.update({f"cur.{key}": v for key, v in state[0].items()})
+        on_batch((tensors, {"point": k, "current": state[1]}))
+
+    return save
 
 
 def _ordering_warnings(rows: list[dict]) -> list[str]:

@@ -127,7 +127,8 @@ def test_resume_rules_are_one_and_refuse_runs_without_a_checkpoint(tmp_path, mon
     assert "only failed or cancelled" in resume_refusal(store.get(run_id))
     attack = store.create_run("attack", {})
     store.set_status(attack, "cancelled")
-    assert "only training runs and studies resume" in resume_refusal(store.get(attack))
+    assert "only train, audit, sweep, grid, reproduce and study runs resume" in resume_refusal(
+        store.get(attack))
 
 
 # --- signals: SIGINT and SIGTERM leave every job cancelled ------------------------------
@@ -163,7 +164,9 @@ def test_sigint_and_sigterm_leave_the_job_cancelled(kind, sig, mnist_model):
     assert run.status == "cancelled", (run.status, run.error, err[-2000:])
     assert signal.Signals(sig).name in run.error and "Traceback" not in err
     assert proc.returncode == 130
-    hint = "resume it" if kind == "train" and _has_checkpoint(run_id) else "start it again"
+    # a sweep keeps its finished batches; a training resumes once it has a checkpoint
+    resumable = kind == "sweep" or (kind == "train" and _has_checkpoint(run_id))
+    hint = "resume it" if resumable else "start it again"
     assert hint in run.error and run.owner is None
 
 

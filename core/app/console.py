@@ -11,7 +11,7 @@ import time
 from core.cancellation import Cancelled
 from core.confidence import text
 from core.paths import InputError, run_dir
-from core.jobs.specs import Spec, TrainSpec
+from core.jobs.specs import Spec, spec_from_config
 from core.jobs.store import Run, RunStore
 
 ERROR_WIDTH = 70
@@ -57,14 +57,16 @@ def run_resume(run_id: str, overrides: dict | None = None) -> int:
         def plan() -> dict:
             run = runner.reopen(store, run_id)
             where = f" on {ctx.world} processes" if ctx.world > 1 else ""
-            start = ("from its last checkpoint" if run.kind == "train"
-                     else "reusing its finished child jobs")
+            start = {"train": "from its last checkpoint", "audit": "from its finished batches",
+                     "sweep": "from its finished batches",
+                     "grid": "from its finished points"}.get(run.kind,
+                                                             "reusing its finished child jobs")
             print(f"resuming {run_id} {start}{where}", flush=True)
-            return run.config
+            return {"kind": run.kind, "config": run.config}
 
-        config = distributed.decide(ctx, plan)
+        job = distributed.decide(ctx, plan)
         if not ctx.is_main:
-            return _follow(TrainSpec.from_dict(config), resume=True)
+            return _follow(spec_from_config(job["kind"], job["config"]), resume=True)
         return _execute_and_print(store, run_id, resume=True)
     finally:
         distributed.shutdown()
@@ -74,7 +76,7 @@ def _follow(spec: Spec, resume: bool = False) -> int:
     from core.jobs import runner
 
     try:
-        if resume:
+        if resume and spec.kind == "train":
             from core.training.loop import fit
 
             fit(spec, None, None, resume=True)

@@ -5,7 +5,7 @@ example which stage broke it."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -58,20 +58,22 @@ ROBUST = -1  # the code of a point no stage broke; 0 is "misclassified clean", k
 def cascade(model: nn.Module, data: TensorData, plan: list[Stage], batch_size: int = 250,
             progress: Progress | None = None, ctx: distributed.Context | None = None,
             on_stage: Callable[[dict], None] | None = None, keep: int = 8,
-            low_precision: bool = False) -> dict:
+            low_precision: bool = False, saved: Saved | None = None,
+            on_batch: Callable[[Saved], None] | None = None) -> dict:
     """Run the stages in order, each on the points still robust, batch by batch. Returns the
     clean and robust accuracy, per-stage figures, the stage that broke each example, and silent
     successes, and up to ``keep`` adversarial examples per stage (``shown``: position, image,
     prediction); ``on_stage`` gets each stage's row as soon as it is done (this process's
     share under torchrun; examples come from rank 0's share). Batches are fixed by position
     and every attack call is seeded per batch, so under torchrun (whole batches per rank) the
-    result equals one process's. ``low_precision`` searches in bfloat16
+    result equals one process's, and so does a run continued from ``saved`` (what ``on_batch``
+    was given after each finished batch). ``low_precision`` searches in bfloat16
     (:class:`core.attacks.speed.LowPrecision`); every verdict is still the float32 model's, and a
     point the bfloat16 search broke but float32 does not is searched again in float32."""
     ctx = ctx or distributed.Context()
     mine = distributed.my_positions(ctx, len(data), batch_size)
     local = _run_stages(model, data, mine, plan, batch_size, progress, on_stage, keep,
-                        low_precision)
+                        low_precision, saved, on_batch)
     shown = local.pop("shown")
     tensors = {"clean_pred": local.pop("clean_pred"), "code": local.pop("code")}
     if ctx.world > 1:
@@ -91,57 +93,128 @@ def stage_losses(plan: list[Stage], classes: int) -> dict[str, str]:
             if hasattr(s.attack, "loss")}
 
 
+Saved = tuple[dict[str, torch.Tensor], dict]  # (tensors, JSON bookkeeping): see _Work
+
+
+@dataclass
+class _Work:
+    """Where a cascade stands: each example's code, the next (stage, batch) to run, and what
+    has been gathered so far; :meth:`saved` and :meth:`from_saved` carry it across processes."""
+
+    codes: list[torch.Tensor]
+    preds: list[torch.Tensor]
+    stage: int = 0
+    batch: int = 0
+    seconds: list[float] = field(default_factory=list)
+    silent: int = 0
+    traces: list[list[int]] = field(default_factory=list)
+    shown: dict[str, list] = field(default_factory=lambda: {
+        "position": [], "x_adv": [], "adv_pred": [], "stage": []})
+
+    def saved(self) -> Saved:
+        """The state as tensors and JSON-ready bookkeeping."""
+        tensors = {"code": torch.cat(self.codes), "clean_pred": torch.cat(self.preds)}
+        if self.shown["x_adv"]:
+            tensors["shown_x_adv"] = torch.stack(self.shown["x_adv"])
+        meta = {"stage": self.stage, "batch": self.batch, "seconds": self.seconds,
+                "silent": self.silent, "traces": self.traces,
+                "shown": {k: v for k, v in self.shown.items() if k != "x_adv"}}
+        return tensors, meta
+
+    @classmethod
+    def from_saved(cls, saved: Saved, sizes: list[int]) -> "_Work":
+        """The state :meth:`saved` wrote, for batches of ``sizes``."""
+        tensors, meta = saved
+        shown = dict(meta["shown"], x_adv=list(tensors.get("shown_x_adv", torch.empty(0))))
+        return cls(list(tensors["code"].split(sizes)), list(tensors["clean_pred"].split(sizes)),
+                   meta["stage"], meta["batch"], meta["seconds"], meta["silent"],
+                   meta["traces"], shown)
+
+
 def _run_stages(model: nn.Module, data: TensorData, positions: torch.Tensor, plan: list[Stage],
                 batch_size: int, progress: Progress | None,
                 on_stage: Callable[[dict], None] | None, keep: int,
-                low_precision: bool = False) -> dict:
+                low_precision: bool = False, saved: Saved | None = None,
+                on_batch: Callable[[Saved], None] | None = None) -> dict:
     device = next(model.parameters()).device
     search = LowPrecision(model) if low_precision else model
     batches = [positions[s:s + batch_size] for s in range(0, len(positions), batch_size)]
-    preds = [predict_labels(model, data.floats(part).to(device)).cpu() for part in batches]
-    codes = [torch.where(p == data.labels[part], ROBUST, 0) for p, part in zip(preds, batches)]
-    seconds, silent, traces = [0.0] * len(plan), 0, []
-    shown: dict[str, list] = {"position": [], "x_adv": [], "adv_pred": [], "stage": []}
-    if on_stage and batches:
-        code = torch.cat(codes)
-        on_stage({"attack": "clean", "robust_acc": float((code == ROBUST).float().mean()),
-                  "seconds": 0.0, "n": len(code)})
-    for k, stage in enumerate(plan):
-        began = time.perf_counter()
-        for b, part in enumerate(batches):
-            idx = (codes[b] == ROBUST).nonzero().squeeze(1)
-            if len(idx):
-                x = data.floats(part[idx]).to(device)
-                y = data.labels[part[idx]].to(device)
-                adv = stage.attack(search, x, y)
-                if stage.name == "apgd-ce":
-                    traces.append(list(stage.attack.trace))
-                adv, adv_pred, found = _confirmed(stage.attack, model, search, x, y, adv)
-                fooled = adv_pred != y.cpu()
-                room = keep - sum(s == k for s in shown["stage"])
-                for j in fooled.nonzero().squeeze(1)[:max(room, 0)].tolist():
-                    shown["position"].append(int(part[idx[j]]))
-                    shown["x_adv"].append(adv[j].cpu())
-                    shown["adv_pred"].append(int(adv_pred[j]))
-                    shown["stage"].append(k)
-                # Square returns the very point where it saw its lowest margin: a disagreement
-                # there is two forwards' rounding at a margin near 0, not a lost success
-                if found is not None and stage.name != "square":
-                    silent += int((found & ~fooled).sum())
-                codes[b][idx[fooled]] = k + 1
+    if saved is not None:
+        work = _Work.from_saved(saved, [len(part) for part in batches])
+    else:
+        preds = [predict_labels(model, data.floats(part).to(device)).cpu() for part in batches]
+        work = _Work([torch.where(p == data.labels[part], ROBUST, 0)
+                      for p, part in zip(preds, batches)], preds, seconds=[0.0] * len(plan))
+    report = _stage_rows(on_stage if batches else None, work, plan)
+    report(-1, resumed=saved is not None)
+    for k in range(work.stage):
+        report(k, resumed=True)
+    for k in range(work.stage, len(plan)):
+        stage = plan[k]
+        for b in range(work.batch if k == work.stage else 0, len(batches)):
+            began = time.perf_counter()
+            _attack_batch(model, search, data, batches[b], stage, k, work, b, keep)
+            work.seconds[k] += time.perf_counter() - began
+            work.stage, work.batch = (k, b + 1) if b + 1 < len(batches) else (k + 1, 0)
+            if work.stage > k:
+                report(k)  # before the state that skips it is kept: a resume does not report it
+            if on_batch:
+                on_batch(work.saved())
             if progress:  # this rank's share done, as a share of the whole cascade
-                share = (k * len(positions) + batch_size * b + len(part)) / (
+                share = (k * len(positions) + batch_size * b + len(batches[b])) / (
                     len(positions) * len(plan))
                 progress(round(share * len(data) * len(plan)), len(data) * len(plan))
-        seconds[k] = time.perf_counter() - began
-        if on_stage and batches:
-            code = torch.cat(codes)
-            on_stage({"attack": stage.name, "robust_acc": float((code == ROBUST).float().mean()),
-                      "seconds": seconds[k], "n": len(code)})
     empty = torch.empty(0, dtype=torch.long)
-    return {"code": torch.cat(codes) if codes else empty,
-            "clean_pred": torch.cat(preds) if preds else empty,
-            "seconds": seconds, "silent": silent, "trace": _summed(traces), "shown": shown}
+    return {"code": torch.cat(work.codes) if work.codes else empty,
+            "clean_pred": torch.cat(work.preds) if work.preds else empty,
+            "seconds": work.seconds, "silent": work.silent, "trace": _summed(work.traces),
+            "shown": work.shown}
+
+
+def _stage_rows(on_stage: Callable[[dict], None] | None, work: _Work, plan: list[Stage]
+                ) -> Callable[..., None]:
+    """A reporter of stage ``k``'s row (-1: clean accuracy) to ``on_stage``; ``resumed`` rows
+    were finished before a resume."""
+
+    def report(k: int, resumed: bool = False) -> None:
+        if on_stage is None:
+            return
+        code = torch.cat(work.codes)
+        left = (code == ROBUST) | (code > k + 1) if k >= 0 else code == ROBUST
+        on_stage({"attack": "clean" if k < 0 else plan[k].name,
+                  "robust_acc": float(left.float().mean()),
+                  "seconds": 0.0 if k < 0 else work.seconds[k], "n": len(code),
+                  "resumed": resumed})
+
+    return report
+
+
+def _attack_batch(model: nn.Module, search: nn.Module, data: TensorData, part: torch.Tensor,
+                  stage: Stage, k: int, work: _Work, b: int, keep: int) -> None:
+    """Stage ``k`` on batch ``b``'s points still robust; their codes and examples in ``work``."""
+    idx = (work.codes[b] == ROBUST).nonzero().squeeze(1)
+    if not len(idx):
+        return
+    device = next(model.parameters()).device
+    x = data.floats(part[idx]).to(device)
+    y = data.labels[part[idx]].to(device)
+    adv = stage.attack(search, x, y)
+    if stage.name == "apgd-ce":
+        work.traces.append(list(stage.attack.trace))
+    adv, adv_pred, found = _confirmed(stage.attack, model, search, x, y, adv)
+    fooled = adv_pred != y.cpu()
+    shown = work.shown
+    room = keep - sum(s == k for s in shown["stage"])
+    for j in fooled.nonzero().squeeze(1)[:max(room, 0)].tolist():
+        shown["position"].append(int(part[idx[j]]))
+        shown["x_adv"].append(adv[j].cpu())
+        shown["adv_pred"].append(int(adv_pred[j]))
+        shown["stage"].append(k)
+    # Square returns the very point where it saw its lowest margin: a disagreement there is
+    # two forwards' rounding at a margin near 0, not a lost success
+    if found is not None and stage.name != "square":
+        work.silent += int((found & ~fooled).sum())
+    work.codes[b][idx[fooled]] = k + 1
 
 
 def _confirmed(attack, model: nn.Module, search: nn.Module, x: torch.Tensor, y: torch.Tensor,

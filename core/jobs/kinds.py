@@ -18,8 +18,9 @@ from core.attacks.speed import LowPrecision
 from core.evaluation import clean_report, run_attack, sanity_warnings, sharded_attack
 from core.evaluation import sweep as sweep_
 from core.jobs.claims import stored_figures
+from core.jobs.ledger import Ledger
 from core.jobs.specs import AttackSpec, AuditSpec, EvaluateSpec, GridSpec, ModelJobSpec, SweepSpec
-from core.paths import grid_point_path
+from core.paths import grid_point_path, runs_root
 from core.prediction import model_from, pick_device, run_model_path
 from core.training.loop import fit
 
@@ -107,13 +108,23 @@ def sweep(ctx) -> dict:
     points = [(a, b) for a in attacks for b in (spec.budgets if a.budget else [None])]
     seconds = sum(estimate.attack_seconds(a, len(split), per_pass) for a, _ in points)
     ctx.say(estimate.line(seconds, f"{len(points)} attack runs on {len(split):,} images"))
-    ctx.progress.start(len(points) * len(split))
+    ledger = _ledger(ctx)
+    saved = ledger.load() if ctx.resume else None
+    behind = 0
+    if saved is not None:
+        current = saved[1].get("current") or {}
+        behind = saved[1]["point"] * len(split) + current.get("next", 0)
+        ctx.say(f"continuing with attack run {saved[1]['point'] + 1} of {len(points)} "
+                "(the finished batches are kept in the run's folder)")
+    ctx.progress.start(len(points) * len(split), done=behind)
     result = sweep_(model, split, attacks, spec.budgets, spec.batch_size,
                     progress=lambda done, _total: ctx.progress.update(done),
-                    runner=sharded_attack(ctx.rank))
+                    runner=sharded_attack(ctx.rank), saved=saved,
+                    on_batch=ledger.record if ledger.enabled else None)
     if not ctx.is_main:
         return {}
     reports.write_table(result, ctx.folder / "sweep")
+    ledger.clear()
     for w in result["warnings"]:
         ctx.warn(w)
     summary = dict(result, n=len(split), source=split.source, model_run=spec.model_run)
@@ -132,6 +143,11 @@ def grid(ctx) -> dict:
     ctx.progress.start(len(budgets) * len(split))
     done, device = {}, next(model.parameters()).device
     for k, budget in enumerate(budgets):
+        if ctx.resume and ctx.is_main and checkpoint.is_complete(grid_point_path(ctx.run_id, k)):
+            done[str(k)] = checkpoint.read_sidecar(grid_point_path(ctx.run_id, k))["summary"][
+                "adv_acc"]  # finished before the stop; the same seeds would give the same point
+            ctx.progress.start(len(budgets) * len(split), done=(k + 1) * len(split))
+            continue
         concrete = with_budget(attack_, budget) if budget is not None else attack_
         outcome = run_attack(model, split, concrete, spec.batch_size, keep_examples=spec.keep,
                              progress=lambda d, _t, k=k: ctx.progress.update(k * len(split) + d))
@@ -168,12 +184,15 @@ def _stage_reporter(ctx):
             return
         share = "" if ctx.rank.world == 1 else f" on this process's {row['n']:,} images"
         figure = confidence.text(row["robust_acc"], row["n"])
+        kept = " (kept from before the resume)" if row.get("resumed") else ""
         if row["attack"] == "clean":
-            ctx.say(f"clean accuracy {figure}{share}")
+            ctx.say(f"clean accuracy {figure}{share}{kept}")
         else:
             ctx.say(f"after {row['attack']}: robust accuracy {figure}{share} "
-                    f"({row['seconds']:.0f} s)")
+                    f"({row['seconds']:.0f} s){kept}")
         stages.append(row["attack"])
+        if row.get("resumed"):
+            return  # logged by the session that finished it
         ctx.store.log_metrics(ctx.run_id, [
             (None, len(stages) - 1, f"stage:{row['attack']}", row["robust_acc"]),
             (None, len(stages) - 1, f"stage_seconds:{row['attack']}", row["seconds"])])
@@ -205,10 +224,15 @@ def audit(ctx) -> dict:
                                    "still robust"))
     ctx.say(f"searching in {'bfloat16' if low else 'float32'} ({search.reason}); every verdict "
             "in float32")
-    ctx.progress.start(len(plan) * len(split))
+    ledger = _ledger(ctx)
+    saved = ledger.load() if ctx.resume else None
+    if saved is not None:
+        ctx.say(_continuing(saved[1], [s.name for s in plan], -(-len(split) // batch)))
+    ctx.progress.start(len(plan) * len(split), done=_cascade_done(saved, len(split), batch))
     result = audit_.cascade(model, split, plan, spec.batch_size,
                             progress=lambda done, _total: ctx.progress.update(done),
-                            ctx=ctx.rank, on_stage=_stage_reporter(ctx), low_precision=low)
+                            ctx=ctx.rank, on_stage=_stage_reporter(ctx), low_precision=low,
+                            saved=saved, on_batch=ledger.record if ledger.enabled else None)
     result["search_precision"] = search.name
     result["search_precision_reason"] = search.reason
     if not ctx.is_main:
@@ -222,4 +246,27 @@ def audit(ctx) -> dict:
     summary = {k: v for k, v in report.items() if k != "examples"}
     summary.update(model_run=spec.model_run, source=split.source)
     ctx.store.set_summary(ctx.run_id, summary)
+    ledger.clear()
     return summary
+
+
+def _ledger(ctx) -> Ledger:
+    """The run's ledger of finished batches (one process only: under torchrun a rank holds
+    only its share, so a stopped sharded job starts again)."""
+    folder = runs_root() / ctx.run_id if ctx.run_id else None  # made by the first save
+    return Ledger(folder, ctx.spec.to_dict(), enabled=ctx.is_main and ctx.rank.world == 1)
+
+
+def _continuing(state: dict, names: list[str], batches: int) -> str:
+    """Where a resumed cascade picks up, in words."""
+    if state["stage"] >= len(names):
+        return "the cascade finished before the stop; only the indicators are left"
+    return (f"continuing with {names[state['stage']]}, batch {state['batch'] + 1} of {batches} "
+            "(the finished batches are kept in the run's folder)")
+
+
+def _cascade_done(saved, n: int, batch_size: int) -> int:
+    """Images times stages already behind a saved cascade (for the progress count)."""
+    if saved is None:
+        return 0
+    return saved[1]["stage"] * n + min(saved[1]["batch"] * batch_size, n)

@@ -361,19 +361,22 @@ def has_checkpoint(run: Run) -> bool:
 
 
 PARENT_KINDS = ("reproduce", "study")  # jobs made of child jobs
+# jobs that keep their finished batches (core.jobs.ledger) or grid points as they go
+LEDGER_KINDS = ("audit", "sweep", "grid")
+RESUMABLE = ("train",) + LEDGER_KINDS + PARENT_KINDS
 
 
 def resume_refusal(run: Run) -> str | None:
     """Why ``run`` cannot be resumed, or None when it can: a failed or cancelled training run
-    with a checkpoint, or a study made of child jobs (the one rule, for the CLI and the
-    dashboard)."""
-    if run.kind not in ("train",) + PARENT_KINDS:
-        return (f"run {run.id} is {a_kind(run.kind)}; only training runs and studies resume "
-                "(start it again instead)")
+    with a checkpoint, an audit, sweep or grid (it continues from its finished batches), or a
+    study made of child jobs (the one rule, for the CLI and the dashboard)."""
+    if run.kind not in RESUMABLE:
+        return (f"run {run.id} is {a_kind(run.kind)}; only {', '.join(RESUMABLE[:-1])} and "
+                f"{RESUMABLE[-1]} runs resume (start it again instead)")
     if run.status not in ("failed", "cancelled"):
         return (f"run {run.id} is {run.status}; only failed or cancelled runs can be resumed")
-    if run.kind in PARENT_KINDS:
-        return None  # its finished child jobs are kept and reused
+    if run.kind in PARENT_KINDS + LEDGER_KINDS:
+        return None  # its finished child jobs, batches or points are kept and reused
     if not has_checkpoint(run):
         return (f"run {run.id} stopped before its first checkpoint (end of epoch 1), so there "
                 "is nothing to resume; start it again (Clone into form on the Train page)")

@@ -1,0 +1,170 @@
+"""Evaluation jobs that resume where they stopped: an audit, a sweep and a grid keep their
+finished batches (or points) in the run's folder, and a resume ends with the result an unbroken
+run gives."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from core.cancellation import Cancelled
+from core.jobs import ledger as ledger_
+from core.jobs.runner import create, execute, reopen
+from core.jobs.store import RunStore
+from core.paths import run_dir, runs_root
+
+from conftest import ROOT, requires_mnist, wait_for
+
+
+def _stop_when(monkeypatch, should_stop):
+    """Raise Cancelled (as a cancel or Ctrl-C would) right after the ledger records a state
+    for which ``should_stop(state)`` holds; once."""
+    original, fired = ledger_.Ledger.save, []
+
+    def save(self, tensors, state):
+        original(self, tensors, state)
+        if not fired and should_stop(state):
+            fired.append(state)
+            raise Cancelled("test stop")
+
+    monkeypatch.setattr(ledger_.Ledger, "save", save)
+    return fired
+
+
+def _unbroken_and_resumed(spec, monkeypatch, should_stop):
+    store = RunStore()
+    whole = create(store, spec)
+    execute(store, whole, echo=False)
+    stopped = create(store, spec)
+    fired = _stop_when(monkeypatch, should_stop)
+    with pytest.raises(Cancelled):
+        execute(store, stopped, echo=False)
+    assert fired and store.get(stopped).status == "cancelled"
+    assert (run_dir(stopped) / ledger_.FILE).exists()
+    assert "resume it with `python -m core resume" in store.get(stopped).error
+    monkeypatch.undo()
+    reopen(store, stopped)
+    execute(store, stopped, resume=True, echo=False)
+    assert store.get(stopped).status == "completed"
+    assert not (run_dir(stopped) / ledger_.FILE).exists()  # nothing left once the files exist
+    return store, whole, stopped
+
+
+@requires_mnist
+def test_an_audit_cancelled_after_its_first_stage_resumes_to_the_same_audit(mnist_model,
+                                                                             monkeypatch):
+    from core.jobs.specs import AuditSpec
+
+    _, _, model_run = mnist_model
+    spec = AuditSpec(model_run=model_run, eps=0.1, version="fast", n=60, steps=10,
+                     batch_size=20)
+    store, whole, stopped = _unbroken_and_resumed(
+        spec, monkeypatch, lambda s: s["stage"] == 1 and s["batch"] == 0)
+    a, b = (json.loads((run_dir(r) / "audit.json").read_text()) for r in (whole, stopped))
+    assert a["examples"] == b["examples"]  # every per-example record
+    assert a["robust_acc"] == b["robust_acc"] and a["verdict"] == b["verdict"]
+    assert [s["attack"] for s in b["stages"]] == ["apgd-ce", "apgd-t"]
+    waterfall = [m["name"] for m in store.metrics(stopped) if m["name"].startswith("stage:")]
+    assert waterfall == ["stage:clean", "stage:apgd-ce", "stage:apgd-t"]  # each stage once
+
+
+@requires_mnist
+def test_a_sweep_stopped_inside_an_attack_run_resumes_to_the_same_table(mnist_model,
+                                                                        monkeypatch):
+    from core.jobs.specs import SweepSpec
+
+    _, _, model_run = mnist_model
+    spec = SweepSpec(model_run=model_run, attacks=["fgsm", "pgd"], budgets=[0.05, 0.1], n=60,
+                     batch_size=20)
+    store, whole, stopped = _unbroken_and_resumed(
+        spec, monkeypatch, lambda s: s["point"] == 2 and s["current"]["next"] == 40)
+    a, b = (store.get(r).summary for r in (whole, stopped))
+    assert a["rows"] == b["rows"] and a["worst_case"] == b["worst_case"]
+    assert (run_dir(stopped) / "sweep.csv").read_text() == (run_dir(whole) / "sweep.csv").read_text()
+
+
+def test_a_ledger_of_another_spec_is_never_read(tmp_path):
+    import torch
+
+    book = ledger_.Ledger(tmp_path / "run", {"eps": 0.1})
+    assert book.load() is None and not (tmp_path / "run").exists()
+    book.save({"code": torch.arange(3)}, {"stage": 1})
+    tensors, state = book.load()
+    assert tensors["code"].tolist() == [0, 1, 2] and state == {"stage": 1}
+    assert ledger_.Ledger(tmp_path / "run", {"eps": 0.2}).load() is None
+    assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+@pytest.mark.slow
+@requires_mnist
+def test_a_killed_audit_resumes_from_the_command_line(mnist_model):
+    _, _, model_run = mnist_model
+    args = [model_run, "--eps", "0.1", "--version", "fast", "-n", "60", "--steps", "10",
+            "--batch-size", "20"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    whole = subprocess.run([sys.executable, "-m", "core", "audit", *args], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    proc = subprocess.Popen([sys.executable, "-m", "core", "audit", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    store = RunStore()
+    try:
+        assert wait_for(lambda: any(_stage_of(r.id) >= 1 for r in store.list_runs(kind="audit")
+                                    if r.status == "running"), 300)
+    finally:
+        proc.kill()  # SIGKILL: no handler runs, the run row still says running
+        proc.wait()
+    killed = next(r.id for r in store.list_runs(kind="audit") if _stage_of(r.id) >= 1)
+    resumed = subprocess.run([sys.executable, "-m", "core", "resume", killed], cwd=ROOT,
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "kept from before the resume" in resumed.stderr
+    first = json.loads((run_dir(whole.stdout.split()[1].rstrip(":")) / "audit.json").read_text())
+    again = json.loads((run_dir(killed) / "audit.json").read_text())
+    assert first["examples"] == again["examples"] and first["robust_acc"] == again["robust_acc"]
+
+
+def _stage_of(run_id: str) -> int:
+    path = runs_root() / run_id / ledger_.FILE
+    if not path.exists():
+        return -1
+    try:
+        with ledger_.safe_open(str(path), "pt") as fh:
+            return json.loads(fh.metadata()["state"])["stage"]
+    except FileNotFoundError:  # cleared between the two looks: the audit finished
+        return -1
+
+
+@requires_mnist
+def test_a_grid_resumes_after_its_finished_points(mnist_model, monkeypatch):
+    from core import checkpoint
+    from core.jobs import kinds
+    from core.jobs.specs import GridSpec
+    from core.paths import grid_point_path
+
+    _, _, model_run = mnist_model
+    spec = GridSpec(model_run=model_run, attack="fgsm", budgets=[0.05, 0.1, 0.2], n=40)
+    store = RunStore()
+    stopped = create(store, spec)
+    original, calls = kinds._save_grid_point, []
+
+    def save_then_stop(ctx, k, *args):
+        original(ctx, k, *args)
+        calls.append(k)
+        if k == 1:
+            raise Cancelled("test stop")
+
+    monkeypatch.setattr(kinds, "_save_grid_point", save_then_stop)
+    with pytest.raises(Cancelled):
+        execute(store, stopped, echo=False)
+    first = [checkpoint.read_sidecar(grid_point_path(stopped, k))["summary"] for k in (0, 1)]
+    reopen(store, stopped)
+    execute(store, stopped, resume=True, echo=False)
+    assert calls == [0, 1, 2]  # the two finished points were not computed again
+    monkeypatch.undo()
+    whole = create(store, spec)
+    execute(store, whole, echo=False)
+    assert store.get(stopped).summary["adv_acc"] == store.get(whole).summary["adv_acc"]
+    assert first == [checkpoint.read_sidecar(grid_point_path(whole, k))["summary"]
+                     for k in (0, 1)]
