@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save as serialize
 
 from core.paths import InputError
 
@@ -56,15 +56,30 @@ def atomic_write_text(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def save(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Atomically write ``path`` (.safetensors) and its sidecar ``path`` + ``.json``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor],
+                      metadata: dict[str, str] | None = None) -> None:
+    """Write a .safetensors file to ``path`` and fsync it. Serialized in memory and written by
+    Python, so a full or read-only disk is an OSError with its errno (safetensors' own writer
+    reports it as a SafetensorError without one)."""
     flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    payload = serialize(flat, metadata=metadata)
     try:
-        save_file(flat, str(tmp))
-        with open(tmp, "rb+") as fh:
+        with open(path, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
             os.fsync(fh.fileno())
+    except OSError as err:  # a failed write names no file; the message should
+        raise OSError(err.errno, err.strerror, str(path)) from err
+
+
+def save(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Atomically write ``path`` (.safetensors) and its sidecar ``path`` + ``.json`` (the
+    folder is made on the first save: a run stopped before it leaves no empty folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write_safetensors(tmp, tensors)
         digest = _sha256(tmp)
         os.replace(tmp, path)
     finally:

@@ -19,9 +19,55 @@ class InputError(ValueError):
     """A user-supplied value is invalid; the message says what was wrong and what is valid."""
 
 
+class EnvironmentProblem(InputError):
+    """The machine, not the input, is in the way (an unwritable or full disk, a damaged or
+    locked run database); the message names the file and what to do."""
+
+
+_WRITABLE_HINT = "point ROBUSTLAB_ARTIFACTS (or --artifacts-dir) at a writable folder"
+
+
+def environment_problem(err: BaseException, path: str | os.PathLike | None = None) -> str | None:
+    """One line saying what in the environment stopped a job, for an OS or SQLite error (a
+    read-only or full disk, a damaged or locked database, a path through a file), naming the
+    file and what to do; None when ``err`` is none of these (a bug deserves its traceback)."""
+    import errno
+    import sqlite3
+
+    where = str(path or getattr(err, "filename", None) or "a file")
+    code = getattr(err, "errno", None)
+    text = str(err).lower()
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or "disk is full" in text:
+        return (f"no room to write {where} ({_reason(err)}): free space on that disk, or point "
+                "ROBUSTLAB_ARTIFACTS (or --artifacts-dir) at another one")
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM) or "readonly" in text or \
+            "unable to open database" in text:
+        return f"cannot write {where}: its folder is read-only or not writable; {_WRITABLE_HINT}"
+    if code == errno.ENOTDIR:
+        return f"cannot use {where}: part of that path is a file, not a folder; {_WRITABLE_HINT}"
+    if isinstance(err, sqlite3.DatabaseError) and ("not a database" in text
+                                                   or "malformed" in text):
+        return (f"the run database {where} is damaged ({err}); move it aside (mv {where} "
+                f"{where}.damaged) and a new, empty one is made on the next command, or put back "
+                "a copy")
+    if isinstance(err, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+        return (f"the run database {where} stayed locked by another process; wait for it, or "
+                "stop it (`python -m core runs` lists what is running) and try again")
+    return None
+
+
+def _reason(err: BaseException) -> str:
+    return getattr(err, "strerror", None) or str(err)
+
+
+def artifacts_root() -> Path:
+    """The artifacts folder, not made here."""
+    return Path(os.environ.get("ROBUSTLAB_ARTIFACTS", PROJECT_ROOT / "artifacts")).resolve()
+
+
 def artifacts_dir() -> Path:
     """Return the artifacts folder (created on demand)."""
-    path = Path(os.environ.get("ROBUSTLAB_ARTIFACTS", PROJECT_ROOT / "artifacts")).resolve()
+    path = artifacts_root()
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -118,12 +118,12 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
     checkpoint.save(path, good, {"epoch": 1})
     before = path.read_bytes()
 
-    def full_disk(tensors, filename, metadata=None):
+    def full_disk(filename, tensors, metadata=None):
         with open(filename, "wb") as fh:
             fh.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "save_file", full_disk)
+    monkeypatch.setattr(checkpoint, "write_safetensors", full_disk)
     with pytest.raises(OSError, match="No space left"):
         checkpoint.save(path, {k: v + 1 for k, v in good.items()}, {"epoch": 2})
     assert path.read_bytes() == before

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import sys
 from typing import Callable, Sequence
 
@@ -334,9 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except InputError as err:
-        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank has the error
-            print("error: " + " ".join(str(err).split()), file=sys.stderr)  # one line
-        return 2
+        return _one_line(str(err))
     except KeyboardInterrupt:
         print("interrupted before the job started; nothing was written", file=sys.stderr)
         return 130
@@ -344,6 +343,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `runs | head` closed the pipe: stop quietly, and keep Python's exit flush quiet too.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except (OSError, sqlite3.Error) as err:
+        line = _environment_line(err)
+        if line is None:
+            raise
+        return _one_line(line)
+
+
+def _one_line(message: str) -> int:
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank has the error
+        print("error: " + " ".join(message.split()), file=sys.stderr)
+    return 2
+
+
+def _environment_line(err: BaseException) -> str | None:
+    """A broken environment met during a job (a full or read-only disk, the database damaged
+    or locked while in use), in one line; None for any other error."""
+    from core.jobs.store import database_path
+    from core.paths import environment_problem
+
+    return environment_problem(err, database_path() if isinstance(err, sqlite3.Error) else None)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
+
+from core.checkpoint import write_safetensors
 
 FILE = "ledger.safetensors"
 
@@ -49,11 +51,8 @@ class Ledger:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(FILE + ".tmp")
-        flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         try:
-            save_file(flat, str(tmp), metadata={"spec": self.spec, "state": json.dumps(state)})
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
+            write_safetensors(tmp, tensors, {"spec": self.spec, "state": json.dumps(state)})
             os.replace(tmp, self.path)
         finally:
             tmp.unlink(missing_ok=True)

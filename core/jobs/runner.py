@@ -24,7 +24,7 @@ from core import distributed
 from core.cancellation import STATE as CANCEL
 from core.checks import clean_name
 from core.cancellation import Cancelled
-from core.paths import PROJECT_ROOT, InputError, run_dir
+from core.paths import PROJECT_ROOT, InputError, run_dir, runs_root
 from core.progress import Progress, Quiet
 from core.jobs.preflight import preflight
 from core.jobs.specs import Spec, spec_from_config
@@ -179,9 +179,11 @@ def execute(store: RunStore, run_id: str, resume: bool = False, echo: bool = Tru
         return summary
     except Cancelled as err:
         store.set_status(run_id, "cancelled", error=_cancel_message(store.get(run_id), err))
+        _drop_empty_folder(run_id)
         raise
     except BaseException as err:  # record every failure on the run, then let it propagate
         store.set_status(run_id, "failed", error=f"{type(err).__name__}: {err}")
+        _drop_empty_folder(run_id)
         raise
     finally:
         progress.close()
@@ -189,6 +191,13 @@ def execute(store: RunStore, run_id: str, resume: bool = False, echo: bool = Tru
         CANCEL.immediate = immediate
         if outermost:
             CANCEL.uninstall()
+
+
+def _drop_empty_folder(run_id: str) -> None:
+    """A run stopped before it wrote anything leaves no empty folder behind."""
+    folder = runs_root() / run_id
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def _cancel_message(run: Run, err: Cancelled) -> str:

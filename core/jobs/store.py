@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from core.checks import a_kind, clean_name, clean_tag
-from core.paths import InputError, artifacts_dir, check_run_id, runs_root
+from core.paths import (EnvironmentProblem, artifacts_root, InputError, check_run_id,
+                        environment_problem, runs_root)
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 KINDS = ("train", "evaluate", "attack", "sweep", "grid", "reproduce", "audit", "study")
@@ -46,6 +47,17 @@ CREATE INDEX IF NOT EXISTS runs_parent ON runs(parent);
 # evaluates every right-hand side on the old row, so ``finished`` can be cleared alongside.
 _FOLD = ("earlier = earlier + CASE WHEN finished IS NULL THEN 0 "
          "ELSE finished - COALESCE(resumed, started, finished) END")
+
+
+def database_path() -> Path:
+    """The run database, ``runs.db`` in the artifacts folder (not made here: a broken folder
+    is reported by whoever opens the database)."""
+    return artifacts_root() / "runs.db"
+
+
+def busy_timeout_s() -> float:
+    """Seconds a write waits for another writer (``ROBUSTLAB_DB_TIMEOUT``, default 60)."""
+    return float(os.environ.get("ROBUSTLAB_DB_TIMEOUT", "60"))
 
 
 class RunNotFound(InputError):
@@ -93,13 +105,23 @@ class RunStore:
     """Access to the runs and metrics tables; safe to use from several processes at once."""
 
     def __init__(self, path: str | os.PathLike | None = None) -> None:
-        self.path = Path(path) if path else artifacts_dir() / "runs.db"
+        self.path = Path(path) if path else database_path()
+        try:
+            self._open()
+        except (OSError, sqlite3.Error) as err:
+            line = environment_problem(err, self.path)
+            if line is None:
+                raise
+            raise EnvironmentProblem(line) from err
+
+    def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None,
+        timeout = busy_timeout_s()
+        self._conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None,
                                      check_same_thread=False)
+        self._conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute("PRAGMA busy_timeout=60000")
         self._conn.executescript(_SCHEMA)
         columns = {row[1] for row in self._conn.execute("PRAGMA table_info(runs)")}
         if "owner" not in columns:  # a database written before leases existed

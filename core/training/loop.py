@@ -26,7 +26,7 @@ from core.precision import Choice
 from core.cancellation import STATE as CANCEL
 from core.cancellation import Cancelled
 from core.models import build_model
-from core.paths import InputError, run_dir
+from core.paths import InputError, runs_root
 from core.prediction import pick_device, predict
 from core.progress import Progress, Quiet, fmt_duration
 
@@ -139,7 +139,8 @@ def fit(cfg: TrainSpec, store: RunStore | None = None, run_id: str | None = None
     ctx = distributed.init(cfg.device) if distributed.launched_by_torchrun() else None
     setup = prepare(cfg, ctx.device if ctx else None)
     ctx = ctx or distributed.Context(device=setup.device)
-    folder = run_dir(run_id) if run_id and ctx.is_main else None
+    # made by the first checkpoint: a run stopped in its first epoch leaves no empty folder
+    folder = runs_root() / run_id if run_id and ctx.is_main else None
     writer = store if ctx.is_main else None
     report = progress if progress is not None and ctx.is_main else Quiet()
     start_epoch, best = 0, None

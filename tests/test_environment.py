@@ -1,0 +1,109 @@
+"""A broken environment is one line and exit status 2, naming the file and what to do: an
+unwritable artifacts folder, a path through a file, a damaged or locked run database, a full
+disk while a job writes; and a run stopped before it wrote anything leaves no empty folder."""
+import os
+import resource
+import signal
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, requires_mnist
+
+
+def _cli(*args, artifacts, preexec=None, **env):
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, preexec_fn=preexec,
+                          env=dict(os.environ, ROBUSTLAB_ARTIFACTS=str(artifacts), **env))
+
+
+def _one_line(proc, *words):
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+def _unwritable(tmp_path):
+    """A folder this process cannot write in: a read-only one where permissions bind, else
+    (as root, whom permissions do not stop) one under sysfs, which refuses new entries."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "locked-down"
+        folder.mkdir()
+        folder.chmod(0o555)
+        return folder / "artifacts"
+    return "/sys/kernel/robustlab-artifacts"
+
+
+def test_an_unwritable_artifacts_folder_is_one_line(tmp_path):
+    line = _one_line(_cli("runs", artifacts=_unwritable(tmp_path)), "cannot write",
+                     "runs.db", "ROBUSTLAB_ARTIFACTS")
+    assert "read-only or not writable" in line
+
+
+def test_an_artifacts_path_through_a_file_is_one_line(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    _one_line(_cli("runs", artifacts=tmp_path / "a-file" / "artifacts"), "is a file",
+              "a-file")
+
+
+def test_a_damaged_database_is_one_line_that_says_how_to_start_afresh(tmp_path):
+    (tmp_path / "runs.db").write_bytes(os.urandom(8192))
+    line = _one_line(_cli("runs", artifacts=tmp_path), "damaged", str(tmp_path / "runs.db"))
+    assert "mv " in line
+    (tmp_path / "runs.db").rename(tmp_path / "runs.db.damaged")  # what the line says to do
+    assert _cli("runs", artifacts=tmp_path).returncode == 0
+
+
+def test_a_locked_database_is_one_line_once_the_wait_is_over(tmp_path):
+    assert _cli("runs", artifacts=tmp_path).returncode == 0  # the database exists
+    holder = sqlite3.connect(tmp_path / "runs.db", isolation_level=None)
+    try:
+        holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")
+        _one_line(_cli("runs", artifacts=tmp_path, ROBUSTLAB_DB_TIMEOUT="0.5"), "locked",
+                  str(tmp_path / "runs.db"))
+    finally:
+        holder.close()
+
+
+@requires_mnist
+def test_a_full_disk_while_training_is_one_line_and_leaves_no_empty_folder(tmp_path):
+    def small_files():  # every write past 100 kB fails (EFBIG), as on a full disk (ENOSPC)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    proc = _cli("train", "--dataset", "mnist", "--epochs", "1", "--train-subset", "300",
+                "--test-subset", "100", artifacts=tmp_path, preexec=small_files)
+    _one_line(proc, "no room to write", "checkpoint.safetensors")
+    from core.jobs.store import RunStore
+
+    run = RunStore(tmp_path / "runs.db").list_runs()[0]
+    assert run.status == "failed"
+    assert not (tmp_path / "runs" / run.id).exists()
+
+
+@requires_mnist
+def test_a_training_stopped_in_its_first_epoch_leaves_no_folder(monkeypatch):
+    from core.cancellation import Cancelled
+    from core.jobs.runner import create, execute
+    from core.jobs.specs import TrainSpec
+    from core.jobs.store import RunStore
+    from core.paths import runs_root
+    from core.training import loop
+
+    def stop(*_args, **_kw):
+        raise Cancelled("SIGINT")
+
+    monkeypatch.setattr(loop, "_save_checkpoint", stop)  # the end of epoch 1, before a write
+    store = RunStore()
+    run_id = create(store, TrainSpec(dataset="mnist", epochs=1, train_subset=200,
+                                     test_subset=50))
+    with pytest.raises(Cancelled):
+        execute(store, run_id, echo=False)
+    assert store.get(run_id).status == "cancelled"
+    assert not (runs_root() / run_id).exists()
