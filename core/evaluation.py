@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from core import confidence, distributed
 from core.attacks import Attack, with_budget
-from core.attacks.contract import attack_mode, input_grad
+from core.attacks.contract import attack_mode, input_grad, watching
 from core.attacks.contract import outputs_are_probabilities
 from core.data import TensorData
 from core.lazy import sklearn_metrics
@@ -153,7 +153,10 @@ def run_attack(model: nn.Module, data: TensorData, attack: Attack, batch_size: i
     for start in range(first, n, batch_size):
         x = data.floats(slice(start, start + batch_size)).to(device)
         y = data.labels[start:start + batch_size].to(device)
-        adv = attack(model, x, y)
+        within = (lambda f, s=start, b=len(x): progress(round(s + f * b), n)) if progress \
+            else (lambda _f: None)
+        with watching(attack, within):  # progress inside a long batch (CW, strong PGD)
+            adv = attack(model, x, y)
         with torch.no_grad(), attack_mode(model):
             p_clean = F.softmax(model(x).float(), 1).cpu()
             p_adv = F.softmax(model(adv).float(), 1).cpu()

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from core.jobs.store import RunStore
 
 STORE_EVERY_S = 1.0
+IMAGE_UNITS = ("images", "steps")  # units whose rate is worth saying in images per second
 
 
 def log_every_s() -> float:
@@ -99,9 +100,10 @@ class Progress:
     def status(self) -> str:
         """'120/470 steps (25.5%) · 512 img/s · 1 min 30 s left'."""
         rate = self.rate()
-        return " · ".join([f"{self.done:,}/{self.total:,} {self.unit} ({self.fraction():.1%})",
-                           f"{rate:,.0f} img/s" if rate else "starting",
-                           f"{fmt_duration(self.seconds_left())} left"])
+        speed = (f"{rate:,.0f} img/s" if self.unit in IMAGE_UNITS else None) if rate else "starting"
+        return " · ".join([f"{int(self.done):,}/{self.total:,} {self.unit} ({self.fraction():.1%})"]
+                          + ([speed] if speed else [])
+                          + [f"{fmt_duration(self.seconds_left())} left"])
 
     def line(self) -> str:
         """'train: 120/470 steps (25.5%) · 512 img/s · 1 min 30 s left · loss 0.231'."""

@@ -168,3 +168,45 @@ def test_a_grid_resumes_after_its_finished_points(mnist_model, monkeypatch):
     assert store.get(stopped).summary["adv_acc"] == store.get(whole).summary["adv_acc"]
     assert first == [checkpoint.read_sidecar(grid_point_path(whole, k))["summary"]
                      for k in (0, 1)]
+
+
+# --- progress inside a stage: the count moves within one long batch ---------------------
+
+@requires_mnist
+def test_the_audit_count_moves_inside_each_stage_and_through_the_checks(mnist_model, mnist_test):
+    from core import audit
+    from core.threat import ThreatModel
+
+    model, _, _ = mnist_model
+    data = mnist_test.subset(40, seed=5)
+    threat = ThreatModel("linf", 0.1)
+    plan = audit.stages("fast", threat, steps=20)
+    seen = []
+    result = audit.cascade(model, data, plan, batch_size=250,  # one batch per stage
+                           progress=lambda done, total: seen.append((done, total)))
+    assert all(total == 80 for _, total in seen) and seen[-1][0] == 80
+    inside_first = {done for done, _ in seen if 0 < done < 40}
+    assert len(inside_first) >= 5  # not only at the end of the stage's one batch
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    checks = []
+    audit.indicators(model, data, threat, result, plan, 20,
+                     progress=lambda done, name: checks.append(done))
+    assert checks == sorted(checks) and checks[-1] == audit.CHECKS
+    assert any(4 < c < 5 for c in checks)  # inside the long optimisation check
+
+
+def test_a_cw_attack_reports_progress_before_its_batch_ends():
+    import torch
+
+    from core.attacks import build_attack
+    from core.data import TensorData
+    from core.evaluation import run_attack
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    data = TensorData("toy", "test", (torch.rand(12, 1, 4, 4) * 255).to(torch.uint8),
+                      torch.randint(0, 3, (12,)), ["a", "b", "c"], "random", (0.5,), (0.5,))
+    seen = []
+    run_attack(model, data, build_attack("cw", steps=30, search_steps=3), batch_size=12,
+               progress=lambda done, total: seen.append(done))
+    assert seen[-1] == 12 and len({d for d in seen if 0 < d < 12}) >= 3

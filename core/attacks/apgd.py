@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from core.attacks.contract import Attack, BallSettings, flat_norm, generator, margin, project, rand
+from core.attacks.contract import (Attack, BallSettings, flat_norm, generator, margin, project,
+                                   rand, tick)
 from core.checks import check_choice, check_positive
 from core.lazy import F, torch
 
@@ -162,8 +163,11 @@ class APGD(APGDSettings, Attack):
         s = self._retire(s, self._hit(logits, s["y"]), out, fooled, lazy)
         broken, marks, last_mark = [int(fooled.sum())], set(checkpoints(self.steps)), 0
         for k in range(self.steps):
+            tick()
             if not len(s["live"]):
                 broken += [broken[-1]] * (self.steps - k)
+                for _ in range(self.steps - k - 1):  # every point settled: the rest is done
+                    tick()
                 break
             eta = s["eta"].view(shape)
             z = self._project(s["x"], s["x_k"] + eta * self._direction(s["grad"]))

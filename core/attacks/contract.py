@@ -54,6 +54,45 @@ class AttackSettings:
         """Forward-backward passes per image (for cost estimates before a run starts)."""
         return 1
 
+    def iterations(self) -> int:
+        """The iterations one call reports through :func:`tick` (its progress's whole)."""
+        return self.gradients_per_image()
+
+
+class _Watch:
+    """Counts an attack call's iterations for :func:`watching`."""
+
+    def __init__(self, attack: "AttackSettings", on_fraction: Callable[[float], None]) -> None:
+        self.total = max(attack.iterations(), 1)
+        self.on_fraction, self.done, self.told = on_fraction, 0, 0.0
+
+    def tick(self) -> None:
+        self.done += 1
+        fraction = min(self.done / self.total, 1.0)
+        if fraction - self.told >= 0.01:  # a hundred reports per call at most
+            self.told = fraction
+            self.on_fraction(fraction)
+
+
+_WATCH: list[_Watch] = []  # the innermost watched call last (jobs run attacks in one thread)
+
+
+@contextmanager
+def watching(attack: "AttackSettings", on_fraction: Callable[[float], None]) -> Iterator[None]:
+    """Within the block, ``on_fraction(f)`` hears how far the attack's current call is (f in
+    [0, 1], by its iterations): progress that moves inside one long batch."""
+    _WATCH.append(_Watch(attack, on_fraction))
+    try:
+        yield
+    finally:
+        _WATCH.pop()
+
+
+def tick() -> None:
+    """An attack's loop finished an iteration (a no-op unless the call is watched)."""
+    if _WATCH:
+        _WATCH[-1].tick()
+
 
 @dataclass
 class BallSettings(AttackSettings):

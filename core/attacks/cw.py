@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from core.attacks.contract import Attack, AttackSettings, goal, margin
+from core.attacks.contract import Attack, AttackSettings, goal, margin, tick
 from core.checks import check_positive, check_range
 from core.lazy import torch
 
@@ -79,6 +79,7 @@ class CarliniWagner(CWSettings, Attack):
         best = x.clone()
         previous = math.inf
         for it in range(self.steps):
+            tick()
             with torch.enable_grad():
                 adv = (torch.tanh(w) + 1) / 2
                 logits = model(adv).float()
@@ -96,6 +97,8 @@ class CarliniWagner(CWSettings, Attack):
                 found |= success
             if self.abort_early and it % max(self.steps // 10, 1) == 0:
                 if loss.item() > previous * 0.9999:
+                    for _ in range(self.steps - it - 1):  # the skipped steps count as done
+                        tick()
                     break
                 previous = loss.item()
         return found, best_l2, best

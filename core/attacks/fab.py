@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from core.attacks.contract import Attack, BallSettings, flat_norm, generator, rand
+from core.attacks.contract import Attack, BallSettings, flat_norm, generator, rand, tick
 from core.checks import check_positive, check_range
 from core.lazy import torch
 
@@ -43,6 +43,9 @@ class FABSettings(BallSettings):
     def gradients_per_image(self) -> int:
         # a gradient pass and a forward pass per iteration
         return self.steps * self.restarts * self.targets * 4 // 3
+
+    def iterations(self) -> int:
+        return self.steps * self.restarts * self.targets
 
 
 def plane_step(w: torch.Tensor, c: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
@@ -122,6 +125,7 @@ class FABT(FABSettings, Attack):
         live = torch.arange(len(x), device=x.device)
         x_k = self._start(x, gen) if random_start else x.clone()
         for _ in range(self.steps):
+            tick()
             f, w, _ = self._boundary(model, x_k, y[live], target[live])
             origin = x[live]
             x_k = self._step(origin, x_k, f, w, shape)

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from core.attacks.contract import (SUCCESS, Attack, BallSettings, ce_sum, flat_norm,
-                                   generator, goal, input_grad, project, rand, succeeded)
+                                   generator, goal, input_grad, project, rand, succeeded,
+                                   tick)
 from core.checks import check_positive, check_range
 from core.lazy import F, torch
 
@@ -82,6 +83,7 @@ class PGD(PGDSettings, Attack):
         shape = (-1,) + (1,) * (x.dim() - 1)
         success, found = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
         for k in range(self.steps):
+            tick()
             grad, logits = input_grad(model, x + delta, labels, ce_sum)
             if k and self.best_iterate:  # the logits come with the gradient: a free check
                 hit = succeeded(logits, labels, sign)

@@ -8,7 +8,8 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from core.attacks.contract import Attack, BallSettings, flat_norm, generator, margin, rand
+from core.attacks.contract import (Attack, BallSettings, flat_norm, generator, margin, rand,
+                                   tick)
 from core.checks import check_positive, check_range
 from core.lazy import torch
 
@@ -32,6 +33,9 @@ class SquareSettings(BallSettings):
 
     def gradients_per_image(self) -> int:
         return self.queries // 2  # a query is a forward pass, about half a gradient pass
+
+    def iterations(self) -> int:
+        return self.queries - 1
 
 
 # Query counts (of 10,000) at which the square's share of the image halves.
@@ -90,6 +94,7 @@ class Square(SquareSettings, Attack):
         best = margin(model(adv).float(), y)
         h, w = x.shape[2:]
         for q in range(1, self.queries):
+            tick()
             live = (best > 0).nonzero().squeeze(1)
             if not len(live):
                 break

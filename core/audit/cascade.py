@@ -14,7 +14,7 @@ import torch.nn as nn
 from core import distributed
 from core.attacks import APGD, APGDT, FABT, Square
 from core.attacks.apgd import effective_loss
-from core.attacks.contract import attack_mode
+from core.attacks.contract import attack_mode, watching
 from core.attacks.speed import LowPrecision
 from core.data import TensorData
 from core.threat import ThreatModel
@@ -153,22 +153,31 @@ def _run_stages(model: nn.Module, data: TensorData, positions: torch.Tensor, pla
         stage = plan[k]
         for b in range(work.batch if k == work.stage else 0, len(batches)):
             began = time.perf_counter()
-            _attack_batch(model, search, data, batches[b], stage, k, work, b, keep)
+            base = k * len(positions) + batch_size * b
+            within = _scaled(progress, base, len(batches[b]), len(positions) * len(plan),
+                             len(data) * len(plan))
+            _attack_batch(model, search, data, batches[b], stage, k, work, b, keep, within)
             work.seconds[k] += time.perf_counter() - began
             work.stage, work.batch = (k, b + 1) if b + 1 < len(batches) else (k + 1, 0)
             if work.stage > k:
                 report(k)  # before the state that skips it is kept: a resume does not report it
             if on_batch:
                 on_batch(work.saved())
-            if progress:  # this rank's share done, as a share of the whole cascade
-                share = (k * len(positions) + batch_size * b + len(batches[b])) / (
-                    len(positions) * len(plan))
-                progress(round(share * len(data) * len(plan)), len(data) * len(plan))
+            within(1.0)
     empty = torch.empty(0, dtype=torch.long)
     return {"code": torch.cat(work.codes) if work.codes else empty,
             "clean_pred": torch.cat(work.preds) if work.preds else empty,
             "seconds": work.seconds, "silent": work.silent, "trace": _summed(work.traces),
             "shown": work.shown}
+
+
+def _scaled(progress: Progress | None, base: int, size: int, mine: int, whole: int
+            ) -> Callable[[float], None]:
+    """A batch's progress (a fraction of its ``size`` points, ``base`` points behind it) as
+    this rank's share of the whole cascade (``mine`` of ``whole`` points x stages)."""
+    if progress is None:
+        return lambda _f: None
+    return lambda f: progress(round((base + f * size) / mine * whole), whole)
 
 
 def _stage_rows(on_stage: Callable[[dict], None] | None, work: _Work, plan: list[Stage]
@@ -180,7 +189,7 @@ def _stage_rows(on_stage: Callable[[dict], None] | None, work: _Work, plan: list
         if on_stage is None:
             return
         code = torch.cat(work.codes)
-        left = (code == ROBUST) | (code > k + 1) if k >= 0 else code == ROBUST
+        left = (code == ROBUST) | (code > k + 1) if k >= 0 else code != 0  # 0: wrong when clean
         on_stage({"attack": "clean" if k < 0 else plan[k].name,
                   "robust_acc": float(left.float().mean()),
                   "seconds": 0.0 if k < 0 else work.seconds[k], "n": len(code),
@@ -190,15 +199,18 @@ def _stage_rows(on_stage: Callable[[dict], None] | None, work: _Work, plan: list
 
 
 def _attack_batch(model: nn.Module, search: nn.Module, data: TensorData, part: torch.Tensor,
-                  stage: Stage, k: int, work: _Work, b: int, keep: int) -> None:
-    """Stage ``k`` on batch ``b``'s points still robust; their codes and examples in ``work``."""
+                  stage: Stage, k: int, work: _Work, b: int, keep: int,
+                  within: Callable[[float], None]) -> None:
+    """Stage ``k`` on batch ``b``'s points still robust; their codes and examples in ``work``;
+    ``within`` hears how far the attack's call is."""
     idx = (work.codes[b] == ROBUST).nonzero().squeeze(1)
     if not len(idx):
         return
     device = next(model.parameters()).device
     x = data.floats(part[idx]).to(device)
     y = data.labels[part[idx]].to(device)
-    adv = stage.attack(search, x, y)
+    with watching(stage.attack, within):
+        adv = stage.attack(search, x, y)
     if stage.name == "apgd-ce":
         work.traces.append(list(stage.attack.trace))
     adv, adv_pred, found = _confirmed(stage.attack, model, search, x, y, adv)

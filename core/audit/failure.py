@@ -3,12 +3,15 @@ Robustness"; Pintor et al., NeurIPS 2022, "Indicators of Attack Failure"), the a
 and its verdict. Each indicator says pass, warn or fail, what that means, and what to do."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 
 from core import confidence
 from core.attacks import APGD, PGD
-from core.attacks.contract import attack_mode, input_grad, margin, outputs_are_probabilities
+from core.attacks.contract import (attack_mode, input_grad, margin, outputs_are_probabilities,
+                                   watching)
 from core.audit.cascade import Stage, predict_labels
 from core.data import TensorData
 from core.threat import ThreatModel
@@ -205,27 +208,37 @@ def _accuracy(model: nn.Module, attack, x: torch.Tensor, y: torch.Tensor) -> tup
     return float(ok.float().mean()), ok
 
 
+CHECKS = 10  # the indicators, for progress counts
+
+
 def indicators(model: nn.Module, data: TensorData, threat: ThreatModel, result: dict,
                plan: list[Stage], steps: int = 100, seed: int = 0, probe: int = 128,
-               figures: list[dict] | None = None) -> list[dict]:
+               figures: list[dict] | None = None,
+               progress: Callable[[float, str], None] | None = None) -> list[dict]:
     """All ten indicators for an audit ``result`` of ``model`` on ``data``; ``figures`` are
-    the lab's stored robust accuracies of the model at ``threat`` (:mod:`core.jobs.claims`)."""
+    the lab's stored robust accuracies of the model at ``threat`` (:mod:`core.jobs.claims`).
+    ``progress(done, name)`` hears each check as it ends, and how far the long ones are."""
+    tell = progress or (lambda _done, _name: None)
     device = next(model.parameters()).device
     x = data.floats(slice(0, probe)).to(device)
     y = data.labels[:probe].to(device)
     out = [gradient_indicator(model, x, y), randomness_indicator(model, x),
            probability_indicator(model, x), silent_indicator(result["silent"], result["n"])]
+    tell(len(out), "optimisation check: APGD with twice the iterations")
     still = [i for i, b in enumerate(result["broken_by"]) if b is None]
     extra = 0
     if still:
         longer = APGD(eps=threat.eps, norm=threat.norm, steps=2 * steps, seed=seed)
         xs, ys = data.floats(torch.tensor(still)).to(device), data.labels[still].to(device)
-        acc, _ = _accuracy(model, longer, xs, ys)
+        with watching(longer, lambda f: tell(4 + f, "optimisation check")):
+            acc, _ = _accuracy(model, longer, xs, ys)
         extra = round((1 - acc) * len(still))
     out.append(optimisation_indicator(result["trace"], extra, result["n"]))
+    tell(len(out), "unbounded check")
     huge = ThreatModel("linf", 1.0) if threat.norm == "linf" else ThreatModel("l2", 1000.0)
     acc, _ = _accuracy(model, APGD(eps=huge.eps, norm=huge.norm, steps=20, seed=seed), x, y)
     out.append(unbounded_indicator(acc, len(x)))
+    tell(len(out), "weaker-attack and monotonicity checks")
     ran = any(s.name == "square" for s in plan)
     square = sum(b == "square" for b in result["broken_by"])
     out.append(blackbox_indicator(square, result["n"], ran))
@@ -243,8 +256,10 @@ def indicators(model: nn.Module, data: TensorData, threat: ThreatModel, result: 
         acc, _ = _accuracy(model, APGD(eps=threat.eps * share, norm=threat.norm,
                                        steps=max(10, steps // 5), seed=seed), x, y)
         points.append((threat.eps * share, acc))
+        tell(len(out) + 0.3 * len(points), "monotonicity check")
     out.append(monotone_indicator(points))
     out.append(own_numbers_indicator(figures or [], result["robust_acc"], result["n"]))
+    tell(len(out), "indicators done")
     return out
 
 

@@ -228,9 +228,11 @@ def audit(ctx) -> dict:
     saved = ledger.load() if ctx.resume else None
     if saved is not None:
         ctx.say(_continuing(saved[1], [s.name for s in plan], -(-len(split) // batch)))
-    ctx.progress.start(len(plan) * len(split), done=_cascade_done(saved, len(split), batch))
+    work = _AuditWork(plan, len(split))
+    ctx.progress.start(work.total, "attack passes", done=work.at(
+        _cascade_done(saved, len(split), batch)))
     result = audit_.cascade(model, split, plan, spec.batch_size,
-                            progress=lambda done, _total: ctx.progress.update(done),
+                            progress=lambda done, _total: ctx.progress.update(work.at(done)),
                             ctx=ctx.rank, on_stage=_stage_reporter(ctx), low_precision=low,
                             saved=saved, on_batch=ledger.record if ledger.enabled else None)
     result["search_precision"] = search.name
@@ -240,7 +242,8 @@ def audit(ctx) -> dict:
     ctx.say("checking the indicators of attack failure…")
     figures = stored_figures(ctx.store, spec.model_run, spec.which, threat)
     checks = audit_.indicators(model, split, threat, result, plan, spec.steps, spec.seed,
-                               figures=figures)
+                               figures=figures, progress=lambda done, name: ctx.progress.update(
+                                   work.checking(done / audit_.CHECKS), name))
     report = audit_.report(spec, threat, result, checks, split)
     reports.write_audit(ctx.folder, report, result["shown"], split)
     summary = {k: v for k, v in report.items() if k != "examples"}
@@ -255,6 +258,30 @@ def _ledger(ctx) -> Ledger:
     only its share, so a stopped sharded job starts again)."""
     folder = runs_root() / ctx.run_id if ctx.run_id else None  # made by the first save
     return Ledger(folder, ctx.spec.to_dict(), enabled=ctx.is_main and ctx.rank.world == 1)
+
+
+class _AuditWork:
+    """An audit's progress counted in attack passes (images x iterations), so that a stage's
+    share of the count is its share of the work: APGD-T's nine targets weigh nine times
+    APGD-CE, and the time left does not rise when the cascade reaches a heavier stage. The
+    indicator checks weigh as two APGD-CE stages (twice the iterations on the survivors, and
+    the short probes)."""
+
+    def __init__(self, plan: list, n: int) -> None:
+        self.n = n
+        self.weights = [max(s.attack.gradients_per_image(), 1) for s in plan]
+        self.cascade = n * sum(self.weights)
+        self.total = self.cascade + 2 * n * self.weights[0]
+
+    def at(self, done: int) -> int:
+        """Passes behind ``done`` image-stages of the cascade."""
+        k, rest = divmod(done, self.n) if self.n else (0, 0)
+        return self.n * sum(self.weights[:k]) + (rest * self.weights[k] if k < len(
+            self.weights) else 0)
+
+    def checking(self, fraction: float) -> int:
+        """Passes behind a ``fraction`` of the indicator checks."""
+        return self.cascade + round(fraction * (self.total - self.cascade))
 
 
 def _continuing(state: dict, names: list[str], batches: int) -> str:
