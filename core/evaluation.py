@@ -26,11 +26,16 @@ Progress = Callable[[int, int], None]
 
 
 def clean_report(model: nn.Module, data: TensorData, batch_size: int = 500,
-                 predictor: Callable[..., torch.Tensor] | None = None) -> dict:
+                 predictor: Callable[..., torch.Tensor] | None = None,
+                 progress: Progress | None = None) -> dict:
     """Metrics of ``model`` on ``data`` plus per-example predictions and confidences (split
-    across torchrun ranks when there are several)."""
-    predictor = predictor or sharded_predict(distributed.current())
-    logits = predictor(model, data.floats(), batch_size)
+    across torchrun ranks when there are several); ``progress`` hears each batch (one
+    process)."""
+    ctx = distributed.current()
+    if predictor is None and ctx.world == 1:
+        logits = predict(model, data.floats(), batch_size, progress)
+    else:
+        logits = (predictor or sharded_predict(ctx))(model, data.floats(), batch_size)
     probs = F.softmax(logits, dim=1)
     conf, pred = probs.max(1)
     report = classification_report(data.labels.numpy(), pred.numpy(), data.classes)

@@ -77,7 +77,7 @@ def training_figure(metrics: list[dict], title: str = "Training") -> go.Figure:
     spe = max((m["step"] for m in step), default=1) / max(len(series.get("test_loss", [1])), 1)
     styles = {"test_loss": (1, PALETTE[0], "test loss"), "train_acc": (2, "#93c5fd", "train acc"),
               "test_acc": (2, PALETTE[0], "clean test acc"),
-              "robust_acc": (2, PALETTE[1], "held-out PGD acc")}
+              "robust_acc": (2, PALETTE[1], "held-out APGD-CE acc")}
     for name, (col, color, label) in styles.items():
         rows = series.get(name, [])
         if rows:
@@ -85,7 +85,7 @@ def training_figure(metrics: list[dict], title: str = "Training") -> go.Figure:
                             mode="lines+markers", name=label, line=dict(color=color), row=1, col=col)
     if not series.get("test_acc"):
         fig.add_annotation(xref="x2 domain", yref="y2 domain", x=0.5, y=0.55, showarrow=False,
-                           text="Test accuracy (and held-out PGD for a defense)<br>"
+                           text="Test accuracy (and held-out APGD-CE for a defense)<br>"
                                 "fills in at the end of the first epoch",
                            font=dict(color="#6b7280", size=13))
     fig.update_xaxes(title_text="step")

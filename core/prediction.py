@@ -4,6 +4,7 @@ loop."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -24,8 +25,10 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Logits of ``model`` in eval mode for float images ``x``, batched, without gradients."""
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500,
+            progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Logits of ``model`` in eval mode for float images ``x``, batched, without gradients;
+    ``progress(done, total)`` after each batch."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -34,6 +37,8 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.T
         for start in range(0, len(x), batch_size):
             chunk = x[start:start + batch_size].to(device, memory_format=torch.channels_last)
             outs.append(model(chunk).float().cpu())
+            if progress:
+                progress(min(start + batch_size, len(x)), len(x))
     model.train(was_training)
     return torch.cat(outs) if outs else torch.empty(0)
 

@@ -210,3 +210,20 @@ def test_a_cw_attack_reports_progress_before_its_batch_ends():
     run_attack(model, data, build_attack("cw", steps=30, search_steps=3), batch_size=12,
                progress=lambda done, total: seen.append(done))
     assert seen[-1] == 12 and len({d for d in seen if 0 < d < 12}) >= 3
+
+
+# --- estimates: what the audit's arithmetic counts ------------------------------------
+
+def test_the_audit_estimate_counts_survivors_and_the_floor_of_a_small_batch():
+    from core import audit, estimate
+    from core.threat import ThreatModel
+
+    plan = audit.stages("standard", ThreatModel("linf", 0.1))
+    base = dict(plan=plan, n=1000, correct=0.9, per_attack_pass=1e-4, steps=100)
+    robust = estimate.audit_seconds(broken=0.1, **base)
+    fragile = estimate.audit_seconds(broken=0.9, **base)
+    assert robust > 3 * fragile  # the later stages see only the survivors
+    # a stage over a few survivors costs at least a one-image pass per iteration
+    few = dict(base, n=20, correct=0.5)
+    floor = estimate.audit_seconds(broken=0.5, per_call=1e-3, **few)
+    assert floor > estimate.audit_seconds(broken=0.5, per_call=0.0, **few) + 1.0

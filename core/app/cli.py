@@ -160,7 +160,7 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--defense-param", type=_kv, action="append", default=[], metavar="KEY=VALUE",
                    help="other defense parameter, e.g. beta=6 (trades), alpha=1 (iat)")
     p.add_argument("--eps-ramp", type=int, help="grow eps linearly over the first N epochs")
-    p.add_argument("--robust-eps", type=float, help="eps of the per-epoch held-out PGD check")
+    p.add_argument("--robust-eps", type=float, help="eps of the per-epoch held-out APGD-CE check (the overfitting guard)")
     _device_option(p)
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
                    help="bf16 autocast for training (auto, the default: the faster one "

@@ -13,7 +13,7 @@ from core import distributed
 from core import estimate
 from core import precision
 from core import reports
-from core.attacks import ATTACKS, build_attack, with_budget
+from core.attacks import APGD, ATTACKS, build_attack, with_budget
 from core.attacks.speed import LowPrecision
 from core.evaluation import clean_report, run_attack, sanity_warnings, sharded_attack
 from core.evaluation import sweep as sweep_
@@ -54,13 +54,24 @@ def _per_pass(model: nn.Module, split: data.TensorData) -> float:
     return estimate.seconds_per_pass(model, x, split.labels[:64].to(device))
 
 
+def _per_attack_pass(model: nn.Module, split: data.TensorData, batch: int) -> float:
+    """One attack pass per image, timed on a batch of the job's size (per image, a batch of
+    250 CIFAR-10 images costs more than one of 64)."""
+    device = next(model.parameters()).device
+    x = split.floats(slice(0, batch)).to(device, memory_format=torch.channels_last)
+    return estimate.seconds_per_attack_pass(model, x, split.labels[:batch].to(device))
+
+
 def evaluate(ctx) -> dict:
     """Clean metrics, confusion matrix and mistakes of a model on a split."""
     spec: EvaluateSpec = ctx.spec
     model, meta = job_model(ctx, spec)
     split = split_for(meta, spec, spec.split, spec.n)
+    ctx.say(estimate.line(estimate.evaluation_seconds(len(split), _per_pass(model, split)),
+                          f"one forward pass of each of {len(split):,} images"))
     ctx.progress.start(len(split))
-    report = clean_report(model, split, spec.batch_size)
+    report = clean_report(model, split, spec.batch_size,
+                          progress=lambda done, _total: ctx.progress.update(done))
     ctx.progress.update(len(split))
     if not ctx.is_main:
         return {}
@@ -78,9 +89,11 @@ def attack(ctx) -> dict:
     atk = build_attack(spec.attack, **spec.params)
     model, meta = job_model(ctx, spec)
     split = split_for(meta, spec, "test", spec.n, spec.seed)
-    ctx.say(estimate.line(estimate.attack_seconds(atk, len(split), _per_pass(model, split)),
+    seconds = estimate.attack_run_seconds(atk, len(split),
+                                          _per_attack_pass(model, split, spec.batch_size))
+    ctx.say(estimate.line(seconds + estimate.REPORT_S,
                           f"{atk.gradients_per_image():,} gradient passes per image, "
-                          f"{len(split):,} images"))
+                          f"{len(split):,} images, and the report"))
     ctx.progress.start(len(split))
     runner = sharded_attack(ctx.rank)
     outcome = runner(model, split, atk, spec.batch_size, keep_examples=spec.keep,
@@ -104,9 +117,10 @@ def sweep(ctx) -> dict:
     attacks = [build_attack(a["name"], **a["params"]) for a in spec.attacks]
     model, meta = job_model(ctx, spec)
     split = split_for(meta, spec, "test", spec.n, spec.seed)
-    per_pass = _per_pass(model, split)
+    per_pass = _per_attack_pass(model, split, spec.batch_size)
     points = [(a, b) for a in attacks for b in (spec.budgets if a.budget else [None])]
-    seconds = sum(estimate.attack_seconds(a, len(split), per_pass) for a, _ in points)
+    seconds = sum(estimate.attack_run_seconds(a, len(split), per_pass) for a, _ in points) + \
+        estimate.REPORT_S
     ctx.say(estimate.line(seconds, f"{len(points)} attack runs on {len(split):,} images"))
     ledger = _ledger(ctx)
     saved = ledger.load() if ctx.resume else None
@@ -215,13 +229,7 @@ def audit(ctx) -> dict:
     search = precision.choose(spec.precision, model, split.floats(slice(0, batch)).to(device),
                               split.labels[:batch].to(device), "search")
     low = search.bf16
-    probe = split.floats(slice(0, 64)).to(device)
-    per_pass = estimate.seconds_per_attack_pass(LowPrecision(model) if low else model, probe,
-                                                split.labels[:64].to(device))
-    seconds = sum(estimate.attack_seconds(s.attack, len(split), per_pass) for s in plan)
-    ctx.say(estimate.line(seconds, f"{', '.join(s.name for s in plan)} on at most "
-                                   f"{len(split):,} images; later stages only see the points "
-                                   "still robust"))
+    ctx.say(_audit_estimate(model, split, plan, spec, low))
     ctx.say(f"searching in {'bfloat16' if low else 'float32'} ({search.reason}); every verdict "
             "in float32")
     ledger = _ledger(ctx)
@@ -258,6 +266,32 @@ def _ledger(ctx) -> Ledger:
     only its share, so a stopped sharded job starts again)."""
     folder = runs_root() / ctx.run_id if ctx.run_id else None  # made by the first save
     return Ledger(folder, ctx.spec.to_dict(), enabled=ctx.is_main and ctx.rank.world == 1)
+
+
+def _audit_estimate(model: nn.Module, split: data.TensorData, plan: list, spec: AuditSpec,
+                    low: bool) -> str:
+    """The audit's estimate, from one timed attack pass and a probe of 64 images: how many
+    are correct, and how many of those a 10-step APGD-CE breaks (they leave the cascade
+    early; the rest go through every stage)."""
+    device = next(model.parameters()).device
+    x, y = split.floats(slice(0, 64)).to(device), split.labels[:64].to(device)
+    search = LowPrecision(model) if low else model
+    per_pass = estimate.seconds_per_attack_pass(search, x, y)
+    per_float32 = estimate.seconds_per_attack_pass(model, x, y) if low else per_pass
+    per_call = estimate.seconds_per_attack_pass(search, x[:1], y[:1])
+    from core.audit.cascade import predict_labels
+
+    right = predict_labels(model, x) == y
+    short = APGD(eps=spec.eps, norm=spec.norm, steps=10, loss="ce", seed=spec.seed)
+    broken = predict_labels(model, short(search, x[right], y[right])) != y[right] if right.any() \
+        else right[:0]
+    correct, share = float(right.float().mean()), float(broken.float().mean()) if len(broken) \
+        else 0.0
+    seconds = estimate.audit_seconds(plan, len(split), correct, share, per_pass, spec.steps,
+                                     per_float32, per_call)
+    return estimate.line(seconds, f"{', '.join(s.name for s in plan)} on {len(split):,} images; "
+                                  f"of 64 probed, {correct:.0%} correct and {share:.0%} of those "
+                                  "broken by a 10-step APGD-CE: later stages see only the rest")
 
 
 class _AuditWork:

@@ -215,7 +215,7 @@ def _epoch_line(epoch: int, epochs: int, h: dict, seconds: float) -> str:
     text = (f"epoch {epoch + 1}/{epochs}: train loss {h['train_loss']:.4f} · train acc "
             f"{h['train_acc']:.2%} · test acc {h['test_acc']:.2%}")
     if "robust_acc" in h:
-        text += f" · held-out PGD {h['robust_acc']:.2%}"
+        text += f" · held-out APGD-CE {h['robust_acc']:.2%}"
     return text + f" · {fmt_duration(seconds)}"
 
 

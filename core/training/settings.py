@@ -40,6 +40,14 @@ class DefenseSettings:
         """Attack gradient steps per training step (for cost estimates)."""
         return 0
 
+    def training_passes(self) -> int:
+        """Images trained on per training image (clean and adversarial: 2; for estimates)."""
+        return 1
+
+    def crafts_in_train_mode(self) -> bool:
+        """Whether crafting runs the model in train mode (a full pass per step; estimates)."""
+        return getattr(self, "craft_mode", "eval") == "train"
+
 
 @dataclass
 class SingleStepSettings(DefenseSettings):
@@ -49,6 +57,9 @@ class SingleStepSettings(DefenseSettings):
 
     def attack_steps(self) -> int:
         return 1
+
+    def crafts_in_train_mode(self) -> bool:
+        return True  # core.training.defenses.single_step
 
 
 # Catastrophic overfitting, one definition for the guard's warning, the study and the README: a
@@ -76,6 +87,9 @@ class FGSMTrainingSettings(SingleStepSettings):
     alpha_ratio: float = 1.25
     noise_ratio: float = 1.0
     project: bool = True
+
+    def training_passes(self) -> int:
+        return 1 if self.weight == 1 else 2  # the adversarial batch, and the clean one
 
     def validate(self) -> None:
         if not 0 <= self.weight <= 1:
@@ -144,6 +158,9 @@ class TRADESSettings(MultiStepSettings):
             raise InputError(f"trades beta must be >= 0, got {self.beta}")
         check_choice("trades batchnorm", self.batchnorm, BATCHNORM_CHOICES)
 
+    def training_passes(self) -> int:
+        return 2  # the clean and the adversarial batch
+
 
 @dataclass
 class IATSettings(MultiStepSettings):
@@ -162,6 +179,9 @@ class IATSettings(MultiStepSettings):
             raise InputError(f"iat alpha must be > 0, got {self.alpha}")
         if self.lam is not None and not 0 <= self.lam <= 1:
             raise InputError(f"iat lam must be in [0, 1], got {self.lam}")
+
+    def training_passes(self) -> int:
+        return 2  # the clean and the adversarial batch
 
 
 DEFENSE_SETTINGS: dict[str, type[DefenseSettings]] = {
