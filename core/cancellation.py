@@ -18,6 +18,11 @@ class Cancelled(Exception):
     """The job stopped because a stop was requested."""
 
 
+class Interrupted(Cancelled, KeyboardInterrupt):
+    """A stop by Ctrl-C (SIGINT): the job is cancelled, and whoever runs it in-process (a
+    test under pytest, a notebook) still sees the KeyboardInterrupt it expects and stops."""
+
+
 class Cancellation:
     """The process's stop request: whether one came, why, and how it is delivered."""
 
@@ -47,7 +52,7 @@ class Cancellation:
         self.requested = True
         self.reason = self.reason or signal.Signals(signum).name
         if self.immediate:
-            raise Cancelled(self.reason)
+            raise (Interrupted if signum == signal.SIGINT else Cancelled)(self.reason)
 
     def request(self, reason: str) -> None:
         """A stop asked for from another thread (the store's cancel flag)."""

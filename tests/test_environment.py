@@ -107,3 +107,51 @@ def test_a_training_stopped_in_its_first_epoch_leaves_no_folder(monkeypatch):
         execute(store, run_id, echo=False)
     assert store.get(run_id).status == "cancelled"
     assert not (runs_root() / run_id).exists()
+
+
+INNER_TEST = '''
+from core.jobs.runner import create, execute
+from core.jobs.specs import TrainSpec
+from core.jobs.store import RunStore
+
+
+def test_a_long_training_in_process():
+    store = RunStore()
+    run_id = create(store, TrainSpec(dataset="mnist", epochs=50, train_subset=2000,
+                                     test_subset=100))
+    execute(store, run_id, echo=False)
+'''
+
+
+@pytest.mark.slow
+@requires_mnist
+def test_ctrl_c_stops_pytest_itself_and_leaves_the_in_process_job_cancelled(tmp_path):
+    from conftest import wait_for
+    from core.jobs.store import RunStore
+
+    (tmp_path / "test_inner.py").write_text(INNER_TEST)
+    env = dict(os.environ, ROBUSTLAB_ARTIFACTS=str(tmp_path / "artifacts"),
+               PYTHONPATH=str(ROOT))
+    env.pop("PYTEST_XDIST_WORKER", None)
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "test_inner.py"], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        def training():
+            if not (tmp_path / "artifacts" / "runs.db").exists():
+                return False
+            store = RunStore(tmp_path / "artifacts" / "runs.db")
+            runs = store.list_runs()
+            return bool(runs) and runs[0].status == "running" and bool(store.metrics(runs[0].id))
+
+        assert wait_for(training, 120)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    # pytest's own "interrupted" status and banner (a plain exception would be a failed test,
+    # status 1, and the session would go on)
+    assert proc.returncode == 2, out[-2000:]
+    assert "!!!" in out and "Interrupted: SIGINT" in out
+    run = RunStore(tmp_path / "artifacts" / "runs.db").list_runs()[0]
+    assert run.status == "cancelled" and "SIGINT" in run.error
