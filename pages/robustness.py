@@ -8,8 +8,9 @@ from core.confidence import text as accuracy_text
 from core.figures import robustness_figure, waterfall_figure
 from core.attacks import ATTACKS
 from core.app.robustness import STAGE_NAMES, audit_examples, audit_runs, audit_view, launch_audit, launch_sweep, sweep_curves
-from core.app.runs import eps_label, progress, run_label
+from core.app.runs import eps_label, parse_budgets, progress, resumable, resume, run_label
 from core.jobs.specs import DEFAULT_BUDGETS, AuditSpec, SweepSpec
+from core.paths import InputError
 from core.threat import standard_threat
 from pages.common import pick_run, require_trained_runs, get_store, show_error, show_table
 
@@ -133,9 +134,21 @@ with audit_tab:
         model = audit_form()
     picked = pick_audit(model)
     if picked is not None:
-        if store.get(picked.id).status in ("running", "queued"):
+        status = store.get(picked.id).status
+        if status in ("running", "queued"):
+            if st.button("Cancel audit", key="audit-cancel", icon=":material/stop_circle:",
+                         help="Stop it; its finished batches are kept, so it can resume"):
+                store.request_cancel(picked.id)
             audit_live(picked.id)  # polls until the audit ends
         else:
+            if resumable(store.get(picked.id)) and st.button(
+                    "Resume audit", key="audit-resume", icon=":material/replay:",
+                    help="Continue from the batches it finished before it stopped"):
+                try:
+                    resume(store, picked.id)
+                    st.rerun()
+                except Exception as err:
+                    show_error(err)
             waterfall(picked.id)  # a finished audit is drawn once, not every 2 s
             audit_results(picked.id)
 
@@ -145,7 +158,11 @@ def active_sweeps() -> None:
     running = [r for r in store.list_runs(kind="sweep") if r.status in ("running", "queued")]
     for r in running:
         info = progress(store, r.id)
-        st.progress(info["fraction"], text=f"sweep of {r.config['model_run'][-9:]}: {info['label']}")
+        bar, stop = st.columns([6, 1], vertical_alignment="bottom")
+        bar.progress(info["fraction"], text=f"sweep of "
+                     f"{run_label(store.get(r.config['model_run']))}: {info['label']}")
+        if stop.button("Cancel", key=f"sweep-cancel-{r.id}", icon=":material/stop_circle:"):
+            store.request_cancel(r.id)
     if st.session_state.get("had_running") and not running:
         st.session_state["had_running"] = False
         st.rerun()
@@ -167,12 +184,9 @@ def sweep_form() -> None:
         go = st.form_submit_button("Run sweep", type="primary", icon=":material/play_arrow:")
     if go:
         try:
-            budgets = [float(v) for v in eps_text.split(",") if v.strip()]
-            bad = [b for b in budgets if not 0 <= b <= 1]
-            if bad or not budgets:
-                raise ValueError(f"epsilons must be numbers in [0, 1], got {eps_text!r}")
+            budgets = parse_budgets(eps_text)
             if not models or not attacks:
-                raise ValueError("pick at least one model and one attack")
+                raise InputError("pick at least one model and one attack")
             before = {r.id for r in store.list_runs(kind="sweep")}
             ids = [launch_sweep(store, m.id, attacks, budgets, int(n), int(steps))
                    for m in models]

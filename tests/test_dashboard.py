@@ -429,3 +429,34 @@ def test_confusion_cell_numbers_are_white_on_dark_cells_and_dark_on_light_ones()
     colors = dict(zip(fig.data[0].text, fig.data[0].textfont.color))
     assert colors["900"] == colors["800"] == "white"
     assert colors["3"] != "white" and colors["0"] != "white"
+
+
+@requires_mnist
+def test_an_audit_is_cancelled_and_resumed_from_its_page_and_bad_epsilons_are_one_line(
+        tmp_path, monkeypatch):
+    from core.jobs import runner
+    from core.jobs.runner import create, execute
+    from core.jobs.specs import TrainSpec
+
+    monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path))
+    monkeypatch.setattr(runner, "start_worker", lambda *a, **k: None)  # launched, not run
+    store = RunStore()
+    model = create(store, TrainSpec(dataset="mnist", epochs=1, train_subset=200,
+                                    test_subset=50))
+    execute(store, model, echo=False)
+    at = _app("robustness", model=model).run()
+    _no_exceptions(at)
+    next(b for b in at.button if b.label == "Run audit").click().run()
+    audit = store.list_runs(kind="audit")[0]
+    at.button(key="audit-cancel").click().run()
+    assert store.cancel_requested(audit.id)
+    store.set_status(audit.id, "cancelled", error="cancelled (cancel requested)")
+    at = _app("robustness", model=model, audit=audit.id).run()
+    _no_exceptions(at)
+    at.button(key="audit-resume").click().run()
+    assert store.get(audit.id).status == "queued"  # its new worker continues from the ledger
+    next(t for t in at.text_input if t.label.startswith("Epsilons")).set_value("0.1, abc")
+    next(b for b in at.button if b.label == "Run sweep").click().run()
+    errors = [e.value for e in at.error]
+    assert any("'abc' is not a number" in e for e in errors), errors
+    assert not store.list_runs(kind="sweep")

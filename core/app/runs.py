@@ -110,14 +110,36 @@ def remaining_seconds(points: list[tuple[float, float]], total: float, now: floa
     return max((total - d1) / rate - (now - t1), 0.0)
 
 
+def parse_budgets(text: str) -> list[float]:
+    """Epsilons typed as '0, 0.1, 8/255': numbers or fractions in [0, 1], comma-separated;
+    anything else is one clear InputError."""
+    budgets = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        top, _, bottom = part.partition("/")
+        try:
+            value = float(top) / float(bottom) if bottom else float(top)
+        except (ValueError, ZeroDivisionError):
+            raise InputError(f"epsilon {part!r} is not a number; type numbers in [0, 1] "
+                             "separated by commas, e.g. 0, 0.05, 0.1 or 8/255") from None
+        if not 0 <= value <= 1:
+            raise InputError(f"epsilon {part} is outside [0, 1] (pixel units)")
+        budgets.append(value)
+    if not budgets:
+        raise InputError("no epsilon given; type numbers in [0, 1] separated by commas")
+    return budgets
+
+
 def resumable(run: Run) -> bool:
     """Whether the dashboard may offer Resume for ``run`` (the runner's one rule)."""
     return resume_refusal(run) is None
 
 
 def resume(store: RunStore, run_id: str) -> None:
-    """Resume a training run in a new worker (its evaluation follows, as after a launch)."""
-    runner.resume_in_worker(store, run_id, evaluate_after=True)
+    """Resume a stopped run in a new worker: a training from its checkpoint (its evaluation
+    follows, as after a launch), an audit, sweep or grid from its finished batches."""
+    runner.resume_in_worker(store, run_id, evaluate_after=store.get(run_id).kind == "train")
 
 
 def find_same(store: RunStore, spec) -> Run | None:
