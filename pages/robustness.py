@@ -84,6 +84,8 @@ def waterfall(run_id: str) -> None:
         coming = view["pending"][0] if view["pending"] else "the indicators"
         st.progress(info["fraction"], text=f"{view['status']}: {info['label']} · next "
                     f"{STAGE_NAMES.get(coming, coming)}")
+    elif view["status"] == "cancelled":  # asked for, not a fault: what is kept, what to do
+        st.warning(f"audit cancelled: {view['error'] or ''}", icon=":material/pause_circle:")
     elif view["status"] != "completed":
         st.error(f"audit {view['status']}: {view['error'] or ''}", icon=":material/error:")
     if view["stages"]:
