@@ -78,6 +78,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "cifar10"])
     parser.add_argument("--quick", action="store_true", help="smaller jobs (a smoke run)")
+    parser.add_argument("--only", help="comma-separated labels to run (the model is trained "
+                        "first in any case), e.g. 'audit fast'")
+    parser.add_argument("--show", action="store_true", help="print each estimate line")
     opts = parser.parse_args()
     os.environ["ROBUSTLAB_ARTIFACTS"] = tempfile.mkdtemp(prefix="robustlab-estimates-")
     from core.jobs.store import RunStore
@@ -85,7 +88,10 @@ def main() -> None:
     print(f"estimates against actual times, {opts.dataset}, {machine()}")
     print(f"{'command':16} {'estimate':>9} {'actual':>8} {'ratio':>6}")
     model, rows = None, []
+    wanted = {w.strip() for w in opts.only.split(",")} | {"train"} if opts.only else None
     for label, args in commands(opts.dataset, opts.quick):
+        if wanted and label not in wanted:
+            continue
         args = [model if a == "MODEL" else a for a in args]
         run_id, err, after, wall = run(args)
         if label == "train":
@@ -97,6 +103,8 @@ def main() -> None:
         print(f"{label:16} {est or 0:9.0f} {actual:8.1f} {ratio:>6}   (whole command "
               f"{wall:.1f} s)", flush=True)
         rows.append((label, est, actual))
+        if opts.show and first:
+            print("    " + next(ln for ln in err.splitlines() if FIRST.search(ln)))
     if any(e is None for _, e, _ in rows):
         print("commands without an estimate: "
               + ", ".join(label for label, e, _ in rows if e is None))
