@@ -93,6 +93,19 @@ def test_class_names_come_from_the_weights_sidecar_without_reading_the_dataset(m
     assert service.classes_for_run(run) == expected == meta["classes"]
 
 
+def _own_store_with_a_model(tmp_path, monkeypatch) -> tuple[RunStore, str]:
+    """A store of this test's own holding one tiny trained MNIST model (its run id)."""
+    from core.jobs.runner import create, execute
+    from core.jobs.specs import TrainSpec
+
+    monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path))
+    store = RunStore()
+    model = create(store, TrainSpec(dataset="mnist", epochs=1, train_subset=200,
+                                    test_subset=50))
+    execute(store, model, echo=False)
+    return store, model
+
+
 def _gallery_count(at) -> int:
     text = next(c.value for c in at.caption if "misclassified examples match" in c.value)
     return int(text.split()[0])
@@ -102,14 +115,7 @@ def _gallery_count(at) -> int:
 def test_opening_the_attack_page_starts_no_job_until_compute_is_pressed(tmp_path, monkeypatch):
     """Nothing heavy starts by itself: the page offers the grid, the button launches it, and
     a running grid has its Cancel."""
-    from core.jobs.runner import create, execute
-    from core.jobs.specs import TrainSpec
-
-    monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path))
-    store = RunStore()
-    model = create(store, TrainSpec(dataset="mnist", epochs=1, train_subset=200,
-                                    test_subset=50))
-    execute(store, model, echo=False)
+    store, model = _own_store_with_a_model(tmp_path, monkeypatch)
     at = _app("attack", model=model).run()
     _no_exceptions(at)
     assert [r.kind for r in store.list_runs()] == ["train"]
@@ -435,15 +441,9 @@ def test_confusion_cell_numbers_are_white_on_dark_cells_and_dark_on_light_ones()
 def test_an_audit_is_cancelled_and_resumed_from_its_page_and_bad_epsilons_are_one_line(
         tmp_path, monkeypatch):
     from core.jobs import runner
-    from core.jobs.runner import create, execute
-    from core.jobs.specs import TrainSpec
 
-    monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path))
     monkeypatch.setattr(runner, "start_worker", lambda *a, **k: None)  # launched, not run
-    store = RunStore()
-    model = create(store, TrainSpec(dataset="mnist", epochs=1, train_subset=200,
-                                    test_subset=50))
-    execute(store, model, echo=False)
+    store, model = _own_store_with_a_model(tmp_path, monkeypatch)
     at = _app("robustness", model=model).run()
     _no_exceptions(at)
     next(b for b in at.button if b.label == "Run audit").click().run()
