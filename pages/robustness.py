@@ -225,7 +225,25 @@ def sweep_results() -> None:
                            "robustness.csv", "text/csv", icon=":material/download:")
 
 
+def stopped_sweeps() -> None:
+    """Cancelled or failed sweeps, each with its Resume (it continues from its finished
+    batches)."""
+    for r in store.list_runs(kind="sweep"):
+        if r.status not in ("cancelled", "failed") or not resumable(r):
+            continue
+        note, again = st.columns([6, 1], vertical_alignment="center")
+        note.caption(f"sweep of {run_label(store.get(r.config['model_run']))} · {r.id[-9:]} "
+                     f"{r.status}: {r.error or ''}")
+        if again.button("Resume", key=f"sweep-resume-{r.id}", icon=":material/replay:"):
+            try:
+                resume(store, r.id)
+                st.rerun()
+            except Exception as err:
+                show_error(err)
+
+
 with sweep_tab:
     sweep_form()
     active_sweeps()
+    stopped_sweeps()
     sweep_results()

@@ -460,3 +460,19 @@ def test_an_audit_is_cancelled_and_resumed_from_its_page_and_bad_epsilons_are_on
     errors = [e.value for e in at.error]
     assert any("'abc' is not a number" in e for e in errors), errors
     assert not store.list_runs(kind="sweep")
+
+
+@requires_mnist
+def test_a_stopped_sweep_is_resumed_from_the_sweeps_tab(tmp_path, monkeypatch):
+    from core.jobs import runner
+    from core.jobs.runner import create
+    from core.jobs.specs import SweepSpec
+
+    monkeypatch.setattr(runner, "start_worker", lambda *a, **k: None)  # launched, not run
+    store, model = _own_store_with_a_model(tmp_path, monkeypatch)
+    sweep = create(store, SweepSpec(model_run=model, attacks=["fgsm"], budgets=[0.1], n=20))
+    store.set_status(sweep, "cancelled", error="cancelled (SIGTERM); resume it with ...")
+    at = _app("robustness", model=model).run()
+    _no_exceptions(at)
+    at.button(key=f"sweep-resume-{sweep}").click().run()
+    assert store.get(sweep).status == "queued"
