@@ -62,8 +62,11 @@ def confusion_grid_figure(confusion: Sequence[Sequence[int]], classes: Sequence[
     return fig
 
 
-def training_figure(metrics: list[dict], title: str = "Training") -> go.Figure:
-    """Loss and accuracy curves from run-store metric rows (per step and per epoch)."""
+def training_figure(metrics: list[dict], title: str = "Training",
+                    running: bool = True) -> go.Figure:
+    """Loss and accuracy curves from run-store metric rows (per step and per epoch); before
+    the first epoch's end the accuracy panel says when it fills in (``running``) or that no
+    epoch finished."""
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
@@ -84,12 +87,17 @@ def training_figure(metrics: list[dict], title: str = "Training") -> go.Figure:
             fig.add_scatter(x=[(m["epoch"] + 1) * spe for m in rows], y=[m["value"] for m in rows],
                             mode="lines+markers", name=label, line=dict(color=color), row=1, col=col)
     if not series.get("test_acc"):
+        # an invisible point keeps the empty panel's axes drawn, and the note inside them
+        fig.add_scatter(x=[0], y=[0], mode="markers", marker=dict(opacity=0), showlegend=False,
+                        hoverinfo="skip", row=1, col=2)
         fig.add_annotation(xref="x2 domain", yref="y2 domain", x=0.5, y=0.55, showarrow=False,
-                           text="Test accuracy (and held-out APGD-CE for a defense)<br>"
-                                "fills in at the end of the first epoch",
+                           text=("Test accuracy (and held-out APGD-CE for a defense)<br>"
+                                 "fills in at the end of the first epoch") if running else
+                                "No epoch finished, so there is no test accuracy",
                            font=dict(color="#6b7280", size=13))
     fig.update_xaxes(title_text="step")
-    fig.update_yaxes(range=[0, 1], row=1, col=2)
+    fig.update_yaxes(rangemode="tozero", row=1, col=1)  # a loss is never negative
+    fig.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=2)
     fig.update_layout(title=title, height=380, margin=dict(l=40, r=20, t=60, b=40),
                       legend=dict(orientation="h", y=-0.25))
     return fig

@@ -103,7 +103,15 @@ class Progress:
         speed = (f"{rate:,.0f} img/s" if self.unit in IMAGE_UNITS else None) if rate else "starting"
         return " · ".join([f"{int(self.done):,}/{self.total:,} {self.unit} ({self.fraction():.1%})"]
                           + ([speed] if speed else [])
-                          + [f"{fmt_duration(self.seconds_left())} left"])
+                          + [self._left()])
+
+    def _left(self) -> str:
+        """'1 min 30 s left', or 'finishing' once the count is done and work remains (an
+        epoch's evaluation, a report), never '0 s left'."""
+        left = self.seconds_left()
+        if left is not None and left < 1:
+            return "finishing"
+        return f"{fmt_duration(left)} left"
 
     def line(self) -> str:
         """'train: 120/470 steps (25.5%) · 512 img/s · 1 min 30 s left · loss 0.231'."""

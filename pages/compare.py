@@ -46,4 +46,4 @@ diff = config_diff(chosen)
 if diff.empty:
     st.caption("The configurations are identical.")
 else:
-    st.dataframe(diff.map(lambda v: "—" if v is None else str(v)), width="stretch")
+    st.dataframe(diff, width="stretch")

@@ -125,8 +125,8 @@ def draw(run) -> None:
     run_id = run.id
     info = progress(store, run_id)
     cols = st.columns([3, 1, 1, 1])
-    left = (f" · about {fmt_seconds(info['seconds_left'])} left"
-            if info["seconds_left"] is not None else "")
+    left = ("" if info["seconds_left"] is None else " · finishing the epoch's evaluation"
+            if info["seconds_left"] < 1 else f" · about {fmt_seconds(info['seconds_left'])} left")
     cols[0].progress(info["fraction"], text=f"{run.status} · {info['label']}{left}")
     epoch_rows = store.metrics(run_id, ["test_acc", "robust_acc"])
     last = {m["name"]: m["value"] for m in epoch_rows}
@@ -151,7 +151,9 @@ def draw(run) -> None:
         st.warning(w, icon=":material/warning:")
     metrics = store.metrics(run_id)
     if metrics:
-        st.plotly_chart(training_figure(metrics, title=""), width="stretch",
+        st.plotly_chart(training_figure(metrics, title="",
+                                        running=run.status in ("running", "queued")),
+                        width="stretch",
                         key=f"curve-{run_id}-{len(metrics)}")
     else:
         st.caption("Waiting for the first steps…")

@@ -476,3 +476,18 @@ def test_a_stopped_sweep_is_resumed_from_the_sweeps_tab(tmp_path, monkeypatch):
     _no_exceptions(at)
     at.button(key=f"sweep-resume-{sweep}").click().run()
     assert store.get(sweep).status == "queued"
+
+
+def test_configuration_differences_show_no_nan_or_empty_braces(tmp_path, monkeypatch):
+    from core.app.runs import config_diff
+
+    monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path))
+    store = RunStore()
+    plain = store.create_run("train", {"defense": "none", "defense_args": {}, "lr": 0.05})
+    defended = store.create_run("train", {"defense": "pgd-at", "defense_args": {"eps": 0.3},
+                                          "lr": 0.05, "robust_eval": {"steps": 10}})
+    diff = config_diff([store.get(plain), store.get(defended)])
+    cells = {str(v) for v in diff.to_numpy().ravel()}
+    assert "defense_args.eps" in diff.index and "robust_eval.steps" in diff.index
+    assert "lr" not in diff.index  # the same in both
+    assert not cells & {"nan", "{}", "None"} and "—" in cells

@@ -169,13 +169,20 @@ def load_report(run_id: str) -> dict:
 
 
 def config_diff(runs: list[Run]) -> pd.DataFrame:
-    """Configuration keys whose values differ between runs (flattened), one column per run."""
+    """Configuration keys whose values differ between runs (flattened), one column per run
+    (named by its label), every value as text: "—" where a run has no such setting or an
+    empty one, never "nan" or "{}"."""
     flat = [_flatten(r.config) for r in runs]
     keys = sorted(set().union(*flat)) if flat else []
-    rows = {k: [json.dumps(f.get(k)) if isinstance(f.get(k), (dict, list)) else f.get(k)
-                for f in flat] for k in keys}
-    differing = {k: v for k, v in rows.items() if len({str(x) for x in v}) > 1}
-    return pd.DataFrame(differing, index=[r.id for r in runs]).T
+    rows = {k: [_setting_text(f.get(k)) for f in flat] for k in keys}
+    differing = {k: v for k, v in rows.items() if len(set(v)) > 1}
+    return pd.DataFrame(differing, index=[run_label(r) for r in runs], dtype=object).T
+
+
+def _setting_text(value) -> str:
+    if value is None or value == {} or value == []:
+        return "—"
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
