@@ -6,7 +6,7 @@ import streamlit as st
 from core.attacks import ATTACKS
 from core.confidence import interval_text
 from core.figures import epsilon_curve_figure, probability_bars
-from core.app.attack import (attack_single, example_choice, existing_grid, grid_result,
+from core.app.attack import (attack_single, attack_summary, example_choice, existing_grid, grid_result,
                              grid_spec, grid_summaries, launch_grid)
 from core.app.evaluate import classes_for_run
 from core.app.images import amplified_perturbation, read_upload, to_display
@@ -42,7 +42,7 @@ with st.expander("Attack parameters", expanded=False):
         params["mode"] = st.selectbox("Mode", ["negative", "hsv"])
     elif attack == "noise":
         params["distribution"] = st.selectbox("Distribution", ["gaussian", "uniform"])
-    st.caption(ATTACKS[attack].__doc__.split("\n")[0])
+    st.caption(attack_summary(attack))
 
 others = [r for r in runs if r.id != run.id]
 other = st.selectbox("Side by side with (a second model, on the same images)",

@@ -491,3 +491,13 @@ def test_configuration_differences_show_no_nan_or_empty_braces(tmp_path, monkeyp
     assert "defense_args.eps" in diff.index and "robust_eval.steps" in diff.index
     assert "lr" not in diff.index  # the same in both
     assert not cells & {"nan", "{}", "None"} and "—" in cells
+
+
+def test_each_attacks_help_is_whole_sentences_without_code_markup():
+    from core.app.attack import attack_summary
+    from core.attacks import ATTACKS
+
+    for name in ATTACKS:
+        text = attack_summary(name)
+        assert text.endswith((".", ")")) and "``" not in text, (name, text)
+        assert len(text) > 60, (name, text)

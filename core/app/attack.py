@@ -3,6 +3,8 @@ single-image attacks on an upload.
 Plain Python (no streamlit), so pages stay thin."""
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn.functional as F
 
@@ -90,3 +92,17 @@ def attack_single(model: torch.nn.Module, x: torch.Tensor, attack: str, params: 
     with torch.no_grad():
         probs = F.softmax(model(adv), 1)[0]
     return {"x": x[0], "x_adv": adv[0], "clean_prob": clean, "adv_prob": probs, "label": int(y)}
+
+
+def attack_summary(name: str, at_least: int = 120) -> str:
+    """What an attack is, in whole sentences from its docstring (its paper first), without
+    code markup: the docstring's first line alone stops mid-sentence."""
+    from core.attacks import ATTACKS
+
+    text = " ".join((ATTACKS[name].__doc__ or "").split("\n\n")[0].split()).replace("``", "")
+    out = ""
+    for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z])", text):
+        out = f"{out} {sentence}".strip()
+        if len(out) >= at_least:
+            break
+    return out
