@@ -74,7 +74,9 @@ def own_image(eps: float | None) -> None:
             cols = st.columns(3)
             cols[0].image(to_display(out["x"]), caption=f"yours: {classes[int(out['clean_prob'].argmax())]} "
                           f"({out['clean_prob'].max():.0%})", width="stretch")
-            cols[1].image(to_display(out["x_adv"]), caption=f"attacked: "
+            how = attack + (f" at {ATTACKS[attack].budget} {eps_label(eps)}" if budgeted
+                            and eps is not None else "")
+            cols[1].image(to_display(out["x_adv"]), caption=f"attacked ({how}): "
                           f"{classes[int(out['adv_prob'].argmax())]} ({out['adv_prob'].max():.0%})",
                           width="stretch")
             cols[2].html(probability_bars(out["clean_prob"].tolist(), out["adv_prob"].tolist(),

@@ -226,3 +226,17 @@ def test_every_attack_keeps_its_contract_or_raises_a_clear_error(data, name, bat
         delta = (adv - x).flatten(1)
         size_ = delta.norm(dim=1).max() if getattr(attack, "norm", "linf") == "l2" else delta.abs().max()
         assert size_ <= attack.eps + 1e-5
+
+
+def test_an_upload_smaller_than_8x8_is_refused_not_blown_up():
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4), (200, 10, 10)).save(buf, format="PNG")
+    with pytest.raises(InputError, match="4x4 pixels; RobustLab needs at least 8x8"):
+        read_upload(buf.getvalue(), [3, 32, 32])
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(buf, format="PNG")
+    assert read_upload(buf.getvalue(), [3, 32, 32]).shape == (1, 3, 32, 32)

@@ -9,6 +9,7 @@ import io
 import numpy as np
 import torch
 
+from core.catalog import MIN_SIDE
 from core.paths import InputError
 
 
@@ -50,6 +51,9 @@ def read_upload(raw: bytes, input_shape: list[int]) -> torch.Tensor:
     except (UnidentifiedImageError, OSError) as err:
         raise InputError("the uploaded file is not an image RobustLab can read (PNG, JPEG, "
                          "BMP, GIF or WebP)") from err
+    if min(img.size) < MIN_SIDE:  # resizing would invent the picture, not show it
+        raise InputError(f"the uploaded image is {img.size[0]}x{img.size[1]} pixels; RobustLab "
+                         f"needs at least {MIN_SIDE}x{MIN_SIDE}")
     c, h, w = input_shape
     img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
     t = torch.from_numpy(np.asarray(img).copy()).float() / 255
