@@ -108,9 +108,11 @@ class Progress:
     def _left(self) -> str:
         """'1 min 30 s left', or 'finishing' once the count is done and work remains (an
         epoch's evaluation, a report), never '0 s left'."""
+        if self.total and self.done >= self.total:
+            return "finishing"
         left = self.seconds_left()
         if left is not None and left < 1:
-            return "finishing"
+            return "under 1 s left"
         return f"{fmt_duration(left)} left"
 
     def line(self) -> str:

@@ -415,7 +415,7 @@ def test_attack_examples_flipped_all_or_picked_and_two_models_side_by_side(mnist
 
     Image.new("L", (28, 28), 0).save(tmp_path / "dark.png")  # a user's own image
     page.locator("input[type=file]").set_input_files(str(tmp_path / "dark.png"))
-    attacked = page.get_by_test_id("stImageCaption").filter(has_text="attacked: ")
+    attacked = page.get_by_test_id("stImageCaption").filter(has_text=" at eps ")  # which attack, which eps
     expect(attacked).to_be_visible(timeout=30_000)
     expect(page.get_by_test_id("stImageCaption").filter(has_text="yours: ")).to_be_visible()
 

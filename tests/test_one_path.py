@@ -261,8 +261,11 @@ def test_progress_lines_appear_when_stderr_is_a_file(tmp_path, mnist_model):
     assert "estimated time: about" in text
     epochs = [ln for ln in text.splitlines() if ln.startswith("epoch ")]
     assert [ln[:10] for ln in epochs] == ["epoch 1/2:", "epoch 2/2:"]
-    # every epoch says done/total, images per second and time left
-    assert all("steps (" in ln and "img/s" in ln and " left" in ln for ln in epochs), epochs
+    # every epoch says done/total, images per second and time left ("finishing" at the count's
+    # end, never "0 s left")
+    assert all("steps (" in ln and "img/s" in ln and (" left" in ln or "finishing" in ln)
+               for ln in epochs), epochs
+    assert not any("· 0 s left" in ln for ln in text.splitlines())
     # one CW batch of 250 images takes seconds: the heartbeat thread still prints lines
     assert sum(ln.startswith("attack: ") for ln in text.splitlines()) >= 2
 
