@@ -33,8 +33,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "iat:steps-10": ("iat", {"steps": 10}),
     "iat:ramp-2": ("iat", {"eps_ramp_epochs": 2}),
     "iat:alpha-0.2": ("iat", {"alpha": 0.2}),
+    "iat:alpha-1": ("iat", {"alpha": 1.0}),  # the seed's mixup
     "iat:loss-sum": ("iat", {"loss_factor": 1.0}),
     "iat:train+ramp": ("iat", {"craft_mode": "train", "eps_ramp_epochs": 2}),
+    # the reference at IAT's training cost (the same PGD steps), for issue 23's adoption rule
+    "pgd-at:steps-5": ("pgd-at", {"steps": 5}),
     "fgsm-at:base": ("fgsm-at", {}),
     "fgsm-at:separate-bn": ("fgsm-at", {"batchnorm": "separate"}),
     "fgsm-at:ramp-2": ("fgsm-at", {"eps_ramp_epochs": 2}),
