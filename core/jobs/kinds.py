@@ -229,16 +229,17 @@ def audit(ctx) -> dict:
     search = precision.choose(spec.precision, model, split.floats(slice(0, batch)).to(device),
                               split.labels[:batch].to(device), "search")
     low = search.bf16
-    ctx.say(_audit_estimate(model, split, plan, spec, low))
-    ctx.say(f"searching in {'bfloat16' if low else 'float32'} ({search.reason}); every verdict "
-            "in float32")
     ledger = _ledger(ctx)
     saved = ledger.load() if ctx.resume else None
+    work = _AuditWork(plan, len(split))
+    behind = work.at(_cascade_done(saved, len(split), batch))
+    # a resumed audit states what is left: the share of its attack passes still to do
+    ctx.say(_audit_estimate(model, split, plan, spec, low, 1 - behind / work.total))
+    ctx.say(f"searching in {'bfloat16' if low else 'float32'} ({search.reason}); every verdict "
+            "in float32")
     if saved is not None:
         ctx.say(_continuing(saved[1], [s.name for s in plan], -(-len(split) // batch)))
-    work = _AuditWork(plan, len(split))
-    ctx.progress.start(work.total, "attack passes", done=work.at(
-        _cascade_done(saved, len(split), batch)))
+    ctx.progress.start(work.total, "attack passes", done=behind)
     result = audit_.cascade(model, split, plan, spec.batch_size,
                             progress=lambda done, _total: ctx.progress.update(work.at(done)),
                             ctx=ctx.rank, on_stage=_stage_reporter(ctx), low_precision=low,
@@ -269,10 +270,10 @@ def _ledger(ctx) -> Ledger:
 
 
 def _audit_estimate(model: nn.Module, split: data.TensorData, plan: list, spec: AuditSpec,
-                    low: bool) -> str:
+                    low: bool, left: float = 1.0) -> str:
     """The audit's estimate, from one timed attack pass and a probe of 64 images: how many
     are correct, and how many of those a 10-step APGD-CE breaks (they leave the cascade
-    early; the rest go through every stage)."""
+    early; the rest go through every stage); ``left``: the share still to do (a resume)."""
     device = next(model.parameters()).device
     x, y = split.floats(slice(0, 64)).to(device), split.labels[:64].to(device)
     search = LowPrecision(model) if low else model
@@ -289,9 +290,11 @@ def _audit_estimate(model: nn.Module, split: data.TensorData, plan: list, spec: 
         else 0.0
     seconds = estimate.audit_seconds(plan, len(split), correct, share, per_pass, spec.steps,
                                      per_float32, per_call)
-    return estimate.line(seconds, f"{', '.join(s.name for s in plan)} on {len(split):,} images; "
-                                  f"of 64 probed, {correct:.0%} correct and {share:.0%} of those "
-                                  "broken by a 10-step APGD-CE: later stages see only the rest")
+    resumed = f"; what is left after the resume, {left:.0%} of the work" if left < 1 else ""
+    return estimate.line(seconds * left,
+                         f"{', '.join(s.name for s in plan)} on {len(split):,} images; of 64 "
+                         f"probed, {correct:.0%} correct and {share:.0%} of those broken by a "
+                         f"10-step APGD-CE: later stages see only the rest{resumed}")
 
 
 class _AuditWork:
