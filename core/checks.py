@@ -69,3 +69,21 @@ def build_registered(kind: str, registry: dict, name: str, params: dict):
         raise InputError(f"unknown parameter(s) {unknown} for {kind} {name!r}; valid: "
                          f"{', '.join(valid)}")
     return registry[name](**params)
+
+
+def parse_numbers(text: str) -> list[float]:
+    """Numbers typed as '0, 0.1, 8/255' (comma-separated; a fraction is divided out); one
+    clear InputError for an empty item or one that is not a number."""
+    items = [v.strip() for v in text.split(",")]
+    if not text.strip() or any(not v for v in items):
+        raise InputError(f"expected comma-separated numbers like 0, 0.05, 0.1 or 8/255 with no "
+                         f"empty item, got {text!r}")
+    values = []
+    for item in items:
+        top, _, bottom = item.partition("/")
+        try:
+            values.append(float(top) / float(bottom) if bottom else float(top))
+        except (ValueError, ZeroDivisionError):
+            raise InputError(f"{item!r} is not a number; type numbers separated by commas, e.g. "
+                             "0, 0.05, 0.1 or 8/255") from None
+    return values

@@ -10,6 +10,7 @@ import sqlite3
 import sys
 from typing import Callable, Sequence
 
+from core.checks import parse_numbers
 from core.paths import InputError
 
 EXAMPLES = """examples:
@@ -33,15 +34,10 @@ global options (before or after the command):
 
 
 def _floats(text: str) -> list[float]:
-    items = [v.strip() for v in text.split(",")]
-    if not text.strip() or any(not v for v in items):
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers like 0,0.1,0.3 with no empty item, got {text!r}")
     try:
-        return [float(v) for v in items]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers like 0,0.1,0.3, got {text!r}") from err
+        return parse_numbers(text)
+    except InputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _names(text: str) -> list[str]:

@@ -9,7 +9,7 @@ import time
 
 import pandas as pd
 
-from core.checks import a_kind
+from core.checks import a_kind, parse_numbers
 from core.confidence import interval_text
 import torch
 
@@ -19,6 +19,7 @@ from core.app.console import headline
 from core.paths import InputError, run_dir
 from core.prediction import load_model, pick_device, run_model_path
 from core.jobs.store import Run, RunStore, resume_refusal
+from core.jobs.specs import check_budgets
 
 
 def eps_label(eps: float) -> str:
@@ -113,22 +114,7 @@ def remaining_seconds(points: list[tuple[float, float]], total: float, now: floa
 def parse_budgets(text: str) -> list[float]:
     """Epsilons typed as '0, 0.1, 8/255': numbers or fractions in [0, 1], comma-separated;
     anything else is one clear InputError."""
-    budgets = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        top, _, bottom = part.partition("/")
-        try:
-            value = float(top) / float(bottom) if bottom else float(top)
-        except (ValueError, ZeroDivisionError):
-            raise InputError(f"epsilon {part!r} is not a number; type numbers in [0, 1] "
-                             "separated by commas, e.g. 0, 0.05, 0.1 or 8/255") from None
-        if not 0 <= value <= 1:
-            raise InputError(f"epsilon {part} is outside [0, 1] (pixel units)")
-        budgets.append(value)
-    if not budgets:
-        raise InputError("no epsilon given; type numbers in [0, 1] separated by commas")
-    return budgets
+    return check_budgets(parse_numbers(text), "epsilons")
 
 
 def resumable(run: Run) -> bool:
