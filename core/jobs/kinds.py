@@ -48,18 +48,14 @@ def split_for(meta: dict, spec: ModelJobSpec, split: str = "test", n: int | None
     return data.load(meta["dataset"], split, root).subset(n, seed)
 
 
-def _per_pass(model: nn.Module, split: data.TensorData) -> float:
-    device = next(model.parameters()).device
-    x = split.floats(slice(0, 64)).to(device, memory_format=torch.channels_last)
-    return estimate.seconds_per_pass(model, x, split.labels[:64].to(device))
-
-
-def _per_attack_pass(model: nn.Module, split: data.TensorData, batch: int) -> float:
-    """One attack pass per image, timed on a batch of the job's size (per image, a batch of
-    250 CIFAR-10 images costs more than one of 64)."""
+def _per_pass(model: nn.Module, split: data.TensorData, batch: int = 64,
+              attack: bool = False) -> float:
+    """Seconds per image of a training pass, or (``attack``) of an attack pass, timed on
+    ``batch`` images (per image, a batch of 250 CIFAR-10 images costs more than one of 64)."""
     device = next(model.parameters()).device
     x = split.floats(slice(0, batch)).to(device, memory_format=torch.channels_last)
-    return estimate.seconds_per_attack_pass(model, x, split.labels[:batch].to(device))
+    timer = estimate.seconds_per_attack_pass if attack else estimate.seconds_per_pass
+    return timer(model, x, split.labels[:batch].to(device))
 
 
 def evaluate(ctx) -> dict:
@@ -90,7 +86,7 @@ def attack(ctx) -> dict:
     model, meta = job_model(ctx, spec)
     split = split_for(meta, spec, "test", spec.n, spec.seed)
     seconds = estimate.attack_run_seconds(atk, len(split),
-                                          _per_attack_pass(model, split, spec.batch_size))
+                                          _per_pass(model, split, spec.batch_size, attack=True))
     ctx.say(estimate.line(seconds + estimate.REPORT_S,
                           f"{atk.gradients_per_image():,} gradient passes per image, "
                           f"{len(split):,} images, and the report"))
@@ -117,7 +113,7 @@ def sweep(ctx) -> dict:
     attacks = [build_attack(a["name"], **a["params"]) for a in spec.attacks]
     model, meta = job_model(ctx, spec)
     split = split_for(meta, spec, "test", spec.n, spec.seed)
-    per_pass = _per_attack_pass(model, split, spec.batch_size)
+    per_pass = _per_pass(model, split, spec.batch_size, attack=True)
     points = [(a, b) for a in attacks for b in (spec.budgets if a.budget else [None])]
     seconds = sum(estimate.attack_run_seconds(a, len(split), per_pass) for a, _ in points) + \
         estimate.REPORT_S
