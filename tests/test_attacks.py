@@ -187,3 +187,13 @@ def test_apgd_settling_points_lazily_as_on_a_gpu_changes_no_result(mnist_model, 
             attack = cls(eps=0.15, steps=20, seed=0, **({"targets": 3} if cls is APGDT else {}))
             results.append((attack(model, x, y), list(attack.trace)))
         assert torch.equal(results[0][0], results[1][0]) and results[0][1] == results[1][1]
+
+
+def test_folding_a_model_draws_no_random_numbers():
+    from core.attacks.speed import folded
+    from core.models import build_model
+
+    model = build_model("seed-resnet", (1, 12, 12), 10, width=4, blocks=1).eval()
+    state = torch.get_rng_state()
+    folded(model)
+    assert torch.equal(torch.get_rng_state(), state)  # a training's crops stay the same

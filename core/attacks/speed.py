@@ -28,9 +28,12 @@ class _Folded:
                     and len(conv_node.users) == 1):
                 continue
             conv = found[conv_node.target]
-            fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                              conv.padding, conv.dilation, conv.groups, bias=True,
-                              padding_mode=conv.padding_mode).to(conv.weight.device)
+            # skip_init: an initialization would draw from the global RNG, so the first attack
+            # on a model would change every random number drawn after it (a training's crops)
+            fused = nn.utils.skip_init(nn.Conv2d, conv.in_channels, conv.out_channels,
+                                       conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                                       conv.groups, bias=True, padding_mode=conv.padding_mode,
+                                       device=conv.weight.device)
             fused.requires_grad_(False)
             name = f"folded_{len(self.pairs)}"
             module.add_submodule(name, fused.to(memory_format=torch.channels_last))
