@@ -36,6 +36,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "iat:alpha-1": ("iat", {"alpha": 1.0}),  # the seed's mixup
     "iat:loss-sum": ("iat", {"loss_factor": 1.0}),
     "iat:train+ramp": ("iat", {"craft_mode": "train", "eps_ramp_epochs": 2}),
+    "iat:shared-bn": ("iat", {"batchnorm": "shared"}),
+    "iat:recalibrate": ("iat", {"recalibrate": True}),
+    "iat:train+shared": ("iat", {"craft_mode": "train", "batchnorm": "shared"}),
     # the reference at IAT's training cost (the same PGD steps), for issue 23's adoption rule
     "pgd-at:steps-5": ("pgd-at", {"steps": 5}),
     "fgsm-at:base": ("fgsm-at", {}),

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from core.attacks import PGD
-from core.training.defenses import DEFENSES, IAT, TRADES, RobustGuard, build_defense
+from core.training.defenses import (DEFENSES, IAT, TRADES, RobustGuard, build_defense,
+                                    recalibrate_batchnorm)
 from core.evaluation import run_attack
 from core.models import build_model
 from core.paths import InputError
@@ -193,7 +194,8 @@ def test_crafting_in_train_mode_uses_batch_statistics_and_leaves_the_running_one
 
 @requires_mnist
 @pytest.mark.parametrize("defense, args", [("fgsm-at", {"eps": 0.3}),
-                                           ("trades", {"eps": 0.3, "steps": 2})])
+                                           ("trades", {"eps": 0.3, "steps": 2}),
+                                           ("iat", {"eps": 0.3, "steps": 2, "lam": 0.4})])
 def test_separate_batchnorm_forwards_differ_from_one_shared_forward(defense, args, mnist_test):
     model, x, y = _real_batch(mnist_test)
     losses = {}
@@ -227,6 +229,8 @@ def test_iat_loss_factor_scales_the_summed_mixup_losses(mnist_test):
     ("pgd-at", {"craft_mode": "batch"}, "unknown defense craft_mode 'batch'; valid: eval, train"),
     ("fgsm-at", {"batchnorm": "split"}, "unknown fgsm-at batchnorm 'split'; valid: shared"),
     ("iat", {"loss_factor": -1}, "iat loss_factor must be a number in [0.0, 10.0]"),
+    ("iat", {"batchnorm": "split"}, "unknown iat batchnorm 'split'; valid: shared, separate"),
+    ("iat", {"recalibrate": "yes"}, "iat recalibrate must be true or false"),
     ("fgsm-at", {"random_start": "yes"}, "fgsm-at random_start must be true or false"),
     ("fgsm-at", {"project": 1}, "fgsm-at project must be true or false"),
     ("fgsm-at", {"noise_ratio": 11}, "fgsm-at noise ratio must be a number in [0.0, 10.0]"),
@@ -269,3 +273,28 @@ def test_iat_at_eps_03_on_real_mnist_does_not_collapse():
     assert len(curve) == 4
     assert fall["peak"] >= 0.3, curve  # PGD-10 at 0.3 leaves an undefended model near 0%
     assert fall["fall"] <= 0.05, curve
+
+
+def test_recalibration_makes_running_statistics_the_clean_images_average():
+    norm = torch.nn.BatchNorm2d(1)
+    g = torch.Generator().manual_seed(3)
+    batches = [torch.rand(16, 1, 4, 4, generator=g) * 3 + 2 for _ in range(4)]
+    norm.running_mean.fill_(-7.0)  # stale statistics, e.g. from adversarial batches
+    norm.eval()
+    recalibrate_batchnorm(norm, batches)
+    pixels = torch.cat(batches)
+    assert torch.allclose(norm.running_mean, pixels.mean().reshape(1), atol=1e-5)
+    unbiased = torch.stack([b.var() for b in batches]).mean()  # per-batch unbiased variances
+    assert torch.allclose(norm.running_var, unbiased.reshape(1), atol=1e-5)
+    assert not norm.training and norm.momentum == 0.1  # its mode and momentum are restored
+
+
+def test_iat_recalibrates_at_the_end_of_an_epoch_only_when_asked():
+    model, x, _ = _setup()
+    for recalibrate in (False, True):
+        twin = copy.deepcopy(model)
+        before = [b.clone() for n, b in twin.named_buffers() if "running_mean" in n]
+        IAT(eps=0.1, steps=1, recalibrate=recalibrate).end_epoch(twin, lambda: [x])
+        after = [b for n, b in twin.named_buffers() if "running_mean" in n]
+        changed = any(not torch.equal(a, b) for a, b in zip(before, after))
+        assert changed == recalibrate

@@ -7,6 +7,7 @@ Wong et al.'s reference code does. Their settings live in :mod:`core.training.se
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,10 @@ class Objective(DefenseSettings):
         """Epsilon ramp: grow the budget linearly over the first ``eps_ramp_epochs`` epochs."""
         if self.eps_ramp_epochs:
             self.current_eps = self.eps * min(1.0, (epoch + 1) / self.eps_ramp_epochs)
+
+    def end_epoch(self, model: nn.Module, clean_batches: Callable[[], Iterable[torch.Tensor]]
+                  ) -> None:
+        """Called after an epoch's last step, before the epoch is evaluated and saved."""
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return _ce(model(x), y, self.label_smoothing)
@@ -206,20 +211,52 @@ class IAT(IATSettings, _Adversarial):
             return self.lam
         return float(torch.distributions.Beta(self.alpha, self.alpha).sample())
 
-    def mixup_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                   lam: float, perm: torch.Tensor) -> torch.Tensor:
-        """Mixup cross-entropy of Zhang et al. 2018 for one batch, a lambda and a pairing."""
-        logits = model(lam * x + (1 - lam) * x[perm])
+    def mixup(self, x: torch.Tensor) -> tuple[torch.Tensor, float, torch.Tensor]:
+        """Mixup of Zhang et al. 2018: the mixed batch, its lambda and its pairing."""
+        lam, perm = self._lambda(), torch.randperm(len(x), device=x.device)
+        return lam * x + (1 - lam) * x[perm], lam, perm
+
+    def mixup_loss(self, logits: torch.Tensor, y: torch.Tensor, lam: float,
+                   perm: torch.Tensor) -> torch.Tensor:
+        """Mixup cross-entropy of one mixed batch's logits."""
         return (lam * _ce(logits, y, self.label_smoothing)
                 + (1 - lam) * _ce(logits, y[perm], self.label_smoothing))
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
         adv = self.craft(model, x, y)
-        clean_loss = self.mixup_loss(model, x, y, self._lambda(),
-                                     torch.randperm(len(x), device=x.device))
-        adv_loss = self.mixup_loss(model, adv, y, self._lambda(),
-                                   torch.randperm(len(x), device=x.device))
-        return self.loss_factor * (clean_loss + adv_loss)
+        mixed, lam, perm = self.mixup(x)
+        mixed_adv, lam_adv, perm_adv = self.mixup(adv)
+        clean, adv_logits = clean_and_adversarial(model, mixed, mixed_adv, self.batchnorm)
+        return self.loss_factor * (self.mixup_loss(clean, y, lam, perm)
+                                   + self.mixup_loss(adv_logits, y, lam_adv, perm_adv))
+
+    def end_epoch(self, model: nn.Module, clean_batches: Callable[[], Iterable[torch.Tensor]]
+                  ) -> None:
+        if self.recalibrate:
+            recalibrate_batchnorm(_inner(model), clean_batches())
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+    """Recompute every BatchNorm layer's running statistics as the plain average over
+    ``batches`` (clean images), as SWA's ``update_bn`` does: crafting and testing then see
+    clean statistics instead of a blend of clean and adversarial batches."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    was_training = model.training
+    kept = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+    model.train()
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for m, momentum in zip(norms, kept):
+            m.momentum = momentum
+        model.train(was_training)
 
 
 DEFENSES: dict[str, type[Objective]] = {

@@ -182,6 +182,7 @@ def fit(cfg: TrainSpec, store: RunStore | None = None, run_id: str | None = None
             began = time.monotonic()
             train_stats = _train_epoch(setup, net, epoch, steps_per_epoch, total, ctx,
                                        writer, run_id, report)
+            setup.objective.end_epoch(setup.model, lambda: _clean_images(setup, ctx))
             history = dict(train_stats, **evaluate_epoch(setup, guard))
             if writer:
                 writer.log_metrics(run_id, [(None, epoch, k, v) for k, v in history.items()])
@@ -209,6 +210,14 @@ def _announce(setup: Setup, report: Progress, writer: RunStore, run_id: str,
     report.say(estimate.line(seconds, f"{epochs} epoch(s) of {len(setup.train):,} images, "
                                       f"{1 / per_pass:,.0f} img/s per plain training pass"))
     writer.set_summary(run_id, dict(writer.get(run_id).summary or {}, estimated_s=seconds))
+
+
+def _clean_images(setup: Setup, ctx: distributed.Context):
+    """This rank's training images, unaugmented, in batches on the device."""
+    order = data.epoch_order(len(setup.train), setup.cfg.seed, 0, ctx.rank, ctx.world)
+    batch = max(setup.cfg.batch_size // ctx.world, 2)
+    for x, _, _ in data.batches(setup.train, batch, order):
+        yield x.to(setup.device, memory_format=torch.channels_last)
 
 
 def _epoch_line(epoch: int, epochs: int, h: dict, seconds: float) -> str:

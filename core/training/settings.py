@@ -165,16 +165,24 @@ class TRADESSettings(MultiStepSettings):
 @dataclass
 class IATSettings(MultiStepSettings):
     """IAT: mixup on the clean and on the adversarial batch; ``loss_factor`` scales their sum
-    (0.5: their mean, as the paper's text; 1: Algorithm 1, which steps on the sum)."""
+    (0.5: their mean, as the paper's text; 1: Algorithm 1, which steps on the sum).
+    ``batchnorm``: the two mixed batches in two forwards (``separate``) or one (``shared``: one
+    set of batch statistics); ``recalibrate``: BatchNorm's running statistics recomputed on
+    clean training images at the end of every epoch (issue 23's ablations)."""
 
     name: ClassVar[str] = "iat"
     alpha: float = 0.2  # mixup's Beta(alpha, alpha); 0.2 beat 1.0 on held-out images (RESULTS.md)
     lam: float | None = None
     loss_factor: float = 0.5
+    batchnorm: str = "separate"
+    recalibrate: bool = False
 
     def validate(self) -> None:
         super().validate()
         check_range("iat loss_factor", self.loss_factor, 0.0, 10.0)
+        check_choice("iat batchnorm", self.batchnorm, BATCHNORM_CHOICES)
+        if not isinstance(self.recalibrate, bool):
+            raise InputError(f"iat recalibrate must be true or false, got {self.recalibrate!r}")
         if self.alpha <= 0:
             raise InputError(f"iat alpha must be > 0, got {self.alpha}")
         if self.lam is not None and not 0 <= self.lam <= 1:
