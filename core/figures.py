@@ -50,6 +50,9 @@ def confusion_grid_figure(confusion: Sequence[Sequence[int]], classes: Sequence[
         marker=dict(symbol="square", size=max(14, 420 // n), color=shade,
                     colorscale="Blues", line=dict(width=1, color="#e5e7eb")),
         customdata=counts,
+        # a click fades the other cells; their counts stay dark on the paler squares
+        selected=dict(marker=dict(opacity=1.0)),
+        unselected=dict(marker=dict(opacity=0.3), textfont=dict(color="#111827")),
         hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata} images<br>"
                       "click to show them<extra></extra>"))
     fig.update_layout(title=title, xaxis_title="predicted", yaxis_title="true", height=520,

@@ -102,6 +102,42 @@ def headline(column, label: str, value: str, note: str = "") -> None:
                        if note else ""), unsafe_allow_html=True)
 
 
+def time_left(info: dict) -> str:
+    """' · about 2 min left' from a job's progress; never '0 s' while work remains."""
+    seconds = info.get("seconds_left")
+    if seconds is None:
+        return ""
+    return " · finishing" if seconds < 1 else f" · about {fmt_seconds(seconds)} left"
+
+
+def job_bar(store: RunStore, run_id: str, what: str) -> None:
+    """A running job's progress bar, its time left and its Cancel button."""
+    from core.app.runs import progress
+
+    info = progress(store, run_id)
+    bar, stop = st.columns([6, 1], vertical_alignment="bottom")
+    bar.progress(info["fraction"], text=f"{what}: {info['label']}{time_left(info)}")
+    if stop.button("Cancel", key=f"cancel-{run_id}", icon=":material/stop_circle:",
+                   help="Stop this job; what it finished is kept"):
+        store.request_cancel(run_id)
+        st.toast("Cancel requested; the job stops within a few seconds.")
+
+
+MIME = {".json": "application/json", ".csv": "text/csv", ".md": "text/markdown",
+        ".png": "image/png"}
+
+
+def downloads(run_id: str, names: list[str]) -> None:
+    """A download button for each of the run's result files that exists."""
+    from core.app.runs import run_files
+
+    files = run_files(run_id, names)
+    for column, (name, payload) in zip(st.columns(max(len(files), 1) + 2), files):
+        column.download_button(name, payload, file_name=f"{run_id}-{name}",
+                               mime=MIME.get(name[name.rfind("."):], "application/octet-stream"),
+                               icon=":material/download:", key=f"download-{run_id}-{name}")
+
+
 def _leave_legacy_mode() -> None:
     # When a deep link (/attack) is the server's first request, Streamlit runs the file from
     # pages/ directly (its legacy multipage mode) and the router in dashboard.py never runs:

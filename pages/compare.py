@@ -2,10 +2,10 @@
 sources, training curves overlaid, time, configuration differences)."""
 import streamlit as st
 
-from core.app.compare import compare_rows, epoch_curves
+from core.app.compare import compare_display, compare_rows, epoch_curves
 from core.app.runs import config_diff, run_label
 from core.figures import epoch_curves_figure
-from pages.common import get_store, show_table
+from pages.common import get_store
 
 store = get_store()
 st.title("Compare runs")
@@ -22,13 +22,15 @@ default = ([r for r in runs if r.parent == study.id] if study is not None
 chosen = st.multiselect("Runs", runs, default=default, format_func=run_label)
 if not chosen:
     st.stop()
-frame = compare_rows(store, chosen)
-numeric = [c for c in frame.columns if "acc" in c or c.startswith("PGD")]
-show_table(frame, percent=numeric)
-st.caption("Clean accuracy: the run's test split at the end of training. Held-out robust: the "
-           "overfitting guard's APGD-CE on its held-out training images. PGD columns: the latest sweep of the run. "
-           "Audited: the latest audit (AutoAttack cascade) of the run; launch one on the "
-           "Robustness page.")
+st.dataframe(compare_display(store, chosen), width="stretch")
+st.caption("One column per run, each figure with its 95% interval. Audited: the run's latest "
+           "audit (AutoAttack cascade), the strongest answer; launch one on the Robustness "
+           "page. PGD rows: the run's latest sweep. Held-out: the overfitting guard's APGD-CE "
+           "on training images it held out. ⚠ marks a figure above the audit's beyond both "
+           "intervals (at the audit's threat model): its attack missed what the audit found. "
+           "Clean accuracy: the test split at the end of training.")
+st.download_button("Download CSV", compare_rows(store, chosen).to_csv(index=False),
+                   "compare.csv", "text/csv", icon=":material/download:")
 left, right = st.columns(2)
 for column, metric, title in (
         (left, "test_acc", "Clean test accuracy per epoch"),

@@ -69,7 +69,7 @@ export default function (component) {
       const delta = r.adv_acc - r.clean_acc;
       return '<div class="rl-eps-model">' + name + '<div class="rl-eps-metrics">' +
         metric('Clean accuracy', pct(r.clean_acc)) +
-        metric('Accuracy under attack', pct(r.adv_acc), (delta < 0 ? '−' : '+') + pct(Math.abs(delta)),
+        metric('Accuracy under attack', pct(r.adv_acc), (delta < 0 ? '−' : '+') + (100 * Math.abs(delta)).toFixed(1) + ' pp',
                r.adv_acc_ci ? '95%: ' + (100 * r.adv_acc_ci[0]).toFixed(1) + '–' +
                (100 * r.adv_acc_ci[1]).toFixed(1) + '% of ' + r.n + ' images' : '') +
         metric('Attack success rate', pct(r.success_rate)) +

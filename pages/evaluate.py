@@ -6,10 +6,12 @@ from core.confidence import interval_text
 from core.evaluation import misclassified
 from core.figures import confusion_grid_figure
 from core.attacks import ATTACKS
-from core.app.evaluate import attack_label, attack_results, cached_evaluation, gallery_images, launch_attack
-from core.app.runs import eps_label, load_report, progress
+from core.app.evaluate import (attack_label, attack_results, cached_evaluation, gallery_images,
+                               launch_attack, launch_evaluation)
+from core.app.runs import eps_label, load_report
 from core.jobs.specs import DEFAULT_GRID, AttackSpec
-from pages.common import headline, require_trained_runs, get_store, pick_run, show_error
+from pages.common import (downloads, get_store, headline, job_bar, pick_run,
+                          require_trained_runs, show_error)
 
 store = get_store()
 st.title("Evaluate a model")
@@ -21,14 +23,24 @@ evaluation = cached_evaluation(store, run.id)
 @st.fragment(run_every=1.0)
 def wait_for(eval_id: str) -> None:
     ev = store.get(eval_id)
-    if ev.status == "completed":
+    if ev.status in ("completed", "cancelled"):
         st.rerun()
     if ev.status == "failed":
         st.error(f"Evaluation failed: {ev.error}")
     else:
-        st.progress(0.5, text="Evaluating on the test split…")
+        st.caption("A model's clean evaluation starts by itself the first time it is opened "
+                   "here (seconds on its test split); cancel it to keep the machine free.")
+        job_bar(store, eval_id, "Evaluating on the test split")
 
 
+if evaluation.status == "cancelled":
+    st.warning("The clean evaluation of this model was cancelled.",
+               icon=":material/stop_circle:")
+    if st.button("Evaluate", key="evaluate-again", icon=":material/play_arrow:",
+                 help="Evaluate this model on its whole test split"):
+        launch_evaluation(store, run.id)
+        st.rerun()
+    st.stop()
 if evaluation.status != "completed":
     wait_for(evaluation.id)
     st.stop()
@@ -42,6 +54,7 @@ headline(c[1], "Micro-F1", f"{summary['micro_f1']:.2%}", "equals accuracy for si
 headline(c[2], "Macro-F1", f"{summary['macro_f1']:.2%}")
 headline(c[3], "Test images", f"{summary['n']:,}")
 st.caption(f"Data: {summary.get('source', '')}")
+downloads(evaluation.id, ["evaluation.json", "confusion.png", "mistakes.png"])
 report = load_report(evaluation.id)
 classes = report["classes"]
 
@@ -74,7 +87,13 @@ wrong = misclassified(report, None if true_cls == "any" else classes.index(true_
 per_page = 24
 pages = max(1, -(-len(wrong) // per_page))
 page = f3.number_input(f"Page (of {pages})", 1, pages, 1)
-st.caption(f"{len(wrong)} misclassified examples match.")
+if true_cls == pred_cls != "any":
+    k = classes.index(true_cls)
+    st.caption(f"True and predicted class are both {true_cls}: the "
+               f"{summary['confusion'][k][k]:,} images of this diagonal cell are classified "
+               "correctly, so none of them is a mistake to show. Pick a cell off the diagonal.")
+else:
+    st.caption(f"{len(wrong)} misclassified examples match.")
 shown = wrong[(page - 1) * per_page: page * per_page]
 try:
     images = gallery_images(run.config["dataset"], shown, run.config.get("data_dir"))
@@ -119,13 +138,16 @@ if done_attacks:
         job = store.get(attack_id)
         if job.status != "running" and job.status != "queued":
             st.rerun()  # the page draws the result once and stops polling
-        info = progress(store, attack_id)
-        st.progress(info["fraction"], text=f"{attack_label(job)}: {info['label']}")
+        job_bar(store, attack_id, attack_label(job))
 
     def under_attack(attack_id: str) -> None:
         job = store.get(attack_id)
         if job.status in ("running", "queued"):
             attack_progress(attack_id)
+            return
+        if job.status == "cancelled":
+            st.warning("This attack was cancelled; press Attack to run it again.",
+                       icon=":material/stop_circle:")
             return
         if job.status != "completed":
             st.error(f"This attack {job.status}: {job.error}")
@@ -134,7 +156,8 @@ if done_attacks:
         m = st.columns(3)
         m[0].metric("Clean accuracy (these images)", f"{res['clean_acc']:.2%}")
         m[1].metric("Robust accuracy", f"{res['adv_acc']:.2%}",
-                    delta=f"{res['adv_acc'] - res['clean_acc']:+.2%}",
+                    delta=f"{(res['adv_acc'] - res['clean_acc']) * 100:+.1f} pp",
+                    delta_arrow="off",
                     help="Correct before and after the attack; 95% interval "
                          f"{interval_text(res['adv_acc'], res.get('n'))} on "
                          f"{res.get('n', 0):,} images")

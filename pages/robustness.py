@@ -7,18 +7,19 @@ import streamlit as st
 from core.confidence import text as accuracy_text
 from core.figures import robustness_figure, waterfall_figure
 from core.attacks import ATTACKS
-from core.app.robustness import STAGE_NAMES, audit_examples, audit_runs, audit_view, launch_audit, launch_sweep, sweep_curves
+from core.app.robustness import (STAGE_NAMES, audit_examples, audit_runs, audit_view,
+                                 launch_audit, launch_sweep, sweep_curves, sweep_display)
 from core.app.runs import eps_label, parse_budgets, progress, resumable, resume, run_label
 from core.jobs.specs import DEFAULT_BUDGETS, AuditSpec, SweepSpec
 from core.paths import InputError
 from core.threat import standard_threat
-from pages.common import pick_run, require_trained_runs, get_store, show_error, show_table
+from pages.common import downloads, get_store, pick_run, require_trained_runs, show_error
 
 store = get_store()
 st.title("Robustness")
 runs = require_trained_runs(store)
 SHOWN = 8
-LIGHTS = {"pass": ":green[●] pass", "warn": ":orange[●] warn", "fail": ":red[●] fail"}
+LIGHT_COLOURS = {"pass": "#16a34a", "warn": "#ea580c", "fail": "#dc2626"}
 
 
 def audit_form():
@@ -105,13 +106,21 @@ def audit_results(run_id: str) -> None:
     st.markdown(f"**Robust accuracy {accuracy_text(view['robust_acc'], view['n'])}** at "
                 f"{view['threat_label']} on {view['n']:,} test images ({view['version']} "
                 f"cascade; 95% interval in brackets) · verdict: **{view['verdict']}**")
+    if view["version"] == "fast" and view["verdict"] == "doubtful":
+        st.caption("A fast audit is at best doubtful: Square, the black-box attack that checks "
+                   "for gradient masking, runs only in the standard audit. Run the standard "
+                   "version for a trusted verdict.")
     if view["verdict"] == "nothing left to check":
         st.caption("Every image was broken, so the indicators that look at surviving points "
                    "had nothing to examine: 0% is the model's robust accuracy here, not a "
                    "vouched-for measurement of a robust model.")
     st.markdown("**Indicators of attack failure**")
     for c in view["indicators"]:
-        st.markdown(f"{LIGHTS[c['status']]} **{c['name']}**: {c['detail']}")
+        light, text = st.columns([1, 14], vertical_alignment="center")
+        light.html(f'<div title="{c["status"]}" style="width:1.6rem;height:1.6rem;'
+                   f'border-radius:50%;background:{LIGHT_COLOURS[c["status"]]}"></div>'
+                   f'<div style="font-size:0.75rem">{c["status"]}</div>')
+        text.markdown(f"**{c['name']}**: {c['detail']}")
     shown = audit_examples(run_id)
     if not shown:
         return
@@ -153,6 +162,7 @@ with audit_tab:
                     show_error(err)
             waterfall(picked.id)  # a finished audit is drawn once, not every 2 s
             audit_results(picked.id)
+            downloads(picked.id, ["audit.json", "audit.csv", "audit.md"])
 
 
 @st.fragment(run_every=2.0)
@@ -215,12 +225,11 @@ def sweep_results() -> None:
         for w in r.warnings:
             st.warning(f"{r.id}: {w}", icon=":material/warning:")
     if not table.empty:
-        shares = [c for c in ("clean_acc", "adv_acc", "adv_acc_low", "adv_acc_high",
-                              "success_rate") if c in table]
-        sizes = [c for c in ("l2_mean", "l2_median", "linf_mean", "linf_median") if c in table]
         table = table.drop(columns=["per_class_adv_acc", "confusion_adv"], errors="ignore")
-        show_table(table, percent=shares, places={c: 4 for c in sizes})
-        st.caption("Norms are those of the flipped examples; — where none flipped.")
+        st.dataframe(sweep_display(table), hide_index=True, width="stretch")
+        st.caption("Robust: correct before and after the attack. Sizes are those of the flipped "
+                   "examples; — where none flipped. A sweep runs each attack on its own: the "
+                   "audit (its cascade) gives the strongest figure at one epsilon.")
         st.download_button("Download CSV", table.round(4).to_csv(index=False),
                            "robustness.csv", "text/csv", icon=":material/download:")
 

@@ -8,6 +8,7 @@ from core.training.settings import MultiStepSettings
 from core.app.runs import delete_run, lab_overview, progress, resumable, resume, run_label, runs_frame, weights_file
 from core.app.train import launch_training, train_form_defaults, training_estimate
 from core.jobs.specs import OPTIMIZERS, SCHEDULES
+from core.paths import artifacts_dir, data_dir
 from pages.common import fmt_seconds, get_store, show_error, show_table
 
 MULTI_STEP = [name for name, cls in DEFENSES.items() if issubclass(cls, MultiStepSettings)]
@@ -39,17 +40,30 @@ for key, value in (("epochs", int(defaults["epochs"])),
 if clone:
     st.info(f"Form filled from run {clone}; change what you like and launch.")
 
-defense = st.selectbox("Defense", list(DEFENSES), key="defense",
+d1, d2 = st.columns(2)
+datasets = ["mnist", "cifar10", "imagefolder"]
+chosen_dataset = defaults["dataset"].split(":", 1)[0]
+if clone or "dataset" not in st.session_state:
+    st.session_state["dataset"] = chosen_dataset if chosen_dataset in datasets else "mnist"
+dataset = d1.selectbox("Dataset", datasets, key="dataset",
+                       format_func=lambda d: "imagefolder: your own images"
+                       if d == "imagefolder" else d)
+defense = d2.selectbox("Defense", list(DEFENSES), key="defense",
                        help="Adversarial training; its epsilon and steps appear below when one "
                             "is chosen")
 with st.form("train-form"):
-    c1, c2, c3, c4 = st.columns(4)
-    datasets = ["mnist", "cifar10"]
-    dataset = c1.selectbox("Dataset", datasets, index=datasets.index(defaults["dataset"])
-                           if defaults["dataset"] in datasets else 0)
-    model = c2.selectbox("Model", list(MODELS), index=list(MODELS).index(defaults["model"]))
-    epochs = c3.number_input("Epochs", 1, 500, key="epochs")
-    batch = c4.number_input("Batch size", 2, 4096, int(defaults["batch_size"]))
+    if dataset == "imagefolder":
+        folder = st.text_input(
+            "Image folder", value=defaults["dataset"].split(":", 1)[1]
+            if defaults["dataset"].startswith("imagefolder:") else "",
+            placeholder=f"{data_dir()}/my-images",
+            help="A folder with train/<class>/ and test/<class>/ image files, inside "
+                 f"{data_dir()} or {artifacts_dir()} (the command line's imagefolder:PATH, "
+                 "with the same checks)")
+    c1, c2, c3 = st.columns(3)
+    model = c1.selectbox("Model", list(MODELS), index=list(MODELS).index(defaults["model"]))
+    epochs = c2.number_input("Epochs", 1, 500, key="epochs")
+    batch = c3.number_input("Batch size", 2, 4096, int(defaults["batch_size"]))
     c1, c2, c3, c4 = st.columns(4)
     optimizer = c1.selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(defaults["optimizer"]))
     schedule = c2.selectbox("Schedule", SCHEDULES, index=SCHEDULES.index(defaults["schedule"]))
@@ -82,7 +96,8 @@ if submitted or estimated:
         defense_args = {"eps": eps}
         if defense in MULTI_STEP:
             defense_args["steps"] = int(steps)
-    values = dict(defaults, dataset=dataset, model=model, epochs=int(epochs),
+    values = dict(defaults, dataset=f"imagefolder:{folder.strip()}" if dataset == "imagefolder"
+                  else dataset, model=model, epochs=int(epochs),
                   batch_size=int(batch), optimizer=optimizer, schedule=schedule, lr=float(lr),
                   seed=int(seed), defense=defense, defense_args=defense_args,
                   train_subset=int(subset) or None, test_subset=int(test_subset) or None)

@@ -414,12 +414,14 @@ def test_compare_starts_from_a_study_with_its_models_and_their_audits(tmp_path, 
     _no_exceptions(at)
     at.selectbox(key="compare-study").select_index(1).run()
     _no_exceptions(at)
-    table = at.dataframe[0].value
-    assert sorted(table["run"]) == ["iat", "pgd-at"]  # the study's models, not the outsider
+    table = at.dataframe[0].value  # one column per run, one row per figure
+    assert sorted(table.columns) == ["iat", "pgd-at"]  # the study's models, not the outsider
     # these runs logged no epoch figures: each chart says so instead of drawing empty axes
     assert not at.get("plotly_chart")
     assert any("only runs with a defense have the guard" in c.value for c in at.caption)
-    assert table.set_index("run").loc["iat", "audited robust acc"] == "43.21%"
+    assert table.loc["audited robust accuracy (95% interval)", "iat"].startswith(
+        "43.2% (36.3-49.9) at L∞ ε=0.3")
+    assert table.loc["audited robust accuracy (95% interval)", "pgd-at"] == "—"
     from core.app.runs import run_label
 
     cifar = store.create_run("train", TrainSpec(dataset="cifar10", defense="pgd-at",

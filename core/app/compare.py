@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import pandas as pd
 
+import math
+
+from core import confidence
 from core.confidence import interval_text
+from core.app.answers import answers
 from core.jobs.store import Run, RunStore
 from core.progress import fmt_duration
+from core.threat import ThreatModel
 
 
 def compare_rows(store: RunStore, runs: list[Run]) -> pd.DataFrame:
@@ -42,8 +47,74 @@ def _audit_columns(store: RunStore, run_id: str) -> dict:
                       f"imgs: {audit['verdict']}") if audit else None}
 
 
+def run_name(run: Run) -> str:
+    """A run's short name on the Compare page: its table column and its colour's legend."""
+    return run.name or run.id[-9:]
+
+
+def compare_display(store: RunStore, runs: list[Run]) -> pd.DataFrame:
+    """The runs side by side for reading, one column per run (so many figures still fit the
+    page): the audit first, the lab's other robust figures each with its source and size,
+    marked where the audit contradicts them, then clean accuracy and cost."""
+    columns = {run_name(r): _display_column(store, r) for r in runs}
+    order: list[str] = []
+    for column in columns.values():
+        order += [k for k in column if k not in order]
+    first = ["defense", "audited robust accuracy (95% interval)", "audit", "clean accuracy"]
+    last = ["training time", "test images"]
+    order = [k for k in first if k in order] + sorted(
+        k for k in order if k not in first and k not in last) + [k for k in last if k in order]
+    frame = pd.DataFrame({name: [col.get(k, "—") for k in order]
+                          for name, col in columns.items()}, index=order)
+    frame.index.name = "figure"
+    return frame
+
+
+def _display_column(store: RunStore, run: Run) -> dict[str, str]:
+    summary = run.summary or {}
+    final = summary.get("final") or {}
+    column = {"defense": run.config.get("defense") or "none"}
+    audits = store.list_runs(kind="audit", model_run=run.id, status="completed")
+    flagged: set[str] = set()
+    if audits:
+        a = audits[0].summary
+        column["audited robust accuracy (95% interval)"] = \
+            f"{confidence.text(a['robust_acc'], a['n'])} at {a['threat_label']}"
+        column["audit"] = f"{a['version']} cascade on {a['n']:,} images: {a['verdict']}"
+        threat = ThreatModel(audits[0].config["norm"], float(audits[0].config["eps"]))
+        flagged = {row["run"] for row in answers(store, run.id, threat) if row["overstates"]}
+    if final.get("test_acc") is not None:
+        column["clean accuracy"] = confidence.text(final["test_acc"], summary.get("n_test") or 0)
+    for key, (acc, n, source) in _robust_figures(store, run).items():
+        text = confidence.text(acc, n)
+        column[key] = text + (" ⚠ the audit contradicts it" if source in flagged else "")
+    column["training time"] = fmt_duration(run.duration)
+    column["test images"] = f"{summary.get('n_test') or 0:,}"
+    return column
+
+
+def _robust_figures(store: RunStore, run: Run) -> dict[str, tuple[float, int, str]]:
+    """The latest sweep's PGD figures and the guard's, keyed by what and where they are."""
+    out = {}
+    sweeps = store.list_runs(kind="sweep", model_run=run.id, status="completed")
+    if sweeps:
+        s = sweeps[0]
+        for row in s.summary.get("rows", []):
+            if row["attack"] == "pgd" and row.get("adv_acc") is not None:
+                steps = (row.get("params") or {}).get("steps")
+                norm = {"linf": "L∞", "l2": "L2"}.get(row["norm"], row["norm"])
+                out[f"PGD{f'-{steps}' if steps else ''} at {norm} ε {row['budget']:g} (sweep)"] = \
+                    (row["adv_acc"], int(row["n"]), s.id)
+    final = (run.summary or {}).get("final") or {}
+    n = int((run.summary or {}).get("n_held_out") or 0)
+    if final.get("robust_acc") is not None and n and not math.isnan(final["robust_acc"]):
+        out[f"held-out robust accuracy (guard, ε {final.get('robust_eps', 0):g})"] = \
+            (final["robust_acc"], n, run.id)
+    return out
+
+
 def epoch_curves(store: RunStore, runs: list[Run], metric: str) -> dict[str, list]:
     """``metric`` per epoch of each run, keyed by the run's name, in the runs' order (so each
     run keeps its colour across the page's charts)."""
-    return {r.name or r.id[-9:]: [(m["epoch"] + 1, m["value"]) for m in
+    return {run_name(r): [(m["epoch"] + 1, m["value"]) for m in
                                   store.metrics(r.id, [metric])] for r in runs}

@@ -16,14 +16,19 @@ from core.app.runs import find_same
 
 def cached_evaluation(store: RunStore, model_run: str) -> Run:
     """The latest evaluation of ``model_run``'s final weights on its whole test split (one
-    started from the CLI counts too), launching one when none exists."""
+    started from the CLI counts too), launching one when none exists. A cancelled one is
+    returned as it is: the user stopped it, so it is not started again unasked."""
     wanted = EvaluateSpec(model_run=model_run)
     for run in store.list_runs(kind="evaluate", parent=model_run):
         same = all(run.config.get(k) == getattr(wanted, k) for k in ("which", "split", "n"))
-        if same and run.status in ("completed", "running", "queued"):
+        if same and run.status in ("completed", "running", "queued", "cancelled"):
             return run
-    run_id = runner.submit(store, EvaluateSpec(model_run=model_run), parent=model_run)
-    return store.get(run_id)
+    return store.get(launch_evaluation(store, model_run))
+
+
+def launch_evaluation(store: RunStore, model_run: str) -> str:
+    """Start the clean evaluation of ``model_run`` on its whole test split."""
+    return runner.submit(store, EvaluateSpec(model_run=model_run), parent=model_run)
 
 
 def gallery_images(meta_dataset: str, records: list[dict],
@@ -55,12 +60,13 @@ def launch_attack(store: RunStore, model_run: str, attack: str, budget: float | 
 
 
 def attack_results(store: RunStore, model_run: str) -> list[Run]:
-    """The model's attack jobs that are done or on their way, newest first."""
+    """The model's attack jobs that are done, on their way or cancelled, newest first."""
     return [r for r in store.list_runs(kind="attack", parent=model_run)
-            if r.status in ("completed", "running", "queued")]
+            if r.status in ("completed", "running", "queued", "cancelled")]
 
 
 def attack_label(run: Run) -> str:
     """'pgd · L∞ ε=0.1 (25.5/255) · 500 images' for an attack run."""
     spec = spec_from_config("attack", run.config)
-    return f"{spec.attack} · {spec.where()} · {spec.n:,} images"
+    status = "" if run.status in ("completed", "running", "queued") else f" ({run.status})"
+    return f"{spec.attack} · {spec.where()} · {spec.n:,} images{status}"

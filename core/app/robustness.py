@@ -42,10 +42,40 @@ def sweep_curves(store: RunStore, sweep_ids: list[str]) -> tuple[dict, pd.DataFr
                 series.setdefault(f"{label} · {r['attack']} ({axis})", []).append(
                     (r["budget"], r["adv_acc"]))
         if rows:
-            frame = pd.DataFrame([{k: v for k, v in r.items() if k != "params"} for r in rows])
+            frame = pd.DataFrame([{**{k: v for k, v in r.items() if k != "params"},
+                                   "steps": (r.get("params") or {}).get("steps")} for r in rows])
             frame.insert(0, "model", label)
             frames.append(frame)
     return series, (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
+
+
+def sweep_display(table: pd.DataFrame) -> pd.DataFrame:
+    """The sweeps' rows for reading: human column names, the threat model in one column, robust
+    accuracy with its 95% interval, percentages and sizes as text."""
+    def pct(v) -> str:
+        return "—" if v is None or v != v else f"{v:.1%}"
+
+    def size(v) -> str:
+        return "—" if v is None or v != v else f"{v:.3f}"
+
+    rows = []
+    for r in table.to_dict("records"):
+        corruption = r.get("kind") == "corruption"
+        norm = {"linf": "L∞", "l2": "L2"}.get(r.get("norm"), r.get("norm") or "")
+        steps = r.get("steps")
+        rows.append({
+            "model": r["model"],
+            "attack": r["attack"] + (f", {int(steps)} steps" if steps == steps and steps else ""),
+            "budget": f"σ {r['budget']:g}" if corruption else f"{norm} ε {r['budget']:g}",
+            "images": int(r["n"]), "clean accuracy": pct(r["clean_acc"]),
+            "robust accuracy (95% interval)": (
+                f"{pct(r['adv_acc'])} ({r['adv_acc_low'] * 100:.1f}-{r['adv_acc_high'] * 100:.1f})"
+                if r.get("adv_acc_low") == r.get("adv_acc_low") and r.get("adv_acc_low")
+                is not None else pct(r["adv_acc"])),
+            "success rate": pct(r["success_rate"]),
+            "median L2 of flips": size(r.get("l2_median")),
+            "median L∞ of flips": size(r.get("linf_median"))})
+    return pd.DataFrame(rows)
 
 
 STAGE_NAMES = {"clean": "clean", "apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "fab-t": "FAB-T",

@@ -218,3 +218,9 @@ def weights_file(run_id: str) -> tuple[bytes, str] | None:
         for part in (path, path.with_name(path.name + ".json")):
             archive.write(part, f"{run_id}/{part.name}")
     return out.getvalue(), f"{run_id}.zip"
+
+
+def run_files(run_id: str, names: list[str]) -> list[tuple[str, bytes]]:
+    """The run's result files among ``names`` that exist, as (name, contents) for download."""
+    folder = run_dir(run_id)
+    return [(name, (folder / name).read_bytes()) for name in names if (folder / name).is_file()]
