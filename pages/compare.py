@@ -22,7 +22,7 @@ default = ([r for r in runs if r.parent == study.id] if study is not None
 chosen = st.multiselect("Runs", runs, default=default, format_func=run_label)
 if not chosen:
     st.stop()
-st.dataframe(compare_display(store, chosen), width="stretch")
+st.table(compare_display(store, chosen))  # HTML: it wraps to the page, every column seen
 st.caption("One column per run, each figure with its 95% interval. Audited: the run's latest "
            "audit (AutoAttack cascade), the strongest answer; launch one on the Robustness "
            "page. PGD rows: the run's latest sweep. Held-out: the overfitting guard's APGD-CE "
@@ -48,4 +48,4 @@ diff = config_diff(chosen)
 if diff.empty:
     st.caption("The configurations are identical.")
 else:
-    st.dataframe(diff, width="stretch")
+    st.table(diff)

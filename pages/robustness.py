@@ -161,8 +161,8 @@ with audit_tab:
                 except Exception as err:
                     show_error(err)
             waterfall(picked.id)  # a finished audit is drawn once, not every 2 s
-            audit_results(picked.id)
             downloads(picked.id, ["audit.json", "audit.csv", "audit.md"])
+            audit_results(picked.id)
 
 
 @st.fragment(run_every=2.0)

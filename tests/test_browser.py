@@ -93,6 +93,7 @@ def test_train_evaluate_attack_in_a_real_browser(page_url):
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     page, server = page_url
+    missing = _watch_for_404s(page)
     # A deep link as the server's first request gets the router's frame (not Streamlit's
     # legacy pages/ list) and no "Page not found" dialog.
     page.goto(f"{server}/compare")
@@ -121,6 +122,9 @@ def test_train_evaluate_attack_in_a_real_browser(page_url):
     expect(page.get_by_text("Page not found")).to_have_count(0)
     page.screenshot(path=str(SHOTS / "2-evaluate.png"), full_page=True)
 
+    from core.jobs.store import RunStore
+
+    jobs_before = len(RunStore().list_runs())
     page.goto(f"{server}/attack?model={run_id}")
     images = page.get_by_role("slider", name=re.compile("^Test images"))
     images.focus()
@@ -130,6 +134,9 @@ def test_train_evaluate_attack_in_a_real_browser(page_url):
     page.get_by_text("Attack parameters").click()
     page.get_by_label("Steps", exact=True).fill("5")
     page.get_by_label("Steps", exact=True).press("Tab")
+    expect(page.get_by_role("button", name="Compute", exact=True)).to_be_visible()
+    assert len(RunStore().list_runs()) == jobs_before  # opening the page started nothing
+    assert missing == []  # three direct page loads, no 404 in the console
     _compute(page)
     metric = page.get_by_test_id("eps-metric").filter(has_text="Accuracy under attack")
     expect(metric).to_be_visible(timeout=180_000)
@@ -265,7 +272,18 @@ def test_an_attack_without_epsilon_replaces_the_previous_examples(mnist_model, p
     expect(page.get_by_role("heading", name="Examples")).to_have_count(0, timeout=5_000)
     expect(page.get_by_text("still being computed")).to_have_count(0)
     expect(page.get_by_text("0/1 done")).to_have_count(0)
+    # CW's progress moves with its search steps, long before it finishes
+    expect(page.get_by_text(re.compile(r"^Computing cw on .*: [1-9]\d?%"))).to_be_visible(
+        timeout=120_000)
     page.screenshot(path=str(SHOTS / "8-attack-cw-computing.png"), full_page=True)
+    from core.jobs.store import RunStore
+
+    store = RunStore()
+    grid = next(r for r in store.list_runs(kind="grid", model_run=run_id)
+                if r.config["attack"] == "cw")
+    assert store.get(grid.id).status == "running"
+    page.get_by_role("button", name="Cancel", exact=True).click()
+    _wait_for_status(store, grid.id, "cancelled")
 
 
 @pytest.mark.slow
@@ -296,6 +314,24 @@ def test_a_click_on_a_confusion_cell_filters_the_gallery(mnist_model, page_url):
     others = captions.filter(has_not_text=re.compile(rf"^{true} → {pred} "))
     expect(others).to_have_count(0, timeout=20_000)
     page.screenshot(path=str(SHOTS / "9-evaluate-cell.png"), full_page=True)
+
+
+def _watch_for_404s(page) -> list[str]:
+    """Every response of 400 or more and every console line naming a 404, as they come."""
+    seen: list[str] = []
+    page.on("response", lambda r: r.status >= 400 and seen.append(f"{r.status} {r.url}"))
+    page.on("console", lambda m: "404" in m.text and seen.append(m.text))
+    return seen
+
+
+def _wait_for_status(store, run_id: str, status: str, tries: int = 600) -> None:
+    """Wait for a job to reach ``status`` (polling its state, no wall-clock threshold beyond
+    a generous bound)."""
+    for _ in range(tries):
+        if store.get(run_id).status == status:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{run_id} is {store.get(run_id).status}, not {status}")
 
 
 def _compute(page, needed: bool = False) -> None:
@@ -439,3 +475,72 @@ def test_evaluate_shows_the_confusion_matrix_under_a_chosen_attack(mnist_model, 
     expect(page.get_by_text(re.compile(r"^Under L∞ ε=0\.1"))).to_be_visible()
     page.get_by_text("Under attack", exact=True).scroll_into_view_if_needed()
     page.screenshot(path=str(SHOTS / "12-evaluate-under-attack.png"), full_page=True)
+
+
+@pytest.mark.slow
+def test_downloads_parse_compare_has_no_nan_and_bad_epsilons_are_one_line(mnist_model,
+                                                                         tmp_path, page_url):
+    """The evaluation's, the audit's and the Compare table's downloads give files that parse;
+    Compare shows no "nan" or "{}" for settings one run lacks; a bad epsilon list in the
+    sweep form is one clear line."""
+    import json
+
+    import pandas as pd
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    from core.jobs.runner import create, execute
+    from core.jobs.specs import AuditSpec, TrainSpec
+    from core.jobs.store import RunStore
+
+    _, _, run_id = mnist_model
+    store = RunStore()
+    defended = create(store, TrainSpec(dataset="mnist", epochs=1, train_subset=300,
+                                       test_subset=50, defense="fgsm-at",
+                                       defense_args={"eps": 0.1}), name="defended")
+    execute(store, defended, echo=False)
+    audit = create(store, AuditSpec(model_run=run_id, eps=0.1, version="fast", n=20))
+    execute(store, audit, echo=False)
+    page, url = page_url
+    missing = _watch_for_404s(page)
+
+    def download(name: str):
+        with page.expect_download(timeout=60_000) as got:
+            page.get_by_role("button", name=name).click()
+        path = tmp_path / name
+        got.value.save_as(path)
+        return path
+
+    page.goto(f"{url}/evaluate?model={run_id}")
+    expect(page.get_by_role("button", name="evaluation.json")).to_be_visible(timeout=180_000)
+    report = json.loads(download("evaluation.json").read_text())
+    assert report["n"] > 0 and len(report["confusion"]) == len(report["classes"])
+    assert Image.open(download("confusion.png")).size[0] > 100
+
+    page.goto(f"{url}/robustness?model={run_id}&audit={audit}")
+    expect(page.get_by_role("button", name="audit.json")).to_be_visible(timeout=60_000)
+    page.get_by_role("button", name="audit.json").scroll_into_view_if_needed()
+    page.screenshot(path=str(SHOTS / "13-audit-downloads.png"), full_page=True)
+    assert 0 <= json.loads(download("audit.json").read_text())["robust_acc"] <= 1
+    assert len(pd.read_csv(download("audit.csv"))) >= 1
+    assert download("audit.md").read_text().startswith("# Audit: L∞ ε=0.1")
+
+    page.get_by_role("tab", name="Sweeps").click()
+    page.get_by_label("Epsilons (pixel units)").fill("0.1, abc")
+    page.get_by_role("button", name="Run sweep").click()
+    error = page.get_by_test_id("stAlertContentError")
+    expect(error).to_have_count(1, timeout=20_000)
+    lines = [line for line in error.inner_text().splitlines()
+             if line.strip() and line.strip() != "error"]  # "error": the icon's name
+    assert len(lines) == 1 and "'abc' is not a number" in lines[0], lines
+    assert not store.list_runs(kind="sweep", model_run=run_id, status="queued")
+
+    page.goto(f"{url}/compare")
+    expect(page.get_by_text("Configuration differences")).to_be_visible(timeout=60_000)
+    page.get_by_role("button", name="Download CSV").scroll_into_view_if_needed()
+    body = page.locator("[data-testid=stMain]").inner_text()
+    page.screenshot(path=str(SHOTS / "14-compare.png"), full_page=True)
+    assert "nan" not in body.split() and "{}" not in body
+    table = pd.read_csv(download("Download CSV"))
+    assert {"run", "clean acc"} <= set(table.columns) and len(table) >= 2
+    assert missing == []

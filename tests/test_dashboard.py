@@ -414,7 +414,7 @@ def test_compare_starts_from_a_study_with_its_models_and_their_audits(tmp_path, 
     _no_exceptions(at)
     at.selectbox(key="compare-study").select_index(1).run()
     _no_exceptions(at)
-    table = at.dataframe[0].value  # one column per run, one row per figure
+    table = at.table[0].value  # one column per run, one row per figure
     assert sorted(table.columns) == ["iat", "pgd-at"]  # the study's models, not the outsider
     # these runs logged no epoch figures: each chart says so instead of drawing empty axes
     assert not at.get("plotly_chart")
