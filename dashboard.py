@@ -30,7 +30,11 @@ def main() -> None:
         active = store().list_runs(status="running") + store().list_runs(status="queued")
         st.caption(f"Jobs running: {len(active)}")
         for run in active[:6]:
-            st.caption(f":material/autorenew: {run.kind} · {run.name or run.id[-9:]}")
+            what, stop = st.columns([4, 1], vertical_alignment="center")
+            what.caption(f":material/autorenew: {run.kind} · {run.name or run.id[-9:]}")
+            if stop.button("", icon=":material/stop_circle:", key=f"side-cancel-{run.id}",
+                           help=f"Cancel this {run.kind} job", type="tertiary"):
+                store().request_cancel(run.id)
 
     navigation = st.navigation(pages)
     with st.sidebar:

@@ -8,14 +8,14 @@ from core.confidence import interval_text
 from core.figures import epsilon_curve_figure, probability_bars
 from core.app.attack import (attack_single, attack_summary, example_choice, existing_grid, grid_result,
                              grid_spec, grid_summaries, launch_grid)
-from core.app.answers import answers
 from core.app.evaluate import classes_for_run
 from core.app.images import amplified_perturbation, read_upload, to_display
 from core.app.runs import eps_label, model_for_run, progress, run_label
 from core.jobs.specs import GridSpec
 from core.jobs.store import Run
 from core.threat import ThreatModel
-from pages.common import get_store, pick_run, require_trained_runs, show_error, time_left
+from pages.common import (figures_at, get_store, pick_run, require_trained_runs, show_error,
+                          time_left)
 from pages.epsilon_slider import epsilon_slider
 
 store = get_store()
@@ -135,26 +135,9 @@ st.caption(f"Every number here is on the same {n:,} test images (a seeded sample
            "by a point or two.")
 
 
-def other_figures(model: Run, eps: float) -> None:
-    """Every robust accuracy stored for the model at this threat model, the audit first, each
-    with the reason it differs: one answer per question."""
-    norm = params.get("norm") or getattr(ATTACKS[attack], "norm", None) or "linf"
-    threat = ThreatModel(norm, eps)
-    rows = answers(store, model.id, threat)
-    if len(rows) < 2 and not any(r["source"].startswith("audit") for r in rows):
-        st.caption(f"No audit of this model at {threat.label()} yet: the Robustness page's "
-                   "audit gives the strongest answer, and checks this figure.")
-        return
-    flagged = any(r["overstates"] for r in rows)
-    with st.expander(f"{len(rows)} robust accuracies stored for this model at {threat.label()}"
-                     + (": the audit contradicts some" if flagged else ""), expanded=flagged):
-        st.dataframe([{"source": r["source"], "robust accuracy (95% interval)": r["figure"],
-                       "images": r["n"], "why it differs": r["why"]} for r in rows],
-                     hide_index=True, width="stretch")
-
-
 if budgeted and ATTACKS[attack].budget == "eps" and eps:
-    other_figures(run, eps)
+    norm = params.get("norm") or getattr(ATTACKS[attack], "norm", None) or "linf"
+    figures_at(store, run.id, ThreatModel(norm, eps))
 e1, e2 = st.columns([2, 3])
 SHOW = ["flipped", "all", "pick"]
 # kept outside the widget: a run that stops at the Compute prompt (a second model added) does

@@ -123,6 +123,25 @@ def job_bar(store: RunStore, run_id: str, what: str) -> None:
         st.toast("Cancel requested; the job stops within a few seconds.")
 
 
+def figures_at(store: RunStore, model_run: str, threat) -> None:
+    """Every robust accuracy stored for the model at this threat model, the audit first, each
+    with the reason it differs from the first: one answer per question."""
+    from core.app.answers import answers
+
+    rows = answers(store, model_run, threat)
+    if not any(r["source"].startswith("audit") for r in rows):
+        st.caption(f"No audit of this model at {threat.label()} yet: the Robustness page's "
+                   "audit gives the strongest answer, and checks the figures here.")
+        if len(rows) < 2:
+            return
+    flagged = any(r["overstates"] for r in rows)
+    with st.expander(f"{len(rows)} robust accuracies stored for this model at {threat.label()}"
+                     + (", the audit first: it contradicts some" if flagged else
+                        ", the strongest first"), expanded=flagged):
+        st.table([{"source": r["source"], "robust accuracy (95% interval)": r["figure"],
+                   "images": f"{r['n']:,}", "why it differs": r["why"]} for r in rows])
+
+
 MIME = {".json": "application/json", ".csv": "text/csv", ".md": "text/markdown",
         ".png": "image/png"}
 

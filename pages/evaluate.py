@@ -10,7 +10,8 @@ from core.app.evaluate import (attack_label, attack_results, cached_evaluation, 
                                launch_attack, launch_evaluation)
 from core.app.runs import eps_label, load_report
 from core.jobs.specs import DEFAULT_GRID, AttackSpec
-from pages.common import (downloads, get_store, headline, job_bar, pick_run,
+from core.threat import ThreatModel
+from pages.common import (downloads, figures_at, get_store, headline, job_bar, pick_run,
                           require_trained_runs, show_error)
 
 store = get_store()
@@ -162,6 +163,8 @@ if done_attacks:
                          f"{interval_text(res['adv_acc'], res.get('n'))} on "
                          f"{res.get('n', 0):,} images")
         m[2].metric("Attack success rate", f"{res['success_rate']:.2%}")
+        if res.get("norm") in ("linf", "l2") and res.get("eps"):
+            figures_at(store, run.id, ThreatModel(res["norm"], float(res["eps"])))
         if "confusion_clean" not in res:
             st.caption("This attack ran before the clean matrix was kept; run it again.")
             return

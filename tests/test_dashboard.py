@@ -503,3 +503,75 @@ def test_each_attacks_help_is_whole_sentences_without_code_markup():
         text = attack_summary(name)
         assert text.endswith((".", ")")) and "``" not in text, (name, text)
         assert len(text) > 60, (name, text)
+
+
+def test_the_server_tells_the_frontend_its_root_so_a_page_load_probes_no_subpath():
+    import asyncio
+
+    from core.app.serving import BackendBaseUrl
+
+    seen_headers = []
+
+    async def streamlit(scope, receive, send):
+        seen_headers.append(dict(scope["headers"]))
+        body = b"<html><head><title>x</title></head></html>" if scope["path"] != "/x.js" \
+            else b"let a = '<head>';"
+        kind = b"text/html" if scope["path"] != "/x.js" else b"text/javascript"
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", kind),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body[:10], "more_body": True})
+        await send({"type": "http.response.body", "body": body[10:]})
+
+    def get(path: str) -> tuple[dict, bytes]:
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": path,
+                 "headers": [(b"accept-encoding", b"gzip")]}
+        asyncio.run(BackendBaseUrl(streamlit, base_path="")(scope, None, send))
+        return dict(sent[0]["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
+
+    headers, page = get("/attack")
+    assert page.startswith(b"<html><head><script>window.__streamlit = ")
+    assert b'BACKEND_BASE_URL: window.location.origin + "/"' in page
+    assert int(headers[b"content-length"]) == len(page)
+    assert b"accept-encoding" not in seen_headers[-1]  # asked uncompressed, to be edited
+    headers, script = get("/x.js")
+    assert script == b"let a = '<head>';"  # only HTML pages are edited
+    seen_headers.clear()
+    get("/_stcore/health")
+    assert b"accept-encoding" in seen_headers[-1]  # the server's own paths pass untouched
+
+
+def test_one_answer_per_question_puts_the_audit_first_and_says_why_the_others_differ(
+        tmp_path, monkeypatch):
+    from core.app.answers import answers
+    from core.jobs.specs import AttackSpec, AuditSpec, TrainSpec
+    from core.threat import ThreatModel
+
+    monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path))
+    store = RunStore()
+    model = store.create_run("train", TrainSpec().to_dict())
+    threat = ThreatModel("linf", 0.1)
+    assert answers(store, model, threat) == []
+    for acc, n in ((0.81, 500), (0.46, 200)):  # one overstates the audit, one agrees with it
+        run = store.create_run("attack", AttackSpec(model_run=model, attack="pgd",
+                                                    params={"eps": 0.1}, n=n).to_dict())
+        store.set_summary(run, {"attack": "pgd", "norm": "linf", "eps": 0.1, "adv_acc": acc,
+                                "n": n, "params": {"steps": 10}})
+        store.set_status(run, "completed")
+    rows = answers(store, model, threat)
+    assert [r["acc"] for r in rows] == [0.46, 0.81]  # no audit: the lowest first
+    assert "no audit" in rows[0]["why"] and not any(r["overstates"] for r in rows)
+    audit = store.create_run("audit", AuditSpec(model_run=model, eps=0.1).to_dict())
+    store.set_summary(audit, {"robust_acc": 0.44, "n": 500, "version": "standard"})
+    store.set_status(audit, "completed")
+    rows = answers(store, model, threat)
+    assert rows[0]["source"].startswith("audit ") and rows[0]["figure"] == "44.0% (39.7-48.4)"
+    assert [r["overstates"] for r in rows] == [False, False, True]
+    assert "200 images against 500" in rows[1]["why"]
+    assert "overstates the audit by 37.0 pp" in rows[2]["why"]
+    assert answers(store, model, ThreatModel("linf", 0.2)) == []  # another threat model
