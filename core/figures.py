@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -323,3 +324,30 @@ def curves_png(series: dict[str, list[tuple[float, float]]], path: Path, title: 
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def curve_png(curve, path: Path, title: str) -> None:
+    """Static PNG of a robustness curve (robust accuracy against epsilon) with its 95% band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = curve.steps()
+    eps = [e for e, _ in points]
+    bands = [curve.interval(e) for e in eps]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    ax.fill_between(eps, [b[0] for b in bands], [b[1] for b in bands], color=PALETTE[0],
+                    alpha=0.15, step=None, label="95% interval")
+    ax.plot(eps, [a for _, a in points], color=PALETTE[0], label="robust accuracy")
+    ax.set_xlabel(f"epsilon ({curve.norm}, pixel units)")
+    ax.set_ylabel("robust accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)

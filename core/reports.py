@@ -228,3 +228,39 @@ def audit_markdown(report: dict) -> str:
               if stage != "apgd-ce" and not loss.startswith("dlr")]
     lines += ["", markdown(pd.DataFrame(stages)), "", markdown(pd.DataFrame(checks)), ""]
     return "\n".join(lines)
+
+
+def write_curve(folder: Path, spec, split: TensorData, found: dict[str, torch.Tensor],
+                names: list[str]) -> dict:
+    """curve.json (per example: index, label, clean prediction's correctness, smallest norm,
+    the attack that found it), curve.csv, curve.png (robust accuracy against epsilon with its
+    95% band) and curve_examples.safetensors (every image at its breaking point); returns the
+    summary."""
+    from core.curve import RobustnessCurve
+
+    norms = [float(v) for v in found["norm"]]
+    curve = RobustnessCurve.of(spec.norm, norms)
+    by = [names[int(b)] if int(b) >= 0 else None for b in found["by"]]
+    index = split.original_index()
+    rows = [{"index": int(index[k]),
+             "label": int(split.labels[k]), "correct": norms[k] > 0,
+             "smallest_norm": norms[k] if math.isfinite(norms[k]) else None,
+             "found_by": by[k] if math.isfinite(norms[k]) else None} for k in range(len(norms))]
+    median = curve.median()
+    summary = {"norm": spec.norm, "n": curve.n, "clean_acc": curve.clean_accuracy(),
+               "attacks": list(spec.attacks), "steps": spec.steps,
+               "median_norm": None if math.isnan(median) or math.isinf(median) else median,
+               "never_broken": sum(1 for v in norms if math.isinf(v)),
+               "found_by": {name: by.count(name) for name in names if by.count(name)},
+               "norms": [r["smallest_norm"] for r in rows]}
+    write_json(folder / "curve.json", dict(summary, norms=None, examples=rows))
+    tmp = folder / "curve.csv.tmp"
+    pd.DataFrame(rows).to_csv(tmp, index=False)
+    os.replace(tmp, folder / "curve.csv")
+    figures.curve_png(curve, folder / "curve.png",
+                      f"{spec.norm} robustness curve, {curve.n:,} test images "
+                      f"({', '.join(spec.attacks)})")
+    checkpoint.save(folder / "curve_examples.safetensors",
+                    {"x": split.floats(), "x_adv": found["x_adv"], "norm": found["norm"],
+                     "labels": split.labels}, {"norm": spec.norm})
+    return summary

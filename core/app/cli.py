@@ -95,9 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     _sweep_parser(add("sweep", "several attacks over a grid of budgets (the attack table)"))
     _audit_parser(add("audit", "the robustness audit: AutoAttack cascade and indicators of "
                       "attack failure"))
+    _curve_parser(add("curve", "the robustness curve: each image's smallest adversarial norm "
+                      "(minimum-norm attacks), so robust accuracy at every epsilon at once"))
     p = add("runs", "table of runs, newest first")
     p.add_argument("--kind", help="only runs of this kind (train, evaluate, attack, sweep, "
-                   "grid, audit, reproduce, study)")
+                   "grid, audit, curve, reproduce, study)")
     p.add_argument("--full", action="store_true", help="do not shorten error messages")
     p.add_argument("--tag", help="only runs carrying this tag")
     p = add("show", "everything about one run: status, full error, config, result, files")
@@ -222,6 +224,21 @@ def _audit_parser(p: argparse.ArgumentParser) -> None:
                    "always fp32")
 
 
+def _curve_parser(p: argparse.ArgumentParser) -> None:
+    _model_options(p)
+    p.add_argument("--norm", choices=("linf", "l2"), default=None, help="default linf")
+    p.add_argument("-n", type=int, help="test images (default 1000)")
+    p.add_argument("--attacks", help="comma-separated minimum-norm attacks: fmn, fab (default "
+                   "both; each image keeps the smallest norm either found)")
+    p.add_argument("--steps", type=int, help="FMN's iterations (default 100)")
+    p.add_argument("--seed", type=int, help="which sample of the test split (default 0)")
+    p.add_argument("--batch-size", type=int, help="images per batch (default 250); torchrun "
+                   "gives each rank whole batches")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                   help="arithmetic of the attacks' search (as the audit's); every norm kept is "
+                   "checked in fp32")
+
+
 def _device_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto (default: CUDA when available), cpu, cuda or "
                    "cuda:N; under torchrun each rank uses its local GPU")
@@ -298,6 +315,15 @@ def audit_spec(args: argparse.Namespace):
         queries="queries", batch_size="batch_size", precision="precision"))
 
 
+def curve_spec(args: argparse.Namespace):
+    """The CurveSpec for ``curve`` arguments."""
+    from core.jobs.specs import CurveSpec
+
+    return CurveSpec(**_model_fields(args), **_given(
+        args, norm="norm", n="n", attacks="attacks", steps="steps", seed="seed",
+        batch_size="batch_size", precision="precision"))
+
+
 def reproduce_spec(args: argparse.Namespace):
     """The ReproduceSpec for ``reproduce`` arguments."""
     from core.jobs.specs import ReproduceSpec
@@ -320,7 +346,7 @@ def study_spec(args: argparse.Namespace):
 SPEC_BUILDERS: dict[str, Callable] = {"train": train_spec, "evaluate": evaluate_spec,
                                       "attack": attack_spec, "sweep": sweep_spec,
                                       "reproduce": reproduce_spec, "audit": audit_spec,
-                                      "study": study_spec}
+                                      "study": study_spec, "curve": curve_spec}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -58,7 +58,7 @@ def run_resume(run_id: str, overrides: dict | None = None) -> int:
             run = runner.reopen(store, run_id)
             where = f" on {ctx.world} processes" if ctx.world > 1 else ""
             start = {"train": "from its last checkpoint", "audit": "from its finished batches",
-                     "sweep": "from its finished batches",
+                     "sweep": "from its finished batches", "curve": "from its finished batches",
                      "grid": "from its finished points"}.get(run.kind,
                                                              "reusing its finished child jobs")
             print(f"resuming {run_id} {start}{where}", flush=True)
@@ -193,9 +193,30 @@ def _print_audit(store: RunStore, run: Run, s: dict) -> None:
     print(f"  files: {folder / 'audit.json'}, {folder / 'audit.csv'}, {folder / 'audit.md'}")
 
 
+def _print_curve(store: RunStore, run: Run, s: dict) -> None:
+    from core.curve import RobustnessCurve
+
+    curve = RobustnessCurve.of(s["norm"], [float("inf") if v is None else v for v in s["norms"]])
+    median = "above every norm found" if s["median_norm"] is None else f"{s['median_norm']:.4g}"
+    print(f"{s['norm']} robustness curve on {s['n']:,} test images: clean "
+          f"{text(curve.clean_accuracy(), curve.n)}, median smallest norm {median}; "
+          f"{s['never_broken']} never broken; found by {s['found_by']}")
+    top = max((v for v in s["norms"] if v is not None), default=0.0)
+    for eps in sorted({round(top * k / 5, 4) for k in range(1, 6)}):
+        print(f"  eps {eps:<8g} robust accuracy {text(curve.accuracy(eps), curve.n)}")
+    folder = run_dir(run.id)
+    print(f"  files: {folder / 'curve.json'}, {folder / 'curve.csv'}, {folder / 'curve.png'}")
+
+
+def _curve_headline(s: dict) -> str:
+    median = "∞" if s.get("median_norm") is None else f"{s['median_norm']:.4g}"
+    return (f"{s['norm']} curve: clean {s['clean_acc']:.2%}, median smallest norm {median} "
+            f"(n={s['n']})")
+
+
 PRINTERS = {"train": _print_train, "evaluate": _print_evaluate, "attack": _print_attack,
             "sweep": _print_sweep, "reproduce": _print_reproduce, "audit": _print_audit,
-            "study": _print_study,
+            "study": _print_study, "curve": _print_curve,
             "grid": lambda store, run, s: print(f"grid {run.id} completed")}
 
 
@@ -219,6 +240,8 @@ def headline(run: Run) -> str:
                 f"{text(s['robust_acc'], s['n'])} (n={s['n']}, {s['verdict']})")
     if run.kind == "sweep" and s.get("rows"):
         return f"{len(s['rows'])} rows (n={s['n']})"
+    if run.kind == "curve" and "norms" in s:
+        return _curve_headline(s)
     if run.kind == "study" and s.get("rows"):
         return f"{len(s['rows'])} models audited; {s['report']}"
     return ""

@@ -11,9 +11,11 @@ job spec validates an attack's settings in milliseconds.
 from __future__ import annotations
 
 from core.attacks.apgd import APGD, APGDT
-from core.attacks.contract import NORMS, Attack, AttackSettings, BallSettings
+from core.attacks.contract import (NORMS, Attack, AttackSettings, BallSettings, MinimumNorm,
+                                   MinimumNormSettings)
 from core.attacks.cw import CarliniWagner
-from core.attacks.fab import FABT
+from core.attacks.fab import FABMinimum, FABT
+from core.attacks.fmn import FMN
 from core.attacks.fgsm import FGSM
 from core.attacks.noise import Noise
 from core.attacks.pgd import PGD
@@ -23,12 +25,15 @@ from core.checks import build_registered
 
 __all__ = ["ATTACKS", "NORMS", "Attack", "AttackSettings", "BallSettings", "build_attack",
            "attack_settings", "with_budget", "APGD", "APGDT", "CarliniWagner", "FABT", "FGSM",
-           "Noise", "PGD", "Semantic", "Square"]
+           "Noise", "PGD", "Semantic", "Square", "FMN", "FABMinimum", "MinimumNorm",
+           "MinimumNormSettings", "MINIMUM_NORM"]
 
 # name -> attack class (each is also its own settings: constructing one checks them)
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls for cls in (Noise, FGSM, PGD, Semantic, CarliniWagner, APGD, APGDT, FABT,
-                              Square)}
+                              Square, FMN, FABMinimum)}
+# the minimum-norm attacks, from which a robustness curve is made
+MINIMUM_NORM = tuple(name for name, cls in ATTACKS.items() if issubclass(cls, MinimumNorm))
 
 
 def attack_settings(name: str, params: dict | None = None, strong: bool = False) -> Attack:

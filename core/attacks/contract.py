@@ -111,6 +111,18 @@ class BallSettings(AttackSettings):
         return ThreatModel(self.norm, self.eps)
 
 
+@dataclass
+class MinimumNormSettings(AttackSettings):
+    """Base of minimum-norm attacks: no budget; per example, the smallest perturbation in
+    ``norm`` that fools the model (the robustness curve's attacks)."""
+
+    norm: str = "linf"
+
+    def validate(self) -> None:
+        if self.norm not in NORMS:
+            raise InputError(f"unknown norm {self.norm!r}; valid norms: linf, l2")
+
+
 @contextmanager
 def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode and frozen parameters for the duration of an attack, then restore both."""
@@ -234,3 +246,30 @@ class Attack:
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The attack itself; called with the model in eval mode and parameters frozen."""
         raise NotImplementedError
+
+
+def perturbation_size(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    """Each example's L-inf or L2 norm (rows of the first dimension)."""
+    flat = delta.flatten(1)
+    return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
+
+
+class MinimumNorm(Attack):
+    """Base of minimum-norm attack computations: the attack returns each example's adversarial
+    point of smallest norm found (the input itself where none was), and :meth:`minimal` adds
+    that norm, infinity where the point does not fool the model (0 for an image misclassified
+    already)."""
+
+    def size(self, delta: torch.Tensor) -> torch.Tensor:
+        """Each example's norm of ``delta``, in this attack's norm."""
+        return perturbation_size(delta, self.norm)
+
+    def minimal(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The points and their norms, each checked: a norm is finite only where the float32
+        model misclassifies the point returned."""
+        x_adv = self(model, x, y)
+        with torch.no_grad(), attack_mode(model):
+            fooled = model(x_adv).float().argmax(1) != y
+        sizes = perturbation_size((x_adv - x).float(), self.norm)
+        return x_adv, torch.where(fooled, sizes, torch.full_like(sizes, float("inf")))

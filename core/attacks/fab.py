@@ -1,15 +1,17 @@
-"""FAB-T, Croce & Hein, ICML 2020, "Minimally distorted Adversarial Examples with a Fast
-Adaptive Boundary Attack", targeted, as in AutoAttack's standard version: per target class,
-linearize the boundary between the true and the target class, step to the projection of the
-current point and of the original point onto it (inside the image box), biased towards the
-original, overshoot a little, and step back towards the original after each success. L-inf
-and L2."""
+"""FAB, Croce & Hein, ICML 2020, "Minimally distorted Adversarial Examples with a Fast
+Adaptive Boundary Attack", targeted: per target class, linearize the boundary between the true
+and the target class, step to the projection of the current point and of the original point
+onto it (inside the image box), biased towards the original, overshoot a little, and step back
+towards the original after each success. L-inf and L2. Two forms share that geometry: FAB-T
+as in AutoAttack's standard version (adversarial within a budget) and FAB in its minimum-norm
+form (the smallest perturbation found, for robustness curves)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from core.attacks.contract import Attack, BallSettings, flat_norm, generator, rand, tick
+from core.attacks.contract import (Attack, BallSettings, MinimumNorm, MinimumNormSettings,
+                                   flat_norm, generator, rand, tick)
 from core.checks import check_positive, check_range
 from core.lazy import torch
 
@@ -84,8 +86,42 @@ def plane_step(w: torch.Tensor, c: torch.Tensor, low: torch.Tensor, high: torch.
     return (t[:, None] * v).clamp(low, high) * (need > 0)[:, None]
 
 
+class FABGeometry:
+    """FAB's step towards the linearized boundary between the true and a target class, shared
+    by its budgeted and its minimum-norm form (needs ``norm``, ``alpha_max`` and ``eta``)."""
+
+    def _step(self, origin: torch.Tensor, x_k: torch.Tensor, f: torch.Tensor, w: torch.Tensor,
+              shape: tuple) -> torch.Tensor:
+        """The biased step to the linearized boundary: towards the projections of the current
+        point and of the original, mixed by alpha, with overshoot eta."""
+        flat_w = w.flatten(1)
+        towards_k = plane_step(flat_w, -f, -x_k.flatten(1), 1 - x_k.flatten(1), self.norm)
+        c_orig = -f - (flat_w * (origin - x_k).flatten(1)).sum(1)
+        towards_0 = plane_step(flat_w, c_orig, -origin.flatten(1), 1 - origin.flatten(1),
+                               self.norm)
+        n_k, n_0 = self._size(towards_k), self._size(towards_0)
+        alpha = (n_k / (n_k + n_0).clamp_min(1e-12)).clamp(0, self.alpha_max).view(shape)
+        return ((1 - alpha) * (x_k + self.eta * towards_k.view_as(x_k))
+                + alpha * (origin + self.eta * towards_0.view_as(x_k))).clamp(0, 1)
+
+    def _boundary(self, model: nn.Module, x_k: torch.Tensor, y: torch.Tensor,
+                  target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """z_y - z_t at ``x_k`` (positive while the true class wins), its input gradient, and
+        the logits."""
+        point = x_k.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(point).float()
+            f = logits.gather(1, y[:, None]).squeeze(1) - logits.gather(1, target[:, None]
+                                                                        ).squeeze(1)
+            (grad,) = torch.autograd.grad(f.sum(), point)
+        return f.detach(), grad, logits.detach()
+
+    def _size(self, d: torch.Tensor) -> torch.Tensor:
+        return d.abs().max(1).values if self.norm == "linf" else d.norm(dim=1)
+
+
 @dataclass
-class FABT(FABSettings, Attack):
+class FABT(FABSettings, FABGeometry, Attack):
     """FAB-T (Croce & Hein 2020), targeted at the classes with the 2nd to (k+1)-th highest
     clean logits, ``steps`` iterations and ``restarts`` per target, ``alpha_max`` 0.1,
     overshoot ``eta`` 1.05, backward step ``beta`` 0.9, as AutoAttack's standard version. A
@@ -144,35 +180,6 @@ class FABT(FABSettings, Attack):
                               x_k)
         return out, hit
 
-    def _step(self, origin: torch.Tensor, x_k: torch.Tensor, f: torch.Tensor, w: torch.Tensor,
-              shape: tuple) -> torch.Tensor:
-        """The biased step to the linearized boundary: towards the projections of the current
-        point and of the original, mixed by alpha, with overshoot eta."""
-        flat_w = w.flatten(1)
-        towards_k = plane_step(flat_w, -f, -x_k.flatten(1), 1 - x_k.flatten(1), self.norm)
-        c_orig = -f - (flat_w * (origin - x_k).flatten(1)).sum(1)
-        towards_0 = plane_step(flat_w, c_orig, -origin.flatten(1), 1 - origin.flatten(1),
-                               self.norm)
-        n_k, n_0 = self._size(towards_k), self._size(towards_0)
-        alpha = (n_k / (n_k + n_0).clamp_min(1e-12)).clamp(0, self.alpha_max).view(shape)
-        return ((1 - alpha) * (x_k + self.eta * towards_k.view_as(x_k))
-                + alpha * (origin + self.eta * towards_0.view_as(x_k))).clamp(0, 1)
-
-    def _boundary(self, model: nn.Module, x_k: torch.Tensor, y: torch.Tensor,
-                  target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """z_y - z_t at ``x_k`` (positive while the true class wins), its input gradient, and
-        the logits."""
-        point = x_k.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = model(point).float()
-            f = logits.gather(1, y[:, None]).squeeze(1) - logits.gather(1, target[:, None]
-                                                                        ).squeeze(1)
-            (grad,) = torch.autograd.grad(f.sum(), point)
-        return f.detach(), grad, logits.detach()
-
-    def _size(self, d: torch.Tensor) -> torch.Tensor:
-        return d.abs().max(1).values if self.norm == "linf" else d.norm(dim=1)
-
     def _start(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         if self.norm == "linf":
             step = rand(x.shape, x, gen) * 2 - 1
@@ -181,3 +188,62 @@ class FABT(FABSettings, Attack):
             step = rand(x.shape, x, gen, "normal")
             step = step / flat_norm(step)
         return (x + 0.5 * self.eps * step).clamp(0, 1)
+
+
+@dataclass
+class FABMinimumSettings(MinimumNormSettings):
+    """FAB in its minimum-norm form: ``steps`` iterations towards each of ``targets`` classes
+    (those with the highest clean logits after the true one), step bias ``alpha_max``,
+    overshoot ``eta`` and backward step ``beta`` as FAB-T's."""
+
+    name: ClassVar[str] = "fab"
+    steps: int = 30
+    targets: int = 3
+    alpha_max: float = 0.1
+    eta: float = 1.05
+    beta: float = 0.9
+
+    def validate(self) -> None:
+        super().validate()
+        check_positive("steps", self.steps)
+        check_positive("targets", self.targets)
+        check_range("alpha_max", self.alpha_max, 0.0, 1.0)
+        check_range("eta", self.eta, 1.0, 10.0)
+        check_range("beta", self.beta, 0.0, 1.0)
+
+    def gradients_per_image(self) -> int:
+        return self.steps * self.targets * 4 // 3  # a gradient and a forward per iteration
+
+    def iterations(self) -> int:
+        return self.steps * self.targets
+
+
+@dataclass
+class FABMinimum(FABMinimumSettings, FABGeometry, MinimumNorm):
+    """FAB (Croce & Hein 2020) as a minimum-norm attack: FAB-T's steps with no budget, every
+    point kept going for all its steps (each success is followed by a step back towards the
+    original, which is what shrinks the perturbation); returns the smallest adversarial point
+    found over the targets and steps."""
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        with torch.no_grad():
+            logits = model(x).float()
+        order = logits.sort(dim=1, descending=True).indices
+        wrong = logits.argmax(1) != y
+        best = x.clone()
+        best_norm = torch.where(wrong, 0.0, float("inf"))
+        for rank in range(1, min(self.targets, order.shape[1] - 1) + 1):
+            x_k = x.clone()
+            for _ in range(self.steps):
+                tick()
+                f, w, _ = self._boundary(model, x_k, y, order[:, rank])
+                x_k = self._step(x, x_k, f, w, shape)
+                with torch.no_grad():
+                    fooled = model(x_k).float().argmax(1) != y
+                size = self._size((x_k - x).flatten(1))
+                better = fooled & (size < best_norm)
+                best_norm = torch.where(better, size, best_norm)
+                best = torch.where(better.view(shape), x_k, best)
+                x_k = torch.where(fooled.view(shape), (1 - self.beta) * x + self.beta * x_k, x_k)
+        return best

@@ -19,7 +19,8 @@ from core.evaluation import clean_report, run_attack, sanity_warnings, sharded_a
 from core.evaluation import sweep as sweep_
 from core.jobs.claims import stored_figures
 from core.jobs.ledger import Ledger
-from core.jobs.specs import AttackSpec, AuditSpec, EvaluateSpec, GridSpec, ModelJobSpec, SweepSpec
+from core.jobs.specs import (AttackSpec, AuditSpec, CurveSpec, EvaluateSpec, GridSpec,
+                             ModelJobSpec, SweepSpec)
 from core.paths import grid_point_path, runs_root
 from core.prediction import model_from, pick_device, run_model_path
 from core.training.loop import fit
@@ -253,6 +254,74 @@ def audit(ctx) -> dict:
     reports.write_audit(ctx.folder, report, result["shown"], split)
     summary = {k: v for k, v in report.items() if k != "examples"}
     summary.update(model_run=spec.model_run, source=split.source)
+    ctx.store.set_summary(ctx.run_id, summary)
+    ledger.clear()
+    return summary
+
+
+def curve(ctx) -> dict:
+    """A robustness curve: each image's smallest adversarial norm over the minimum-norm
+    attacks (each norm checked in float32), saved batch by batch so a stopped curve resumes;
+    curve.json, curve.csv, curve.png and the examples at their breaking points."""
+    from core.attacks.contract import perturbation_size, watching
+    from core.audit.cascade import predict_labels
+
+    spec: CurveSpec = ctx.spec
+    attacks = spec.attack_list()
+    model, meta = job_model(ctx, spec)
+    split = split_for(meta, spec, "test", spec.n, spec.seed)
+    device = next(model.parameters()).device
+    batch = min(spec.batch_size, len(split))
+    choice = precision.choose(spec.precision, model, split.floats(slice(0, batch)).to(device),
+                              split.labels[:batch].to(device), "search")
+    search = LowPrecision(model) if choice.bf16 else model
+    weights = [max(a.gradients_per_image(), 1) for a in attacks]
+    per_pass = _per_pass(model, split, batch, attack=True) * (0.5 if choice.bf16 else 1.0)
+    ctx.say(estimate.line(sum(weights) * len(split) * per_pass + estimate.REPORT_S,
+                          f"{', '.join(a.name for a in attacks)}: {sum(weights):,} gradient "
+                          f"passes per image, {len(split):,} images"))
+    ctx.say(f"searching in {'bfloat16' if choice.bf16 else 'float32'} ({choice.reason}); every "
+            "norm kept is checked in float32")
+    mine = distributed.my_positions(ctx.rank, len(split), batch)
+    ledger = _ledger(ctx)
+    saved = ledger.load() if ctx.resume else None
+    kept = saved[0] if saved else {}
+    start = saved[1]["batch"] if saved else 0
+    if saved:
+        ctx.say(f"continuing with batch {start + 1} of {-(-len(mine) // batch)} (the finished "
+                "batches are kept in the run's folder)")
+    total = len(mine) * sum(weights)
+    ctx.progress.start(total, "attack passes", done=min(start * batch, len(mine)) * sum(weights))
+    for k in range(start, -(-len(mine) // batch)):
+        idx = mine[k * batch:(k + 1) * batch]
+        x, y = split.floats(idx).to(device), split.labels[idx].to(device)
+        best_x, best = x.clone(), torch.full((len(x),), float("inf"), device=device)
+        by = torch.full((len(x),), -1, dtype=torch.long, device=device)
+        wrong = predict_labels(model, x) != y
+        best[wrong], by[wrong] = 0.0, len(attacks)  # misclassified already: "clean"
+        for a, attack_ in enumerate(attacks):
+            done_before = (k * batch) * sum(weights) + len(idx) * sum(weights[:a])
+            with watching(attack_, lambda f, base=done_before, w=weights[a]: ctx.progress.update(
+                    base + round(f * len(idx) * w), attack_.name)):
+                x_adv = attack_(search, x, y)
+            fooled = predict_labels(model, x_adv) != y  # the float32 model's verdict
+            size = torch.where(fooled, perturbation_size((x_adv - x).float(), spec.norm),
+                               torch.full_like(best, float("inf")))
+            better = size < best
+            best, by = torch.where(better, size, best), torch.where(better, a, by)
+            best_x[better] = x_adv[better]
+        part = {"norm": best.cpu(), "by": by.cpu(), "x_adv": best_x.cpu()}
+        kept = {key: torch.cat([kept[key], v]) if key in kept else v for key, v in part.items()}
+        ctx.progress.update((k + 1) * len(idx) * sum(weights))
+        if ledger.enabled:
+            ledger.save(kept, {"batch": k + 1})
+    merged = distributed.gather_in_order(ctx.rank, mine, kept) if ctx.rank.world > 1 else kept
+    if not ctx.is_main:
+        return {}
+    summary = reports.write_curve(ctx.folder, spec, split, merged,
+                                  [a.name for a in attacks] + ["clean"])
+    summary.update(model_run=spec.model_run, source=split.source,
+                   search_precision=choice.name)
     ctx.store.set_summary(ctx.run_id, summary)
     ledger.clear()
     return summary

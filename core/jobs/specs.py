@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
-from core.attacks import ATTACKS, AttackSettings, attack_settings
+from core.attacks import ATTACKS, MINIMUM_NORM, AttackSettings, attack_settings
 from core.catalog import DATASETS, SPLITS  # noqa: F401 (part of the specs' vocabulary)
 from core.checks import check_choice, check_positive, check_range
 from core.paths import InputError, check_run_id
@@ -340,6 +340,47 @@ class AuditSpec(ModelJobSpec):
 
 
 @dataclass
+class CurveSpec(ModelJobSpec):
+    """A robustness curve: minimum-norm attacks (FMN, FAB) on a seeded sample of ``n`` test
+    images, each image's smallest adversarial norm kept; robust accuracy at every epsilon
+    follows. ``steps``: FMN's iterations (FAB's are its own defaults)."""
+
+    kind: ClassVar[str] = "curve"
+    norm: str = "linf"
+    n: int = 1000
+    attacks: list = field(default_factory=lambda: ["fmn", "fab"])
+    steps: int = 100
+    seed: int = 0
+    batch_size: int = 250
+    precision: str = "auto"  # of the search; every norm kept is checked in float32
+
+    def validate(self) -> None:
+        super().validate()
+        if self.norm not in ("linf", "l2"):
+            raise InputError(f"a curve needs a norm; valid norms: linf, l2 (got {self.norm!r})")
+        if isinstance(self.attacks, str):
+            self.attacks = [a.strip() for a in self.attacks.split(",") if a.strip()]
+        if not self.attacks:
+            raise InputError(f"a curve needs at least one attack; valid: {', '.join(MINIMUM_NORM)}")
+        for name in self.attacks:
+            check_choice("curve attack", name, MINIMUM_NORM)
+        self.attacks = list(dict.fromkeys(self.attacks))
+        check_choice("curve precision", self.precision, PRECISIONS)
+        for name in ("n", "steps", "batch_size"):
+            check_positive(name.replace("_", " "), getattr(self, name))
+
+    def attack_list(self) -> list[AttackSettings]:
+        """The curve's attacks, in its norm."""
+        return [attack_settings(a, {"norm": self.norm, **({"steps": self.steps}
+                                                          if a == "fmn" else {})})
+                for a in self.attacks]
+
+    def describe(self) -> str:
+        return (f"{self.norm} robustness curve of {self.model_run} ({', '.join(self.attacks)}) "
+                f"on {self.n:,} test images")
+
+
+@dataclass
 class ReproduceSpec(Spec):
     """The whole seed study into ``artifacts/reports/RUN``; ``quick`` uses small subsets."""
 
@@ -406,7 +447,7 @@ class StudySpec(Spec):
 
 SPECS: dict[str, type[Spec]] = {cls.kind: cls for cls in (
     TrainSpec, EvaluateSpec, AttackSpec, SweepSpec, GridSpec, ReproduceSpec, AuditSpec,
-    StudySpec)}
+    StudySpec, CurveSpec)}
 
 
 def spec_from_config(kind: str, config: dict) -> Spec:

@@ -20,7 +20,8 @@ from core.paths import (EnvironmentProblem, artifacts_root, InputError, check_ru
                         environment_problem, runs_root)
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
-KINDS = ("train", "evaluate", "attack", "sweep", "grid", "reproduce", "audit", "study")
+KINDS = ("train", "evaluate", "attack", "sweep", "grid", "reproduce", "audit", "study",
+         "curve")
 STALE_AFTER_S = 15.0
 QUEUED_TIMEOUT_S = 60.0
 
@@ -384,7 +385,7 @@ def has_checkpoint(run: Run) -> bool:
 
 PARENT_KINDS = ("reproduce", "study")  # jobs made of child jobs
 # jobs that keep their finished batches (core.jobs.ledger) or grid points as they go
-LEDGER_KINDS = ("audit", "sweep", "grid")
+LEDGER_KINDS = ("audit", "sweep", "grid", "curve")
 RESUMABLE = ("train",) + LEDGER_KINDS + PARENT_KINDS
 
 

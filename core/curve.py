@@ -1,0 +1,75 @@
+"""A robustness curve: from each example's smallest adversarial norm (found by minimum-norm
+attacks), the robust accuracy at every epsilon at once. An example counts as robust at epsilon
+when it was classified correctly and its smallest adversarial norm is above epsilon, so a
+misclassified example has norm 0 and one no attack broke has norm infinity. Plain Python (no
+torch): the dashboard reads curves without loading a model."""
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from core import confidence
+
+
+@dataclass(frozen=True)
+class RobustnessCurve:
+    """The smallest adversarial norms of ``n`` examples in one norm (``linf`` or ``l2``)."""
+
+    norm: str
+    norms: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if any(v < 0 or math.isnan(v) for v in self.norms):
+            raise ValueError("a smallest norm is a number >= 0 (infinity: never broken)")
+        object.__setattr__(self, "_sorted", tuple(sorted(self.norms)))
+
+    @classmethod
+    def of(cls, norm: str, norms: Sequence[float]) -> "RobustnessCurve":
+        """A curve from any sequence of norms."""
+        return cls(norm, tuple(float(v) for v in norms))
+
+    @property
+    def n(self) -> int:
+        """How many examples."""
+        return len(self.norms)
+
+    def robust(self, eps: float) -> int:
+        """How many examples are robust at ``eps`` (smallest norm strictly above it)."""
+        return self.n - bisect.bisect_right(self._sorted, eps)
+
+    def accuracy(self, eps: float) -> float:
+        """Robust accuracy at ``eps``; at 0 it is the clean accuracy."""
+        return self.robust(eps) / self.n if self.n else 0.0
+
+    def interval(self, eps: float) -> tuple[float, float]:
+        """The 95% interval of the robust accuracy at ``eps``."""
+        return confidence.interval(self.robust(eps), self.n)
+
+    def clean_accuracy(self) -> float:
+        """The share classified correctly (norm above 0)."""
+        return self.accuracy(0.0)
+
+    def median(self) -> float:
+        """The median smallest norm of the correctly classified examples (infinity when most
+        of them were never broken; nan when none was correct)."""
+        broken = [v for v in self._sorted if v > 0]
+        if not broken:
+            return math.nan
+        mid = len(broken) // 2
+        return broken[mid] if len(broken) % 2 else (broken[mid - 1] + broken[mid]) / 2
+
+    def steps(self, top: float | None = None) -> list[tuple[float, float]]:
+        """The curve as (epsilon, accuracy) corners of its step function, from 0 to ``top``
+        (default: the largest finite norm): the accuracy holds up to each epsilon listed and
+        drops just after it."""
+        finite = [v for v in self._sorted if math.isfinite(v) and v > 0]
+        top = max(finite, default=0.0) if top is None else top
+        points = [(0.0, self.accuracy(0.0))]
+        for v in sorted(set(finite)):
+            if v > top:
+                break
+            points += [(v, points[-1][1]), (v, self.accuracy(v))]
+        points.append((top, self.accuracy(top)))
+        return points

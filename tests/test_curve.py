@@ -1,0 +1,111 @@
+"""Minimum-norm attacks (FMN, FAB) and the robustness curve made from them."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core.curve import RobustnessCurve
+
+from conftest import requires_mnist
+
+
+def test_the_curve_of_a_hand_made_set_of_norms():
+    # misclassified (0), broken at 0.05, 0.1 and 0.2, never broken (inf)
+    curve = RobustnessCurve.of("linf", [0.0, 0.1, 0.2, math.inf, 0.05])
+    assert curve.clean_accuracy() == 4 / 5
+    assert [curve.accuracy(e) for e in (0.0, 0.04, 0.05, 0.07, 0.1, 0.2, 5.0)] == \
+        [4 / 5, 4 / 5, 3 / 5, 3 / 5, 2 / 5, 1 / 5, 1 / 5]  # robust: norm strictly above eps
+    assert curve.median() == pytest.approx(0.15)  # of the four classified correctly
+    low, high = curve.interval(0.1)
+    assert low < 2 / 5 < high
+    assert curve.steps()[:3] == [(0.0, 0.8), (0.05, 0.8), (0.05, 0.6)]
+    assert curve.steps()[-1] == (0.2, 0.2)
+    with pytest.raises(ValueError, match="smallest norm"):
+        RobustnessCurve.of("l2", [-1.0])
+    assert math.isinf(RobustnessCurve.of("l2", [0.5, math.inf, math.inf]).median())
+
+
+@given(st.lists(st.one_of(st.floats(0, 1), st.just(math.inf)), min_size=1, max_size=50),
+       st.lists(st.floats(0, 2), min_size=2, max_size=10))
+@settings(max_examples=60, deadline=None)
+def test_robust_accuracy_never_rises_with_epsilon(norms, budgets):
+    curve = RobustnessCurve.of("linf", norms)
+    accuracies = [curve.accuracy(e) for e in sorted(budgets)]
+    assert all(a >= b for a, b in zip(accuracies, accuracies[1:]))
+    assert all(a >= b for (_, a), (_, b) in zip(curve.steps(), curve.steps()[1:]))
+
+
+@requires_mnist
+@pytest.mark.parametrize("name", ["fmn", "fab"])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_a_minimum_norm_attack_returns_adversarial_points_at_the_norms_it_reports(
+        mnist_model, mnist_test, name, norm):
+    from core.attacks import build_attack
+    from core.attacks.contract import perturbation_size
+
+    model, _, _ = mnist_model
+    x, y = mnist_test.floats(slice(0, 48)), mnist_test.labels[:48]
+    model.train()  # the attack must restore the mode it found
+    attack = build_attack(name, norm=norm, **({"steps": 30} if name == "fmn" else {"steps": 10}))
+    x_adv, norms = attack.minimal(model, x, y)
+    assert model.training and not x_adv.requires_grad
+    model.eval()
+    assert x_adv.shape == x.shape and x_adv.min() >= 0 and x_adv.max() <= 1
+    found = torch.isfinite(norms)
+    assert found.float().mean() > 0.8  # an undefended MNIST model breaks almost everywhere
+    with torch.no_grad():
+        fooled = model(x_adv).argmax(1) != y
+    assert bool(fooled[found].all())  # adversarial where a norm is reported...
+    assert torch.allclose(norms[found], perturbation_size(x_adv - x, norm)[found], atol=1e-5)
+    wrong = model(x).argmax(1) != y
+    assert bool((norms[wrong] == 0).all())  # ...and 0 where the image was misclassified
+    assert bool((x_adv[~found] == x[~found]).all())  # the input itself where none was found
+
+
+@requires_mnist
+def test_the_curve_job_is_never_weaker_than_pgd_on_its_own_images(mnist_model, tmp_path):
+    """The curve at an epsilon is at most PGD's robust accuracy on the same images (1 pp of
+    slack, as issue 25 asks at 1,000 images; here 100 images, so 1 image); its files parse."""
+    import json
+
+    import pandas as pd
+
+    from core.attacks import PGD
+    from core.jobs.runner import create, execute
+    from core.jobs.specs import CurveSpec
+    from core.jobs.store import RunStore
+    from core.paths import run_dir
+    from core import data
+
+    model, _, run_id = mnist_model
+    store = RunStore()
+    curve_id = create(store, CurveSpec(model_run=run_id, n=100, steps=50))
+    execute(store, curve_id, echo=False)
+    summary = store.get(curve_id).summary
+    curve = RobustnessCurve.of("linf", [math.inf if v is None else v for v in summary["norms"]])
+    split = data.load("mnist", "test").subset(100, 0)
+    x, y = split.floats(), split.labels
+    for eps in (0.05, 0.1):
+        with torch.no_grad():
+            pgd = (model(PGD(eps=eps, steps=20)(model, x, y)).argmax(1) == y).float().mean()
+        assert curve.accuracy(eps) <= float(pgd) + 0.01, eps
+    folder = run_dir(curve_id)
+    rows = pd.read_csv(folder / "curve.csv")
+    assert len(rows) == 100 and set(rows["found_by"].dropna()) <= {"fmn", "fab", "clean"}
+    saved = json.loads((folder / "curve.json").read_text())
+    assert saved["n"] == 100 and len(saved["examples"]) == 100
+    assert (folder / "curve.png").stat().st_size > 0
+
+
+def test_a_curve_spec_refuses_what_it_cannot_run():
+    from core.jobs.specs import CurveSpec
+    from core.paths import InputError
+
+    with pytest.raises(InputError, match="unknown curve attack 'pgd'; valid: fmn, fab"):
+        CurveSpec(model_run="train-20260101-000000-abcdef", attacks="fmn,pgd")
+    with pytest.raises(InputError, match="valid norms: linf, l2"):
+        CurveSpec(model_run="train-20260101-000000-abcdef", norm="l1")
+    assert CurveSpec(model_run="train-20260101-000000-abcdef", attacks="fab, fab").attacks == \
+        ["fab"]
