@@ -351,3 +351,65 @@ def curve_png(curve, path: Path, title: str) -> None:
     fig.savefig(tmp)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def curve_figure(curves: dict, current: float | None = None, marks: Sequence[dict] = (),
+                 title: str = "", colours: dict[str, str] | None = None) -> go.Figure:
+    """Robustness curves (name -> :class:`core.curve.RobustnessCurve`), one colour per model
+    (``colours``, else in the order given), each with its 95% band; a dashed line at
+    ``current``; ``marks``: fixed-budget figures (``eps``, ``acc``, ``label``) drawn as points
+    to compare."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    top = max((e for c in curves.values() for e, _ in c.steps()), default=1.0)
+    for k, (name, curve) in enumerate(curves.items()):
+        colour = (colours or {}).get(name, PALETTE[k % len(PALETTE)])
+        points = curve.steps(top)
+        eps = [e for e, _ in points]
+        bands = [curve.interval(e) for e in eps]
+        fig.add_trace(go.Scatter(x=eps + eps[::-1], y=[b[1] for b in bands] +
+                                 [b[0] for b in bands][::-1], fill="toself", opacity=0.15,
+                                 line=dict(width=0), fillcolor=colour, hoverinfo="skip",
+                                 showlegend=False))
+        fig.add_trace(go.Scatter(x=eps, y=[a for _, a in points], mode="lines", name=name,
+                                 line=dict(color=colour, width=2),
+                                 hovertemplate="ε %{x:.4f}: %{y:.1%}<extra>" + html.escape(name)
+                                 + "</extra>"))
+    for mark in marks:
+        fig.add_trace(go.Scatter(x=[mark["eps"]], y=[mark["acc"]], mode="markers",
+                                 name=mark["label"], marker=dict(symbol="x", size=10,
+                                                                 color="#111827"),
+                                 hovertemplate=html.escape(mark["label"]) +
+                                 ": %{y:.1%} at ε %{x:.4f}<extra></extra>", showlegend=False))
+    if current is not None:
+        fig.add_vline(x=current, line_dash="dash", line_color="#6b7280")
+    norm = next(iter(curves.values())).norm if curves else "linf"
+    fig.update_layout(title=title, height=320, margin=dict(l=50, r=10, t=40 if title else 20,
+                                                           b=40),
+                      xaxis_title=f"ε ({'L∞' if norm == 'linf' else 'L2'}, pixel units)",
+                      yaxis_title="robust accuracy", yaxis_tickformat=".0%",
+                      yaxis_range=[0, 1.02], legend=dict(orientation="h", y=-0.25),
+                      showlegend=len(curves) > 1 or colours is not None)
+    return fig
+
+
+def breaking_points_figure(curves: dict, bins: int = 40) -> go.Figure:
+    """Histogram of the smallest adversarial norms (the breaking points) of each model's
+    correctly classified images, one colour per model; those never broken are left out (the
+    legend counts them)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for k, (name, curve) in enumerate(curves.items()):
+        finite = [v for v in curve.norms if 0 < v < float("inf")]
+        never = sum(1 for v in curve.norms if v == float("inf"))
+        fig.add_trace(go.Histogram(x=finite, nbinsx=bins, opacity=0.6, name=name + (
+            f" ({never} never broken)" if never else ""),
+            marker_color=PALETTE[k % len(PALETTE)]))
+    norm = next(iter(curves.values())).norm if curves else "linf"
+    fig.update_layout(barmode="overlay", height=300, margin=dict(l=50, r=10, t=20, b=40),
+                      xaxis_title=f"smallest adversarial {'L∞' if norm == 'linf' else 'L2'} "
+                                  "norm (pixel units)", yaxis_title="images",
+                      legend=dict(orientation="h", y=-0.3), showlegend=True)
+    return fig

@@ -3,7 +3,7 @@ epsilon slider reads grids computed in the background; the examples are the flip
 or one picked, the same images for both models; upload your own image to attack it."""
 import streamlit as st
 
-from core.attacks import ATTACKS
+from core.attacks import ATTACKS, MINIMUM_NORM
 from core.confidence import interval_text
 from core.figures import epsilon_curve_figure, probability_bars
 from core.app.attack import (attack_single, attack_summary, example_choice, existing_grid, grid_result,
@@ -16,6 +16,7 @@ from core.jobs.store import Run
 from core.threat import ThreatModel
 from pages.common import (figures_at, get_store, pick_run, require_trained_runs, show_error,
                           time_left)
+from pages.curve_view import curve_mode
 from pages.epsilon_slider import epsilon_slider
 
 store = get_store()
@@ -24,9 +25,15 @@ runs = require_trained_runs(store)
 c1, c2, c3 = st.columns([3, 1, 1])
 with c1:
     run = pick_run("Model", runs, "model")
-attack = c2.selectbox("Attack", [a for a in ATTACKS if a != "semantic"] + ["semantic"],
-                      index=2, key="attack-name")
+attack = c2.selectbox("Attack", [a for a in ATTACKS if a not in ("semantic",) + MINIMUM_NORM]
+                      + ["semantic", "curve"], index=2, key="attack-name",
+                      format_func=lambda a: "curve (every ε)" if a == "curve" else a,
+                      help="curve: minimum-norm attacks find each image's smallest adversarial "
+                           "perturbation once, so the ε slider is continuous")
 n = c3.select_slider("Test images", [100, 200, 500, 1000], value=GridSpec.n, key="attack-n")
+if attack == "curve":
+    curve_mode(store, run, n, classes_for_run(run))
+    st.stop()
 params = {}
 with st.expander("Attack parameters", expanded=False):
     if attack == "pgd":

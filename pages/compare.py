@@ -2,9 +2,10 @@
 sources, training curves overlaid, time, configuration differences)."""
 import streamlit as st
 
-from core.app.compare import compare_display, compare_rows, epoch_curves
+from core.app.compare import compare_display, compare_rows, epoch_curves, run_name
+from core.app.curves import curve_of, find_curve
 from core.app.runs import config_diff, run_label
-from core.figures import epoch_curves_figure
+from core.figures import PALETTE, curve_figure, epoch_curves_figure
 from pages.common import get_store
 
 store = get_store()
@@ -43,6 +44,18 @@ for column, metric, title in (
                           else "."))
         continue
     column.plotly_chart(epoch_curves_figure(curves, title), width="stretch")
+# each run keeps its colour of the epoch charts, whichever runs have a curve
+colours = {run_name(r): PALETTE[k % len(PALETTE)] for k, r in enumerate(chosen)}
+curves = {norm: {run_name(r): curve_of(c) for r in chosen
+                 if (c := find_curve(store, r.id, norm, statuses=("completed",))) is not None}
+          for norm in ("linf", "l2")}
+for norm, shown in curves.items():
+    if shown:
+        st.plotly_chart(curve_figure(shown, colours=colours, title=f"Robustness curves ({'L∞' if norm == 'linf' else 'L2'}"
+                                     f", each model's latest; bands: 95% intervals)"),
+                        width="stretch", key=f"compare-curves-{norm}")
+        st.caption("Median smallest norm: " + " · ".join(
+            f"{name} {c.median():.4f}" for name, c in shown.items()))
 st.subheader("Configuration differences")
 diff = config_diff(chosen)
 if diff.empty:

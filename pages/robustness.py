@@ -5,15 +5,17 @@ CSV download. Both launch background jobs."""
 import streamlit as st
 
 from core.confidence import text as accuracy_text
-from core.figures import robustness_figure, waterfall_figure
-from core.attacks import ATTACKS
+from core.app.curves import curve_of, launch_curve
+from core.figures import breaking_points_figure, robustness_figure, waterfall_figure
+from core.attacks import ATTACKS, MINIMUM_NORM
 from core.app.robustness import (STAGE_NAMES, audit_examples, audit_runs, audit_view,
                                  launch_audit, launch_sweep, sweep_curves, sweep_display)
 from core.app.runs import eps_label, parse_budgets, progress, resumable, resume, run_label
-from core.jobs.specs import DEFAULT_BUDGETS, AuditSpec, SweepSpec
+from core.jobs.specs import DEFAULT_BUDGETS, AuditSpec, CurveSpec, SweepSpec
 from core.paths import InputError
 from core.threat import standard_threat
-from pages.common import downloads, get_store, pick_run, require_trained_runs, show_error
+from pages.common import (downloads, get_store, job_bar, pick_run, require_trained_runs,
+                          show_error)
 
 store = get_store()
 st.title("Robustness")
@@ -139,7 +141,7 @@ def audit_results(run_id: str) -> None:
             col.image(item["clean"], caption=item["caption"], width="stretch")
 
 
-audit_tab, sweep_tab = st.tabs(["Audit", "Sweeps"])
+audit_tab, sweep_tab, curve_tab = st.tabs(["Audit", "Sweeps", "Curves"])
 with audit_tab:
     with st.container(border=True):
         model = audit_form()
@@ -186,7 +188,7 @@ def sweep_form() -> None:
         st.markdown("**Launch a sweep**")
         c1, c2 = st.columns([3, 2])
         models = c1.multiselect("Models", runs, default=runs[:1], format_func=run_label)
-        attacks = c2.multiselect("Attacks", list(ATTACKS),
+        attacks = c2.multiselect("Attacks", [a for a in ATTACKS if a not in MINIMUM_NORM],
                                  default=["noise", "fgsm", "pgd"])
         c1, c2, c3 = st.columns(3)
         eps_text = c1.text_input("Epsilons (pixel units)",
@@ -256,3 +258,62 @@ with sweep_tab:
     active_sweeps()
     stopped_sweeps()
     sweep_results()
+
+
+def curves_tab() -> None:
+    """Launch curves, follow them (with Cancel), and the breaking points of the models'
+    curves side by side: the histogram and each model's median smallest norm."""
+    with st.form("curve-form"):
+        st.markdown("**Robustness curves**: FMN and FAB find each test image's smallest "
+                    "adversarial perturbation, so robust accuracy is known at every epsilon.")
+        c1, c2, c3 = st.columns([4, 1, 1])
+        models = c1.multiselect("Models", runs, default=runs[:1], format_func=run_label,
+                                key="curve-models")
+        norm = c2.selectbox("Norm", ["linf", "l2"], key="curve-form-norm")
+        n = c3.number_input("Test images", 10, 10000, CurveSpec.n, step=100, key="curve-n")
+        go = st.form_submit_button("Compute curves", type="primary", icon=":material/timeline:")
+    if go:
+        try:
+            if not models:
+                raise InputError("pick at least one model")
+            for m in models:
+                launch_curve(store, m.id, norm, int(n))
+            st.toast(f"{len(models)} curve job(s) on their way")
+        except Exception as err:
+            show_error(err)
+    active_curves()
+    done = [r for r in store.list_runs(kind="curve", status="completed")]
+    if not done:
+        st.info("No completed curves yet: compute one above.")
+        return
+    chosen = st.multiselect("Curves to show", done, default=done[: min(3, len(done))],
+                            key="curves-shown", format_func=lambda r: f"{r.config['norm']} · "
+                            f"{run_label(store.get(r.config['model_run']))} · {r.id[-9:]}")
+    by_norm: dict[str, dict] = {}
+    for r in chosen:
+        model = store.get(r.config["model_run"])
+        by_norm.setdefault(r.config["norm"], {})[model.name or model.id[-9:]] = curve_of(r)
+    for norm_, curves in by_norm.items():
+        st.markdown(f"**Breaking points ({'L∞' if norm_ == 'linf' else 'L2'})**")
+        st.plotly_chart(breaking_points_figure(curves), width="stretch")
+        st.table([{"model": name, "images": c.n, "clean accuracy": f"{c.clean_accuracy():.1%}",
+                   "median smallest norm": "above every norm found" if c.median() == float(
+                       "inf") else f"{c.median():.4f}",
+                   "never broken": sum(1 for v in c.norms if v == float("inf"))}
+                  for name, c in curves.items()])
+
+
+@st.fragment(run_every=2.0)
+def active_curves() -> None:
+    running = [r for r in store.list_runs(kind="curve") if r.status in ("running", "queued")]
+    for r in running:
+        job_bar(store, r.id, f"{r.config['norm']} curve of "
+                f"{run_label(store.get(r.config['model_run']))}")
+    if st.session_state.get("had_curves") and not running:
+        st.session_state["had_curves"] = False
+        st.rerun()
+    st.session_state["had_curves"] = bool(running)
+
+
+with curve_tab:
+    curves_tab()

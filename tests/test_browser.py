@@ -544,3 +544,42 @@ def test_downloads_parse_compare_has_no_nan_and_bad_epsilons_are_one_line(mnist_
     table = pd.read_csv(download("Download CSV"))
     assert {"run", "clean acc"} <= set(table.columns) and len(table) >= 2
     assert missing == []
+
+
+@pytest.mark.slow
+def test_the_slider_reads_a_curve_between_two_former_grid_points(mnist_model, page_url):
+    """With a curve computed, the Attack page's slider is continuous: an epsilon between two
+    of the grid's points (0.05 and 0.1) shows the curve's numbers, no new job."""
+    import math
+
+    from playwright.sync_api import expect
+
+    from core.app.curves import at, curve_of
+    from core.jobs.runner import create, execute
+    from core.jobs.specs import CurveSpec
+    from core.jobs.store import RunStore
+
+    _, _, run_id = mnist_model
+    store = RunStore()
+    curve_id = create(store, CurveSpec(model_run=run_id, n=200, steps=40))
+    execute(store, curve_id, echo=False)
+    curve = curve_of(store.get(curve_id))
+    page, url = page_url
+    page.goto(f"{url}/attack?model={run_id}")
+    _choose(page, "Attack", "curve (every ε)")
+    slider = page.get_by_role("slider", name=re.compile("continuous"))
+    expect(slider).to_be_visible(timeout=60_000)
+    jobs = len(store.list_runs())
+    slider.focus()
+    value = float(slider.input_value())
+    while not 0.06 < value < 0.09:  # between two former grid points, on neither
+        page.keyboard.press("ArrowLeft" if value > 0.09 else "ArrowRight")
+        page.wait_for_timeout(50)
+        value = float(slider.input_value())
+    expected = f"{at(curve, value)['robust_acc']:.2%}"
+    metric = page.get_by_test_id("stMetric").filter(has_text="Robust accuracy")
+    expect(metric.get_by_test_id("stMetricValue")).to_have_text(expected, timeout=30_000)
+    assert not math.isclose(value, 0.05) and not math.isclose(value, 0.1)
+    expect(page.get_by_text("Broken at or below this ε")).to_be_visible()
+    page.screenshot(path=str(SHOTS / "15-attack-curve.png"), full_page=True)
+    assert len(store.list_runs()) == jobs  # every epsilon read from the curve, no new job

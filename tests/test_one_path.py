@@ -127,8 +127,8 @@ def test_resume_rules_are_one_and_refuse_runs_without_a_checkpoint(tmp_path, mon
     assert "only failed or cancelled" in resume_refusal(store.get(run_id))
     attack = store.create_run("attack", {})
     store.set_status(attack, "cancelled")
-    assert "only train, audit, sweep, grid, reproduce and study runs resume" in resume_refusal(
-        store.get(attack))
+    assert "only train, audit, sweep, grid, curve, reproduce and study runs resume" in \
+        resume_refusal(store.get(attack))
 
 
 # --- signals: SIGINT and SIGTERM leave every job cancelled ------------------------------
