@@ -227,3 +227,16 @@ def test_the_audit_estimate_counts_survivors_and_the_floor_of_a_small_batch():
     few = dict(base, n=20, correct=0.5)
     floor = estimate.audit_seconds(broken=0.5, per_call=1e-3, **few)
     assert floor > estimate.audit_seconds(broken=0.5, per_call=0.0, **few) + 1.0
+
+
+@requires_mnist
+def test_a_curve_stopped_after_a_batch_resumes_to_the_same_norms(mnist_model, monkeypatch):
+    from core.jobs.specs import CurveSpec
+
+    _, _, model_run = mnist_model
+    spec = CurveSpec(model_run=model_run, n=60, steps=10, batch_size=20)
+    store, whole, stopped = _unbroken_and_resumed(spec, monkeypatch, lambda s: s["batch"] == 1)
+    a, b = (store.get(r).summary for r in (whole, stopped))
+    assert a["norms"] == b["norms"] and a["found_by"] == b["found_by"]
+    assert (run_dir(stopped) / "curve.csv").read_text() == \
+        (run_dir(whole) / "curve.csv").read_text()
