@@ -9,6 +9,7 @@ import math
 from core import confidence
 from core.confidence import interval_text
 from core.app.answers import answers
+from core.app.curves import curve_of, find_curve
 from core.jobs.store import Run, RunStore
 from core.progress import fmt_duration
 from core.threat import ThreatModel
@@ -88,6 +89,14 @@ def _display_column(store: RunStore, run: Run) -> dict[str, str]:
     for key, (acc, n, source) in _robust_figures(store, run).items():
         text = confidence.text(acc, n)
         column[key] = text + (" ⚠ the audit contradicts it" if source in flagged else "")
+    for norm, label in (("linf", "L∞"), ("l2", "L2")):
+        curve = find_curve(store, run.id, norm, statuses=("completed",))
+        if curve is not None:
+            c = curve_of(curve)
+            median = c.median()
+            column[f"median smallest {label} norm (robustness curve)"] = (
+                "above every norm found" if math.isinf(median) else f"{median:.4f}") + \
+                f" on {c.n:,} images"
     column["training time"] = fmt_duration(run.duration)
     column["test images"] = f"{summary.get('n_test') or 0:,}"
     return column

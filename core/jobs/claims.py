@@ -1,5 +1,6 @@
 """The lab's own robustness figures for one model at one threat model, gathered from the run
-store: attack runs, sweeps, the Attack page's grids and the overfitting guard's held-out figure.
+store: attack runs, sweeps, the Attack page's grids, robustness curves and the overfitting
+guard's held-out figure.
 The audit's tenth indicator checks each of them against the audit's number."""
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def stored_figures(store: RunStore, model_run: str, which: str, threat: ThreatMo
     for run in store.list_runs():
         if run.kind in ("attack", "sweep", "grid") and _mine(run, model_run, which):
             out += _from_run(run, threat)
+        elif run.kind == "curve" and _mine(run, model_run, which):
+            out += _from_curve(run, threat)
         elif run.kind == "train" and run.id == model_run and run.summary:
             out += _from_guard(run, which, threat)
     return out
@@ -53,6 +56,17 @@ def _from_run(run: Run, threat: ThreatModel) -> list[dict]:
              "run": run.id, "acc": float(r["adv_acc"]), "n": int(r["n"])}
             for r in rows if r.get("norm") == threat.norm and _same_eps(r.get("eps"), threat.eps)
             and r.get("adv_acc") is not None]
+
+
+def _from_curve(run: Run, threat: ThreatModel) -> list[dict]:
+    from core.curve import RobustnessCurve
+
+    s = run.summary
+    if s.get("norm") != threat.norm or "norms" not in s:
+        return []
+    curve = RobustnessCurve.of(s["norm"], [math.inf if v is None else v for v in s["norms"]])
+    return [{"what": f"robustness curve {run.id}: {', '.join(s.get('attacks', []))}",
+             "run": run.id, "acc": curve.accuracy(threat.eps), "n": curve.n}]
 
 
 def _from_guard(run: Run, which: str, threat: ThreatModel) -> list[dict]:
