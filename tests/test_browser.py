@@ -561,7 +561,7 @@ def test_the_slider_reads_a_curve_between_two_former_grid_points(mnist_model, pa
 
     _, _, run_id = mnist_model
     store = RunStore()
-    curve_id = create(store, CurveSpec(model_run=run_id, n=200, steps=40))
+    curve_id = create(store, CurveSpec(model_run=run_id, n=100, steps=20))
     execute(store, curve_id, echo=False)
     curve = curve_of(store.get(curve_id))
     page, url = page_url
