@@ -112,6 +112,7 @@ def test_cancelled_ddp_run_resumes_under_torchrun_to_the_unbroken_weights():
     ["evaluate", "-n", "300"],
     ["attack", "--attack", "pgd", "--eps", "0.1", "--steps", "3", "-n", "300"],
     ["sweep", "--attacks", "fgsm,pgd", "--eps", "0.05,0.1", "--steps", "3", "-n", "300"],
+    ["curve", "--steps", "5", "-n", "60", "--batch-size", "30"],  # a batch per rank
 ])
 def test_torchrun_evaluation_commands_equal_one_process(mnist_model, command, capsys):
     from core.app.cli import main
@@ -133,7 +134,8 @@ def test_torchrun_evaluation_commands_equal_one_process(mnist_model, command, ca
     summaries = [store.get(i).summary for i in ids]
     assert all(store.get(i).status == "completed" for i in ids)
     assert summaries[0] == summaries[1]
-    files = {"evaluate": "evaluation.json", "attack": "records.csv", "sweep": "sweep.csv"}
+    files = {"evaluate": "evaluation.json", "attack": "records.csv", "sweep": "sweep.csv",
+             "curve": "curve.csv"}
     one, two = ((run_dir(i) / files[command[0]]).read_text() for i in ids)
     assert one == two  # per-example records included
     # the tables printed to the user match too (only the run ids differ)

@@ -15,7 +15,7 @@ from core.jobs.specs import Spec, spec_from_config
 from core.jobs.store import Run, RunStore
 
 ERROR_WIDTH = 70
-SHARDED = ("train", "evaluate", "attack", "sweep", "audit")
+SHARDED = ("train", "evaluate", "attack", "sweep", "audit", "curve")
 
 
 def run_job(spec: Spec, name: str | None = None) -> int:
