@@ -269,7 +269,7 @@ def curves_tab() -> None:
         c1, c2, c3 = st.columns([4, 1, 1])
         models = c1.multiselect("Models", runs, default=runs[:1], format_func=run_label,
                                 key="curve-models")
-        norm = c2.selectbox("Norm", ["linf", "l2"], key="curve-form-norm")
+        norm = c2.selectbox("Perturbation measure", ["linf", "l2"], key="curve-form-norm")
         n = c3.number_input("Test images", 10, 10000, CurveSpec.n, step=100, key="curve-n")
         go = st.form_submit_button("Compute curves", type="primary", icon=":material/timeline:")
     if go:

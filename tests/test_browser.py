@@ -339,11 +339,22 @@ def _compute(page, needed: bool = False) -> None:
     already computed this grid and the page shows it (``needed``: it cannot have)."""
     from playwright.sync_api import expect
 
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     button = page.get_by_role("button", name="Compute", exact=True)
     shown = page.get_by_text(re.compile(r"^Every number here is on the same"))
     expect(button if needed else button.or_(shown).first).to_be_visible(timeout=60_000)
-    if button.count():
-        button.click()
+    # a rerun of the page (a job of another test ending, the sidebar's poll) can redraw the
+    # button while a click waits for it: try again rather than wait on a stale element
+    for _ in range(6):
+        if not button.count():
+            return
+        try:
+            button.click(timeout=10_000)
+            return
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError("the Compute button never took a click")
 
 
 def _click_until(page, target, check, tries: int = 4) -> None:
