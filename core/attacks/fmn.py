@@ -52,8 +52,8 @@ def cosine(step: int, steps: int, start: float, end: float) -> float:
 class FMN(FMNSettings, MinimumNorm):
     """Fast Minimum-Norm attack (Pintor et al. 2021), untargeted, L-inf or L2: returns per
     example the adversarial point of smallest norm found (the input where none was). One
-    change from the paper: before the first success the radius grows by at least gamma per
-    step (see the comment in the loop)."""
+    change from the paper, in L2 only: before the first success the radius grows by at least
+    gamma per step (see the comment in the loop)."""
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         shape = (-1,) + (1,) * (x.dim() - 1)
@@ -62,7 +62,7 @@ class FMN(FMNSettings, MinimumNorm):
         delta = torch.zeros_like(x)
         best, best_norm = x.clone(), torch.full((len(x),), math.inf, device=x.device)
         found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        radius = torch.zeros(len(x), device=x.device)
+        radius = torch.zeros(len(x), device=x.device)  # the paper's first estimate replaces it
         widest = self.size(torch.maximum(x, 1 - x))  # no point of the box is farther
         for k in range(self.steps):
             tick()
@@ -78,13 +78,15 @@ class FMN(FMNSettings, MinimumNorm):
             found |= adversarial
             gamma = cosine(k, self.steps, self.gamma_init, self.gamma_final)
             boundary = size + gap / grad.flatten(1).norm(p=dual, dim=1).clamp_min(1e-12)
-            # before the first success the paper sets the radius to the linear estimate alone;
-            # the image box cuts the steps that would cross (a black MNIST pixel cannot go
-            # darker), so the estimate can settle just short of the boundary for good: here it
-            # also grows by gamma, as after a success
+            # before the first success the paper sets the radius to the linear estimate alone.
+            # In L2 the image box cuts the steps that would cross (a black MNIST pixel cannot go
+            # darker) and the projection rescales the whole step, so the estimate can settle
+            # just short of the boundary for good: there the radius also grows by gamma, as
+            # after a success. In L-inf the paper's rule matched Foolbox's FMN, so it is kept.
+            before = torch.maximum(boundary, radius * (1 + gamma)) if self.norm == "l2" \
+                else boundary
             radius = torch.where(adversarial, torch.minimum(radius * (1 - gamma), best_norm),
-                                 torch.where(found, radius * (1 + gamma),
-                                             torch.maximum(boundary, radius * (1 + gamma))))
+                                 torch.where(found, radius * (1 + gamma), before))
             radius = torch.minimum(radius, widest)
             alpha = cosine(k, self.steps, self.alpha_init, alpha_final)
             step = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
