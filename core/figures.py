@@ -315,15 +315,7 @@ def curves_png(series: dict[str, list[tuple[float, float]]], path: Path, title: 
         points = sorted(points)
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label,
                 color=PALETTE[i % len(PALETTE)])
-    ax.set_xlabel("epsilon (pixel units)")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _finish_png(fig, ax, path, title, "epsilon (pixel units)", "accuracy")
 
 
 def curve_png(curve, path: Path, title: str) -> None:
@@ -340,8 +332,16 @@ def curve_png(curve, path: Path, title: str) -> None:
     ax.fill_between(eps, [b[0] for b in bands], [b[1] for b in bands], color=PALETTE[0],
                     alpha=0.15, step=None, label="95% interval")
     ax.plot(eps, [a for _, a in points], color=PALETTE[0], label="robust accuracy")
-    ax.set_xlabel(f"epsilon ({curve.norm}, pixel units)")
-    ax.set_ylabel("robust accuracy")
+    _finish_png(fig, ax, path, title, f"epsilon ({curve.norm}, pixel units)",
+                "robust accuracy")
+
+
+def _finish_png(fig, ax, path: Path, title: str, xlabel: str, ylabel: str) -> None:
+    """Label an accuracy plot (0 to 1, grid, legend), write it atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend()

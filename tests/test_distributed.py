@@ -111,7 +111,7 @@ def test_cancelled_ddp_run_resumes_under_torchrun_to_the_unbroken_weights():
 @pytest.mark.parametrize("command", [
     ["evaluate", "-n", "300"],
     ["attack", "--attack", "pgd", "--eps", "0.1", "--steps", "3", "-n", "300"],
-    ["sweep", "--attacks", "fgsm,pgd", "--eps", "0.05,0.1", "--steps", "3", "-n", "300"],
+    # a sweep shards through the same runner as attack (sharded_attack): attack covers it
     ["curve", "--steps", "5", "-n", "60", "--batch-size", "30"],  # a batch per rank
 ])
 def test_torchrun_evaluation_commands_equal_one_process(mnist_model, command, capsys):

@@ -19,6 +19,14 @@ if TYPE_CHECKING:
     import torch.nn as nn
 
 
+def check_step(settings) -> None:
+    """Check FAB's step settings (both forms): bias ``alpha_max``, overshoot ``eta``, backward
+    step ``beta``."""
+    check_range("alpha_max", settings.alpha_max, 0.0, 1.0)
+    check_range("eta", settings.eta, 1.0, 10.0)
+    check_range("beta", settings.beta, 0.0, 1.0)
+
+
 @dataclass
 class FABSettings(BallSettings):
     """FAB-T: ``steps`` iterations and ``restarts`` per target class, ``targets`` classes,
@@ -38,9 +46,7 @@ class FABSettings(BallSettings):
         check_positive("steps", self.steps)
         check_positive("restarts", self.restarts)
         check_positive("targets", self.targets)
-        check_range("alpha_max", self.alpha_max, 0.0, 1.0)
-        check_range("eta", self.eta, 1.0, 10.0)
-        check_range("beta", self.beta, 0.0, 1.0)
+        check_step(self)
 
     def gradients_per_image(self) -> int:
         # a gradient pass and a forward pass per iteration
@@ -209,9 +215,7 @@ class FABMinimumSettings(MinimumNormSettings):
         super().validate()
         check_positive("steps", self.steps)
         check_positive("targets", self.targets)
-        check_range("alpha_max", self.alpha_max, 0.0, 1.0)
-        check_range("eta", self.eta, 1.0, 10.0)
-        check_range("beta", self.beta, 0.0, 1.0)
+        check_step(self)
 
     def gradients_per_image(self) -> int:
         return self.steps * self.targets * 4 // 3  # a gradient and a forward per iteration
