@@ -7,10 +7,9 @@ import math
 
 import streamlit as st
 
-from core.app.curves import (at, breaking_predictions, broken_examples, curve_checks, curve_of,
+from core.app.curves import (at, broken_examples, curve_checks, curve_of,
                              find_curve, launch_curve)
 from core.app.images import to_display
-from core.app.runs import model_for_run
 from core.figures import curve_figure
 from core.jobs.store import Run, RunStore
 from pages.common import job_bar, show_error
@@ -92,18 +91,16 @@ def _draw(store: RunStore, run: Run, job: Run, classes: list[str]) -> None:
 
 
 def _examples(store: RunStore, run: Run, job: Run, eps: float, classes: list[str]) -> None:
-    shown = broken_examples(job.id, eps)
+    shown = broken_examples(store, job, eps)
     st.subheader("Broken at or below this ε")
     if not shown:
         st.caption("No image is broken at or below this ε.")
         return
-    model, _ = model_for_run(store, run.id, device="cpu")
-    predicted = breaking_predictions(model, shown)
     st.caption("Each image at its own breaking point (its smallest adversarial perturbation), "
                "the largest of them first: clean above, attacked below.")
     cols = st.columns(len(shown))
-    for col, item, pred in zip(cols, shown, predicted):
+    for col, item in zip(cols, shown):
         col.image(to_display(item["x"]), width="stretch",
                   caption=f"{classes[item['label']]}")
         col.image(to_display(item["x_adv"]), width="stretch",
-                  caption=f"→ {classes[pred]} at {item['norm']:.4f}")
+                  caption=f"→ {classes[item['predicted']]} at {item['norm']:.4f}")

@@ -5,8 +5,9 @@ from core.figures import training_figure
 from core.training.settings import DEFENSE_SETTINGS as DEFENSES
 from core.training.settings import MODEL_ARGS as MODELS
 from core.training.settings import MultiStepSettings
-from core.app.runs import delete_run, lab_overview, progress, resumable, resume, run_label, runs_frame, weights_file
+from core.app.runs import lab_overview, progress, resumable, resume, run_label, runs_frame, weights_file
 from core.app.train import launch_training, train_form_defaults, training_estimate
+from core.jobs.runner import delete_run
 from core.jobs.specs import OPTIMIZERS, SCHEDULES
 from core.paths import artifacts_dir, data_dir
 from pages.common import fmt_seconds, get_store, show_error, show_table

@@ -97,6 +97,14 @@ def test_the_curve_job_is_never_weaker_than_pgd_on_its_own_images(mnist_model, t
     saved = json.loads((folder / "curve.json").read_text())
     assert saved["n"] == 100 and len(saved["examples"]) == 100
     assert (folder / "curve.png").stat().st_size > 0
+    # what the Attack page's slider shows: the images broken at or below eps, each at its
+    # breaking point and classified wrongly there, the largest norm first
+    from core.app.curves import broken_examples
+
+    shown = broken_examples(store, store.get(curve_id), 0.1)
+    assert len(shown) == min(8, curve.robust(0.0) - curve.robust(0.1))
+    assert shown and all(0 < e["norm"] <= 0.1 and e["predicted"] != e["label"] for e in shown)
+    assert [e["norm"] for e in shown] == sorted((e["norm"] for e in shown), reverse=True)
 
 
 def test_a_curve_spec_refuses_what_it_cannot_run():

@@ -276,7 +276,8 @@ def test_a_run_is_renamed_downloaded_and_deleted_with_what_belongs_to_it(tmp_pat
     monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path))
     from core.prediction import load_model
     from core.jobs.runner import create, execute
-    from core.app.runs import delete_run, weights_file
+    from core.app.runs import weights_file
+    from core.jobs.runner import delete_run
     from core.jobs.specs import EvaluateSpec, TrainSpec
 
     store = RunStore()

@@ -4,7 +4,9 @@ against the fixed-budget figures stored for the same model, norm and images. Pla
 (no streamlit), so pages stay thin."""
 from __future__ import annotations
 
+import functools
 import math
+from pathlib import Path
 
 from core import checkpoint, confidence
 from core.curve import RobustnessCurve
@@ -52,25 +54,35 @@ def at(curve: RobustnessCurve, eps: float) -> dict:
             "success_rate": (correct - robust) / correct if correct else 0.0}
 
 
-def broken_examples(run_id: str, eps: float, limit: int = 8) -> list[dict]:
-    """Up to ``limit`` examples broken at or below ``eps``, each at its own breaking point:
-    the largest smallest norms first (those ``eps`` has just reached)."""
-    tensors, _ = checkpoint.load(run_dir(run_id) / EXAMPLES_FILE)
+def broken_examples(store: RunStore, job: Run, eps: float, limit: int = 8) -> list[dict]:
+    """Up to ``limit`` examples broken at or below ``eps``, each at its own breaking point
+    with the class the model gives it there: the largest smallest norms first (those ``eps``
+    has just reached)."""
+    path = run_dir(job.id) / EXAMPLES_FILE
+    tensors, predicted = _breaking_points(store, job.config["model_run"], str(path),
+                                          path.stat().st_mtime_ns)
     norms = tensors["norm"]
     chosen = ((norms > 0) & (norms <= eps)).nonzero().squeeze(1)
     chosen = chosen[norms[chosen].argsort(descending=True)][:limit]
     return [{"x": tensors["x"][k], "x_adv": tensors["x_adv"][k], "norm": float(norms[k]),
-             "label": int(tensors["labels"][k]), "position": int(k)} for k in chosen]
+             "label": int(tensors["labels"][k]), "predicted": predicted[k],
+             "position": int(k)} for k in chosen]
 
 
-def breaking_predictions(model, examples: list[dict]) -> list[int]:
-    """The model's classes for the examples at their breaking points."""
+# A finished curve's files never change, and the slider asks for them at every move: read and
+# classify them once (the modification time keys a rerun's new files).
+@functools.lru_cache(maxsize=4)
+def _breaking_points(store: RunStore, model_run: str, path: str,
+                     mtime_ns: int) -> tuple[dict, list[int]]:
     import torch
 
-    if not examples:
-        return []
+    from core.app.runs import model_for_run
+
+    tensors, _ = checkpoint.load(Path(path))
+    model, _ = model_for_run(store, model_run, device="cpu")
     with torch.no_grad():
-        return model(torch.stack([e["x_adv"] for e in examples])).argmax(1).tolist()
+        predicted = torch.cat([model(chunk).argmax(1) for chunk in tensors["x_adv"].split(500)])
+    return tensors, predicted.tolist()
 
 
 def curve_checks(store: RunStore, model_run: str, run: Run) -> list[dict]:
@@ -118,9 +130,14 @@ def shared_positions(total: int, n: int, m: int, seed: int) -> list[int]:
 
 
 def _test_size(model: Run) -> int:
+    return _split_size(model.config["dataset"], model.config.get("data_dir"))
+
+
+@functools.lru_cache(maxsize=8)
+def _split_size(dataset: str, data_dir: str | None) -> int:
     from core import data
 
-    return len(data.load(model.config["dataset"], "test", model.config.get("data_dir")))
+    return len(data.load(dataset, "test", data_dir))
 
 
 def _figures(store: RunStore, model_run: str, norm: str) -> list[dict]:

@@ -14,7 +14,6 @@ from core.confidence import interval_text
 import torch
 
 from core.jobs import runner
-from core.jobs.runner import delete_run  # noqa: F401  (the pages' name for it)
 from core.app.console import headline
 from core.paths import InputError, run_dir
 from core.prediction import load_model, pick_device, run_model_path
