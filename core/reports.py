@@ -77,14 +77,6 @@ def _plt():
     return plt
 
 
-def _show(ax, img: torch.Tensor, title: str) -> None:
-    arr = img.clamp(0, 1).permute(1, 2, 0).numpy()
-    ax.imshow(arr[:, :, 0] if arr.shape[2] == 1 else arr, cmap="gray" if arr.shape[2] == 1
-              else None, vmin=0, vmax=1)
-    ax.set_title(title, fontsize=7)
-    ax.axis("off")
-
-
 def _save(fig, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp)
@@ -96,19 +88,54 @@ def mistakes_png(split: TensorData, records: list[dict], classes: Sequence[str],
     """A grid of mistakes, each titled 'true → predicted (confidence)'."""
     if not records:
         return
+    titles = [f"{classes[r['true']]} → {classes[r['pred']]}\n({r['confidence']:.0%})"
+              for r in records]
+    _grid_png(_images(split, records), titles, cols, (1.3, 1.45), path,
+              "Mistakes (true → predicted, confidence), across classes")
+
+
+def _grid_png(images: torch.Tensor, titles: list[str], cols: int, cell: tuple[float, float],
+              path: Path, title: str) -> None:
+    """Images in a grid of ``cols`` columns, each ``cell`` inches with its title above it.
+    One axes holds every image: a figure of 64 subplots took seconds to lay out and save,
+    and every evaluation writes one."""
     plt = _plt()
-    images = _images(split, records)
-    rows = math.ceil(len(records) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.45), dpi=110,
-                             squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, img, r in zip(axes.flat, images, records):
-        _show(ax, img, f"{classes[r['true']]} → {classes[r['pred']]}\n({r['confidence']:.0%})")
-    fig.suptitle("Mistakes (true → predicted, confidence), across classes", fontsize=9)
-    fig.tight_layout()
+    rows = math.ceil(len(images) / cols)
+    fig = plt.figure(figsize=(cols * cell[0], rows * cell[1] + 0.3), dpi=110)
+    top = rows * cell[1] / (rows * cell[1] + 0.3)
+    ax = fig.add_axes((0, 0, 1, top))
+    ax.set_xlim(0, cols)
+    ax.set_ylim(0, rows)
+    ax.axis("off")
+    side = 0.8 * cell[0] / cell[1]  # the image's height in rows, for a square image
+    for k, (img, text) in enumerate(zip(images, titles)):
+        col, row = k % cols, rows - 1 - k // cols
+        arr = img.clamp(0, 1).permute(1, 2, 0).numpy()
+        ax.imshow(arr[:, :, 0] if arr.shape[2] == 1 else arr,
+                  cmap="gray" if arr.shape[2] == 1 else None, vmin=0, vmax=1, aspect="auto",
+                  interpolation="nearest", extent=(col + 0.1, col + 0.9, row + 0.04,
+                                                   row + 0.04 + side))
+        ax.text(col + 0.5, row + 0.06 + side, text, ha="center", va="bottom", fontsize=7)
+    fig.suptitle(title, fontsize=9, y=1 - 0.1 / (rows * cell[1] + 0.3))
     _save(fig, path)
     plt.close(fig)
+
+
+def examples_png(x: torch.Tensor, x_adv: torch.Tensor, labels: torch.Tensor,
+                 clean_pred: torch.Tensor, adv_pred: torch.Tensor, classes: Sequence[str],
+                 path: Path, title: str, rows: int = 8) -> None:
+    """Rows of clean image, adversarial image and amplified perturbation, labelled."""
+    rows = min(rows, len(x))
+    if rows == 0:
+        return
+    images, titles = [], []
+    for k in range(rows):
+        delta = x_adv[k] - x[k]
+        images += [x[k], x_adv[k], delta / (2 * delta.abs().max().clamp_min(1e-8)) + 0.5]
+        titles += [f"clean: {classes[int(clean_pred[k])]} (true {classes[int(labels[k])]})",
+                   f"attacked: {classes[int(adv_pred[k])]}",
+                   f"perturbation (L∞ {delta.abs().max():.3f})"]
+    _grid_png(torch.stack(images), titles, 3, (4.6 / 3, 1.55), path, title)
 
 
 def write_evaluation(folder: Path, report: dict, split: TensorData) -> list[dict]:
@@ -121,28 +148,6 @@ def write_evaluation(folder: Path, report: dict, split: TensorData) -> list[dict
     shown = spread_mistakes([r for r in report["records"] if r["true"] != r["pred"]])
     mistakes_png(split, shown, report["classes"], folder / "mistakes.png")
     return shown
-
-
-def examples_png(x: torch.Tensor, x_adv: torch.Tensor, labels: torch.Tensor,
-                 clean_pred: torch.Tensor, adv_pred: torch.Tensor, classes: Sequence[str],
-                 path: Path, title: str, rows: int = 8) -> None:
-    """Rows of clean image, adversarial image and amplified perturbation, labelled."""
-    rows = min(rows, len(x))
-    if rows == 0:
-        return
-    plt = _plt()
-    fig, axes = plt.subplots(rows, 3, figsize=(4.6, rows * 1.55), dpi=110, squeeze=False)
-    for k in range(rows):
-        delta = x_adv[k] - x[k]
-        amp = delta / (2 * delta.abs().max().clamp_min(1e-8)) + 0.5
-        true = classes[int(labels[k])]
-        _show(axes[k, 0], x[k], f"clean: {classes[int(clean_pred[k])]} (true {true})")
-        _show(axes[k, 1], x_adv[k], f"attacked: {classes[int(adv_pred[k])]}")
-        _show(axes[k, 2], amp, f"perturbation (L∞ {delta.abs().max():.3f})")
-    fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
 
 
 def write_attack(folder: Path, outcome, summary: dict, classes: Sequence[str]) -> None:

@@ -86,20 +86,20 @@ def test_the_audit_flags_a_masked_model_and_passes_an_honest_one(mnist_model, mn
     from core import audit
 
     model, _, _ = mnist_model
-    data = mnist_test.subset(100, seed=12)
+    data = mnist_test.subset(60, seed=12)
     threat = ThreatModel("linf", 0.15)
     # gradients are zero on the masked model: more iterations cannot help the gradient stages
-    quick = audit.stages("standard", threat, steps=20, queries=600)
+    quick = audit.stages("standard", threat, steps=10, queries=300)
     masked = Quantized(model).eval()
     result = audit.cascade(masked, data, quick)
-    checks = {c["name"]: c for c in audit.indicators(masked, data, threat, result, quick, 20)}
+    checks = {c["name"]: c for c in audit.indicators(masked, data, threat, result, quick, 10)}
     assert checks["gradients"]["status"] == "fail"
     assert checks["black-box"]["status"] == "fail"
     square = sum(b == "square" for b in result["broken_by"])
-    assert square > 10  # Square breaks what APGD could not touch
-    plan = audit.stages("standard", threat, steps=50, queries=600)
+    assert square > 20  # Square breaks what APGD could not touch (46 of 60 when written)
+    plan = audit.stages("standard", threat, steps=25, queries=300)
     honest = audit.cascade(model, data, plan)
-    checks = audit.indicators(model, data, threat, honest, plan, 50)
+    checks = audit.indicators(model, data, threat, honest, plan, 25)
     assert all(c["status"] == "pass" for c in checks), checks
     assert honest["robust_acc"] <= honest["stages"][0]["robust_acc"] <= honest["clean_acc"]
 

@@ -30,7 +30,7 @@ def _robust_acc(defense: str, mnist_test) -> float:
                       robust_eval={"eps": 0.1, "n": 100, "steps": 5}, **TRAIN)
     run_id = store.create_run("train", cfg.to_dict())
     summary = fit(cfg, store, run_id)
-    assert (summary["n_train"], summary["n_held_out"]) == (3900, 100)
+    assert (summary["n_train"], summary["n_held_out"]) == (TRAIN["train_subset"] - 100, 100)
     model, _ = load_model(run_model_path(run_id))
     out = run_attack(model, mnist_test.subset(300, seed=5), PGD(eps=0.1, steps=10))
     epochs = {m["name"] for m in store.metrics(run_id)}

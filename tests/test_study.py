@@ -12,7 +12,8 @@ from core.jobs.study import Setting
 TINY = Setting(0.3, dict(epochs=2, batch_size=64, optimizer="nesterov", lr=0.05,
                          train_subset=300, test_subset=100), steps=2, step_size=0.15,
                eps_ramp_epochs=2, pgd_n=40, audit_n=16, audit_budget={"steps": 5,
-                                                                       "queries": 40})
+                                                                       "queries": 40},
+               clean_n=500)
 
 
 @pytest.fixture

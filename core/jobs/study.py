@@ -38,6 +38,7 @@ class Setting:
     audit_n: int
     audit_budget: dict = field(default_factory=dict)  # AuditSpec steps/queries (tests shrink)
     defense_lr: dict = field(default_factory=dict)  # a defense's own peak learning rate
+    clean_n: int | None = None  # clean test images: the whole split (tests shrink)
 
 
 # TRADES at the others' lr 0.1 went to NaN on MNIST at eps 0.3 in epoch 2, as the ramp reached
@@ -147,7 +148,7 @@ class _Model:
         run, _ = self.ctx.child(train, f"study: {self.label}")
         store = self.ctx.store
         meta = json.loads((run_dir(run) / "model.safetensors.json").read_text())
-        _, clean = self.ctx.child(EvaluateSpec(model_run=run, **self.where),
+        _, clean = self.ctx.child(EvaluateSpec(model_run=run, n=s.clean_n, **self.where),
                                   f"study: {self.label}, clean")
         _, pgd = self.ctx.child(SweepSpec(
             model_run=run, attacks=[{"name": "pgd", "params": {"steps": 40}}],
