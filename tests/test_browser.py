@@ -107,7 +107,7 @@ def test_train_evaluate_attack_in_a_real_browser(page_url):
     assert page.url.split("?")[0].rstrip("/") == server
     page.get_by_label("Epochs").fill("1")
     page.get_by_label("Training images (0 = all)").fill("1000")
-    page.get_by_label("Test images (0 = all)", exact=True).fill("500")
+    page.get_by_label("Test images (0 = all)", exact=True).fill("200")
     page.get_by_label("Run name (optional)").fill("browser test")
     page.get_by_role("button", name="Launch training").click()
     # live curve shows points, then the run completes
@@ -228,7 +228,7 @@ def test_the_train_page_follows_its_jobs(page_url):
         page.get_by_label("Run name (optional)").fill(name)
         page.get_by_role("button", name="Launch training").click()
 
-    launch("1", "1000", "first")
+    launch("1", "400", "first")
     expect(picker).to_have_value(re.compile("first"), timeout=30_000)
     expect(status).to_contain_text("completed", timeout=180_000)
     first = page.url.split("run=")[1].split("&")[0]
