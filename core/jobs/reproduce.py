@@ -61,16 +61,16 @@ FULL = Plan(
     defense_eval_n=1000,
 )
 QUICK = Plan(
-    cifar=dict(dataset="cifar10", epochs=1, batch_size=64, lr=0.05, train_subset=1000,
+    cifar=dict(dataset="cifar10", epochs=1, batch_size=64, lr=0.05, train_subset=500,
                test_subset=200),
-    mnist=dict(dataset="mnist", epochs=1, batch_size=64, lr=0.05, train_subset=2000,
+    mnist=dict(dataset="mnist", epochs=1, batch_size=64, lr=0.05, train_subset=1500,
                test_subset=500),
     attack_n=100, budgets=[0.05, 0.1, 0.3], pgd_steps=5, cw=dict(steps=10, lr=0.1, search_steps=3),
     defense_common=dict(dataset="mnist", epochs=1, batch_size=64, lr=0.05, train_subset=1000,
                         test_subset=200),
     defenses={"fgsm-at": dict(SEED_FGSM_AT), "iat": {"eps": 0.2, "steps": 2, "alpha": 1.0}},
     defense_eval_n=100, defense_budgets=[0.1, 0.2], cw_n=30,
-    audit={"version": "fast", "n": 30, "steps": 10}, eval_n=500,
+    audit={"version": "fast", "n": 30, "steps": 10}, eval_n=300,
 )
 
 
