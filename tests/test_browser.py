@@ -287,7 +287,10 @@ def test_an_attack_without_epsilon_replaces_the_previous_examples(mnist_model, p
 
 
 @pytest.mark.slow
-def test_a_click_on_a_confusion_cell_filters_the_gallery(mnist_model, page_url):
+def test_a_confusion_cell_filters_the_gallery_and_an_attack_gives_its_matrix(mnist_model,
+                                                                             page_url):
+    """A click on a confusion cell filters the mistakes gallery to that cell; an attack
+    chosen under the matrix gives the robust accuracy on the spec's images."""
     from playwright.sync_api import expect
 
     from core.jobs.store import RunStore
@@ -314,6 +317,16 @@ def test_a_click_on_a_confusion_cell_filters_the_gallery(mnist_model, page_url):
     others = captions.filter(has_not_text=re.compile(rf"^{true} → {pred} "))
     expect(others).to_have_count(0, timeout=20_000)
     page.screenshot(path=str(SHOTS / "9-evaluate-cell.png"), full_page=True)
+
+    # the clean evaluation is done (its gallery is shown): no polling rerun closes the menu
+    _choose(page, "Attack", "fgsm")
+    page.get_by_role("button", name="Attack", exact=True).click()
+    expect(page.get_by_test_id("stMetric").filter(has_text="Robust accuracy")).to_be_visible(
+        timeout=180_000)
+    expect(page.get_by_text("Clean (1,000 images)")).to_be_visible()  # the spec's n
+    expect(page.get_by_text(re.compile(r"^Under L∞ ε=0\.1"))).to_be_visible()
+    page.get_by_text("Under attack", exact=True).scroll_into_view_if_needed()
+    page.screenshot(path=str(SHOTS / "12-evaluate-under-attack.png"), full_page=True)
 
 
 def _watch_for_404s(page) -> list[str]:
@@ -465,27 +478,6 @@ def test_attack_examples_flipped_all_or_picked_and_two_models_side_by_side(mnist
     attacked = page.get_by_test_id("stImageCaption").filter(has_text=" at eps ")  # which attack, which eps
     expect(attacked).to_be_visible(timeout=30_000)
     expect(page.get_by_test_id("stImageCaption").filter(has_text="yours: ")).to_be_visible()
-
-
-@pytest.mark.slow
-def test_evaluate_shows_the_confusion_matrix_under_a_chosen_attack(mnist_model, page_url):
-    from playwright.sync_api import expect
-
-    _, _, run_id = mnist_model
-    page, url = page_url
-    page.goto(f"{url}/evaluate?model={run_id}")
-    expect(page.get_by_text("Under attack", exact=True)).to_be_visible(timeout=180_000)
-    # the clean evaluation may still be running: its polling reruns close drop-downs
-    expect(page.get_by_text("Misclassified examples", exact=True)).to_be_visible(
-        timeout=180_000)
-    _choose(page, "Attack", "fgsm")
-    page.get_by_role("button", name="Attack", exact=True).click()
-    expect(page.get_by_test_id("stMetric").filter(has_text="Robust accuracy")).to_be_visible(
-        timeout=180_000)
-    expect(page.get_by_text("Clean (1,000 images)")).to_be_visible()  # the spec's n
-    expect(page.get_by_text(re.compile(r"^Under L∞ ε=0\.1"))).to_be_visible()
-    page.get_by_text("Under attack", exact=True).scroll_into_view_if_needed()
-    page.screenshot(path=str(SHOTS / "12-evaluate-under-attack.png"), full_page=True)
 
 
 @pytest.mark.slow
