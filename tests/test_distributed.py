@@ -120,7 +120,8 @@ def test_ddp_training_matches_one_process_and_a_cancelled_run_resumes_to_the_sam
     ["evaluate", "-n", "300"],
     ["attack", "--attack", "pgd", "--eps", "0.1", "--steps", "3", "-n", "300"],
     # a sweep shards through the same runner as attack (sharded_attack): attack covers it
-    ["curve", "--steps", "5", "-n", "60", "--batch-size", "30"],  # a batch per rank
+    # a batch per rank; FAB's sharding is the audit's (FAB-T), tested below
+    ["curve", "--attacks", "fmn", "--steps", "5", "-n", "60", "--batch-size", "30"],
 ])
 def test_torchrun_evaluation_commands_equal_one_process(mnist_model, command, capsys):
     _, _, model_run = mnist_model
