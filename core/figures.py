@@ -299,8 +299,7 @@ def confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str], pa
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def curves_png(series: dict[str, list[tuple[float, float]]], path: Path, title: str) -> None:
@@ -338,8 +337,6 @@ def curve_png(curve, path: Path, title: str) -> None:
 
 def _finish_png(fig, ax, path: Path, title: str, xlabel: str, ylabel: str) -> None:
     """Label an accuracy plot (0 to 1, grid, legend), write it atomically and close it."""
-    import matplotlib.pyplot as plt
-
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1)
@@ -347,6 +344,14 @@ def _finish_png(fig, ax, path: Path, title: str, xlabel: str, ylabel: str) -> No
     ax.legend()
     ax.set_title(title)
     fig.tight_layout()
+    save_png(fig, path)
+
+
+def save_png(fig, path: Path) -> None:
+    """Write a matplotlib figure to ``path`` atomically (a temporary name, then a rename) and
+    close it."""
+    import matplotlib.pyplot as plt
+
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp)
     plt.close(fig)

@@ -77,12 +77,6 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
-
-
 def mistakes_png(split: TensorData, records: list[dict], classes: Sequence[str], path: Path,
                  cols: int = 8) -> None:
     """A grid of mistakes, each titled 'true → predicted (confidence)'."""
@@ -117,8 +111,7 @@ def _grid_png(images: torch.Tensor, titles: list[str], cols: int, cell: tuple[fl
                                                    row + 0.04 + side))
         ax.text(col + 0.5, row + 0.06 + side, text, ha="center", va="bottom", fontsize=7)
     fig.suptitle(title, fontsize=9, y=1 - 0.1 / (rows * cell[1] + 0.3))
-    _save(fig, path)
-    plt.close(fig)
+    figures.save_png(fig, path)
 
 
 def examples_png(x: torch.Tensor, x_adv: torch.Tensor, labels: torch.Tensor,
@@ -142,9 +135,7 @@ def write_evaluation(folder: Path, report: dict, split: TensorData) -> list[dict
     """evaluation.json, confusion.png and mistakes.png; returns the mistakes shown."""
     write_json(folder / "evaluation.json", report)
     title = f"Confusion matrix ({report['n']:,} {split.split} images)"
-    tmp = folder / "confusion.tmp.png"
-    figures.confusion_png(report["confusion"], report["classes"], tmp, title)
-    os.replace(tmp, folder / "confusion.png")
+    figures.confusion_png(report["confusion"], report["classes"], folder / "confusion.png", title)
     shown = spread_mistakes([r for r in report["records"] if r["true"] != r["pred"]])
     mistakes_png(split, shown, report["classes"], folder / "mistakes.png")
     return shown

@@ -87,10 +87,10 @@ def _draw(store: RunStore, run: Run, job: Run, classes: list[str]) -> None:
             st.table([{"source": c["source"], "ε": f"{c['eps']:.4g}", "images": c["images"],
                        "fixed budget": c["figure"], "curve": c["curve"],
                        "gap": f"{c['gap_pp']:+.1f} pp", "": c["verdict"]} for c in checks])
-    _examples(store, run, job, eps, classes)
+    _examples(store, job, eps, classes)
 
 
-def _examples(store: RunStore, run: Run, job: Run, eps: float, classes: list[str]) -> None:
+def _examples(store: RunStore, job: Run, eps: float, classes: list[str]) -> None:
     shown = broken_examples(store, job, eps)
     st.subheader("Broken at or below this ε")
     if not shown:

@@ -59,7 +59,8 @@ def broken_examples(store: RunStore, job: Run, eps: float, limit: int = 8) -> li
     with the class the model gives it there: the largest smallest norms first (those ``eps``
     has just reached)."""
     path = run_dir(job.id) / EXAMPLES_FILE
-    tensors, predicted = _breaking_points(store, job.config["model_run"], str(path),
+    tensors, predicted = _breaking_points(store, job.config["model_run"],
+                                          job.config.get("which", "final"), str(path),
                                           path.stat().st_mtime_ns)
     norms = tensors["norm"]
     chosen = ((norms > 0) & (norms <= eps)).nonzero().squeeze(1)
@@ -72,14 +73,14 @@ def broken_examples(store: RunStore, job: Run, eps: float, limit: int = 8) -> li
 # A finished curve's files never change, and the slider asks for them at every move: read and
 # classify them once (the modification time keys a rerun's new files).
 @functools.lru_cache(maxsize=4)
-def _breaking_points(store: RunStore, model_run: str, path: str,
+def _breaking_points(store: RunStore, model_run: str, which: str, path: str,
                      mtime_ns: int) -> tuple[dict, list[int]]:
     import torch
 
     from core.app.runs import model_for_run
 
     tensors, _ = checkpoint.load(Path(path))
-    model, _ = model_for_run(store, model_run, device="cpu")
+    model, _ = model_for_run(store, model_run, which, device="cpu")  # the weights it attacked
     with torch.no_grad():
         predicted = torch.cat([model(chunk).argmax(1) for chunk in tensors["x_adv"].split(500)])
     return tensors, predicted.tolist()
