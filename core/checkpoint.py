@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import platform
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,10 @@ class CheckpointError(InputError):
 
 
 def versions() -> dict[str, str]:
-    """Library versions recorded in every sidecar."""
-    import torchvision
-
-    return {"torch": torch.__version__, "torchvision": torchvision.__version__,
+    """Library versions recorded in every sidecar. torchvision's is read from its installed
+    metadata: importing it pulls in torch's compiler stack, 1.5 s of every job that saves on 2
+    cores."""
+    return {"torch": torch.__version__, "torchvision": metadata.version("torchvision"),
             "python": platform.python_version()}
 
 
