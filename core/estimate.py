@@ -47,25 +47,48 @@ def _timed(one_pass, x: torch.Tensor, repeats: int) -> float:
     return sorted(times)[len(times) // 2] / max(len(x), 1)
 
 
+# Timings already taken in this process: a process that runs many jobs (a study, reproduce,
+# the tests) times each kind of pass of each architecture once, not once per job.
+_TIMED: dict[tuple, float] = {}
+
+
+def _remembered(kind: str, model: nn.Module, x: torch.Tensor, repeats: int, measure) -> float:
+    """``measure()``, or what it gave before in this process for the same kind of pass, the
+    same architecture (class and parameter count), batch shape, device, autocast and threads."""
+    key = (kind, type(model).__name__, sum(p.numel() for p in model.parameters()),
+           tuple(x.shape), str(x.device), x.dtype, torch.is_autocast_enabled(x.device.type),
+           torch.get_num_threads(), repeats)
+    if key not in _TIMED:
+        _TIMED[key] = measure()
+    return _TIMED[key]
+
+
 def seconds_per_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                      repeats: int = 2) -> float:
     """Seconds per image of one training forward-backward pass (timed on a copy of the model,
-    under whatever autocast the caller set; random state untouched)."""
-    probe = copy.deepcopy(model).train()
-    with torch.random.fork_rng(devices=[]):
-        return _timed(lambda: F.cross_entropy(probe(x), y).backward(), x, repeats)
+    under whatever autocast the caller set; random state untouched; once per process for an
+    architecture and batch shape)."""
+    def measure() -> float:
+        probe = copy.deepcopy(model).train()
+        with torch.random.fork_rng(devices=[]):
+            return _timed(lambda: F.cross_entropy(probe(x), y).backward(), x, repeats)
+
+    return _remembered("train", model, x, repeats, measure)
 
 
 def seconds_per_attack_pass(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                             repeats: int = 4) -> float:
     """Seconds per image of one attack gradient pass (eval mode, BatchNorm folded, gradient
-    with respect to the input only)."""
+    with respect to the input only; once per process for an architecture and batch shape)."""
     from core.attacks.contract import attack_mode, input_grad
     from core.attacks.speed import folded
 
-    with attack_mode(model):
-        fast = folded(model)
-        return _timed(lambda: input_grad(fast, x, y, F.cross_entropy), x, repeats)
+    def measure() -> float:
+        with attack_mode(model):
+            fast = folded(model)
+            return _timed(lambda: input_grad(fast, x, y, F.cross_entropy), x, repeats)
+
+    return _remembered("attack", model, x, repeats, measure)
 
 
 def training_seconds(defense: DefenseSettings, epochs: int, n_train: int, n_test: int,
