@@ -4,7 +4,6 @@ or one picked, the same images for both models; upload your own image to attack 
 import streamlit as st
 
 from core.attacks import ATTACKS, MINIMUM_NORM
-from core.confidence import interval_text
 from core.figures import epsilon_curve_figure, probability_bars
 from core.app.attack import (attack_single, attack_summary, example_choice, existing_grid, grid_result,
                              grid_spec, grid_summaries, launch_grid)
@@ -14,7 +13,7 @@ from core.app.runs import eps_label, model_for_run, progress, run_label
 from core.jobs.specs import GridSpec
 from core.jobs.store import Run
 from core.threat import ThreatModel
-from pages.common import (figures_at, get_store, pick_run, require_trained_runs, show_error,
+from pages.common import (accuracy_metric, figures_at, get_store, pick_run, require_trained_runs, show_error,
                           time_left)
 from pages.curve_view import curve_mode
 from pages.epsilon_slider import epsilon_slider
@@ -235,13 +234,10 @@ def show_single(grid_id: str, narrow: bool) -> dict | None:
                     f"background: {info['label']}{time_left(info)}")
         return None
     m = st.columns(2 if narrow else 4)
-    m[0].metric("Clean accuracy", f"{result['clean_acc']:.2%}")
-    m[1].metric("Accuracy under attack", f"{result['adv_acc']:.2%}",
-                delta=f"{(result['adv_acc'] - result['clean_acc']) * 100:+.1f} pp",
-                delta_arrow="off",
-                help="Correct before and after the attack; 95% interval "
-                     f"{interval_text(result['adv_acc'], result.get('n'))} on "
-                     f"{result.get('n', 0):,} images")
+    accuracy_metric(m[0], "Clean accuracy", result["clean_acc"], result.get("n"))
+    accuracy_metric(m[1], "Accuracy under attack", result["adv_acc"], result.get("n"),
+                    delta=f"{(result['adv_acc'] - result['clean_acc']) * 100:+.1f} pp",
+                    help="Correct before and after the attack")
     if narrow:
         m = st.columns(2)
     m[-2].metric("Attack success rate", f"{result['success_rate']:.2%}",

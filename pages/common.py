@@ -102,6 +102,20 @@ def headline(column, label: str, value: str, note: str = "") -> None:
                        if note else ""), unsafe_allow_html=True)
 
 
+def accuracy_metric(column, label: str, share: float | None, n: int | None,
+                    delta: str | None = None, help: str | None = None) -> None:
+    """An accuracy as st.metric with its 95% interval and image count written under it, so
+    that no figure is shown without how sure it is ("—" when there is no figure yet)."""
+    from core.confidence import interval_text
+
+    if share is None:
+        column.metric(label, "—", help=help)
+        return
+    column.metric(label, f"{share:.2%}", delta=delta, delta_arrow="off", help=help)
+    if n:
+        column.caption(f"95% interval {interval_text(share, n)} of {n:,} images")
+
+
 def time_left(info: dict) -> str:
     """' · about 2 min left' from a job's progress; never '0 s' while work remains."""
     seconds = info.get("seconds_left")

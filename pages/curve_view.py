@@ -12,7 +12,7 @@ from core.app.curves import (at, broken_examples, curve_checks, curve_of,
 from core.app.images import to_display
 from core.figures import curve_figure
 from core.jobs.store import Run, RunStore
-from pages.common import job_bar, show_error
+from pages.common import accuracy_metric, job_bar, show_error
 
 
 def curve_mode(store: RunStore, run: Run, n: int, classes: list[str]) -> None:
@@ -61,18 +61,16 @@ def _draw(store: RunStore, run: Run, job: Run, classes: list[str]) -> None:
                     format="%.4f", key=f"curve-eps-{job.id}")
     numbers = at(curve, eps)
     cols = st.columns(4)
-    cols[0].metric("Clean accuracy", f"{numbers['clean_acc']:.2%}")
-    cols[1].metric("Robust accuracy", f"{numbers['robust_acc']:.2%}",
-                   delta=f"{(numbers['robust_acc'] - numbers['clean_acc']) * 100:+.1f} pp",
-                   delta_arrow="off", help=f"95% interval {numbers['low']:.1%}-"
-                   f"{numbers['high']:.1%} on {numbers['n']:,} images")
+    accuracy_metric(cols[0], "Clean accuracy", numbers["clean_acc"], numbers["n"])
+    accuracy_metric(cols[1], "Robust accuracy", numbers["robust_acc"], numbers["n"],
+                    delta=f"{(numbers['robust_acc'] - numbers['clean_acc']) * 100:+.1f} pp",
+                    help="Correct at ε: classified correctly and not broken at or below it")
     cols[2].metric("Attack success rate", f"{numbers['success_rate']:.2%}",
                    help="Of the images classified correctly, the share broken at or below ε")
     cols[3].metric("Median smallest norm", "above every norm found" if math.isinf(median)
                    else f"{median:.4f}", help="Of the images classified correctly")
     st.caption(f"ε = {eps:.4f}" + (f" = {eps * 255:.1f}/255" if curve.norm == "linf" else "")
-               + f" · {numbers['n']:,} test images · 95% interval {numbers['low']:.1%}-"
-               f"{numbers['high']:.1%} · curve by {', '.join(job.config['attacks'])} "
+               + f" · {numbers['n']:,} test images · curve by {', '.join(job.config['attacks'])} "
                f"({job.id[-9:]})")
     checks = curve_checks(store, run.id, job)
     st.plotly_chart(curve_figure({run.name or run.id[-9:]: curve}, eps, [

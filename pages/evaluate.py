@@ -11,7 +11,7 @@ from core.app.evaluate import (attack_label, attack_results, cached_evaluation, 
 from core.app.runs import eps_label, load_report
 from core.jobs.specs import DEFAULT_GRID, AttackSpec
 from core.threat import ThreatModel
-from pages.common import (downloads, figures_at, get_store, headline, job_bar, pick_run,
+from pages.common import (accuracy_metric, downloads, figures_at, get_store, headline, job_bar, pick_run,
                           require_trained_runs, show_error)
 
 store = get_store()
@@ -155,13 +155,10 @@ if done_attacks:
             return
         res = job.summary
         m = st.columns(3)
-        m[0].metric("Clean accuracy (these images)", f"{res['clean_acc']:.2%}")
-        m[1].metric("Robust accuracy", f"{res['adv_acc']:.2%}",
-                    delta=f"{(res['adv_acc'] - res['clean_acc']) * 100:+.1f} pp",
-                    delta_arrow="off",
-                    help="Correct before and after the attack; 95% interval "
-                         f"{interval_text(res['adv_acc'], res.get('n'))} on "
-                         f"{res.get('n', 0):,} images")
+        accuracy_metric(m[0], "Clean accuracy (these images)", res["clean_acc"], res.get("n"))
+        accuracy_metric(m[1], "Robust accuracy", res["adv_acc"], res.get("n"),
+                        delta=f"{(res['adv_acc'] - res['clean_acc']) * 100:+.1f} pp",
+                        help="Correct before and after the attack")
         m[2].metric("Attack success rate", f"{res['success_rate']:.2%}")
         if res.get("norm") in ("linf", "l2") and res.get("eps"):
             figures_at(store, run.id, ThreatModel(res["norm"], float(res["eps"])))

@@ -10,7 +10,7 @@ from core.app.train import launch_training, train_form_defaults, training_estima
 from core.jobs.runner import delete_run
 from core.jobs.specs import OPTIMIZERS, SCHEDULES
 from core.paths import artifacts_dir, data_dir
-from pages.common import fmt_seconds, get_store, show_error, show_table
+from pages.common import accuracy_metric, fmt_seconds, get_store, show_error, show_table
 
 MULTI_STEP = [name for name, cls in DEFENSES.items() if issubclass(cls, MultiStepSettings)]
 store = get_store()
@@ -146,14 +146,15 @@ def draw(run) -> None:
     cols[0].progress(info["fraction"], text=f"{run.status} · {info['label']}{left}")
     epoch_rows = store.metrics(run_id, ["test_acc", "robust_acc"])
     last = {m["name"]: m["value"] for m in epoch_rows}
-    cols[1].metric("Clean test accuracy", f"{last['test_acc']:.2%}" if "test_acc" in last else "—")
-    cols[2].metric("Held-out robust",
-                   f"{last['robust_acc']:.2%}" if "robust_acc" in last else "—",
-                   help="The overfitting guard's robust accuracy (APGD-CE, as strong as the "
-                        "audit's first stage; runs before 2026-12-05 used PGD) on training "
-                        "images held out from training; it picks the best epoch, so it never "
-                        "sees test images.")
-    n_test = (run.summary or {}).get("n_test")
+    summary = run.summary or {}
+    accuracy_metric(cols[1], "Clean test accuracy", last.get("test_acc"), summary.get("n_test"))
+    accuracy_metric(cols[2], "Held-out robust", last.get("robust_acc"),
+                    summary.get("n_held_out"),
+                    help="The overfitting guard's robust accuracy (APGD-CE, as strong as the "
+                         "audit's first stage; runs before 2026-12-05 used PGD) on training "
+                         "images held out from training; it picks the best epoch, so it never "
+                         "sees test images.")
+    n_test = summary.get("n_test")
     cols[3].metric("Test images", f"{n_test:,}" if n_test else "—")
     if run.status in ("running", "queued"):
         if cols[0].button("Cancel", icon=":material/stop:", key=f"cancel-{run_id}"):

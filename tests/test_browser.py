@@ -324,6 +324,9 @@ def test_a_confusion_cell_filters_the_gallery_and_an_attack_gives_its_matrix(mni
     expect(page.get_by_test_id("stMetric").filter(has_text="Robust accuracy")).to_be_visible(
         timeout=180_000)
     expect(page.get_by_text("Clean (1,000 images)")).to_be_visible()  # the spec's n
+    # both accuracies carry their 95% interval on the page, not only in a tooltip
+    expect(page.get_by_text(re.compile(r"^95% interval \d+\.\d-\d+\.\d% of 1,000 images$"))
+           ).to_have_count(2)
     expect(page.get_by_text(re.compile(r"^Under L∞ ε=0\.1"))).to_be_visible()
     page.get_by_text("Under attack", exact=True).scroll_into_view_if_needed()
     page.screenshot(path=str(SHOTS / "12-evaluate-under-attack.png"), full_page=True)
@@ -558,6 +561,7 @@ def test_the_slider_reads_a_curve_between_two_former_grid_points(mnist_model, pa
     from playwright.sync_api import expect
 
     from core.app.curves import at, curve_of
+    from core.confidence import interval_text
     from core.jobs.runner import create, execute
     from core.jobs.specs import CurveSpec
     from core.jobs.store import RunStore
@@ -582,6 +586,9 @@ def test_the_slider_reads_a_curve_between_two_former_grid_points(mnist_model, pa
     expected = f"{at(curve, value)['robust_acc']:.2%}"
     metric = page.get_by_test_id("stMetric").filter(has_text="Robust accuracy")
     expect(metric.get_by_test_id("stMetricValue")).to_have_text(expected, timeout=30_000)
+    numbers = at(curve, value)
+    expect(page.get_by_text(f"95% interval {interval_text(numbers['robust_acc'], numbers['n'])}"
+                            f" of {numbers['n']:,} images", exact=True)).to_be_visible()
     assert not math.isclose(value, 0.05) and not math.isclose(value, 0.1)
     expect(page.get_by_text("Broken at or below this ε")).to_be_visible()
     page.screenshot(path=str(SHOTS / "15-attack-curve.png"), full_page=True)

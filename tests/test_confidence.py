@@ -183,3 +183,26 @@ def test_the_waterfall_draws_the_intervals_of_clean_and_robust_accuracy():
     assert whiskers.error_y.array[1] == pytest.approx((high - 0.238) * 100)
     assert whiskers.error_y.arrayminus[1] == pytest.approx((0.238 - low) * 100)
     assert len(waterfall_figure(stages, pending=["fab-t"], n=1000).data) == 1  # still running
+
+
+def test_every_accuracy_in_the_runs_listing_and_the_sweep_table_carries_its_interval():
+    import pandas as pd
+
+    from core.app.console import headline
+    from core.app.robustness import sweep_display
+    from core.jobs.store import Run
+
+    train = Run(id="r", kind="train", status="completed", parent=None, name=None, config={},
+                summary={"final": {"test_acc": 0.981, "robust_acc": 0.5}, "n_test": 1000,
+                         "n_held_out": 200},
+                warnings=[], created=0.0, started=None, finished=None, heartbeat=None, pid=None,
+                error=None, cancel_requested=False)
+    line = headline(train)
+    assert confidence.text(0.981, 1000) in line and confidence.text(0.5, 200) in line
+    row = {"model": "m", "attack": "pgd", "kind": "attack", "norm": "linf", "budget": 0.1,
+           "n": 200, "clean_acc": 0.9, "adv_acc": 0.345, "adv_acc_low": 0.283,
+           "adv_acc_high": 0.412, "success_rate": 0.6, "l2_median": None, "linf_median": None,
+           "params": {}, "steps": 10}
+    shown = sweep_display(pd.DataFrame([row])).iloc[0]
+    assert shown["clean accuracy (95% interval)"] == confidence.text(0.9, 200)
+    assert shown["robust accuracy (95% interval)"] == "34.5% (28.3-41.2)"

@@ -226,17 +226,18 @@ def headline(run: Run) -> str:
     if run.status in ("failed", "cancelled"):
         return run.error or run.status
     if run.kind == "train" and s.get("final"):
-        line = f"test acc {s['final']['test_acc']:.2%} (n={s.get('n_test')})"
+        line = f"test acc {text(s['final']['test_acc'], s.get('n_test') or 0)} (n={s.get('n_test')})"
         if "robust_acc" in s["final"]:
-            line += f", held-out robust {s['final']['robust_acc']:.2%}"
+            line += (f", held-out robust {text(s['final']['robust_acc'], s.get('n_held_out') or 0)}"
+                     f" (n={s.get('n_held_out')})")
         return line
     if run.kind == "evaluate" and "accuracy" in s:
         return f"acc {text(s['accuracy'], s['n'])}, macro-F1 {s['macro_f1']:.2%} (n={s['n']})"
     if run.kind == "attack" and "adv_acc" in s:
-        return (f"{s['attack']} {s.get('threat_label', '')}: {s['clean_acc']:.2%} -> "
+        return (f"{s['attack']} {s.get('threat_label', '')}: {text(s['clean_acc'], s['n'])} -> "
                 f"{text(s['adv_acc'], s['n'])} (n={s['n']})")
     if run.kind == "audit" and "robust_acc" in s:
-        return (f"{s['threat_label']} {s['version']}: {s['clean_acc']:.2%} -> "
+        return (f"{s['threat_label']} {s['version']}: {text(s['clean_acc'], s['n'])} -> "
                 f"{text(s['robust_acc'], s['n'])} (n={s['n']}, {s['verdict']})")
     if run.kind == "sweep" and s.get("rows"):
         return f"{len(s['rows'])} rows (n={s['n']})"

@@ -8,6 +8,7 @@ import pandas as pd
 import torch
 
 from core import checkpoint
+from core.confidence import text as confidence_text
 from core.jobs import runner
 from core.paths import run_dir
 from core.jobs.specs import AuditSpec, SweepSpec
@@ -55,6 +56,9 @@ def sweep_display(table: pd.DataFrame) -> pd.DataFrame:
     def pct(v) -> str:
         return "—" if v is None or v != v else f"{v:.1%}"
 
+    def with_interval(v, n) -> str:
+        return "—" if v is None or v != v else confidence_text(v, int(n))
+
     def size(v) -> str:
         return "—" if v is None or v != v else f"{v:.3f}"
 
@@ -67,7 +71,8 @@ def sweep_display(table: pd.DataFrame) -> pd.DataFrame:
             "model": r["model"],
             "attack": r["attack"] + (f", {int(steps)} steps" if steps == steps and steps else ""),
             "budget": f"σ {r['budget']:g}" if corruption else f"{norm} ε {r['budget']:g}",
-            "images": int(r["n"]), "clean accuracy": pct(r["clean_acc"]),
+            "images": int(r["n"]), "clean accuracy (95% interval)": with_interval(
+                r["clean_acc"], r["n"]),
             "robust accuracy (95% interval)": (
                 f"{pct(r['adv_acc'])} ({r['adv_acc_low'] * 100:.1f}-{r['adv_acc_high'] * 100:.1f})"
                 if r.get("adv_acc_low") == r.get("adv_acc_low") and r.get("adv_acc_low")
