@@ -51,6 +51,8 @@ def commands(dataset: str, quick: bool) -> list[tuple[str, list[str]]]:
         ("audit fast", ["audit", "MODEL", "--eps", eps, "--version", "fast", "-n", n(200)]),
         ("audit standard", ["audit", "MODEL", "--eps", eps, "--version", "standard", "-n",
                             n(60)]),
+        ("curve linf", ["curve", "MODEL", "--norm", "linf", "-n", n(200)]),
+        ("curve l2", ["curve", "MODEL", "--norm", "l2", "-n", n(200)]),
     ]
 
 

@@ -276,7 +276,11 @@ def curve(ctx) -> dict:
                               split.labels[:batch].to(device), "search")
     search = LowPrecision(model) if choice.bf16 else model
     weights = [max(a.gradients_per_image(), 1) for a in attacks]
-    per_pass = _per_pass(model, split, batch, attack=True) * (0.5 if choice.bf16 else 1.0)
+    per_pass = _per_pass(model, split, batch, attack=True)
+    # a minimum-norm search keeps its points at the decision boundary, where the bf16 search
+    # computes most rows again in float32: a bf16 pass plus (at most) a float32 one
+    if choice.bf16:
+        per_pass += _per_pass(search, split, batch, attack=True)
     ctx.say(estimate.line(sum(weights) * len(split) * per_pass + estimate.REPORT_S,
                           f"{', '.join(a.name for a in attacks)}: {sum(weights):,} gradient "
                           f"passes per image, {len(split):,} images"))
