@@ -199,6 +199,9 @@ def test_every_accuracy_in_the_runs_listing_and_the_sweep_table_carries_its_inte
                 error=None, cancel_requested=False)
     line = headline(train)
     assert confidence.text(0.981, 1000) in line and confidence.text(0.5, 200) in line
+    curve = Run(**{**train.__dict__, "kind": "curve", "summary": {
+        "norm": "linf", "clean_acc": 0.96, "n": 100, "median_norm": 0.12, "norms": []}})
+    assert confidence.text(0.96, 100) in headline(curve)
     row = {"model": "m", "attack": "pgd", "kind": "attack", "norm": "linf", "budget": 0.1,
            "n": 200, "clean_acc": 0.9, "adv_acc": 0.345, "adv_acc_low": 0.283,
            "adv_acc_high": 0.412, "success_rate": 0.6, "l2_median": None, "linf_median": None,

@@ -210,8 +210,8 @@ def _print_curve(store: RunStore, run: Run, s: dict) -> None:
 
 def _curve_headline(s: dict) -> str:
     median = "∞" if s.get("median_norm") is None else f"{s['median_norm']:.4g}"
-    return (f"{s['norm']} curve: clean {s['clean_acc']:.2%}, median smallest norm {median} "
-            f"(n={s['n']})")
+    return (f"{s['norm']} curve: clean {text(s['clean_acc'], s['n'])}, median smallest norm "
+            f"{median} (n={s['n']})")
 
 
 PRINTERS = {"train": _print_train, "evaluate": _print_evaluate, "attack": _print_attack,
