@@ -226,7 +226,8 @@ def headline(run: Run) -> str:
     if run.status in ("failed", "cancelled"):
         return run.error or run.status
     if run.kind == "train" and s.get("final"):
-        line = f"test acc {text(s['final']['test_acc'], s.get('n_test') or 0)} (n={s.get('n_test')})"
+        line = (f"test acc {text(s['final']['test_acc'], s.get('n_test') or 0)} "
+                f"(n={s.get('n_test')})")
         if "robust_acc" in s["final"]:
             line += (f", held-out robust {text(s['final']['robust_acc'], s.get('n_held_out') or 0)}"
                      f" (n={s.get('n_held_out')})")
