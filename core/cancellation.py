@@ -14,8 +14,10 @@ import threading
 from typing import Any
 
 
-class Cancelled(Exception):
-    """The job stopped because a stop was requested."""
+class Cancelled(BaseException):
+    """The job stopped because a stop was requested. A BaseException, as KeyboardInterrupt
+    and asyncio's CancelledError are: a stop raised inside a library's ``except Exception``
+    (an optional import's probe, a fallback) must not be swallowed and the job go on."""
 
 
 class Interrupted(Cancelled, KeyboardInterrupt):
