@@ -240,3 +240,49 @@ def test_an_upload_smaller_than_8x8_is_refused_not_blown_up():
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), (200, 10, 10)).save(buf, format="PNG")
     assert read_upload(buf.getvalue(), [3, 32, 32]).shape == (1, 3, 32, 32)
+
+
+def test_a_stop_is_not_swallowed_by_a_library_that_catches_every_error():
+    """A library's ``except Exception`` (an optional import's probe, a fallback) must not eat
+    a Ctrl-C or a cancel and let the job go on."""
+    from core.cancellation import Cancelled, Interrupted
+
+    for stop in (Cancelled("SIGTERM"), Interrupted("SIGINT")):
+        with pytest.raises(Cancelled):
+            try:
+                raise stop
+            except Exception:  # noqa: BLE001  (the library's catch-all under test)
+                pass
+
+
+def test_a_stop_inside_a_store_write_leaves_no_write_lock_behind(tmp_path, monkeypatch):
+    """A stop raised between BEGIN and the block (or before COMMIT) rolls back, so another
+    process's write does not wait for a lock nobody will release."""
+    import sqlite3
+
+    from core.cancellation import Interrupted
+
+    store = RunStore(tmp_path / "r.db")
+    run_id = store.create_run("train", {})
+    real = store._conn
+
+    class StopAfterBegin:  # the signal handler raising right after BEGIN IMMEDIATE returned
+        in_transaction = property(lambda self: real.in_transaction)
+
+        def execute(self, sql, *args):
+            out = real.execute(sql, *args)
+            if sql == "BEGIN IMMEDIATE":
+                raise Interrupted("SIGINT")
+            return out
+
+    store._conn = StopAfterBegin()
+    with pytest.raises(Interrupted):
+        store.set_status(run_id, "running")
+    store._conn = real
+    assert not real.in_transaction
+    other = sqlite3.connect(str(tmp_path / "r.db"), timeout=0.1)  # fails at once if locked
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("ROLLBACK")
+    other.close()
+    store.set_status(run_id, "cancelled")
+    assert store.get(run_id).status == "cancelled"

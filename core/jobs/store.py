@@ -143,15 +143,29 @@ class RunStore:
         with self._lock():
             self._conn.execute(sql, tuple(params))
 
+    def _end_transaction(self, how: str) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute(how)
+
     def _lock(self):
         store = self
 
         class _Tx:
+            # A stop (SIGINT, SIGTERM) raises wherever the main thread is: were it raised here
+            # between BEGIN and the block, or before COMMIT, the write lock would stay held and
+            # every other process's write (the heartbeat's, the cancelled status) would wait.
             def __enter__(self):
-                store._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    store._conn.execute("BEGIN IMMEDIATE")
+                except BaseException:
+                    store._end_transaction("ROLLBACK")
+                    raise
 
             def __exit__(self, exc_type, *_):
-                store._conn.execute("ROLLBACK" if exc_type else "COMMIT")
+                try:
+                    store._conn.execute("ROLLBACK" if exc_type else "COMMIT")
+                finally:
+                    store._end_transaction("ROLLBACK")
 
         return _Tx()
 
