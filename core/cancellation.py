@@ -64,6 +64,14 @@ class Cancellation:
         if self.immediate and self._previous:
             _thread.interrupt_main(signal.SIGTERM)
 
+    def raise_pending(self) -> None:
+        """Raise a stop that was requested but never surfaced. Python drops an exception that
+        a signal handler raises while a finalizer (a ``__del__``, a weakref callback) runs,
+        and the job would go on; attack iterations and training steps call this (one process
+        only: under torchrun the ranks agree on a step first, at :meth:`check`'s points)."""
+        if self.requested and self.immediate and self._previous:
+            raise (Interrupted if self.reason == "SIGINT" else Cancelled)(self.reason)
+
     def check(self) -> None:
         """Raise Cancelled when a stop was requested (for cooperative checks)."""
         if self.requested:

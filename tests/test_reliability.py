@@ -286,3 +286,30 @@ def test_a_stop_inside_a_store_write_leaves_no_write_lock_behind(tmp_path, monke
     other.close()
     store.set_status(run_id, "cancelled")
     assert store.get(run_id).status == "cancelled"
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the drop itself
+def test_a_stop_python_dropped_in_a_finalizer_is_raised_at_the_next_attack_iteration():
+    """A signal handler's exception raised while a ``__del__`` runs is printed and dropped by
+    Python; the stop is still recorded, and the attack's next iteration raises it."""
+    import gc
+
+    from core.attacks.contract import tick
+    from core.cancellation import Interrupted, STATE
+
+    class Finalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs here: its raise is dropped
+            sum(range(1000))
+
+    assert STATE.install()
+    try:
+        Finalized()
+        gc.collect()
+        assert STATE.requested and STATE.reason == "SIGINT"
+        with pytest.raises(Interrupted):
+            tick()
+    finally:
+        STATE.uninstall()
+    tick()  # with no job running, nothing is pending
+    STATE.requested, STATE.reason = False, ""

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Callable, ClassVar, Iterator
 
+from core.cancellation import STATE as STOP
 from core.checks import check_range
 from core.lazy import F, torch
 from core.paths import InputError
@@ -89,7 +90,9 @@ def watching(attack: "AttackSettings", on_fraction: Callable[[float], None]) -> 
 
 
 def tick() -> None:
-    """An attack's loop finished an iteration (a no-op unless the call is watched)."""
+    """An attack's loop finished an iteration: a stop lost on its way is raised here, and a
+    watched call reports its progress."""
+    STOP.raise_pending()
     if _WATCH:
         _WATCH[-1].tick()
 

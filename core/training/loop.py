@@ -248,6 +248,7 @@ def _train_epoch(setup: Setup, net: nn.Module, epoch: int, steps_per_epoch: int,
     for i, (x, y, _) in enumerate(data.batches(setup.train, batch, order, augment, gen)):
         if len(y) < 2:  # BatchNorm cannot train on a batch of one
             continue
+        CANCEL.raise_pending()
         step = epoch * steps_per_epoch + i
         for group in setup.optimizer.param_groups:
             group["lr"] = lr_at(cfg, step, total)
