@@ -161,7 +161,10 @@ def test_sigint_and_sigterm_leave_the_job_cancelled(kind, sig, mnist_model):
     # may still be loading: give it a moment to be inside a batch
     time.sleep(0.3 if kind == "train" else 1.5)
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # a job that ignored the signal must not run on beside the other tests
     run = store.get(run_id)
     assert run.status == "cancelled", (run.status, run.error, err[-2000:])
     assert signal.Signals(sig).name in run.error and "Traceback" not in err
