@@ -13,8 +13,8 @@ from core.app.runs import eps_label, model_for_run, progress, run_label
 from core.jobs.specs import GridSpec
 from core.jobs.store import Run
 from core.threat import ThreatModel
-from pages.common import (accuracy_metric, figures_at, get_store, pick_run, require_trained_runs, show_error,
-                          time_left)
+from pages.common import (accuracy_metric, figures_at, get_store, pick_run, require_trained_runs,
+                          show_error, time_left)
 from pages.curve_view import curve_mode
 from pages.epsilon_slider import epsilon_slider
 

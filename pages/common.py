@@ -5,6 +5,7 @@ import threading
 
 import streamlit as st
 
+from core.confidence import interval_text
 from core.paths import InputError, artifacts_dir
 from core.progress import fmt_duration as fmt_seconds  # noqa: F401  (the pages' name for it)
 from core.app.preload import import_libraries
@@ -106,8 +107,6 @@ def accuracy_metric(column, label: str, share: float | None, n: int | None,
                     delta: str | None = None, help: str | None = None) -> None:
     """An accuracy as st.metric with its 95% interval and image count written under it, so
     that no figure is shown without how sure it is ("—" when there is no figure yet)."""
-    from core.confidence import interval_text
-
     if share is None:
         column.metric(label, "—", help=help)
         return

@@ -11,8 +11,8 @@ from core.app.evaluate import (attack_label, attack_results, cached_evaluation, 
 from core.app.runs import eps_label, load_report
 from core.jobs.specs import DEFAULT_GRID, AttackSpec
 from core.threat import ThreatModel
-from pages.common import (accuracy_metric, downloads, figures_at, get_store, headline, job_bar, pick_run,
-                          require_trained_runs, show_error)
+from pages.common import (accuracy_metric, downloads, figures_at, get_store, headline, job_bar,
+                          pick_run, require_trained_runs, show_error)
 
 store = get_store()
 st.title("Evaluate a model")

@@ -296,7 +296,8 @@ def curves_tab() -> None:
     for norm_, curves in by_norm.items():
         st.markdown(f"**Breaking points ({'L∞' if norm_ == 'linf' else 'L2'})**")
         st.plotly_chart(breaking_points_figure(curves), width="stretch")
-        st.table([{"model": name, "images": c.n, "clean accuracy (95% interval)": accuracy_text(c.clean_accuracy(), c.n),
+        st.table([{"model": name, "images": c.n,
+                   "clean accuracy (95% interval)": accuracy_text(c.clean_accuracy(), c.n),
                    "median smallest norm": "above every norm found" if c.median() == float(
                        "inf") else f"{c.median():.4f}",
                    "never broken": sum(1 for v in c.norms if v == float("inf"))}
