@@ -50,7 +50,12 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
 
 
 def model_from(tensors: dict[str, torch.Tensor], meta: dict, device: torch.device) -> nn.Module:
-    """A model in eval mode on ``device`` from checkpoint tensors and their sidecar."""
+    """A model in eval mode on ``device`` from checkpoint tensors and their sidecar (a trained
+    model, or an imported one rebuilt with its architecture, code or archive)."""
+    if meta.get("model") == "imported":
+        from core.imported import rebuild
+
+        return rebuild(tensors, meta).to(device, memory_format=torch.channels_last).eval()
     try:
         model = build_model(meta["model"], meta["input_shape"], meta["num_classes"],
                             meta["mean"], meta["std"], **meta.get("model_args", {}))

@@ -69,7 +69,7 @@ def own_image(eps: float | None) -> None:
     st.divider()
     st.subheader("Attack your own image")
     upload = st.file_uploader("An image (PNG, JPEG, …, at most 5 MB); it is resized to the model's "
-                              "input", type=None, key="upload")
+                              "input", type=None, key="upload", max_upload_size=5)
     if upload is not None:
         try:
             model, meta = model_for_run(store, run.id, device="cpu")  # one image: no GPU needed

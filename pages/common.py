@@ -49,12 +49,14 @@ def pick_run(label: str, runs: list, key: str, help: str | None = None):
 
 
 def require_trained_runs(store: RunStore) -> list:
-    """Completed training runs, or a friendly note and a stop when there are none."""
+    """Completed model runs (trained or imported), or a friendly note and a stop when there
+    are none."""
     from core.app.runs import trained_runs
 
     runs = trained_runs(store)
     if not runs:
-        st.info("No completed training runs yet. Train one on the **Train** page.")
+        st.info("No models yet. Train one on the **Train** page, or bring your own on the "
+                "**Import** page.")
         st.stop()
     return runs
 

@@ -4,15 +4,15 @@ import streamlit as st
 
 from core.app.compare import compare_display, compare_rows, epoch_curves, run_name
 from core.app.curves import curve_of, find_curve
-from core.app.runs import config_diff, run_label
+from core.app.runs import config_diff, run_label, trained_runs
 from core.figures import PALETTE, curve_figure, epoch_curves_figure
 from pages.common import get_store
 
 store = get_store()
 st.title("Compare runs")
-runs = [r for r in store.list_runs(kind="train") if r.status == "completed"]
+runs = trained_runs(store)
 if len(runs) < 1:
-    st.info("No completed training runs yet.")
+    st.info("No completed training or imported models yet.")
     st.stop()
 studies = store.list_runs(kind="study")
 study = st.selectbox("Start from a study (its models side by side)", [None] + studies,

@@ -16,6 +16,8 @@ from core.paths import InputError
 EXAMPLES = """examples:
   python -m core train --dataset mnist --epochs 5
   python -m core train --dataset mnist --defense iat --eps 0.2 --defense-steps 5
+  python -m core import my_cnn.pt --dataset mnist --module net.py:build --mean 0.1307 --std 0.3081
+  python -m core import carmon2019.pt --dataset cifar10 --arch wrn-28-10
   python -m core evaluate RUN
   python -m core attack RUN --attack pgd --eps 0.1            (add --strong for 100 steps x 5)
   python -m core attack RUN --attack cw -n 200                (--strong: the paper's 1000 x 9)
@@ -87,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     add = lambda name, help: sub.add_parser(name, help=help, description=help,  # noqa: E731
                                             parents=[common])
     _train_parser(add("train", "train a model (foreground; progress on stderr)"))
+    _import_parser(add("import", "bring in a model trained elsewhere: checked, then stored as "
+                       "a model run that every command takes"))
     p = add("evaluate", "clean metrics, confusion-matrix PNG, mistakes grid PNG")
     _model_options(p)
     p.add_argument("--split", choices=("train", "test"), default=None, help="default: test")
@@ -167,8 +171,48 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
 
 
+def _import_parser(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.description = IMPORT_HELP
+    p.add_argument("file", metavar="FILE", help="the model: .safetensors, a .pt/.pth checkpoint "
+                   "(read with weights_only=True: nothing in it is run), or a TorchScript / "
+                   "torch.export archive (which carries its own code)")
+    p.add_argument("--dataset", required=True, help="mnist, cifar10 or imagefolder:PATH: the "
+                   "data it classifies (its test images check it)")
+    p.add_argument("--arch", help="the architecture of a weights file: the lab's seed-resnet, "
+                   "resnet20, preact-resnet18; RobustBench's wrn-28-10, wrn-34-10, "
+                   "dm-wrn-70-16, rb-preact-resnet18 (wrn-D-W, dm-wrn-D-W for other sizes); or "
+                   "any torchvision.models classifier by name (resnet18, vgg11, ...)")
+    p.add_argument("--module", metavar="PATH.py:FUNCTION", help="your own code that builds the "
+                   "nn.Module: FUNCTION() (or FUNCTION(num_classes=K)) is RUN, so import only "
+                   "code you trust; the file is kept with the run")
+    p.add_argument("--mean", type=_floats, help="the normalization the model expects, one value "
+                   "or one per channel, e.g. 0.4914,0.4822,0.4465 (with --std)")
+    p.add_argument("--std", type=_floats, help="e.g. 0.2471,0.2435,0.2616 (with --mean)")
+    p.add_argument("--input-scale", type=int, choices=(1, 255), help="1 (default): the model "
+                   "takes pixels in [0, 1]; 255: in [0, 255] (--mean/--std then in 0-255 units)")
+    p.add_argument("--classes", type=_names, help="the class of each of the model's outputs, in "
+                   "order, when it differs from the dataset's, e.g. plane,car,...")
+    p.add_argument("--allow-random", action="store_true", help="accept a randomized model "
+                   "(flagged: its robust accuracy is not a deterministic figure)")
+    p.add_argument("-n", type=int, help="test images of the clean-accuracy check (default 500)")
+    p.add_argument("--name", help="a name for the run")
+    p.add_argument("--dry-run", action="store_true", help="check the model and print its clean "
+                   "accuracy without storing it")
+    _device_option(p)
+
+
+IMPORT_HELP = """bring in a model trained elsewhere. Every attack keeps working in [0, 1] pixel
+space: the lab wraps the model so that it sees (pixels x input-scale - mean) / std, as it was
+trained. Before it is stored it must give one finite logit per class, agree with itself across
+two eval-mode forwards, and not depend on the rest of its batch; probability outputs are
+flagged; its clean accuracy on 500 test images is printed with its 95% interval. An imported
+model cannot be trained or resumed; evaluate, attack, sweep, audit, curve and the dashboard
+take it like a trained one."""
+
+
 def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="training run id")
+    p.add_argument("run", help="model run id (a training or an import)")
     p.add_argument("--which", choices=("final", "best"), default=None,
                    help="final weights (default), or the best epoch by held-out robust "
                    "accuracy (defended runs)")
@@ -324,6 +368,19 @@ def curve_spec(args: argparse.Namespace):
         batch_size="batch_size", precision="precision"))
 
 
+def import_spec(args: argparse.Namespace):
+    """The ImportSpec for ``import`` arguments (paths made absolute: the job may run elsewhere)."""
+    from core.jobs.specs import ImportSpec
+
+    values = _given(args, dataset="dataset", arch="arch", mean="mean", std="std",
+                    input_scale="input_scale", classes="classes", data_dir="data_dir",
+                    device="device", n_check="n")
+    if args.module:
+        path, _, fn = args.module.rpartition(":")
+        values["module"] = f"{os.path.abspath(path)}:{fn}" if path else args.module
+    return ImportSpec(file=os.path.abspath(args.file), allow_random=args.allow_random, **values)
+
+
 def reproduce_spec(args: argparse.Namespace):
     """The ReproduceSpec for ``reproduce`` arguments."""
     from core.jobs.specs import ReproduceSpec
@@ -346,7 +403,8 @@ def study_spec(args: argparse.Namespace):
 SPEC_BUILDERS: dict[str, Callable] = {"train": train_spec, "evaluate": evaluate_spec,
                                       "attack": attack_spec, "sweep": sweep_spec,
                                       "reproduce": reproduce_spec, "audit": audit_spec,
-                                      "study": study_spec, "curve": curve_spec}
+                                      "study": study_spec, "curve": curve_spec,
+                                      "import": import_spec}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -393,6 +451,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         _refuse_early(spec)
         from core.app import console
 
+        if args.command == "import":
+            return console.run_import(spec, name=args.name, dry_run=args.dry_run)
         return console.run_job(spec, name=getattr(args, "name", None))
     if args.command == "train" or args.command == "resume":
         _refuse_early(None, args.resume if args.command == "train" else args.run)

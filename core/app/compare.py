@@ -10,6 +10,7 @@ from core import confidence
 from core.confidence import interval_text
 from core.app.answers import answers
 from core.app.curves import curve_of, find_curve
+from core.app.runs import clean_figure, defense_of
 from core.jobs.store import Run, RunStore
 from core.progress import fmt_duration
 from core.threat import ThreatModel
@@ -21,12 +22,13 @@ def compare_rows(store: RunStore, runs: list[Run]) -> pd.DataFrame:
     rows = []
     for r in runs:
         final = (r.summary or {}).get("final") or {}
-        rows.append({"run": r.name or r.id, "defense": r.config.get("defense"),
-                     "clean acc": final.get("test_acc"),
+        clean, n_clean = clean_figure(r)
+        rows.append({"run": r.name or r.id, "defense": defense_of(r),
+                     "clean acc": clean,
                      "held-out robust acc (guard)": final.get("robust_acc"),
                      **_pgd_columns(store, r.id), **_audit_columns(store, r.id),
                      "training time": fmt_duration(r.duration),
-                     "test images": (r.summary or {}).get("n_test")})
+                     "test images": n_clean})
     return pd.DataFrame(rows)
 
 
@@ -72,9 +74,8 @@ def compare_display(store: RunStore, runs: list[Run]) -> pd.DataFrame:
 
 
 def _display_column(store: RunStore, run: Run) -> dict[str, str]:
-    summary = run.summary or {}
-    final = summary.get("final") or {}
-    column = {"defense": run.config.get("defense") or "none"}
+    clean, n_clean = clean_figure(run)
+    column = {"defense": defense_of(run)}
     audits = store.list_runs(kind="audit", model_run=run.id, status="completed")
     flagged: set[str] = set()
     if audits:
@@ -84,8 +85,8 @@ def _display_column(store: RunStore, run: Run) -> dict[str, str]:
         column["audit"] = f"{a['version']} cascade on {a['n']:,} images: {a['verdict']}"
         threat = ThreatModel(audits[0].config["norm"], float(audits[0].config["eps"]))
         flagged = {row["run"] for row in answers(store, run.id, threat) if row["overstates"]}
-    if final.get("test_acc") is not None:
-        column["clean accuracy"] = confidence.text(final["test_acc"], summary.get("n_test") or 0)
+    if clean is not None:
+        column["clean accuracy"] = confidence.text(clean, n_clean or 0)
     for key, (acc, n, source) in _robust_figures(store, run).items():
         text = confidence.text(acc, n)
         column[key] = text + (" ⚠ the audit contradicts it" if source in flagged else "")
@@ -97,8 +98,8 @@ def _display_column(store: RunStore, run: Run) -> dict[str, str]:
             column[f"median smallest {label} norm (robustness curve)"] = (
                 "above every norm found" if math.isinf(median) else f"{median:.4f}") + \
                 f" on {c.n:,} images"
-    column["training time"] = fmt_duration(run.duration)
-    column["test images"] = f"{summary.get('n_test') or 0:,}"
+    column["training time"] = "imported" if run.kind == "import" else fmt_duration(run.duration)
+    column["test images"] = f"{n_clean or 0:,}"
     return column
 
 

@@ -45,6 +45,28 @@ def run_job(spec: Spec, name: str | None = None) -> int:
         distributed.shutdown()
 
 
+def run_import(spec: Spec, name: str | None = None, dry_run: bool = False) -> int:
+    """``import``: the model is read and checked here, so a refusal is one line before any run
+    exists; then the import job stores it (or, with ``dry_run``, its clean accuracy is
+    printed and nothing is stored)."""
+    from core import data, imported
+    from core.jobs import runner
+
+    split = data.load(spec.dataset, "test", spec.data_dir)
+    examined = imported.examine(spec, split)
+    if not dry_run:
+        runner.clean_name(name)
+        return run_job(spec, name=name)
+    for line in examined.lines:
+        print(f"  {line}", file=sys.stderr)
+    acc, n, high = imported.clean_accuracy(examined.model, split, spec)
+    print(f"clean accuracy {text(acc, n)} on {n:,} test images ({split.source}); dry run: "
+          "nothing stored")
+    if imported.near_chance(acc, high, len(split.classes)):
+        print(f"  {imported.chance_line(acc, len(split.classes))}")
+    return 0
+
+
 def run_resume(run_id: str, overrides: dict | None = None) -> int:
     """``train --resume RUN`` and ``resume RUN`` (under torchrun too)."""
     from core import distributed
@@ -214,7 +236,15 @@ def _curve_headline(s: dict) -> str:
             f"{median} (n={s['n']})")
 
 
-PRINTERS = {"train": _print_train, "evaluate": _print_evaluate, "attack": _print_attack,
+def _print_import(store: RunStore, run: Run, s: dict) -> None:
+    print(f"run {run.id} imported: {s['arch']} ({s['format']}), clean accuracy "
+          f"{text(s['clean_acc'], s['n'])} on {s['n']:,} test images ({s['n_test_source']})")
+    print(f"  file sha256 {s['file_sha256']}")
+    print(f"  weights: {run_dir(run.id) / 'model.safetensors'}; next: python -m core audit "
+          f"{run.id} --norm linf --eps EPS")
+
+
+PRINTERS = {"import": _print_import, "train": _print_train, "evaluate": _print_evaluate, "attack": _print_attack,
             "sweep": _print_sweep, "reproduce": _print_reproduce, "audit": _print_audit,
             "study": _print_study, "curve": _print_curve,
             "grid": lambda store, run, s: print(f"grid {run.id} completed")}
@@ -232,6 +262,9 @@ def headline(run: Run) -> str:
             line += (f", held-out robust {text(s['final']['robust_acc'], s.get('n_held_out') or 0)}"
                      f" (n={s.get('n_held_out')})")
         return line
+    if run.kind == "import" and "clean_acc" in s:
+        flags = f", flagged: {', '.join(s['flags'])}" if s.get("flags") else ""
+        return f"imported {s['arch']}: clean {text(s['clean_acc'], s['n'])} (n={s['n']}{flags})"
     if run.kind == "evaluate" and "accuracy" in s:
         return f"acc {text(s['accuracy'], s['n'])}, macro-F1 {s['macro_f1']:.2%} (n={s['n']})"
     if run.kind == "attack" and "adv_acc" in s:

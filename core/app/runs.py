@@ -17,7 +17,7 @@ from core.jobs import runner
 from core.app.console import headline
 from core.paths import InputError, run_dir
 from core.prediction import load_model, pick_device, run_model_path
-from core.jobs.store import Run, RunStore, resume_refusal
+from core.jobs.store import MODEL_KINDS, Run, RunStore, resume_refusal
 from core.jobs.specs import check_budgets
 
 
@@ -38,7 +38,10 @@ def run_label(run: Run) -> str:
     """Human label for a run in pickers."""
     cfg = run.config
     what = f"{cfg.get('model', '')} · {cfg.get('dataset', '')}"
-    if run.kind == "study":
+    if run.kind == "import":
+        what = (f"imported {cfg.get('arch') or (cfg.get('module') or '').rpartition('/')[2] or 'archive'}"
+                f" · {cfg.get('dataset', '')}")
+    elif run.kind == "study":
         what = (f"study · {cfg.get('model', '')} · {', '.join(cfg.get('datasets', []))} · "
                 f"{cfg.get('scale', '')} scale")
     elif cfg.get("defense", "none") != "none":
@@ -63,9 +66,23 @@ def runs_frame(store: RunStore, kind: str | None = None) -> pd.DataFrame:
 
 
 def trained_runs(store: RunStore) -> list[Run]:
-    """Completed training runs (those with final weights)."""
-    return [r for r in store.list_runs(kind="train", status="completed")
-            if (run_dir(r.id) / "model.safetensors").exists()]
+    """Completed model runs, trained or imported (those with final weights)."""
+    return [r for r in store.list_runs(status="completed") if r.kind in MODEL_KINDS
+            and (run_dir(r.id) / "model.safetensors").exists()]
+
+
+def defense_of(run: Run) -> str:
+    """A model run's defense, or 'imported' for a model trained elsewhere."""
+    return "imported" if run.kind == "import" else run.config.get("defense") or "none"
+
+
+def clean_figure(run: Run) -> tuple[float | None, int | None]:
+    """A model run's clean test accuracy and its image count: a training's at its end, an
+    import's from its check."""
+    s = run.summary or {}
+    if run.kind == "import":
+        return s.get("clean_acc"), s.get("n")
+    return (s.get("final") or {}).get("test_acc"), s.get("n_test")
 
 
 def progress(store: RunStore, run_id: str, now: float | None = None) -> dict:
@@ -140,8 +157,8 @@ def model_for_run(store: RunStore, run_id: str, which: str = "final",
                   device: str = "auto") -> tuple[torch.nn.Module, dict]:
     """Load the trained model of a training run."""
     run = store.get(run_id)
-    if run.kind != "train":
-        raise InputError(f"run {run_id} is {a_kind(run.kind)}; pick a training run")
+    if run.kind not in MODEL_KINDS:
+        raise InputError(f"run {run_id} is {a_kind(run.kind)}; pick a training or import run")
     return load_model(run_model_path(run_id, which), device)
 
 
@@ -185,13 +202,13 @@ def lab_overview(store: RunStore) -> pd.DataFrame:
     audit (robust accuracy, threat model, verdict), best audited first."""
     rows = []
     for run in trained_runs(store):
-        final = (run.summary or {}).get("final") or {}
+        clean, _n = clean_figure(run)
         audits = store.list_runs(kind="audit", model_run=run.id, status="completed")
         audit = audits[0].summary if audits else {}
         rows.append({"model": run.name or run.id[-9:], "tags": ", ".join(run.tags),
                      "dataset": run.config.get("dataset"),
-                     "defense": run.config.get("defense", "none"),
-                     "clean acc": final.get("test_acc"),
+                     "defense": defense_of(run),
+                     "clean acc": clean,
                      "audited robust acc": audit.get("robust_acc"),
                      "audit 95% interval": interval_text(audit.get("robust_acc"),
                                                          audit.get("n")),

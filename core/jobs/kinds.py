@@ -20,7 +20,7 @@ from core.evaluation import sweep as sweep_
 from core.jobs.claims import stored_figures
 from core.jobs.ledger import Ledger
 from core.jobs.specs import (AttackSpec, AuditSpec, CurveSpec, EvaluateSpec, GridSpec,
-                             ModelJobSpec, SweepSpec)
+                             ImportSpec, ModelJobSpec, SweepSpec)
 from core.paths import grid_point_path, runs_root
 from core.prediction import model_from, pick_device, run_model_path
 from core.training.loop import fit
@@ -30,6 +30,52 @@ def train(ctx) -> dict:
     """Train per the TrainSpec (resuming from the run's checkpoint when asked)."""
     return fit(ctx.spec, ctx.store if ctx.is_main else None, ctx.run_id, resume=ctx.resume,
                progress=ctx.progress)
+
+
+def import_model(ctx) -> dict:
+    """Bring an outside model in: read and check it (:func:`core.imported.examine`), measure its
+    clean accuracy on a seeded sample of test images, and store it like a trained model."""
+    from core import imported
+
+    spec: ImportSpec = ctx.spec
+    split = data.load(spec.dataset, "test", spec.data_dir)
+    examined = imported.examine(spec, split)
+    for line in examined.lines:
+        ctx.say(line)
+    model = examined.model.to(pick_device(spec.device), memory_format=torch.channels_last)
+    check = split.subset(spec.n_check, spec.seed)
+    ctx.say(estimate.line(estimate.evaluation_seconds(len(check), _per_pass(model, check)),
+                          f"one forward pass of each of {len(check):,} test images"))
+    ctx.progress.start(len(check))
+    accuracy, n, high = imported.clean_accuracy(
+        model, split, spec, progress=lambda done, _t: ctx.progress.update(done))
+    k = len(split.classes)
+    ctx.say(f"clean accuracy {confidence.text(accuracy, n)} on {n:,} test images "
+            f"({split.source})")
+    if imported.near_chance(accuracy, high, k):
+        ctx.warn(imported.chance_line(accuracy, k))
+    for flag in examined.flags:
+        ctx.warn(f"flagged: {flag}")
+    file_sha = imported.sha256(spec.file)
+    info = dict(examined.meta, run=ctx.run_id, file=spec.file, file_sha256=file_sha,
+                arch=spec.arch, module=spec.module, classes_order=spec.classes)
+    meta = {"model": "imported", "import": info, "dataset": spec.dataset,
+            "dataset_source": split.source, "input_shape": list(split.input_shape),
+            "num_classes": k, "classes": list(split.classes),
+            "mean": examined.model.normalize.mean.flatten().tolist(),
+            "std": examined.model.normalize.std.flatten().tolist(),
+            "arch_mean": examined.meta.get("arch_mean"), "arch_std": examined.meta.get("arch_std"),
+            "train_config": {"data_dir": spec.data_dir}}
+    imported.keep_files(spec, ctx.folder, examined.meta["format"])
+    tensors = {f"model.{k}": v for k, v in examined.model.state_dict().items()}
+    checkpoint.save(ctx.folder / "model.safetensors", tensors, meta)
+    summary = {"clean_acc": accuracy, "n": n, "interval": confidence.accuracy_interval(accuracy, n),
+               "n_test_source": split.source, "format": examined.meta["format"],
+               "arch": spec.arch or spec.module or examined.meta["format"],
+               "file_sha256": file_sha, "flags": examined.flags, "checks": examined.lines,
+               "filled": examined.meta["filled"]}
+    ctx.store.set_summary(ctx.run_id, summary)
+    return summary
 
 
 def job_model(ctx, spec: ModelJobSpec) -> tuple[nn.Module, dict]:

@@ -4,11 +4,14 @@ run id or data folder is refused in a fraction of a second; the runner calls it 
 creates the run."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from core import catalog
 from core.checks import a_kind
 from core.paths import InputError, run_dir
-from core.jobs.specs import ModelJobSpec, ReproduceSpec, Spec, StudySpec, TrainSpec
-from core.jobs.store import RunStore
+from core.jobs.specs import (ImportSpec, ModelJobSpec, ReproduceSpec, Spec, StudySpec,
+                             TrainSpec)
+from core.jobs.store import MODEL_KINDS, RunStore
 
 
 def preflight(store: RunStore, spec: Spec) -> None:
@@ -16,8 +19,9 @@ def preflight(store: RunStore, spec: Spec) -> None:
     dataset on disk (downloading a built-in one when it is missing)."""
     if isinstance(spec, ModelJobSpec):
         model = store.get(spec.model_run)
-        if model.kind != "train":
-            raise InputError(f"run {spec.model_run} is {a_kind(model.kind)}; pick a training run")
+        if model.kind not in MODEL_KINDS:
+            raise InputError(f"run {spec.model_run} is {a_kind(model.kind)}; pick a training "
+                             "or import run")
         name = "best.safetensors" if spec.which == "best" else "model.safetensors"
         if not (run_dir(spec.model_run) / name).exists():
             raise InputError(f"run {spec.model_run} has no {spec.which} weights ({name}); "
@@ -26,6 +30,9 @@ def preflight(store: RunStore, spec: Spec) -> None:
                                  " (best weights exist only for defended runs)"))
         _check_data(model.config["dataset"], spec.data_dir or model.config.get("data_dir"))
     elif isinstance(spec, TrainSpec):
+        _check_data(spec.dataset, spec.data_dir)
+    elif isinstance(spec, ImportSpec):
+        _check_import_files(spec)
         _check_data(spec.dataset, spec.data_dir)
     elif isinstance(spec, ReproduceSpec):
         for name in ("mnist", "cifar10"):
@@ -41,3 +48,12 @@ def _check_data(name: str, root: str | None) -> None:
 
         for split in ("train", "test"):  # torchvision downloads here, or says why it cannot
             data.load(name, split, root)
+
+
+def _check_import_files(spec: ImportSpec) -> None:
+    for what, path in (("model file", spec.file),
+                       ("--module file", spec.module and spec.module.rpartition(":")[0])):
+        if path and not Path(path).is_file():
+            raise InputError(f"{what} {path} does not exist or is not a file")
+        if path and Path(path).stat().st_size == 0:
+            raise InputError(f"{what} {path} is empty")

@@ -156,7 +156,8 @@ def _jobs() -> dict[str, Callable[[JobContext], dict]]:
 
     return {"train": jobs.train, "evaluate": jobs.evaluate, "attack": jobs.attack,
             "sweep": jobs.sweep, "grid": jobs.grid, "reproduce": reproduce.reproduce,
-            "audit": jobs.audit, "study": study.study, "curve": jobs.curve}
+            "audit": jobs.audit, "study": study.study, "curve": jobs.curve,
+            "import": jobs.import_model}
 
 
 def execute(store: RunStore, run_id: str, resume: bool = False, echo: bool = True) -> dict:

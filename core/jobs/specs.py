@@ -165,7 +165,8 @@ class ModelJobSpec(Spec):
 
     def validate(self) -> None:
         if not self.model_run:
-            raise InputError("name the training run to use (a run id from `python -m core runs`)")
+            raise InputError("name the model run to use (a training or import run id from "
+                             "`python -m core runs`)")
         check_run_id(self.model_run)
         check_choice("weights", self.which, WEIGHTS)
         check_device(self.device)
@@ -445,9 +446,69 @@ class StudySpec(Spec):
                 f"{', '.join(self.datasets)}; {self.model}, {self.scale} scale)")
 
 
+INPUT_SCALES = (1, 255)
+IMPORT_CHECK_IMAGES = 500
+
+
+@dataclass
+class ImportSpec(Spec):
+    """Bring a model trained elsewhere into the lab (:mod:`core.imported`): FILE's weights
+    (safetensors, a weights-only .pt/.pth, or a TorchScript / torch.export archive with its own
+    code), the architecture (``arch`` or the user's ``module`` = PATH.py:FUNCTION), and the
+    input convention the network expects, (pixels x input_scale - mean) / std."""
+
+    kind: ClassVar[str] = "import"
+    file: str = ""
+    dataset: str = "cifar10"
+    arch: str | None = None
+    module: str | None = None
+    mean: list | None = None
+    std: list | None = None
+    input_scale: int = 1
+    classes: list | None = None
+    allow_random: bool = False
+    n_check: int = IMPORT_CHECK_IMAGES
+    seed: int = 0
+    data_dir: str | None = None
+    device: str = "auto"
+
+    def validate(self) -> None:
+        if not isinstance(self.file, str) or not self.file:
+            raise InputError("name the model file to import (safetensors, .pt/.pth, "
+                             "TorchScript or torch.export)")
+        check_dataset(self.dataset)
+        if self.arch and self.module:
+            raise InputError("give --arch or --module, not both")
+        if self.module is not None and (":" not in self.module or
+                                        not self.module.rpartition(":")[0].endswith(".py") or
+                                        not self.module.rpartition(":")[2].isidentifier()):
+            raise InputError(f"--module must be PATH.py:FUNCTION, got {self.module!r}")
+        if (self.mean is None) != (self.std is None):
+            raise InputError("give --mean and --std together (or neither)")
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if values is not None and (not isinstance(values, list) or not values or not all(
+                    isinstance(v, (int, float)) and math.isfinite(v) for v in values)):
+                raise InputError(f"--{name} takes one number or one per channel, got {values!r}")
+        if self.std is not None and any(v <= 0 for v in self.std):
+            raise InputError(f"--std values must be positive, got {self.std}")
+        if self.input_scale not in INPUT_SCALES:
+            raise InputError(f"--input-scale must be 1 (the model takes [0, 1]) or 255 (it "
+                             f"takes [0, 255]), got {self.input_scale!r}")
+        if self.classes is not None and (len(self.classes) < 2 or not all(
+                isinstance(c, str) and c for c in self.classes)):
+            raise InputError("--classes takes two or more class names, comma-separated, in the "
+                             "order of the model's outputs")
+        check_positive("check images", self.n_check)
+        check_device(self.device)
+
+    def describe(self) -> str:
+        how = self.arch or self.module or "its own code"
+        return f"import {self.file} ({how}) as a {self.dataset} model"
+
+
 SPECS: dict[str, type[Spec]] = {cls.kind: cls for cls in (
     TrainSpec, EvaluateSpec, AttackSpec, SweepSpec, GridSpec, ReproduceSpec, AuditSpec,
-    StudySpec, CurveSpec)}
+    StudySpec, CurveSpec, ImportSpec)}
 
 
 def spec_from_config(kind: str, config: dict) -> Spec:

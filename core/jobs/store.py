@@ -21,7 +21,8 @@ from core.paths import (EnvironmentProblem, artifacts_root, InputError, check_ru
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 KINDS = ("train", "evaluate", "attack", "sweep", "grid", "reproduce", "audit", "study",
-         "curve")
+         "curve", "import")
+MODEL_KINDS = ("train", "import")  # runs that hold a model the other jobs take
 STALE_AFTER_S = 15.0
 QUEUED_TIMEOUT_S = 60.0
 
@@ -407,6 +408,9 @@ def resume_refusal(run: Run) -> str | None:
     """Why ``run`` cannot be resumed, or None when it can: a failed or cancelled training run
     with a checkpoint, an audit, sweep or grid (it continues from its finished batches), or a
     study made of child jobs (the one rule, for the CLI and the dashboard)."""
+    if run.kind == "import":
+        return (f"run {run.id} is an imported model: it cannot be trained or resumed (import "
+                "the file again to replace it)")
     if run.kind not in RESUMABLE:
         return (f"run {run.id} is {a_kind(run.kind)}; only {', '.join(RESUMABLE[:-1])} and "
                 f"{RESUMABLE[-1]} runs resume (start it again instead)")
