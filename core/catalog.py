@@ -15,6 +15,7 @@ MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-image
                "t10k-labels-idx1-ubyte"]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck"]
+CIFAR10_SIZES = {"train": 50000, "test": 10000}
 MIN_SIDE = 8  # the models pool by 8
 MIN_TRAIN_IMAGES = 10
 
@@ -37,7 +38,11 @@ def available(root: str | os.PathLike | None = None) -> dict[str, str]:
     if (base / "cifar-10-batches-py").exists():
         found["cifar10"] = str(base / "cifar-10-batches-py")
     elif (base / "cifar10-subset" / "train").is_dir():
-        found["cifar10"] = f"{base / 'cifar10-subset'} (subset: 1,000 test images)"
+        test = base / "cifar10-subset" / "test"
+        n = sum(1 for d in test.iterdir() if d.is_dir() for _ in os.scandir(d)) \
+            if test.is_dir() else 0
+        full = "the whole test set" if n == CIFAR10_SIZES["test"] else "a subset"
+        found["cifar10"] = f"{base / 'cifar10-subset'} ({n:,} test images: {full})"
     return found
 
 

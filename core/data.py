@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from core.catalog import (CIFAR10_CLASSES, DATASETS, MNIST_FILES, SPLITS, DatasetNotFound,
+from core.catalog import (CIFAR10_CLASSES, CIFAR10_SIZES, DATASETS, MNIST_FILES, SPLITS, DatasetNotFound,
                           cache_path, has_files, scan_folder)
 from core.paths import InputError, data_dir
 
@@ -181,7 +181,7 @@ def _cifar10(split: str, base: Path) -> TensorData:
         log.info("cifar10: torchvision files absent, using the ImageFolder %s (%d images)",
                  subset, len(folder))
         folder.name, folder.mean, folder.std, folder.augment = "cifar10", mean, std, True
-        folder.source = f"cifar10-subset ImageFolder at {subset} ({len(folder)} {split} images)"
+        folder.source = f"{cifar10_set(split, len(folder))} (cifar10-subset ImageFolder at {subset})"
         return folder
     from torchvision.datasets import CIFAR10  # its import costs 1.3 s: only when it is used
 
@@ -196,7 +196,17 @@ def _cifar10(split: str, base: Path) -> TensorData:
         ) from err
     images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
     return TensorData("cifar10", split, images, torch.tensor(ds.targets, dtype=torch.long),
-                      list(ds.classes), f"torchvision CIFAR10 at {base}", mean, std, augment=True)
+                      list(ds.classes), f"{cifar10_set(split, len(images))} (torchvision CIFAR10 "
+                      f"at {base})", mean, std, augment=True)
+
+
+def cifar10_set(split: str, n: int) -> str:
+    """Which CIFAR-10 set a split is: 'CIFAR-10 test, 10,000 images', or a subset with its
+    size (every accuracy names it)."""
+    full = CIFAR10_SIZES[split]
+    if n == full:
+        return f"CIFAR-10 {split}, {n:,} images"
+    return f"CIFAR-10 {split} subset, {n:,} of {full:,} images"
 
 
 def _imagefolder_dataset(root: Path, split: str) -> TensorData:

@@ -47,6 +47,15 @@ def clean_report(model: nn.Module, data: TensorData, batch_size: int = 500,
     return report
 
 
+def clean_accuracy(model: nn.Module, data: TensorData, progress=None
+                   ) -> tuple[float, int, float]:
+    """Accuracy of ``model`` on ``data``: the share, the number of images, and the top of its
+    95% interval."""
+    logits = predict(model, data.floats(), progress=progress)
+    correct = int((logits.argmax(1) == data.labels).sum())
+    return correct / len(data), len(data), confidence.interval(correct, len(data))[1]
+
+
 def misclassified(report: dict, true: int | None = None, pred: int | None = None) -> list[dict]:
     """Records of misclassified examples, optionally filtered by true and predicted class."""
     return [r for r in report["records"] if r["true"] != r["pred"]

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
+from core.attacks.contract import outputs_are_probabilities
 from core.models import MODELS, Normalize, build_model
 from core.paths import InputError, runs_root
 from core.zoo import build_zoo, is_zoo_name
@@ -412,7 +413,7 @@ def _check(model: Adapted, split, k: int, allow_random: bool, lines: list[str]) 
             1e-3 * max(1.0, out.abs().max().item()):
         raise InputError("an image's output depends on the other images of its batch "
                          "(BatchNorm in training mode?): export or save the model in eval mode")
-    if (out >= 0).all() and (out.sum(1) - 1).abs().max().item() < 1e-3:
+    if outputs_are_probabilities(out):
         flags.append("probabilities")
         lines.append("flagged: the outputs are probabilities (rows sum to 1); gradients "
                      "through a softmax vanish and hide adversarial examples, so robust "
@@ -455,14 +456,3 @@ def keep_files(spec, folder: Path, source_format: str) -> None:
         shutil.copyfile(src, tmp)
         tmp.replace(folder / name)
 
-
-def clean_accuracy(model: nn.Module, split, spec, progress=None) -> tuple[float, int, float]:
-    """Accuracy of ``model`` on a seeded sample of ``spec.n_check`` test images: the share,
-    the count of images, and the top of its 95% interval."""
-    from core import confidence
-    from core.prediction import predict
-
-    check = split.subset(spec.n_check, spec.seed)
-    logits = predict(model, check.floats(), progress=progress)
-    correct = int((logits.argmax(1) == check.labels).sum())
-    return correct / len(check), len(check), confidence.interval(correct, len(check))[1]

@@ -4,13 +4,13 @@ import streamlit as st
 
 from core.app.compare import compare_display, compare_rows, epoch_curves, run_name
 from core.app.curves import curve_of, find_curve
-from core.app.runs import config_diff, run_label, trained_runs
+from core.app.runs import config_diff, model_runs, run_label
 from core.figures import PALETTE, curve_figure, epoch_curves_figure
 from pages.common import get_store
 
 store = get_store()
 st.title("Compare runs")
-runs = trained_runs(store)
+runs = model_runs(store)
 if len(runs) < 1:
     st.info("No completed training or imported models yet.")
     st.stop()

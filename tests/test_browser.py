@@ -593,3 +593,72 @@ def test_the_slider_reads_a_curve_between_two_former_grid_points(mnist_model, pa
     expect(page.get_by_text("Broken at or below this ε")).to_be_visible()
     page.screenshot(path=str(SHOTS / "15-attack-curve.png"), full_page=True)
     assert len(store.list_runs()) == jobs  # every epsilon read from the curve, no new job
+
+
+@pytest.mark.slow
+def test_import_through_the_form_then_its_curve_and_audit(page_url, tmp_path):
+    """A TorchScript CNN trained outside the lab (normalization outside the model) is uploaded
+    on the Import page, checked and imported; then its curve is computed on the Attack page
+    and it is audited on the Robustness page, as a trained model would be."""
+    import torch
+    import torch.nn.functional as F
+    from playwright.sync_api import expect
+
+    from core import data
+    from core.jobs.store import RunStore
+
+    train = data.load("mnist", "train").subset(3000, seed=0)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.MaxPool2d(4), torch.nn.Flatten(),
+                              torch.nn.Linear(8 * 7 * 7, 10))
+    opt = torch.optim.Adam(net.parameters(), 2e-3)
+    x, y = train.floats(), train.labels
+    for i in range(0, len(x), 100):
+        opt.zero_grad()
+        F.cross_entropy(net((x[i:i + 100] - 0.1307) / 0.3081), y[i:i + 100]).backward()
+        opt.step()
+    scripted = tmp_path / "outside_cnn.ts"
+    torch.jit.script(net.eval()).save(str(scripted))
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page, url = page_url
+    page.goto(f"{url}/import")
+    expect(page.get_by_role("heading", name="Import a model")).to_be_visible(timeout=60_000)
+    page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(scripted))
+    _choose(page, "Normalization the model expects", "MNIST")
+    page.get_by_role("button", name="Check").click()
+    expect(page.get_by_text("deterministic: two eval-mode forwards agree")).to_be_visible(
+        timeout=120_000)
+    expect(page.get_by_text(re.compile(r"^95% interval \d+\.\d%-\d+\.\d% of 500 test images"))
+           ).to_be_visible()
+    page.screenshot(path=str(SHOTS / "17-import-checked.png"), full_page=True)
+    page.get_by_role("button", name="Import", exact=True).click()
+    expect(page.get_by_text(re.compile(r"^Imported as import-"))).to_be_visible(timeout=120_000)
+    page.screenshot(path=str(SHOTS / "18-import-done.png"), full_page=True)
+    run = RunStore().list_runs(kind="import", status="completed")[0]
+    assert run.summary["arch"] == "torchscript" and run.summary["clean_acc"] > 0.5
+
+    page.goto(f"{url}/attack?model={run.id}")
+    images = page.get_by_role("slider", name=re.compile("^Test images"))
+    expect(images).to_be_visible(timeout=60_000)
+    images.focus()
+    page.keyboard.press("ArrowLeft")  # 100 test images
+    _choose(page, "Attack", "curve (every ε)")
+    page.get_by_role("button", name="Compute the curve").click()
+    expect(page.get_by_role("slider", name=re.compile("continuous"))).to_be_visible(
+        timeout=300_000)
+    expect(page.get_by_text("Broken at or below this ε")).to_be_visible()
+    page.screenshot(path=str(SHOTS / "19-import-curve.png"), full_page=True)
+
+    page.goto(f"{url}/robustness?model={run.id}")
+    expect(page.get_by_text("Audit a model")).to_be_visible(timeout=60_000)
+    page.get_by_role("spinbutton", name="Epsilon (pixels)").fill("0.1")
+    _choose(page, "Version", "fast")
+    page.get_by_role("spinbutton", name="Test images").first.fill("30")
+    page.get_by_role("button", name="Run audit").click()
+    expect(page.get_by_text("Indicators of attack failure")).to_be_visible(timeout=400_000)
+    expect(page.get_by_text(re.compile(r"^Robust accuracy \d"))).to_be_visible()
+    page.screenshot(path=str(SHOTS / "20-import-audit.png"), full_page=True)
+    audits = RunStore().list_runs(kind="audit", model_run=run.id, status="completed")
+    assert audits and audits[0].summary["n"] == 30

@@ -75,16 +75,30 @@ def test_imagefolder_without_split_folder(tmp_path):
         data.load(f"imagefolder:{tmp_path}", "train")
 
 
-def test_cifar10_falls_back_to_the_subset_and_says_so():
+def test_cifar10_loads_the_whole_test_set_from_the_shared_folder_and_says_so():
     if "cifar10" not in catalog.available():
         pytest.skip("cifar10-subset not found under ROBUSTLAB_DATA")
     test = data.load("cifar10", "test")
-    assert len(test) == 1000 and test.input_shape == (3, 32, 32)
-    assert "cifar10-subset" in test.source and "1000 test images" in test.source
+    assert len(test) == 10000 and test.input_shape == (3, 32, 32)
+    assert test.source.startswith("CIFAR-10 test, 10,000 images (cifar10-subset ImageFolder")
+    assert "10,000 test images: the whole test set" in catalog.available()["cifar10"]
     assert test.classes[0] == "airplane" and test.augment
-    # Spot check from the dataset README: test image 0 is a cat, R channel starts 158 159 165.
-    cats = test.labels == 3
-    assert cats.sum() == 103
+    # the official test set has 1,000 images of each class; image 0 is a cat
+    assert torch.bincount(test.labels).tolist() == [1000] * 10
+    assert data.cifar10_set("test", 1000) == "CIFAR-10 test subset, 1,000 of 10,000 images"
+
+
+def test_a_split_cache_of_fewer_images_is_never_served(tmp_path):
+    """The cache of a split is keyed by its folder, its file count and their newest time: the
+    old 1,000-image cache of a folder that now holds more is not read."""
+    root = _folder(tmp_path / "imgs")
+    first = data.load(f"imagefolder:{root}", "test")
+    assert len(list(cache_dir().glob("*.safetensors"))) >= 1
+    data._MEMORY.clear()  # a new process: only the disk cache is left
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(root / "test" / "cat" / "zz-new.png")
+    second = data.load(f"imagefolder:{root}", "test")
+    assert len(second) == len(first) + 1
+    assert second.images[second.labels == 0].amax().item() == 255  # the new red image
 
 
 def test_augment_batch_crops_and_flips_whole_batches():

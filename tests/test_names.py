@@ -64,7 +64,7 @@ def test_a_data_dir_that_is_a_file_is_said_plainly(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["evaluate", "no-such-run"], "no run with id 'no-such-run'"),
     (["resume", "RUNNING"], "is running; only failed or cancelled runs"),
-    (["attack", "EVALUATION", "--attack", "fgsm"], "is an evaluate run; pick a training run"),
+    (["attack", "EVALUATION", "--attack", "fgsm"], "is an evaluate run; pick a training or import run"),
     (["train", "--dataset", "imagefolder:/no/such/folder"], "has no train/ folder"),
 ])
 def test_refusals_that_need_only_the_store_come_before_torch(tmp_path, args, message):

@@ -23,6 +23,8 @@ EXAMPLES = """examples:
   python -m core attack RUN --attack cw -n 200                (--strong: the paper's 1000 x 9)
   python -m core sweep RUN --attacks noise,fgsm,pgd --eps 0,0.01,0.05,0.1,0.2,0.3
   python -m core audit RUN --norm linf --eps 0.3 [--version standard|fast] [-n 1000]
+  python -m core card RUN --reported 62.5         (card.json + card.md of its audit)
+  python -m core verify card.json --weights model.pt
   python -m core runs | head
   python -m core show RUN
   python -m core reproduce --quick
@@ -40,6 +42,16 @@ def _floats(text: str) -> list[float]:
         return parse_numbers(text)
     except InputError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _epsilon(text: str) -> float:
+    """One budget, typed as 0.1 or 8/255 (the parser every epsilon option shares); -0 is 0."""
+    values = _floats(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"expected one number like 0.1 or 8/255, got {text!r}")
+    if values[0] < 0:
+        raise argparse.ArgumentTypeError(f"a budget must be >= 0, got {text!r}")
+    return values[0] + 0.0  # -0.0 + 0.0 is 0.0: no budget shows as "-0"
 
 
 def _names(text: str) -> list[str]:
@@ -101,6 +113,35 @@ def build_parser() -> argparse.ArgumentParser:
                       "attack failure"))
     _curve_parser(add("curve", "the robustness curve: each image's smallest adversarial norm "
                       "(minimum-norm attacks), so robust accuracy at every epsilon at once"))
+    p = add("card", "a model card in RobustBench's format from a model's audit: card.json and "
+            "card.md (the claim, its exact images, intervals, waterfall, indicators, hashes)")
+    p.add_argument("run", help="a trained or imported model run")
+    p.add_argument("--audit", help="which audit (default: the model's latest standard audit at "
+                   "the threat model)")
+    p.add_argument("--norm", choices=("linf", "l2"), help="the threat model's norm (default linf)")
+    p.add_argument("--eps", type=_epsilon, help="its budget, e.g. 8/255 (default: the "
+                   "dataset's standard one, 0.3 MNIST, 8/255 CIFAR-10)")
+    p.add_argument("--reported", help="the robust accuracy in percent you report, e.g. 62.5")
+    for field in ("name", "link", "authors", "venue", "architecture", "footnote", "external"):
+        p.add_argument(f"--{field}", help=f"RobustBench's {field!r} field")
+    p.add_argument("--additional-data", action="store_true", help="training used extra data")
+    p.add_argument("--out", help="folder for card.json and card.md (default: the audit's run "
+                   "folder)")
+    p = add("verify", "re-run a model card's claim on exactly its images: exit 0 when it holds, "
+            "1 when it does not (each figure reproduced, lower, or not comparable)")
+    p.add_argument("card", metavar="CARD.json")
+    p.add_argument("--weights", metavar="FILE", help="the weights the card names (their sha256 "
+                   "must match); imported with the card's architecture and input convention")
+    p.add_argument("--run", dest="model_run", metavar="RUN", help="or a model run already in "
+                   "the lab")
+    p.add_argument("-n", type=int, help="re-run on a seeded part of the card's images (said "
+                   "plainly; the figures are then judged on that part)")
+    _device_option(p)
+    p = add("export", "a run as TensorBoard event files: training scalars, evaluations, the "
+            "audit's stages and indicators, curves and confusion matrices")
+    p.add_argument("run", help="a model run (with its evaluations, audits and curves) or one job")
+    p.add_argument("--tensorboard", metavar="DIR", required=True,
+                   help="where the event files go (DIR/RUN); then tensorboard --logdir DIR")
     p = add("runs", "table of runs, newest first")
     p.add_argument("--kind", help="only runs of this kind (train, evaluate, attack, sweep, "
                    "grid, audit, curve, reproduce, study)")
@@ -157,12 +198,12 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-subset", type=int, help="evaluate each epoch on N test images")
     p.add_argument("--no-augment", action="store_true", help="no crop/flip (CIFAR-10)")
     p.add_argument("--defense", help="none (default), fgsm-at, fast-at, pgd-at, trades or iat")
-    p.add_argument("--eps", type=float, help="defense budget in pixel units (0.3, 8/255=0.031)")
+    p.add_argument("--eps", type=_epsilon, help="defense budget in pixel units (0.3, 8/255=0.031)")
     p.add_argument("--defense-steps", type=int, help="attack steps inside the defense")
     p.add_argument("--defense-param", type=_kv, action="append", default=[], metavar="KEY=VALUE",
                    help="other defense parameter, e.g. beta=6 (trades), alpha=1 (iat)")
     p.add_argument("--eps-ramp", type=int, help="grow eps linearly over the first N epochs")
-    p.add_argument("--robust-eps", type=float, help="eps of the per-epoch held-out APGD-CE check (the overfitting guard)")
+    p.add_argument("--robust-eps", type=_epsilon, help="eps of the per-epoch held-out APGD-CE check (the overfitting guard)")
     _device_option(p)
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
                    help="bf16 autocast for training (auto, the default: the faster one "
@@ -222,7 +263,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
 def _attack_parser(p: argparse.ArgumentParser) -> None:
     _model_options(p)
     p.add_argument("--attack", required=True, help="noise, fgsm, pgd, semantic or cw")
-    p.add_argument("--eps", type=float, help="L-inf (or L2) budget in pixel units")
+    p.add_argument("--eps", type=_epsilon, help="L-inf (or L2) budget in pixel units")
     p.add_argument("--sigma", type=float, help="noise standard deviation")
     p.add_argument("--steps", type=int, help="iterations (pgd: 40 by default; cw: per search)")
     p.add_argument("--strong", action="store_true",
@@ -251,7 +292,7 @@ def _sweep_parser(p: argparse.ArgumentParser) -> None:
 def _audit_parser(p: argparse.ArgumentParser) -> None:
     _model_options(p)
     p.add_argument("--norm", choices=("linf", "l2"), default=None, help="default linf")
-    p.add_argument("--eps", type=float, help="budget in pixel units (0.3 MNIST, 0.0314 CIFAR-10)")
+    p.add_argument("--eps", type=_epsilon, help="budget in pixel units (0.3 MNIST, 0.0314 CIFAR-10)")
     p.add_argument("--version", choices=("standard", "fast"), default=None,
                    help="standard (default): APGD-CE, APGD-T, FAB-T, Square; fast: APGD-CE, "
                    "APGD-T")

@@ -59,7 +59,9 @@ def run_import(spec: Spec, name: str | None = None, dry_run: bool = False) -> in
         return run_job(spec, name=name)
     for line in examined.lines:
         print(f"  {line}", file=sys.stderr)
-    acc, n, high = imported.clean_accuracy(examined.model, split, spec)
+    from core.evaluation import clean_accuracy
+
+    acc, n, high = clean_accuracy(examined.model, split.subset(spec.n_check, spec.seed))
     print(f"clean accuracy {text(acc, n)} on {n:,} test images ({split.source}); dry run: "
           "nothing stored")
     if imported.near_chance(acc, high, len(split.classes)):
@@ -328,6 +330,68 @@ def cmd_show(args: argparse.Namespace) -> int:
     folder = run_dir(run.id)
     files = sorted(p.name for p in folder.iterdir() if not p.name.endswith(".tmp"))
     print(f"files in {folder}: {', '.join(files) or 'none'}")
+    return 0
+
+
+def cmd_card(args: argparse.Namespace) -> int:
+    """``card RUN``: card.json and card.md of a model's audit."""
+    from pathlib import Path
+
+    from core.jobs import card
+    from core.threat import ThreatModel, standard_threat
+
+    store = RunStore()
+    model = store.get(args.run)
+    threat = None
+    if args.norm or args.eps is not None:
+        norm = args.norm or "linf"
+        eps = args.eps if args.eps is not None else \
+            standard_threat(model.config.get("dataset", "cifar10"), norm).eps
+        threat = ThreatModel(norm, eps)
+    fields = {k: getattr(args, k) for k in ("name", "link", "authors", "venue", "architecture",
+                                           "footnote", "external", "reported")}
+    fields["additional_data"] = args.additional_data or None
+    built = card.build(store, args.run, args.audit, threat, fields)
+    folder = Path(args.out) if args.out else run_dir(built["robustlab"]["audit_run"])
+    json_path, md_path = card.write(built, folder)
+    lab = built["robustlab"]
+    print(f"card of {args.run}: {built['autoattack_acc']}% robust at {lab['threat']} "
+          f"({lab['cascade']['version']} audit {lab['audit_run']}, "
+          f"{lab['images']['n_examples']:,} images), clean {built['clean_acc']}%"
+          + ("; unreliable: an indicator failed" if built["unreliable"] else ""))
+    print(f"  {json_path}\n  {md_path}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """``verify CARD.json``: re-run the claim; exit 0 when it holds, 1 when it does not."""
+    from core.jobs import verification
+
+    card = verification.read_card(args.card)
+    if not args.weights and not args.model_run:
+        raise InputError("give the weights to verify: --weights FILE or --run RUN")
+    store = RunStore()
+    outcome = verification.verify(store, card, args.weights, args.model_run, args.n,
+                                  device=args.device or "auto",
+                                  say=lambda line: print(line, file=sys.stderr))
+    for verdict in outcome.verdicts:
+        print(f"{verdict.figure}: {verdict.text}")
+    if outcome.audit_run is None:
+        print("the claim cannot be checked here: nothing was re-run")
+    else:
+        print(f"the claim {'holds' if outcome.holds else 'does not hold'} (audit "
+              f"{outcome.audit_run} of {outcome.model_run})")
+    return 0 if outcome.holds else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``export RUN --tensorboard DIR``: the run as TensorBoard event files."""
+    from core.jobs.export import export
+
+    folder, tags = export(RunStore(), args.run, args.tensorboard)
+    print(f"{len(tags)} tags of {args.run} written to {folder}: {', '.join(tags[:8])}"
+          + (f" and {len(tags) - 8} more" if len(tags) > 8 else ""))
+    print(f"  view them: tensorboard --logdir {args.tensorboard}")
     return 0
 
 

@@ -90,11 +90,12 @@ def launch(store: RunStore, spec: ImportSpec, name: str | None = None) -> str:
 
 def _child(config: str) -> dict:
     from core import confidence, data, imported
+    from core.evaluation import clean_accuracy
 
     spec = ImportSpec.from_dict(json.loads(config))
     split = data.load(spec.dataset, "test", spec.data_dir)
     examined = imported.examine(spec, split)
-    acc, n, _high = imported.clean_accuracy(examined.model, split, spec)
+    acc, n, _high = clean_accuracy(examined.model, split.subset(spec.n_check, spec.seed))
     low, high = confidence.interval(confidence.count(acc, n), n)
     out = {"ok": True, "lines": examined.lines, "flags": examined.flags, "accuracy": acc,
            "n": n, "interval": [low, high], "source": split.source}

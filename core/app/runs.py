@@ -76,6 +76,12 @@ def defense_of(run: Run) -> str:
     return "imported" if run.kind == "import" else run.config.get("defense") or "none"
 
 
+def model_runs(store: RunStore) -> list[Run]:
+    """Completed model runs, trained or imported, newest first (weights or not: Compare reads
+    their stored figures only)."""
+    return [r for r in store.list_runs(status="completed") if r.kind in MODEL_KINDS]
+
+
 def clean_figure(run: Run) -> tuple[float | None, int | None]:
     """A model run's clean test accuracy and its image count: a training's at its end, an
     import's from its check."""

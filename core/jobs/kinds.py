@@ -15,7 +15,8 @@ from core import precision
 from core import reports
 from core.attacks import APGD, ATTACKS, build_attack, with_budget
 from core.attacks.speed import LowPrecision
-from core.evaluation import clean_report, run_attack, sanity_warnings, sharded_attack
+from core.evaluation import (clean_accuracy, clean_report, run_attack, sanity_warnings,
+                             sharded_attack)
 from core.evaluation import sweep as sweep_
 from core.jobs.claims import stored_figures
 from core.jobs.ledger import Ledger
@@ -47,8 +48,8 @@ def import_model(ctx) -> dict:
     ctx.say(estimate.line(estimate.evaluation_seconds(len(check), _per_pass(model, check)),
                           f"one forward pass of each of {len(check):,} test images"))
     ctx.progress.start(len(check))
-    accuracy, n, high = imported.clean_accuracy(
-        model, split, spec, progress=lambda done, _t: ctx.progress.update(done))
+    accuracy, n, high = clean_accuracy(model, check,
+                                       progress=lambda done, _t: ctx.progress.update(done))
     k = len(split.classes)
     ctx.say(f"clean accuracy {confidence.text(accuracy, n)} on {n:,} test images "
             f"({split.source})")
