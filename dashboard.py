@@ -18,8 +18,7 @@ def main() -> None:
     pages = [
         st.Page("pages/train.py", title="Train", icon=":material/model_training:",
                 default=True),
-        st.Page("pages/import_model.py", title="Import", icon=":material/upload_file:",
-                url_path="import"),
+        st.Page("pages/import.py", title="Import", icon=":material/upload_file:"),
         st.Page("pages/evaluate.py", title="Evaluate", icon=":material/grid_on:"),
         st.Page("pages/attack.py", title="Attack", icon=":material/bolt:"),
         st.Page("pages/robustness.py", title="Robustness", icon=":material/show_chart:"),

@@ -9,7 +9,8 @@ from core.app.curves import curve_of, launch_curve
 from core.figures import breaking_points_figure, robustness_figure, waterfall_figure
 from core.attacks import ATTACKS, MINIMUM_NORM
 from core.app.robustness import (STAGE_NAMES, audit_examples, audit_runs, audit_view,
-                                 launch_audit, launch_sweep, sweep_curves, sweep_display)
+                                 card_files, launch_audit, launch_sweep, sweep_curves,
+                                 sweep_display)
 from core.app.runs import eps_label, parse_budgets, progress, resumable, resume, run_label
 from core.jobs.specs import DEFAULT_BUDGETS, AuditSpec, CurveSpec, SweepSpec
 from core.paths import InputError
@@ -53,6 +54,25 @@ def audit_form():
         except Exception as err:
             show_error(err)
     return model
+
+
+def model_card(audit_id: str) -> None:
+    """The audit's claim as a model card in RobustBench's format, for download."""
+    try:
+        files = card_files(store, audit_id)
+    except Exception as err:
+        show_error(err)
+        return
+    if not files:
+        return
+    st.caption("Model card: RobustBench's fields plus the exact images, intervals, waterfall, "
+               "indicators and hashes; anyone re-runs it with `python -m core verify "
+               "card.json --weights FILE`.")
+    for column, (name, text) in zip(st.columns(4), files):
+        column.download_button(f"Model card: {name}", text, file_name=f"{audit_id}-{name}",
+                               mime="application/json" if name.endswith(".json") else
+                               "text/markdown", icon=":material/badge:",
+                               key=f"card-{audit_id}-{name}")
 
 
 def pick_audit(model):
@@ -164,6 +184,7 @@ with audit_tab:
                     show_error(err)
             waterfall(picked.id)  # a finished audit is drawn once, not every 2 s
             downloads(picked.id, ["audit.json", "audit.csv", "audit.md"])
+            model_card(picked.id)
             audit_results(picked.id)
 
 

@@ -5,7 +5,8 @@ from core.figures import training_figure
 from core.training.settings import DEFENSE_SETTINGS as DEFENSES
 from core.training.settings import MODEL_ARGS as MODELS
 from core.training.settings import MultiStepSettings
-from core.app.runs import lab_overview, progress, resumable, resume, run_label, runs_frame, weights_file
+from core.app.runs import (export_tensorboard, lab_overview, progress, resumable, resume,
+                           run_label, runs_frame, weights_file)
 from core.app.train import launch_training, train_form_defaults, training_estimate
 from core.jobs.runner import delete_run
 from core.jobs.specs import OPTIMIZERS, SCHEDULES
@@ -194,7 +195,7 @@ if resumable(run):
 if b2.button("Clone into form", icon=":material/content_copy:"):
     st.session_state["clone_from"] = run.id
     st.rerun()
-with st.expander("Manage this run: rename, tag, download its weights, delete it"):
+with st.expander("Manage this run: rename, tag, download its weights, export, delete it"):
     m1, m2, m3 = st.columns([2, 1, 1])
     new_name = m1.text_input("Name", run.name or "", key=f"name-{run.id}")
     new_tags = m1.text_input("Tags (comma-separated)", ", ".join(run.tags),
@@ -213,6 +214,16 @@ with st.expander("Manage this run: rename, tag, download its weights, delete it"
                            "application/octet-stream", icon=":material/download:",
                            help="a zip of model.safetensors and its JSON sidecar; unzip and "
                                 "load it with core.prediction.load_model")
+    if run.status == "completed" and m2.button(
+            "Export to TensorBoard", icon=":material/monitoring:", key=f"tb-{run.id}",
+            help="Training scalars, evaluations, audits (stages and indicators) and curves as "
+                 "event files"):
+        try:
+            folder, count = export_tensorboard(store, run.id)
+            m2.success(f"{count} tags in `{folder}`; view: `tensorboard --logdir "
+                       f"{folder.rsplit('/', 1)[0]}`")
+        except Exception as err:
+            show_error(err)
     sure = m3.checkbox("Yes, delete", help="Deletes the run with its evaluations, attacks, "
                        "audits and all their files",
                        key=f"sure-{run.id}")

@@ -653,12 +653,18 @@ def test_import_through_the_form_then_its_curve_and_audit(page_url, tmp_path):
 
     page.goto(f"{url}/robustness?model={run.id}")
     expect(page.get_by_text("Audit a model")).to_be_visible(timeout=60_000)
-    page.get_by_role("spinbutton", name="Epsilon (pixels)").fill("0.1")
+    budget = page.get_by_role("spinbutton", name="Epsilon (pixels)")
+    expect(budget).to_have_value("0.3000")  # drawn for this model: typing now is kept
     _choose(page, "Version", "fast")
+    budget.fill("0.1")
     page.get_by_role("spinbutton", name="Test images").first.fill("30")
     page.get_by_role("button", name="Run audit").click()
+    expect(page.get_by_text(re.compile(r"^(queued|running): \d+% · next"))).to_be_visible(
+        timeout=30_000)
+    assert "audit=audit-" in page.url
     expect(page.get_by_text("Indicators of attack failure")).to_be_visible(timeout=400_000)
     expect(page.get_by_text(re.compile(r"^Robust accuracy \d"))).to_be_visible()
+    expect(page.get_by_role("button", name="Model card: card.json")).to_be_visible()
     page.screenshot(path=str(SHOTS / "20-import-audit.png"), full_page=True)
     audits = RunStore().list_runs(kind="audit", model_run=run.id, status="completed")
     assert audits and audits[0].summary["n"] == 30

@@ -26,7 +26,8 @@ def _no_exceptions(at: AppTest) -> None:
 
 
 
-@pytest.mark.parametrize("page", ["train", "evaluate", "attack", "robustness", "compare"])
+@pytest.mark.parametrize("page", ["train", "import", "evaluate", "attack", "robustness",
+                                  "compare"])
 def test_every_page_renders_with_an_empty_store(page, tmp_path, monkeypatch):
     monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path))
     at = _app(page).run()
@@ -576,3 +577,16 @@ def test_one_answer_per_question_puts_the_audit_first_and_says_why_the_others_di
     assert "200 images against 500" in rows[1]["why"]
     assert "overstates the audit by 37.0 pp" in rows[2]["why"]
     assert answers(store, model, ThreatModel("linf", 0.2)) == []  # another threat model
+
+
+def test_the_import_form_refuses_a_path_outside_the_allowed_folders(tmp_path, monkeypatch):
+    """A path typed into the browser may point only inside the data or artifacts folders;
+    Check says so in one line and nothing runs."""
+    monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path / "artifacts"))
+    at = _app("import").run()
+    at.radio(key="import-where").set_value("a path on the server").run()
+    at.text_input(key="import-path").input("/etc/passwd").run()
+    at.button(key="import-check").click().run()
+    _no_exceptions(at)
+    assert any("outside the allowed folders" in e.value for e in at.error)
+    assert at.button(key="import-go-off").disabled

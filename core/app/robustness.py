@@ -154,3 +154,17 @@ def audit_examples(run_id: str) -> dict | None:
                                              tensors["robust_label"].tolist(),
                                              tensors["robust_index"].tolist())]
     return {"broken": broken, "survived": survived}
+
+
+def card_files(store: RunStore, audit_id: str) -> list[tuple[str, str]]:
+    """The model card of an audit as downloads: (file name, text) for card.json and card.md;
+    empty when the audit cannot carry one (not completed)."""
+    import json
+
+    from core.jobs import card
+
+    audit = store.get(audit_id)
+    if audit.status != "completed":
+        return []
+    built = card.build(store, audit.config["model_run"], audit_id)
+    return [("card.json", json.dumps(built, indent=2) + "\n"), ("card.md", card.markdown(built))]

@@ -246,3 +246,13 @@ def run_files(run_id: str, names: list[str]) -> list[tuple[str, bytes]]:
     """The run's result files among ``names`` that exist, as (name, contents) for download."""
     folder = run_dir(run_id)
     return [(name, (folder / name).read_bytes()) for name in names if (folder / name).is_file()]
+
+
+def export_tensorboard(store: RunStore, run_id: str) -> tuple[str, int]:
+    """Write a run's TensorBoard event files under artifacts/tensorboard; the folder and the
+    number of tags written."""
+    from core.jobs.export import export
+    from core.paths import artifacts_dir
+
+    folder, tags = export(store, run_id, artifacts_dir() / "tensorboard")
+    return str(folder), len(tags)
