@@ -129,7 +129,11 @@ class TrainSpec(Spec):
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise InputError(f"seed must be a whole number >= 0, got {self.seed!r}")
         check_device(self.device)
-        self.defense_settings()
+        # resolved, as attack specs are: a stored run keeps the defaults it ran with, whatever
+        # a later release changes (its resume, its clone)
+        resolved = self.defense_settings().params()
+        resolved.pop("label_smoothing", None)
+        self.defense_args = resolved if self.defense != "none" else {}
         unknown = sorted(set(self.robust_eval) - set(ROBUST_EVAL_KEYS))
         if unknown:
             raise InputError(f"unknown robust_eval options {unknown}; valid: "
@@ -511,8 +515,18 @@ SPECS: dict[str, type[Spec]] = {cls.kind: cls for cls in (
     StudySpec, CurveSpec, ImportSpec)}
 
 
+# defaults that changed after runs were stored with only the parameters their user gave: a
+# stored training spec without the key ran with the old value
+FORMER_DEFENSE_DEFAULTS = {"iat": {"craft_mode": "eval"}, "trades": {"batchnorm": "shared"}}
+
+
 def spec_from_config(kind: str, config: dict) -> Spec:
     """The spec of a stored run (its kind and config JSON)."""
     if kind not in SPECS:
         raise InputError(f"unknown job kind {kind!r}; valid: {', '.join(SPECS)}")
+    if kind == "train":
+        former = FORMER_DEFENSE_DEFAULTS.get(config.get("defense"), {})
+        args = config.get("defense_args") or {}
+        config = dict(config, defense_args={**former, **args}) if former and \
+            not set(former) <= set(args) else config
     return SPECS[kind].from_dict(config)
