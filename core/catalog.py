@@ -137,3 +137,27 @@ def check(name: str, root: str | os.PathLike | None = None) -> str | None:
         return None
     raise InputError(f"unknown dataset {name!r}; valid datasets: mnist, cifar10, "
                      "imagefolder:PATH")
+
+
+def split_size(name: str, split: str, root: str | os.PathLike | None = None) -> int | None:
+    """How many images a split holds, read from headers and folder listings (no decoding);
+    None when it is not on disk yet."""
+    base = data_dir(root)
+    if name == "mnist":
+        raw = base / "MNIST" / "raw"
+        path = raw / ("train-labels-idx1-ubyte" if split == "train" else "t10k-labels-idx1-ubyte")
+        if path.exists():
+            with open(path, "rb") as fh:
+                return int.from_bytes(fh.read(8)[4:8], "big")
+        return None
+    if name == "cifar10":
+        if (base / "cifar-10-batches-py").exists():
+            return CIFAR10_SIZES[split]
+        folder = base / "cifar10-subset" / split
+    elif name.startswith("imagefolder:"):
+        folder = Path(name.split(":", 1)[1]).expanduser() / split
+    else:
+        return None
+    if not folder.is_dir():
+        return None
+    return len(scan_folder(folder)[0])

@@ -23,6 +23,8 @@ EXAMPLES = """examples:
   python -m core attack RUN --attack cw -n 200                (--strong: the paper's 1000 x 9)
   python -m core sweep RUN --attacks noise,fgsm,pgd --eps 0,0.01,0.05,0.1,0.2,0.3
   python -m core audit RUN --norm linf --eps 0.3 [--version standard|fast] [-n 1000]
+  python -m core curve RUN --norm linf -n 1000 --at 0.1,0.3   (every epsilon at once)
+  python -m core resume RUN                       (a training, audit, sweep, grid or curve)
   python -m core card RUN --reported 62.5         (card.json + card.md of its audit)
   python -m core verify card.json --weights model.pt
   python -m core runs | head
@@ -151,8 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p = add("cancel", "stop a queued or running job")
     p.add_argument("run")
-    p = add("resume", "continue a failed or cancelled training run from its checkpoint, or a "
-            "study or reproduction, reusing its finished jobs")
+    p = add("resume", "continue a failed or cancelled job: a training from its last checkpoint; "
+            "an audit, sweep, grid or curve from its finished batches; a study or reproduction "
+            "reusing its finished jobs")
     p.add_argument("run")
     p = add("rename", "give a run a name (an empty name clears it)")
     p.add_argument("run")
@@ -316,6 +319,9 @@ def _curve_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attacks", help="comma-separated minimum-norm attacks: fmn, fab (default "
                    "both; each image keeps the smallest norm either found)")
     p.add_argument("--steps", type=int, help="FMN's iterations (default 100)")
+    p.add_argument("--at", type=_floats, metavar="EPS[,EPS...]", help="print the curve's "
+                   "robust accuracy at these budgets, e.g. 0.1,8/255 (default: the budgets of "
+                   "the model's audits in this norm, else five even steps)")
     p.add_argument("--seed", type=int, help="which sample of the test split (default 0)")
     p.add_argument("--batch-size", type=int, help="images per batch (default 250); torchrun "
                    "gives each rank whole batches")
@@ -406,7 +412,7 @@ def curve_spec(args: argparse.Namespace):
 
     return CurveSpec(**_model_fields(args), **_given(
         args, norm="norm", n="n", attacks="attacks", steps="steps", seed="seed",
-        batch_size="batch_size", precision="precision"))
+        batch_size="batch_size", precision="precision", at="at"))
 
 
 def import_spec(args: argparse.Namespace):
@@ -469,6 +475,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if line is None:
             raise
         return _one_line(line)
+
+
+def main_exit() -> None:
+    """The ``robustlab`` command (installed by ``pip install -e .``): ``main`` as an exit
+    status, the same as ``python -m core``."""
+    sys.exit(main())
 
 
 def _one_line(message: str) -> int:

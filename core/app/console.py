@@ -10,7 +10,7 @@ import time
 
 from core.cancellation import Cancelled
 from core.confidence import text
-from core.paths import InputError, run_dir
+from core.paths import InputError, run_dir, runs_root
 from core.jobs.specs import Spec, spec_from_config
 from core.jobs.store import Run, RunStore
 
@@ -222,14 +222,34 @@ def _print_curve(store: RunStore, run: Run, s: dict) -> None:
 
     curve = RobustnessCurve.of(s["norm"], [float("inf") if v is None else v for v in s["norms"]])
     median = "above every norm found" if s["median_norm"] is None else f"{s['median_norm']:.4g}"
+    names = {"fmn": "FMN", "fab": "FAB", "clean": "misclassified already",
+             "stored": "a stored attack"}
+    found = ", ".join(f"{names.get(k, k)} {v:,}" for k, v in s["found_by"].items() if v)
     print(f"{s['norm']} robustness curve on {s['n']:,} test images: clean "
           f"{text(curve.clean_accuracy(), curve.n)}, median smallest norm {median}; "
-          f"{s['never_broken']} never broken; found by {s['found_by']}")
-    top = max((v for v in s["norms"] if v is not None), default=0.0)
-    for eps in sorted({round(top * k / 5, 4) for k in range(1, 6)}):
-        print(f"  eps {eps:<8g} robust accuracy {text(curve.accuracy(eps), curve.n)}")
+          f"{s['never_broken']:,} never broken; smallest norms found by {found or 'none'}")
+    budgets, why = curve_budgets(store, run, s)
+    print(f"  robust accuracy at {why}:")
+    for eps in budgets:
+        label = f"{eps:.4g}" + (f" ({eps * 255:.3g}/255)" if s["norm"] == "linf" else "")
+        print(f"  eps {label:<16} {text(curve.accuracy(eps), curve.n)}")
     folder = run_dir(run.id)
     print(f"  files: {folder / 'curve.json'}, {folder / 'curve.csv'}, {folder / 'curve.png'}")
+
+
+def curve_budgets(store: RunStore, run: Run, s: dict) -> tuple[list[float], str]:
+    """The budgets a curve's figures are printed at, and why those: the user's --at, else the
+    model's audits in this norm, else five even steps up to the largest norm found."""
+    if run.config.get("at"):
+        return sorted(run.config["at"]), "the budgets asked for (--at)"
+    audits = sorted({float(a.config["eps"]) for a in store.list_runs(
+        kind="audit", model_run=run.config["model_run"], status="completed")
+        if a.config.get("norm") == s["norm"]})
+    if audits:
+        return audits, "the budgets of this model's audits"
+    top = max((v for v in s["norms"] if v is not None and v != float("inf")), default=0.0)
+    return sorted({round(top * k / 5, 4) for k in range(1, 6)}), \
+        "five even steps up to the largest norm found (audit the model, or pass --at)"
 
 
 def _curve_headline(s: dict) -> str:
@@ -327,8 +347,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     if headline(run) and run.status == "completed":
         print(f"  result: {headline(run)}")
     print("config:\n" + textwrap.indent(json.dumps(run.config, indent=2), "  "))
-    folder = run_dir(run.id)
-    files = sorted(p.name for p in folder.iterdir() if not p.name.endswith(".tmp"))
+    folder = runs_root() / run.id  # not run_dir: reading a run must not make its folder
+    files = sorted(p.name for p in folder.iterdir() if not p.name.endswith(".tmp")) \
+        if folder.is_dir() else []
     print(f"files in {folder}: {', '.join(files) or 'none'}")
     return 0
 

@@ -29,6 +29,7 @@ def preflight(store: RunStore, spec: Spec) -> None:
                                  "" if spec.which == "final" else
                                  " (best weights exist only for defended runs)"))
         _check_data(model.config["dataset"], spec.data_dir or model.config.get("data_dir"))
+        _check_size(spec, model.config["dataset"], spec.data_dir or model.config.get("data_dir"))
     elif isinstance(spec, TrainSpec):
         _check_data(spec.dataset, spec.data_dir)
     elif isinstance(spec, ImportSpec):
@@ -57,3 +58,15 @@ def _check_import_files(spec: ImportSpec) -> None:
             raise InputError(f"{what} {path} does not exist or is not a file")
         if path and Path(path).stat().st_size == 0:
             raise InputError(f"{what} {path} is empty")
+
+
+def _check_size(spec: ModelJobSpec, dataset: str, root: str | None) -> None:
+    """A job on more images than its split holds is refused, naming the split's size."""
+    n = getattr(spec, "n", None)
+    split = getattr(spec, "split", None) or "test"
+    if not n:
+        return
+    size = catalog.split_size(dataset, split, root)
+    if size is not None and n > size:
+        raise InputError(f"-n {n:,} is more than the {size:,} images of {dataset}'s {split} "
+                         f"split; give at most {size:,} (or leave -n out for all of them)")

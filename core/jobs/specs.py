@@ -358,9 +358,12 @@ class CurveSpec(ModelJobSpec):
     seed: int = 0
     batch_size: int = 250
     precision: str = "auto"  # of the search; every norm kept is checked in float32
+    at: list | None = None  # budgets its figures are printed at (default: the model's audits')
 
     def validate(self) -> None:
         super().validate()
+        if self.at is not None:
+            self.at = check_budgets(self.at, "--at budgets")
         if self.norm not in ("linf", "l2"):
             raise InputError(f"a curve needs a norm; valid norms: linf, l2 (got {self.norm!r})")
         if isinstance(self.attacks, str):

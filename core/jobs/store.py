@@ -198,8 +198,21 @@ class RunStore:
         check_run_id(run_id)
         rows = self._runs("SELECT * FROM runs WHERE id = ?", (run_id,))
         if not rows:
-            raise RunNotFound(f"no run with id {run_id!r}; list runs with `python -m core runs`")
+            raise RunNotFound(self._not_found(run_id))
         return rows[0]
+
+    def _not_found(self, run_id: str) -> str:
+        """'no run with id X', naming the runs X is the start or the end of, if any."""
+        like = run_id.replace("%", "").replace("_", "")
+        found = [r[0] for r in self._conn.execute(
+            "SELECT id FROM runs WHERE id LIKE ? OR id LIKE ? ORDER BY created DESC LIMIT 6",
+            (f"{like}%", f"%{like}"))]
+        if len(found) == 1:
+            return f"no run with id {run_id!r}; did you mean {found[0]}?"
+        if found:
+            return (f"no run with id {run_id!r}; it matches {', '.join(found[:5])}"
+                    + (" and more" if len(found) > 5 else "") + "; give the whole id")
+        return f"no run with id {run_id!r}; list runs with `python -m core runs`"
 
     def list_runs(self, kind: str | None = None, parent: str | None = None,
                   status: str | None = None, model_run: str | None = None) -> list[Run]:
