@@ -44,8 +44,9 @@ class RobustnessCurve:
         return self.robust(eps) / self.n if self.n else 0.0
 
     def interval(self, eps: float) -> tuple[float, float]:
-        """The 95% interval of the robust accuracy at ``eps``."""
-        return confidence.interval(self.robust(eps), self.n)
+        """The 95% interval of the robust accuracy at ``eps`` (closed-form Wilson)."""
+        low, high = confidence.wilson(self.robust(eps), self.n)
+        return float(low), float(high)
 
     def clean_accuracy(self) -> float:
         """The share classified correctly (norm above 0)."""
@@ -73,3 +74,16 @@ class RobustnessCurve:
             points += [(v, points[-1][1]), (v, self.accuracy(v))]
         points.append((top, self.accuracy(top)))
         return points
+
+    def band(self, top: float | None = None) -> list[tuple[float, float, float, float]]:
+        """:meth:`steps` with the 95% interval of each corner's own accuracy: (epsilon,
+        accuracy, low, high), so the line never leaves its band. Closed-form Wilson for all
+        corners at once, cached per ``top`` (a slider move redraws without recomputing it)."""
+        cache = self.__dict__.setdefault("_bands", {})
+        if top not in cache:
+            points = self.steps(top)
+            counts = [round(a * self.n) for _, a in points]
+            low, high = confidence.wilson(counts, self.n)
+            cache[top] = [(e, a, float(lo), float(hi))
+                          for (e, a), lo, hi in zip(points, low, high)]
+        return cache[top]

@@ -324,13 +324,12 @@ def curve_png(curve, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = curve.steps()
-    eps = [e for e, _ in points]
-    bands = [curve.interval(e) for e in eps]
+    band = curve.band()
+    eps = [b[0] for b in band]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    ax.fill_between(eps, [b[0] for b in bands], [b[1] for b in bands], color=PALETTE[0],
+    ax.fill_between(eps, [b[2] for b in band], [b[3] for b in band], color=PALETTE[0],
                     alpha=0.15, step=None, label="95% interval")
-    ax.plot(eps, [a for _, a in points], color=PALETTE[0], label="robust accuracy")
+    ax.plot(eps, [b[1] for b in band], color=PALETTE[0], label="robust accuracy")
     _finish_png(fig, ax, path, title, f"epsilon ({curve.norm}, pixel units)",
                 "robust accuracy")
 
@@ -370,14 +369,13 @@ def curve_figure(curves: dict, current: float | None = None, marks: Sequence[dic
     top = max((e for c in curves.values() for e, _ in c.steps()), default=1.0)
     for k, (name, curve) in enumerate(curves.items()):
         colour = (colours or {}).get(name, PALETTE[k % len(PALETTE)])
-        points = curve.steps(top)
-        eps = [e for e, _ in points]
-        bands = [curve.interval(e) for e in eps]
-        fig.add_trace(go.Scatter(x=eps + eps[::-1], y=[b[1] for b in bands] +
-                                 [b[0] for b in bands][::-1], fill="toself", opacity=0.15,
+        band = curve.band(top)
+        eps = [b[0] for b in band]
+        fig.add_trace(go.Scatter(x=eps + eps[::-1], y=[b[3] for b in band] +
+                                 [b[2] for b in band][::-1], fill="toself", opacity=0.15,
                                  line=dict(width=0), fillcolor=colour, hoverinfo="skip",
                                  showlegend=False))
-        fig.add_trace(go.Scatter(x=eps, y=[a for _, a in points], mode="lines", name=name,
+        fig.add_trace(go.Scatter(x=eps, y=[b[1] for b in band], mode="lines", name=name,
                                  line=dict(color=colour, width=2),
                                  hovertemplate="ε %{x:.4f}: %{y:.1%}<extra>" + html.escape(name)
                                  + "</extra>"))

@@ -117,3 +117,24 @@ def test_a_curve_spec_refuses_what_it_cannot_run():
         CurveSpec(model_run="train-20260101-000000-abcdef", norm="l1")
     assert CurveSpec(model_run="train-20260101-000000-abcdef", attacks="fab, fab").attacks == \
         ["fab"]
+
+
+def test_the_band_holds_the_line_at_every_corner_and_matches_scipys_wilson():
+    """Each corner's interval is its own accuracy's (the line never leaves its band), in
+    closed form, equal to SciPy's Wilson interval; the band is computed once per curve."""
+    import random
+
+    from core import confidence
+    from core.curve import RobustnessCurve
+
+    rng = random.Random(3)
+    curve = RobustnessCurve.of("linf", [0.0 if rng.random() < 0.1 else math.inf
+                                        if rng.random() < 0.2 else rng.random() * 0.3
+                                        for _ in range(1000)])
+    band = curve.band()
+    assert len(band) == len(curve.steps())
+    for eps, acc, low, high in band:
+        assert low <= acc <= high
+        k = round(acc * curve.n)
+        assert (low, high) == pytest.approx(confidence.interval(k, curve.n), abs=1e-9)
+    assert curve.band() is band

@@ -37,10 +37,20 @@ def launch_curve(store: RunStore, model_run: str, norm: str, n: int) -> str:
     return runner.submit(store, CurveSpec(model_run=model_run, norm=norm, n=n), parent=model_run)
 
 
+_CURVES: dict[tuple, RobustnessCurve] = {}
+
+
 def curve_of(run: Run) -> RobustnessCurve:
-    """The curve a completed curve job measured."""
-    s = run.summary
-    return RobustnessCurve.of(s["norm"], [math.inf if v is None else v for v in s["norms"]])
+    """The curve a completed curve job measured: one object per finished job, so its band is
+    computed once and every slider move reuses it."""
+    key = (run.id, run.finished, len(run.summary["norms"]))
+    if key not in _CURVES:
+        if len(_CURVES) > 32:
+            _CURVES.clear()
+        s = run.summary
+        _CURVES[key] = RobustnessCurve.of(s["norm"], [math.inf if v is None else v
+                                                      for v in s["norms"]])
+    return _CURVES[key]
 
 
 def at(curve: RobustnessCurve, eps: float) -> dict:
