@@ -78,7 +78,8 @@ def check_images(folder: Path, files: list[tuple[str, int]]) -> None:
         try:
             with Image.open(path) as img:
                 size = img.size
-        except (UnidentifiedImageError, OSError) as err:
+                img.verify()  # the chunks and their checksums: a truncated file fails here
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise InputError(f"ImageFolder {folder}: cannot read image {path} ({err})") from err
         if min(size) < MIN_SIDE:  # before the size mix: a tiny image is the problem to name
             raise InputError(f"ImageFolder {folder}: {path} is {size[0]}x{size[1]} pixels; the "

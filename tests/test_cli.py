@@ -81,3 +81,60 @@ def test_train_evaluate_attack_sweep_from_the_command_line():
     table = cli("runs").stdout
     for kind in ("train", "evaluate", "attack", "sweep"):
         assert kind in table
+
+
+def test_refusals_of_the_new_user_come_before_torch_and_leave_no_row(tmp_path, monkeypatch,
+                                                                      capsys):
+    """Each refusal the fresh-clone walk found, refused in one line with exit status 2 and no
+    run row or folder: a run name with a line break, -n beyond the split, epsilons as
+    fractions and -0 taken, a negative one refused, a truncated PNG in either split, and
+    deleting a running run; a run-id fragment lists the runs it matches."""
+    from core.app.cli import main
+    from core.jobs.store import RunStore
+    from PIL import Image
+
+    monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path / "artifacts"))
+    store = RunStore()
+    model = store.create_run("train", {"dataset": "mnist"})
+    store.set_status(model, "completed")
+    (tmp_path / "artifacts" / "runs" / model).mkdir(parents=True)
+    (tmp_path / "artifacts" / "runs" / model / "model.safetensors").write_bytes(b"x")
+    running = store.create_run("attack", {"model_run": model})
+    store.set_status(running, "running")
+    import time
+
+    store._conn.execute("UPDATE runs SET pid=?, heartbeat=? WHERE id=?",
+                        (os.getpid(), time.time() + 3600, running))
+    root = tmp_path / "imgs"
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(6):
+                Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(root / split / c / f"{i}.png")
+    broken = root / "test" / "b" / "3.png"
+    broken.write_bytes(broken.read_bytes()[:-20])
+    cases = [
+        (["train", "--name", "two\nlines"], "on one line"),
+        (["audit", model, "--eps", "0.1", "-n", "1000000000000"],
+         "is more than the 10,000 images of mnist's test split"),
+        (["attack", model, "--attack", "pgd", "--eps", "-0.1"], "a budget must be >= 0"),
+        (["train", "--dataset", f"imagefolder:{root}"], "cannot read image"),
+        (["delete", running], "cancel it before deleting it"),
+        (["show", model[:-3]], f"did you mean {model}"),
+    ]
+    for args, message in cases:
+        before = len(store.list_runs())
+        try:
+            status = main(args)
+        except SystemExit as stop:  # argparse's own refusals
+            status = stop.code
+        assert status == 2, args
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (args, err)
+        assert len(store.list_runs()) == before
+    from core.app.cli import build_parser
+
+    assert build_parser().parse_args(["attack", "r", "--attack", "pgd", "--eps", "8/255"]
+                                     ).eps == pytest.approx(8 / 255)
+    assert str(build_parser().parse_args(["audit", "r", "--eps", "-0"]).eps) == "0.0"
+    assert not (tmp_path / "artifacts" / "runs" / running).exists()

@@ -501,6 +501,9 @@ def _environment_line(err: BaseException) -> str | None:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command in SPEC_BUILDERS and not (args.command == "train" and args.resume):
         spec = SPEC_BUILDERS[args.command](args)  # validated here, before torch is imported
+        from core.checks import clean_name
+
+        clean_name(getattr(args, "name", None))
         _refuse_early(spec)
         from core.app import console
 

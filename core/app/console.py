@@ -130,7 +130,7 @@ def _execute_and_print(store: RunStore, run_id: str, resume: bool) -> int:
 def _print_train(store: RunStore, run: Run, s: dict) -> None:
     final = s["final"]
     print(f"run {run.id} completed: test accuracy {text(final['test_acc'], s['n_test'])} on "
-          f"{s['n_test']:,} test images ({s['dataset_source']})")
+          f"{s['n_test']:,} test images ({s.get('test_source') or s['dataset_source']})")
     if "robust_acc" in final:
         print(f"  the guard's held-out robust accuracy (L-inf eps {final['robust_eps']}) "
               f"{text(final['robust_acc'], s['n_held_out'])} on {s['n_held_out']:,} held-out "
@@ -445,9 +445,15 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     """``delete RUN``: remove a finished run, the runs that belong to it, and their files."""
+    store = RunStore()
+    store.mark_stale()
+    run = store.get(args.run)  # a running run is refused here, before torch loads
+    if run.status in ("queued", "running"):
+        raise InputError(f"run {run.id} is {run.status}; cancel it before deleting it "
+                         f"(python -m core cancel {run.id})")
     from core.jobs.runner import delete_run
 
-    ids = delete_run(RunStore(), args.run)
+    ids = delete_run(store, args.run)
     print(f"deleted {len(ids)} run(s): {', '.join(ids)}")
     return 0
 

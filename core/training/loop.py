@@ -379,7 +379,7 @@ def _final(setup: Setup, folder: Path | None, history: dict, best: dict | None) 
         checkpoint.save(folder / "model.safetensors", _model_tensors(setup.model), meta)
     return {"final": history, "best": best, "n_train": len(setup.train),
             "n_test": len(setup.test), "n_held_out": _held(setup),
-            "dataset_source": setup.train.source}
+            "dataset_source": setup.train.source, "test_source": setup.test.source}
 
 
 def _held(setup: Setup) -> int:
