@@ -37,17 +37,78 @@ def test_an_indicator_passes_one_example_in_200_as_chance_and_fails_many():
 
 
 def test_the_tenth_indicator_fires_on_an_overstated_figure_and_stays_quiet_otherwise():
-    pgd = {"what": "sweep s-1: pgd, 40 steps", "run": "s-1", "acc": 0.698, "n": 1000}
-    fired = own_numbers_indicator([pgd], 0.0, 200)
+    pgd = {"what": "sweep s-1: pgd, 40 steps", "run": "s-1", "attack": "pgd", "acc": 0.698,
+           "n": 1000}
+    fired = own_numbers_indicator([pgd], {"acc": 0.0, "n": 200})
     assert fired["name"] == OWN_NUMBERS and fired["status"] == "fail"
-    assert "sweep s-1: pgd, 40 steps" in fired["detail"] and "+69.8 pp" in fired["detail"]
+    assert "sweep s-1: pgd, 40 steps" in fired["detail"]
+    assert "above the audit by 69.8 pp beyond both 95% intervals" in fired["detail"]
     assert "believe the audit" in fired["detail"]
     close = dict(pgd, acc=0.37, n=200)  # inside the audit's 34.5% (28.3-41.3)
-    quiet = own_numbers_indicator([close], 0.345, 200)
+    quiet = own_numbers_indicator([close], {"acc": 0.345, "n": 200})
     assert quiet["status"] == "pass" and "none of the 1 stored" in quiet["detail"]
-    assert own_numbers_indicator([], 0.345, 200)["status"] == "pass"
+    assert "the same within chance" in quiet["detail"]
+    assert own_numbers_indicator([], {"acc": 0.345, "n": 200})["status"] == "pass"
     # it judges the lab's other figures, so the verdict on the audit's own number ignores it
     assert verdict([fired, {"name": "gradients", "status": "pass"}], 0.3) == "trusted"
+
+
+def _paired(robust_audit: int, extra: int, n: int = 1000) -> tuple[dict, dict]:
+    """An audit and a PGD figure on the same ``n`` images: the figure calls robust every
+    image the audit kept, and ``extra`` more."""
+    positions = list(range(0, 3 * n, 3))
+    audit = [k < robust_audit for k in range(n)]
+    figure = [k < robust_audit + extra for k in range(n)]
+    return ({"what": "attack run a-1: pgd, 40 steps", "run": "a-1", "attack": "pgd",
+             "acc": sum(figure) / n, "n": n, "images": "test", "positions": positions,
+             "robust": figure},
+            {"acc": sum(audit) / n, "n": n, "positions": positions, "robust": audit})
+
+
+def test_the_tenth_indicator_pairs_figures_on_shared_images():
+    """Red for a PGD figure 4 pp above the audit on the same 1,000 images (paired: their
+    intervals overlap, so the interval rule missed it); green for an FGSM row and for the
+    guard's held-out figure at the audit's epsilon, far above it as they are."""
+    pgd, audit = _paired(400, 40)
+    assert not confidence.overstates(pgd["acc"], 1000, audit["acc"], 1000)  # intervals overlap
+    fired = own_numbers_indicator([pgd], audit)
+    assert fired["status"] == "fail"
+    assert "above the audit on the same 1,000 images: it calls 40 of them robust that the " \
+        "audit broke (0 the other way; paired" in fired["detail"]
+    fgsm = dict(pgd, what="sweep s-2: fgsm", attack="fgsm", acc=0.9, positions=None,
+                robust=None)
+    guard = {"what": "the overfitting guard's held-out figure (10 steps, final weights)",
+             "run": "t-1", "attack": "apgd-ce", "acc": 0.9, "n": 500,
+             "images": "held-out training"}
+    quiet = own_numbers_indicator([fgsm, guard], audit)
+    assert quiet["status"] == "pass"
+    assert "expected weaker: a single gradient step is no robustness figure" in quiet["detail"]
+    assert "other images: 500 held-out training images against the audit's 1,000 test " \
+        "images" in quiet["detail"]
+    assert "weak" not in quiet["detail"].split("other images")[1].split(";")[0].replace(
+        "weaker attack's", "")
+
+
+def test_each_answer_says_what_was_checked():
+    from core.comparison import compare
+
+    pgd, audit = _paired(400, 40)
+    assert compare(pgd, audit)["sentence"].startswith("above the audit on the same 1,000")
+    below = dict(pgd, robust=[k < 360 for k in range(1000)], acc=0.36)
+    assert compare(below, audit)["sentence"].startswith("below the audit on the same 1,000")
+    near = dict(pgd, robust=[k < 401 for k in range(1000)], acc=0.401)
+    judged = compare(near, audit)
+    assert judged["status"] == "same" and judged["paired"]
+    assert judged["sentence"].startswith("the same within chance on the same 1,000 images: "
+                                         "1 robust only by it, 0 only by the audit")
+    other = dict(pgd, positions=None, robust=None, n=200, acc=0.41)
+    judged = compare(other, dict(audit, seed=0))
+    assert not judged["paired"] and "other test images (200 against the audit's 1,000)" in \
+        judged["sentence"] and judged["sentence"].startswith("the same within chance")
+    far = dict(other, acc=0.7)
+    assert compare(far, audit)["sentence"].startswith("above the audit by 30.0 pp beyond")
+    low = dict(other, acc=0.1)
+    assert compare(low, audit)["sentence"].startswith("below the audit by 30.0 pp beyond")
 
 
 def test_at_zero_robust_accuracy_the_verdict_says_nothing_was_left_to_check():
@@ -85,8 +146,10 @@ def test_stored_figures_of_the_model_at_the_threat_model_are_gathered_from_the_s
     assert sorted(f["run"] for f in found) == sorted([model, sweep, attack, grid])
     assert {f["acc"] for f in found} == {0.68, 0.698, 0.71, 0.70}
     assert stored_figures(store, model, "final", ThreatModel("l2", 0.3)) == []
-    checked = own_numbers_indicator(found, 0.0, 200)
-    assert checked["status"] == "fail" and "4 of 4" in checked["detail"]
+    assert {f["images"] for f in found if f["run"] == model} == {"held-out training"}
+    checked = own_numbers_indicator(found, {"acc": 0.0, "n": 200})
+    # the three test-image figures overstate it; the guard's training images are other images
+    assert checked["status"] == "fail" and "3 of 4" in checked["detail"]
 
 
 def test_a_sweep_counts_an_originally_wrong_example_as_not_robust():
@@ -209,3 +272,36 @@ def test_every_accuracy_in_the_runs_listing_and_the_sweep_table_carries_its_inte
     shown = sweep_display(pd.DataFrame([row])).iloc[0]
     assert shown["clean accuracy (95% interval)"] == confidence.text(0.9, 200)
     assert shown["robust accuracy (95% interval)"] == "34.5% (28.3-41.2)"
+
+
+def test_compare_flags_only_the_figure_that_overstates(tmp_path, monkeypatch):
+    """A sweep with an FGSM row and PGD rows at two budgets: only PGD at the audit's budget,
+    above the audit beyond chance, carries the ⚠; its other rows and the FGSM row do not."""
+    import json
+
+    from core.app.compare import compare_display
+    from core.jobs.store import RunStore
+    from core.paths import run_dir
+
+    monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path))
+    store = RunStore()
+    model = store.create_run("train", {"dataset": "mnist", "defense": "pgd-at"})
+    store.set_summary(model, {"final": {"test_acc": 0.98}, "n_test": 10000})
+    store.set_status(model, "completed")
+    audit = store.create_run("audit", {"model_run": model, "norm": "linf", "eps": 0.3,
+                                       "version": "standard", "seed": 0})
+    store.set_summary(audit, {"robust_acc": 0.1, "n": 200, "version": "standard",
+                              "threat_label": "L∞ ε=0.3", "verdict": "trusted"})
+    (run_dir(audit) / "audit.json").write_text(json.dumps({"robust_acc": 0.1, "n": 200,
+        "examples": [{"index": k, "robust": k < 20} for k in range(200)]}))
+    store.set_status(audit, "completed")
+    rows = [{"attack": a, "norm": "linf", "eps": e, "budget": e, "adv_acc": acc, "n": 200,
+             "params": {"steps": 40} if a == "pgd" else {}}
+            for a, e, acc in (("fgsm", 0.3, 0.9), ("pgd", 0.3, 0.7), ("pgd", 0.1, 0.95))]
+    sweep = store.create_run("sweep", {"model_run": model, "seed": 0})
+    store.set_summary(sweep, {"rows": rows, "n": 200})
+    store.set_status(sweep, "completed")
+    column = compare_display(store, [store.get(model)]).iloc[:, 0]
+    flagged = [k for k, v in column.items() if "⚠" in str(v)]
+    assert flagged == ["PGD-40 at L∞ ε 0.3 (sweep)"]
+    assert "on 200 images" in column["PGD-40 at L∞ ε 0.1 (sweep)"]

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import math
 
+import json
+
 from core import confidence
-from core.jobs.claims import stored_figures
+from core.comparison import compare
+from core.jobs.claims import audit_reference, stored_figures
 from core.jobs.store import Run, RunStore
+from core.paths import run_dir
 from core.threat import ThreatModel
 
 AUDIT_WHY = ("the strongest: AutoAttack's cascade, where an image counts as broken when any "
@@ -28,39 +32,49 @@ def latest_audit(store: RunStore, model_run: str, threat: ThreatModel,
 
 def answers(store: RunStore, model_run: str, threat: ThreatModel,
             which: str = "final") -> list[dict]:
-    """Rows (``source``, ``run``, ``acc``, ``n``, ``figure``, ``why``, ``overstates``) for every robust
-    accuracy stored for this model and threat model: the audit first, then the other figures
-    from the lowest (the strongest attack) up."""
+    """Rows (``source``, ``run``, ``attack``, ``eps``, ``acc``, ``n``, ``figure``, ``why``,
+    ``overstates``) for every robust accuracy stored for this model and threat model: the
+    audit first, then the other figures from the lowest (the strongest attack) up, each judged
+    against the audit by the one rule (:func:`core.comparison.compare`: paired on shared
+    images, by intervals across others)."""
     audit = latest_audit(store, model_run, threat, which)
-    rows = []
+    rows, reference = [], None
     if audit is not None:
         s = audit.summary
         rows.append({"source": f"audit {audit.id} ({s['version']} cascade)", "run": audit.id,
-                     "acc": s["robust_acc"], "n": s["n"], "overstates": False,
-                     "why": AUDIT_WHY})
+                     "attack": "audit", "eps": threat.eps, "acc": s["robust_acc"],
+                     "n": s["n"], "overstates": False, "why": AUDIT_WHY})
+        reference = _reference(audit)
     figures = sorted(stored_figures(store, model_run, which, threat), key=lambda f: f["acc"])
     for f in figures:
-        rows.append({"source": f["what"], "run": f["run"], "acc": f["acc"], "n": f["n"],
-                     **_compared(f, rows[0] if rows else None, audit is not None)})
+        rows.append({"source": f["what"], "run": f["run"], "attack": f["attack"],
+                     "eps": f["eps"], "acc": f["acc"], "n": f["n"],
+                     **_compared(f, reference, rows[0] if rows else None)})
     for row in rows:
         row["figure"] = confidence.text(row["acc"], row["n"])
     return rows
 
 
-def _compared(figure: dict, first: dict | None, audited: bool) -> dict:
-    """Why ``figure`` differs from the first row, and whether it overstates the audit."""
-    if first is None:
-        return {"overstates": False, "why": "the lowest figure stored: no audit of this threat "
-                "model yet (run one on the Robustness page for the strongest answer)"}
-    over = audited and confidence.overstates(figure["acc"], figure["n"], first["acc"],
-                                             first["n"])
-    if over:
-        why = (f"overstates the audit by {(figure['acc'] - first['acc']) * 100:.1f} pp beyond "
-               "both 95% intervals: a single attack misses examples the cascade finds "
-               "(the audit's own-numbers indicator); believe the audit")
-    elif figure["n"] != first["n"]:
-        why = (f"inside the intervals: {figure['n']:,} images against {first['n']:,}, so "
-               "chance alone moves it; the attack may also be weaker")
+def _reference(audit: Run) -> dict:
+    """The audit's figure with its per-image outcomes where its audit.json is on disk."""
+    path = run_dir(audit.id) / "audit.json"
+    if path.exists():
+        ref = audit_reference(json.loads(path.read_text()))
     else:
-        why = "inside the intervals of the first: the difference may be chance"
-    return {"overstates": over, "why": why}
+        ref = {"acc": audit.summary["robust_acc"], "n": audit.summary["n"]}
+    ref["seed"] = audit.config.get("seed", 0)
+    return ref
+
+
+def _compared(figure: dict, audit: dict | None, first: dict | None) -> dict:
+    """Why ``figure`` differs from the audit (or, with none, from the lowest figure)."""
+    if audit is None:
+        lowest = first is None
+        return {"overstates": False, "why": (
+            "the lowest figure stored: no audit of this threat model yet (run one on the "
+            "Robustness page for the strongest answer)" if lowest else
+            "no audit of this threat model yet, so nothing was checked: an audit would say "
+            "whether this figure holds")}
+    judged = compare(figure, audit)
+    return {"overstates": judged["overstates"], "why": judged["sentence"],
+            "status": judged["status"]}

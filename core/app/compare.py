@@ -84,11 +84,14 @@ def _display_column(store: RunStore, run: Run) -> dict[str, str]:
             f"{confidence.text(a['robust_acc'], a['n'])} at {a['threat_label']}"
         column["audit"] = f"{a['version']} cascade on {a['n']:,} images: {a['verdict']}"
         threat = ThreatModel(audits[0].config["norm"], float(audits[0].config["eps"]))
-        flagged = {row["run"] for row in answers(store, run.id, threat) if row["overstates"]}
+        # keyed by the figure (its run, attack and budget), not the run: one FGSM row of a
+        # sweep must not mark its PGD rows
+        flagged = {_figure_key(row["run"], row["attack"], row["eps"])
+                   for row in answers(store, run.id, threat) if row["overstates"]}
     if clean is not None:
         column["clean accuracy"] = confidence.text(clean, n_clean or 0)
     for key, (acc, n, source) in _robust_figures(store, run).items():
-        text = confidence.text(acc, n)
+        text = f"{confidence.text(acc, n)} on {n:,} images"
         column[key] = text + (" ⚠ the audit contradicts it" if source in flagged else "")
     for norm, label in (("linf", "L∞"), ("l2", "L2")):
         curve = find_curve(store, run.id, norm, statuses=("completed",))
@@ -114,13 +117,18 @@ def _robust_figures(store: RunStore, run: Run) -> dict[str, tuple[float, int, st
                 steps = (row.get("params") or {}).get("steps")
                 norm = {"linf": "L∞", "l2": "L2"}.get(row["norm"], row["norm"])
                 out[f"PGD{f'-{steps}' if steps else ''} at {norm} ε {row['budget']:g} (sweep)"] = \
-                    (row["adv_acc"], int(row["n"]), s.id)
+                    (row["adv_acc"], int(row["n"]), _figure_key(s.id, "pgd", row["budget"]))
     final = (run.summary or {}).get("final") or {}
     n = int((run.summary or {}).get("n_held_out") or 0)
     if final.get("robust_acc") is not None and n and not math.isnan(final["robust_acc"]):
         out[f"held-out robust accuracy (guard, ε {final.get('robust_eps', 0):g})"] = \
-            (final["robust_acc"], n, run.id)
+            (final["robust_acc"], n, _figure_key(run.id, "apgd-ce", final.get("robust_eps")))
     return out
+
+
+def _figure_key(run_id: str, attack: str | None, eps) -> tuple:
+    """What identifies one stored figure: its run, attack and budget."""
+    return run_id, attack, round(float(eps), 9) if eps is not None else None
 
 
 def epoch_curves(store: RunStore, runs: list[Run], metric: str) -> dict[str, list]:

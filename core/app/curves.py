@@ -121,11 +121,15 @@ def curve_checks(store: RunStore, model_run: str, run: Run) -> list[dict]:
 def _verdict(gap: float, audit: bool) -> str:
     """How the curve compares with one fixed-budget figure (``gap``: curve minus figure)."""
     if audit:  # the audit's cascade is the reference: the gap is reported, not judged
-        return (f"the audit is lower by {gap * 100:.1f} pp" if gap > 1e-9 else
-                f"the curve is lower by {-gap * 100:.1f} pp" if gap < -1e-9 else "equal")
+        if abs(gap) <= 0.01 + 1e-9:
+            return f"within 1 pp of the audit ({gap * 100:+.1f} pp)"
+        return (f"the audit is lower by {gap * 100:.1f} pp" if gap > 0 else
+                f"the curve is lower by {-gap * 100:.1f} pp")
     if gap > 0.01 + 1e-9:
         return "curve weaker than PGD: its attacks missed points"
-    return "curve stronger" if gap < -1e-9 else "equal"
+    if abs(gap) <= 0.01 + 1e-9:
+        return f"within 1 pp ({gap * 100:+.1f} pp)"
+    return "curve stronger"
 
 
 def shared_positions(total: int, n: int, m: int, seed: int) -> list[int]:

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from core import confidence
+from core.comparison import compare
 from core.attacks import APGD, PGD
 from core.attacks.contract import (attack_mode, input_grad, margin, outputs_are_probabilities,
                                    watching)
@@ -25,7 +26,8 @@ def _indicator(name: str, status: str, detail: str) -> dict:
 # unlikely (p < SIGNIFICANCE) if such examples occurred independently at the tolerated rate,
 # the run-to-run wobble of a randomly started attack. One example in 200 is chance; ten are not.
 SIGNIFICANCE = 0.05
-TOLERANCE = {"optimisation": 0.005, "black-box": 0.002, "weaker beats stronger": 0.005}
+TOLERANCE = {"optimisation": 0.005, "black-box": 0.002, "weaker beats stronger": 0.005,
+             "monotone": 0.005}
 
 
 def _by_chance(name: str, k: int, n: int) -> tuple[bool, str]:
@@ -162,43 +164,52 @@ def _noise_in_ball(x: torch.Tensor, threat: ThreatModel, seed: int) -> torch.Ten
     return (x + threat.eps * draw).clamp(0, 1)
 
 
-def monotone_indicator(points: list[tuple[float, float]]) -> dict:
-    """9. Robust accuracy rises with epsilon across a sweep."""
-    rises = [(a, b) for a, b in zip(points, points[1:]) if b[1] > a[1] + 1e-9]
-    if rises:
-        (e1, a1), (e2, a2) = rises[0]
-        return _indicator("monotone", "fail", f"robust accuracy rose from {a1:.1%} at eps "
-                          f"{e1:.4g} to {a2:.1%} at eps {e2:.4g}: a larger budget can only "
-                          "help the attacker, so the attack is failing somewhere")
+def monotone_indicator(points: list[tuple[float, float]], rises: list[int] | None = None,
+                       n: int = 0) -> dict:
+    """9. Robust accuracy rises with epsilon. ``rises[k]``: images robust at the larger budget
+    of pair k and broken at the smaller, on the same ``n`` images; a count within chance (as
+    the other counting indicators decide) is no failure: one image must not fail a verdict."""
     text = ", ".join(f"{a:.1%} at {e:.4g}" for e, a in points)
+    if rises is None:  # accuracies only: any rise counts
+        rises = [int(b[1] > a[1] + 1e-9) for a, b in zip(points, points[1:])]
+        n = max(n, 1)
+    for k, count in enumerate(rises):
+        within, said = _by_chance("monotone", count, n)
+        if count and not within:
+            (e1, a1), (e2, a2) = points[k], points[k + 1]
+            return _indicator("monotone", "fail", f"robust accuracy rose from {a1:.1%} at eps "
+                              f"{e1:.4g} to {a2:.1%} at eps {e2:.4g}: {said} images broken at "
+                              "the smaller budget survived the larger; a larger budget can only "
+                              "help the attacker, so the attack is failing somewhere")
+    if any(rises):
+        return _indicator("monotone", "pass", f"robust accuracy falls with epsilon within "
+                          f"chance ({text}; at most {max(rises)} image(s) of {n} survived a "
+                          "larger budget that a smaller broke)")
     return _indicator("monotone", "pass", f"robust accuracy falls with epsilon ({text})")
 
 
 OWN_NUMBERS = "own numbers"
 
 
-def own_numbers_indicator(figures: list[dict], robust_acc: float, n: int) -> dict:
+def own_numbers_indicator(figures: list[dict], audit: dict) -> dict:
     """10. The lab's own stored robust accuracies of this model at this threat model (attack
-    runs, sweeps, the Attack page's grid, the overfitting guard) against the audit: a figure
-    whose 95% interval lies wholly above the audit's overstates the model's robustness."""
+    runs, sweeps, the Attack page's grid, curves, the overfitting guard) against the audit
+    (``acc``, ``n`` and its per-image ``positions`` and ``robust``), each judged by
+    :func:`core.comparison.compare`: paired on shared images, by intervals across others; a
+    single-step attack is expected weaker and the guard's training images are other images."""
     if not figures:
         return _indicator(OWN_NUMBERS, "pass", "no other robust accuracy of this model at this "
                           "threat model is stored: nothing to compare")
-    audit_text = confidence.text(robust_acc, n)
-    over = [f for f in figures if confidence.overstates(f["acc"], f["n"], robust_acc, n)]
+    judged = [(f, compare(f, audit)) for f in figures]
+    over = [(f, j) for f, j in judged if j["overstates"]]
+    listed = "; ".join(f"{f['what']}: {confidence.text(f['acc'], f['n'])}, {j['sentence']}"
+                       for f, j in (over or judged))
+    audit_text = confidence.text(audit["acc"], audit["n"])
     if over:
-        worst = max(over, key=lambda f: f["acc"])
-        listed = "; ".join(f"{f['what']}: {confidence.text(f['acc'], f['n'])} on {f['n']:,} "
-                           f"images, {(f['acc'] - robust_acc) * 100:+.1f} pp" for f in over)
         return _indicator(OWN_NUMBERS, "fail", f"{len(over)} of {len(figures)} stored figure(s) "
-                          f"overstate the audit's {audit_text} beyond both intervals ({listed}); "
-                          f"believe the audit: the attack behind "
-                          f"{'them' if len(over) > 1 else 'it'} is weaker than the audit's and "
-                          f"misses adversarial examples the audit finds, by up to "
-                          f"{(worst['acc'] - robust_acc) * 100:.1f} pp")
-    listed = "; ".join(f"{f['what']}: {confidence.text(f['acc'], f['n'])}" for f in figures)
+                          f"overstate the audit's {audit_text} ({listed})")
     return _indicator(OWN_NUMBERS, "pass", f"none of the {len(figures)} stored figure(s) "
-                      f"overstates the audit's {audit_text} beyond both intervals ({listed})")
+                      f"overstates the audit's {audit_text} ({listed})")
 
 
 def _accuracy(model: nn.Module, attack, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
@@ -251,14 +262,19 @@ def indicators(model: nn.Module, data: TensorData, threat: ThreatModel, result: 
                                 for b in result["broken_by"][:len(x)]], device=device)
     out.append(weaker_indicator(int((~weak_ok & apgd_missed).sum()),
                                 int((~noise_ok & apgd_missed).sum()), len(x)))
-    points = []
+    points, oks = [], []
     for share in (0.25, 0.5, 1.0):
-        acc, _ = _accuracy(model, APGD(eps=threat.eps * share, norm=threat.norm,
-                                       steps=max(10, steps // 5), seed=seed), x, y)
+        acc, ok = _accuracy(model, APGD(eps=threat.eps * share, norm=threat.norm,
+                                        steps=max(10, steps // 5), seed=seed), x, y)
         points.append((threat.eps * share, acc))
+        oks.append(ok)
         tell(len(out) + 0.3 * len(points), "monotonicity check")
-    out.append(monotone_indicator(points))
-    out.append(own_numbers_indicator(figures or [], result["robust_acc"], result["n"]))
+    rises = [int((later & ~earlier).sum()) for earlier, later in zip(oks, oks[1:])]
+    out.append(monotone_indicator(points, rises, len(x)))
+    audit = {"acc": result["robust_acc"], "n": result["n"], "seed": seed,
+             "positions": data.original_index().tolist(),
+             "robust": [b is None for b in result["broken_by"]]}
+    out.append(own_numbers_indicator(figures or [], audit))
     tell(len(out), "indicators done")
     return out
 
