@@ -97,3 +97,24 @@ def _row(status: str, overstates: bool, paired: bool, sentence: str, b: int | No
          c: int | None = None) -> dict:
     return {"status": status, "overstates": overstates, "paired": paired,
             "sentence": sentence, "b": b, "c": c}
+
+
+def paired_models(first: list[bool], second: list[bool]) -> dict:
+    """Two models' per-image outcomes on the same images (robust, or correct): ``higher``,
+    ``lower`` or ``same`` for the first against the second, by McNemar's exact test on the
+    images they disagree about (one-sided, 5% each way), with the counts and the sentence."""
+    if len(first) != len(second) or not first:
+        raise ValueError("a paired comparison needs outcomes on the same images")
+    only_first = sum(1 for a, b in zip(first, second) if a and not b)
+    only_second = sum(1 for a, b in zip(first, second) if b and not a)
+    pairs = only_first + only_second
+    p_higher = confidence.chance(only_first, pairs, 0.5) if pairs else 1.0
+    p_lower = confidence.chance(only_second, pairs, 0.5) if pairs else 1.0
+    status = ("higher" if only_first > only_second and p_higher < ALPHA else
+              "lower" if only_second > only_first and p_lower < ALPHA else "same")
+    p = {"higher": p_higher, "lower": p_lower}.get(status, min(p_higher, p_lower))
+    text = {"higher": "higher beyond chance", "lower": "lower beyond chance",
+            "same": "the same within chance"}[status]
+    return {"status": status, "only_first": only_first, "only_second": only_second, "p": p,
+            "sentence": f"{text} on the same {len(first):,} images ({only_first} only the "
+                        f"first, {only_second} only the second; paired, McNemar p={p:.2g})"}

@@ -228,10 +228,43 @@ def test_the_study_decides_iat_s_claim_with_intervals_not_a_point_difference():
 
     # 5 pp below PGD-AT on 200 images is inside the noise (an old 3 pp rule said no)
     within = iat_claim(rows(0.35, 0.990), "mnist")
-    assert "holds here" in within and "not below it beyond the intervals" in within
+    assert "holds here" in within and "not below it beyond chance" in within
+    assert "95% intervals: per-image outcomes not on disk, so not paired" in within
     assert "35.0% (" in within  # every figure carries its interval
     assert "does not hold" in iat_claim(rows(0.20, 0.990), "mnist")  # robust: clearly below
     assert "does not hold" in iat_claim(rows(0.40, 0.981), "mnist")  # clean: not clearly above
+
+
+def test_the_study_pairs_iat_and_pgd_at_on_the_same_images(tmp_path, monkeypatch):
+    """With both audits' and evaluations' per-image outcomes on disk the claim is decided
+    paired: 4 pp below PGD-AT on the same 1,000 images, every one of them an image PGD-AT
+    kept, is below beyond chance although the intervals overlap."""
+    import json
+
+    from core.jobs.study import iat_claim
+    from core.paths import run_dir
+
+    monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path))
+    n = 1000
+
+    def files(run: str, robust: int, correct: int) -> None:
+        (run_dir(f"audit-{run}") / "audit.json").write_text(json.dumps({"examples": [
+            {"index": k, "robust": k < robust} for k in range(n)]}))
+        (run_dir(f"evaluate-{run}") / "evaluation.json").write_text(json.dumps({"records": [
+            {"index": k, "true": 1, "pred": 1 if k < correct else 0} for k in range(n)]}))
+
+    files("p", 440, 980)
+    files("i", 400, 990)
+    base = {"dataset": "mnist", "n_audit": n, "n_clean": n}
+    rows = [dict(base, defense="pgd-at", audit=0.44, clean=0.98, audit_run="audit-p",
+                 clean_run="evaluate-p"),
+            dict(base, defense="iat", audit=0.40, clean=0.99, audit_run="audit-i",
+                 clean_run="evaluate-i")]
+    claim = iat_claim(rows, "mnist")
+    assert "does not hold" in claim and "below it beyond chance" in claim
+    assert "paired: robust lower beyond chance on the same 1,000 images (0 only the first, " \
+        "40 only the second" in claim
+    assert "clean higher beyond chance" in claim
 
 
 def test_the_waterfall_draws_the_intervals_of_clean_and_robust_accuracy():

@@ -148,8 +148,9 @@ class _Model:
         run, _ = self.ctx.child(train, f"study: {self.label}")
         store = self.ctx.store
         meta = json.loads((run_dir(run) / "model.safetensors.json").read_text())
-        _, clean = self.ctx.child(EvaluateSpec(model_run=run, n=s.clean_n, **self.where),
-                                  f"study: {self.label}, clean")
+        clean_run, clean = self.ctx.child(EvaluateSpec(model_run=run, n=s.clean_n,
+                                                       **self.where),
+                                          f"study: {self.label}, clean")
         _, pgd = self.ctx.child(SweepSpec(
             model_run=run, attacks=[{"name": "pgd", "params": {"steps": 40}}],
             budgets=[s.eps], n=s.pgd_n, seed=self.spec.seed, **self.where),
@@ -159,7 +160,8 @@ class _Model:
             seed=self.spec.seed, **s.audit_budget, **self.where), f"study: {self.label}, audit")
         held_out = [m["value"] for m in store.metrics(run, ["robust_acc"])]
         return {"dataset": self.dataset, "defense": self.defense, "model": self.spec.model,
-                "run": run, "audit_run": audit_run, "settings": args, "eps": s.eps,
+                "run": run, "audit_run": audit_run, "clean_run": clean_run, "settings": args,
+                "eps": s.eps,
                 "epochs": meta.get("epoch"), "train_images": s.train.get("train_subset"),
                 "train_s": store.get(run).duration, "clean": clean["accuracy"],
                 "n_clean": clean["n"], "pgd": pgd["rows"][0]["adv_acc"], "n_pgd": pgd["n"],
@@ -197,25 +199,58 @@ def _minutes(seconds: float | None) -> str:
 
 
 def iat_claim(rows: list[dict], dataset: str) -> str | None:
-    """Lamb et al.'s claim on one dataset, checked with 95% intervals: IAT's audited robust
-    accuracy not below PGD-AT's beyond the intervals (IAT's upper bound at or above PGD-AT's
-    lower bound), and its clean accuracy above PGD-AT's beyond them (IAT's lower bound above
-    PGD-AT's upper bound): a point difference inside the noise decides nothing."""
+    """Lamb et al.'s claim on one dataset, by the lab's one rule for "as robust as": IAT's
+    audited robust accuracy not below PGD-AT's beyond chance and its clean accuracy above it
+    beyond chance, each paired image by image on the same test images (McNemar's exact test,
+    :func:`core.comparison.paired_models`) where both audits' and evaluations' per-image
+    outcomes are on disk, else by the 95% intervals (and the sentence says so)."""
     by = {r["defense"]: r for r in rows if r["dataset"] == dataset and "failed" not in r}
     if "iat" not in by or "pgd-at" not in by:
         return None
     iat, pgd = by["iat"], by["pgd-at"]
-    robust_i, robust_p = _ci(iat["audit"], iat["n_audit"]), _ci(pgd["audit"], pgd["n_audit"])
-    clean_i, clean_p = _ci(iat["clean"], iat["n_clean"]), _ci(pgd["clean"], pgd["n_clean"])
-    as_robust, cleaner = robust_i[1] >= robust_p[0], clean_i[0] > clean_p[1]
+    robust = _paired_outcomes(iat.get("audit_run"), pgd.get("audit_run"), "audit")
+    clean = _paired_outcomes(iat.get("clean_run"), pgd.get("clean_run"), "evaluate")
+    if robust is not None and clean is not None:
+        as_robust = robust["status"] != "lower"
+        cleaner = clean["status"] == "higher"
+        how = (f"paired: robust {robust['sentence']}; clean {clean['sentence']}")
+    else:
+        robust_i, robust_p = _ci(iat["audit"], iat["n_audit"]), _ci(pgd["audit"], pgd["n_audit"])
+        clean_i, clean_p = _ci(iat["clean"], iat["n_clean"]), _ci(pgd["clean"], pgd["n_clean"])
+        as_robust, cleaner = robust_i[1] >= robust_p[0], clean_i[0] > clean_p[1]
+        how = "95% intervals: per-image outcomes not on disk, so not paired"
     holds = as_robust and cleaner
-    return (f"IAT's claim on {dataset} {'holds' if holds else 'does not hold'} here (95% "
-            f"intervals): audited robust accuracy {_pct_ci(iat['audit'], iat['n_audit'])} "
-            f"against PGD-AT's {_pct_ci(pgd['audit'], pgd['n_audit'])} "
-            f"({'not below it beyond the intervals' if as_robust else 'below it beyond the intervals'}"
-            f"), clean {_pct_ci(iat['clean'], iat['n_clean'])} against "
+    return (f"IAT's claim on {dataset} {'holds' if holds else 'does not hold'} here ({how}): "
+            f"audited robust accuracy {_pct_ci(iat['audit'], iat['n_audit'])} against PGD-AT's "
+            f"{_pct_ci(pgd['audit'], pgd['n_audit'])} "
+            f"({'not below it beyond chance' if as_robust else 'below it beyond chance'}), "
+            f"clean {_pct_ci(iat['clean'], iat['n_clean'])} against "
             f"{_pct_ci(pgd['clean'], pgd['n_clean'])} "
-            f"({'above it beyond the intervals' if cleaner else 'not above it beyond the intervals'}).")
+            f"({'above it beyond chance' if cleaner else 'not above it beyond chance'}).")
+
+
+def _paired_outcomes(first: str | None, second: str | None, kind: str) -> dict | None:
+    """Two runs' per-image outcomes paired (audits: robust; evaluations: correct), or None
+    when either file is missing or their images differ."""
+    from core.comparison import paired_models
+
+    if not first or not second:
+        return None
+    name, key = ("audit.json", "examples") if kind == "audit" else ("evaluation.json", "records")
+    outcomes = []
+    for run in (first, second):
+        path = run_dir(run) / name
+        if not path.exists():
+            return None
+        items = json.loads(path.read_text())[key]
+        if kind == "audit":
+            outcomes.append({e["index"]: bool(e["robust"]) for e in items})
+        else:
+            outcomes.append({e["index"]: e["true"] == e["pred"] for e in items})
+    if set(outcomes[0]) != set(outcomes[1]):
+        return None
+    order = sorted(outcomes[0])
+    return paired_models([outcomes[0][k] for k in order], [outcomes[1][k] for k in order])
 
 
 def render(results: dict) -> str:
