@@ -166,8 +166,8 @@ def sweep(ctx) -> dict:
     seconds = sum(estimate.attack_run_seconds(a, len(split), per_pass) for a, _ in points) + \
         estimate.REPORT_S
     ctx.say(estimate.line(seconds, f"{len(points)} attack runs on {len(split):,} images"))
-    ledger = _ledger(ctx)
-    saved = ledger.load() if ctx.resume else None
+    ledger = _ledger(ctx, meta, split, next(model.parameters()).device)
+    saved = _resumed(ctx, ledger)
     behind = 0
     if saved is not None:
         current = saved[1].get("current") or {}
@@ -273,8 +273,8 @@ def audit(ctx) -> dict:
     search = precision.choose(spec.precision, model, split.floats(slice(0, batch)).to(device),
                               split.labels[:batch].to(device), "search")
     low = search.bf16
-    ledger = _ledger(ctx)
-    saved = ledger.load() if ctx.resume else None
+    ledger = _ledger(ctx, meta, split, device, search.name)
+    saved = _resumed(ctx, ledger)
     work = _AuditWork(plan, len(split))
     behind = work.at(_cascade_done(saved, len(split), batch))
     # a resumed audit states what is left: the share of its attack passes still to do
@@ -334,8 +334,8 @@ def curve(ctx) -> dict:
     ctx.say(f"searching in {'bfloat16' if choice.bf16 else 'float32'} ({choice.reason}); every "
             "norm kept is checked in float32")
     mine = distributed.my_positions(ctx.rank, len(split), batch)
-    ledger = _ledger(ctx)
-    saved = ledger.load() if ctx.resume else None
+    ledger = _ledger(ctx, meta, split, device, choice.name)
+    saved = _resumed(ctx, ledger)
     kept = saved[0] if saved else {}
     start = saved[1]["batch"] if saved else 0
     if saved:
@@ -378,11 +378,28 @@ def curve(ctx) -> dict:
     return summary
 
 
-def _ledger(ctx) -> Ledger:
+def _ledger(ctx, meta: dict | None = None, split: data.TensorData | None = None,
+            device=None, search: str | None = None) -> Ledger:
     """The run's ledger of finished batches (one process only: under torchrun a rank holds
-    only its share, so a stopped sharded job starts again)."""
+    only its share, so a stopped sharded job starts again), pinned to what its batches depend
+    on; a resume whose conditions changed says which and starts again."""
     folder = runs_root() / ctx.run_id if ctx.run_id else None  # made by the first save
-    return Ledger(folder, ctx.spec.to_dict(), enabled=ctx.is_main and ctx.rank.world == 1)
+    conditions = {"precision": search, "device": str(device) if device is not None else None,
+                  "source": split.source if split is not None else None,
+                  "n": len(split) if split is not None else None,
+                  "weights": (meta or {}).get("sha256")}
+    ledger = Ledger(folder, ctx.spec.to_dict(), enabled=ctx.is_main and ctx.rank.world == 1,
+                    conditions=conditions)
+    return ledger
+
+
+def _resumed(ctx, ledger: Ledger):
+    """The ledger's saved state on a resume, saying why when it was set aside."""
+    saved = ledger.load() if ctx.resume else None
+    if ctx.resume and ledger.changed:
+        ctx.say(f"resume: {ledger.changed}")
+        ctx.warn(f"resumed from the start: {ledger.changed}")
+    return saved
 
 
 def _audit_estimate(model: nn.Module, split: data.TensorData, plan: list, spec: AuditSpec,

@@ -1,0 +1,76 @@
+"""A ledger of finished batches is read back only under the conditions it was computed in:
+a changed search precision, device, data source or split size, weights or attack code sets it
+aside with one line saying which, and a damaged one gives one line and a fresh start."""
+from __future__ import annotations
+
+import torch
+
+from conftest import requires_mnist
+from core.jobs.ledger import Ledger
+
+SPEC = {"kind": "audit", "eps": 0.1}
+BASE = {"precision": "bf16", "device": "cpu", "source": "MNIST test, 10,000 images",
+        "n": 1000, "weights": "ab" * 32}
+
+
+def _saved(tmp_path) -> Ledger:
+    ledger = Ledger(tmp_path, SPEC, conditions=BASE)
+    ledger.save({"norm": torch.arange(4.0)}, {"batch": 1})
+    return ledger
+
+
+def test_the_same_conditions_read_the_batches_back(tmp_path):
+    _saved(tmp_path)
+    again = Ledger(tmp_path, SPEC, conditions=dict(BASE))
+    tensors, state = again.load()
+    assert state == {"batch": 1} and torch.equal(tensors["norm"], torch.arange(4.0))
+    assert again.changed is None
+
+
+def test_a_changed_precision_device_or_data_source_starts_again_and_says_which(tmp_path):
+    _saved(tmp_path)
+    for key, value, said in (("precision", "fp32", "search precision bf16 -> fp32"),
+                             ("device", "cuda:0", "device cpu -> cuda:0"),
+                             ("source", "CIFAR-10 test, 10,000 images",
+                              "data source MNIST test, 10,000 images -> CIFAR-10"),
+                             ("n", 2000, "images 1000 -> 2000")):
+        ledger = Ledger(tmp_path, SPEC, conditions=dict(BASE, **{key: value}))
+        assert ledger.load() is None
+        assert said in ledger.changed and ledger.changed.endswith("so it starts again")
+    other_spec = Ledger(tmp_path, dict(SPEC, eps=0.2), conditions=BASE)
+    assert other_spec.load() is None and other_spec.changed is None  # another job's: unread
+
+
+def test_a_damaged_ledger_gives_one_line_and_a_fresh_start(tmp_path):
+    ledger = _saved(tmp_path)
+    ledger.path.write_bytes(ledger.path.read_bytes()[:40])
+    again = Ledger(tmp_path, SPEC, conditions=BASE)
+    assert again.load() is None
+    assert again.changed.startswith("its saved batches could not be read (")
+    assert "\n" not in again.changed
+
+
+@requires_mnist
+def test_a_resumed_audit_whose_precision_changed_says_so_and_starts_again(mnist_model,
+                                                                          capsys):
+    """A stopped audit's batches were searched in bf16; resumed where the search is fp32, it
+    says which condition changed, starts again, and completes."""
+    from core.jobs.runner import create, execute
+    from core.jobs.specs import AuditSpec
+    from core.jobs.store import RunStore
+    from core.paths import run_dir
+
+    _, meta, model_run = mnist_model
+    store = RunStore()
+    spec = AuditSpec(model_run=model_run, eps=0.1, version="fast", n=20, precision="fp32")
+    audit = create(store, spec)
+    stale = Ledger(run_dir(audit), spec.to_dict(), conditions=dict(
+        BASE, precision="bf16", weights=meta["sha256"]))
+    stale.save({"code": torch.zeros(20, dtype=torch.long)}, {"stage": 0, "batch": 1})
+    store.set_status(audit, "failed", error="stopped")
+    summary = execute(store, audit, resume=True)
+    err = capsys.readouterr().err
+    assert "resume: what its saved batches were computed under changed (search precision " \
+        "bf16 -> fp32" in err
+    assert summary["n"] == 20 and store.get(audit).status == "completed"
+    assert any("resumed from the start" in w for w in store.get(audit).warnings)
