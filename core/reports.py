@@ -227,7 +227,7 @@ def audit_markdown(report: dict) -> str:
 
 
 def write_curve(folder: Path, spec, split: TensorData, found: dict[str, torch.Tensor],
-                names: list[str]) -> dict:
+                names: list[str], extra: dict | None = None) -> dict:
     """curve.json (per example: index, label, clean prediction's correctness, smallest norm,
     the attack that found it), curve.csv, curve.png (robust accuracy against epsilon with its
     95% band) and curve_examples.safetensors (every image at its breaking point); returns the
@@ -248,7 +248,7 @@ def write_curve(folder: Path, spec, split: TensorData, found: dict[str, torch.Te
                "median_norm": None if math.isnan(median) or math.isinf(median) else median,
                "never_broken": sum(1 for v in norms if math.isinf(v)),
                "found_by": {name: by.count(name) for name in names if by.count(name)},
-               "norms": [r["smallest_norm"] for r in rows]}
+               "norms": [r["smallest_norm"] for r in rows], **(extra or {})}
     write_json(folder / "curve.json", dict(summary, norms=None, examples=rows))
     tmp = folder / "curve.csv.tmp"
     pd.DataFrame(rows).to_csv(tmp, index=False)

@@ -138,3 +138,40 @@ def test_the_band_holds_the_line_at_every_corner_and_matches_scipys_wilson():
         k = round(acc * curve.n)
         assert (low, high) == pytest.approx(confidence.interval(k, curve.n), abs=1e-9)
     assert curve.band() is band
+
+
+@requires_mnist
+def test_a_point_the_float32_check_rejects_is_searched_again_and_kept(mnist_model,
+                                                                      mnist_test):
+    """A search model that sees every image a little closer to the boundary than the float32
+    model (as bf16 rounding can, at a margin of ±1e-6) stops short: its points are rejected by
+    the float32 check. They are searched again in float32 and kept, and counted; misclassified
+    images are attacked by neither FMN nor FAB."""
+    from core.attacks import build_attack
+    from core.audit.minimal import smallest_norms
+
+    model, _, _ = mnist_model
+    x, y = mnist_test.floats(slice(0, 40)), mnist_test.labels[:40]
+
+    class Nearer(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, z):
+            out = self.inner(z).clone()
+            return out - 3.0 * torch.nn.functional.one_hot(out.argmax(1), out.shape[1])
+
+    attacks = [build_attack("fmn", norm="linf", steps=30)]
+    plain = smallest_norms(model, Nearer(), x, y, attacks, low_precision=False)
+    found = smallest_norms(model, Nearer(), x, y, attacks, low_precision=True)
+    from core.audit.cascade import predict_labels
+
+    correct = predict_labels(model, x) == y
+    assert int(found["researched"].sum()) > 0 and not bool(found["researched"][~correct].any())
+    assert bool((found["norm"][~correct] == 0).all())
+    rejected = found["researched"]
+    assert bool(torch.isinf(plain["norm"][rejected]).any())  # without the second search: lost
+    kept = rejected & torch.isfinite(found["norm"])
+    assert int(kept.sum()) >= int(rejected.sum()) - 1  # kept after the float32 search
+    assert bool((predict_labels(model, found["x_adv"][kept]) != y[kept]).all())

@@ -267,12 +267,14 @@ class MinimumNorm(Attack):
         """Each example's norm of ``delta``, in this attack's norm."""
         return perturbation_size(delta, self.norm)
 
-    def minimal(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The points and their norms, each checked: a norm is finite only where the float32
-        model misclassifies the point returned."""
+    def minimal(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                verdict: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The points and their norms, each checked: a norm is finite only where the verdict
+        model (``verdict``, else the one searched: the float32 model) misclassifies the point
+        returned."""
         x_adv = self(model, x, y)
-        with torch.no_grad(), attack_mode(model):
-            fooled = model(x_adv).float().argmax(1) != y
+        judge = verdict if verdict is not None else model
+        with torch.no_grad(), attack_mode(judge):
+            fooled = judge(x_adv).float().argmax(1) != y
         sizes = perturbation_size((x_adv - x).float(), self.norm)
         return x_adv, torch.where(fooled, sizes, torch.full_like(sizes, float("inf")))

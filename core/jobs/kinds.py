@@ -310,8 +310,8 @@ def curve(ctx) -> dict:
     """A robustness curve: each image's smallest adversarial norm over the minimum-norm
     attacks (each norm checked in float32), saved batch by batch so a stopped curve resumes;
     curve.json, curve.csv, curve.png and the examples at their breaking points."""
-    from core.attacks.contract import perturbation_size, watching
-    from core.audit.cascade import predict_labels
+    from core.attacks.contract import watching
+    from core.audit.minimal import smallest_norms
 
     spec: CurveSpec = ctx.spec
     attacks = spec.attack_list()
@@ -346,22 +346,14 @@ def curve(ctx) -> dict:
     for k in range(start, -(-len(mine) // batch)):
         idx = mine[k * batch:(k + 1) * batch]
         x, y = split.floats(idx).to(device), split.labels[idx].to(device)
-        best_x, best = x.clone(), torch.full((len(x),), float("inf"), device=device)
-        by = torch.full((len(x),), -1, dtype=torch.long, device=device)
-        wrong = predict_labels(model, x) != y
-        best[wrong], by[wrong] = 0.0, len(attacks)  # misclassified already: "clean"
-        for a, attack_ in enumerate(attacks):
+
+        def watch(attack_, a, k=k, idx=idx):
             done_before = (k * batch) * sum(weights) + len(idx) * sum(weights[:a])
-            with watching(attack_, lambda f, base=done_before, w=weights[a]: ctx.progress.update(
-                    base + round(f * len(idx) * w), attack_.name)):
-                x_adv = attack_(search, x, y)
-            fooled = predict_labels(model, x_adv) != y  # the float32 model's verdict
-            size = torch.where(fooled, perturbation_size((x_adv - x).float(), spec.norm),
-                               torch.full_like(best, float("inf")))
-            better = size < best
-            best, by = torch.where(better, size, best), torch.where(better, a, by)
-            best_x[better] = x_adv[better]
-        part = {"norm": best.cpu(), "by": by.cpu(), "x_adv": best_x.cpu()}
+            return watching(attack_, lambda f: ctx.progress.update(
+                done_before + round(f * len(idx) * weights[a]), attack_.name))
+
+        found = smallest_norms(model, search, x, y, attacks, choice.bf16, watch)
+        part = {key: v.cpu() for key, v in found.items()}
         kept = {key: torch.cat([kept[key], v]) if key in kept else v for key, v in part.items()}
         ctx.progress.update((k + 1) * len(idx) * sum(weights))
         if ledger.enabled:
@@ -369,8 +361,10 @@ def curve(ctx) -> dict:
     merged = distributed.gather_in_order(ctx.rank, mine, kept) if ctx.rank.world > 1 else kept
     if not ctx.is_main:
         return {}
+    researched = int(merged["researched"].sum()) if "researched" in merged else 0
     summary = reports.write_curve(ctx.folder, spec, split, merged,
-                                  [a.name for a in attacks] + ["clean"])
+                                  [a.name for a in attacks] + ["clean"],
+                                  extra={"researched_in_float32": researched})
     summary.update(model_run=spec.model_run, source=split.source,
                    search_precision=choice.name)
     ctx.store.set_summary(ctx.run_id, summary)
