@@ -167,12 +167,18 @@ def waterfall_figure(stages: list[dict], pending: Sequence[str] = (),
         values.append(0.0)
         measures.append("relative")
         text.append("pending")
+    whiskered = bool(n and stages and not pending)
+    # a whiskered bar's label goes inside it, where the whisker does not strike it through
+    # (a bar too short to hold it keeps it outside)
+    positions = ["inside" if whiskered and k in (0, len(names) - 1) and values[k] >= 12
+                 else "outside" for k in range(len(names))]
     fig = go.Figure(go.Waterfall(
-        x=names, y=values, measure=measures, text=text, textposition="outside",
+        x=names, y=values, measure=measures, text=text, textposition=positions,
+        insidetextanchor="end", insidetextfont=dict(color="white"),
         decreasing=dict(marker_color=PALETTE[1]), increasing=dict(marker_color=PALETTE[2]),
         totals=dict(marker_color=PALETTE[0]), connector=dict(line=dict(color="#9ca3af")),
         hovertemplate="%{x}: %{text}<extra></extra>"))
-    if n and stages and not pending:
+    if whiskered:
         _whiskers(fig, [names[0], names[-1]],
                   [stages[0]["robust_acc"], stages[-1]["robust_acc"]], n)
     fig.update_layout(title=title, yaxis_title="accuracy (%)", yaxis_range=[0, 105], height=380,
@@ -407,12 +413,15 @@ def breaking_points_figure(curves: dict, bins: int = 40) -> go.Figure:
     for k, (name, curve) in enumerate(curves.items()):
         finite = [v for v in curve.norms if 0 < v < float("inf")]
         never = sum(1 for v in curve.norms if v == float("inf"))
-        fig.add_trace(go.Histogram(x=finite, nbinsx=bins, opacity=0.6, name=name + (
-            f" ({never} never broken)" if never else ""),
-            marker_color=PALETTE[k % len(PALETTE)]))
+        # each image weighs 100/n: curves on 1,000 and on 100 images share one axis
+        fig.add_trace(go.Histogram(x=finite, y=[100.0 / curve.n] * len(finite),
+                                   histfunc="sum", nbinsx=bins, opacity=0.6,
+                                   name=f"{name}, {curve.n:,} images" + (
+                                       f" ({never} never broken)" if never else ""),
+                                   marker_color=PALETTE[k % len(PALETTE)]))
     norm = next(iter(curves.values())).norm if curves else "linf"
     fig.update_layout(barmode="overlay", height=300, margin=dict(l=50, r=10, t=20, b=40),
                       xaxis_title=f"smallest adversarial {'L∞' if norm == 'linf' else 'L2'} "
-                                  "norm (pixel units)", yaxis_title="images",
+                                  "norm (pixel units)", yaxis_title="% of the model's images",
                       legend=dict(orientation="h", y=-0.3), showlegend=True)
     return fig

@@ -80,11 +80,16 @@ def pick_audit(model):
     if not audits:
         st.info("No audits yet: launch one above.")
         return None
+    # only this model's audits: another model's under this model's form would read as its own
+    audits = [r for r in audits if r.config["model_run"] == model.id]
+    if not audits:
+        st.info(f"{run_label(model)} has no audit yet: launch one above. (Other models' "
+                "audits: pick their model.)")
+        st.query_params.pop("audit", None)
+        return None
     ids = [r.id for r in audits]
-    # the audit in the address if it is of this model, else the model's latest, else the latest
-    own = [r.id for r in audits if r.config["model_run"] == model.id]
     wanted = st.query_params.get("audit")
-    index = ids.index(wanted if wanted in own else own[0] if own else ids[0])
+    index = ids.index(wanted) if wanted in ids else 0
     choice = st.selectbox("Audit", audits, index=index,
                           format_func=lambda r: f"{r.config['version']} at {r.config['norm']} "
                           f"eps {eps_label(r.config['eps'])} of "
@@ -108,7 +113,10 @@ def waterfall(run_id: str) -> None:
         st.progress(info["fraction"], text=f"{view['status']}: {info['label']} · next "
                     f"{STAGE_NAMES.get(coming, coming)}")
     elif view["status"] == "cancelled":  # asked for, not a fault: what is kept, what to do
-        st.warning(f"audit cancelled: {view['error'] or ''}", icon=":material/pause_circle:")
+        why = (view["error"] or "").split(";")[0].removeprefix("cancelled").strip(" ()")
+        st.warning(f"Audit cancelled ({why or 'cancel requested'}). The batches it finished "
+                   "are kept: **Resume audit** continues from them.",
+                   icon=":material/pause_circle:")
     elif view["status"] != "completed":
         st.error(f"audit {view['status']}: {view['error'] or ''}", icon=":material/error:")
     if view["stages"]:

@@ -149,7 +149,10 @@ def draw(run) -> None:
     last = {m["name"]: m["value"] for m in epoch_rows}
     summary = run.summary or {}
     accuracy_metric(cols[1], "Clean test accuracy", last.get("test_acc"), summary.get("n_test"))
-    accuracy_metric(cols[2], "Held-out robust", last.get("robust_acc"),
+    guard_eps = (run.config.get("robust_eval") or {}).get("eps") or \
+        (run.config.get("defense_args") or {}).get("eps")
+    accuracy_metric(cols[2], f"Held-out robust (L∞ ε {guard_eps:.4g})" if guard_eps
+                    else "Held-out robust", last.get("robust_acc"),
                     summary.get("n_held_out"),
                     help="The overfitting guard's robust accuracy (APGD-CE, as strong as the "
                          "audit's first stage; runs before 2026-12-05 used PGD) on training "
