@@ -23,9 +23,13 @@ def compare_rows(store: RunStore, runs: list[Run]) -> pd.DataFrame:
     for r in runs:
         final = (r.summary or {}).get("final") or {}
         clean, n_clean = clean_figure(r)
+        held = int((r.summary or {}).get("n_held_out") or 0)
         rows.append({"run": r.name or r.id, "defense": defense_of(r),
-                     "clean acc": clean,
-                     "held-out robust acc (guard)": final.get("robust_acc"),
+                     "clean acc": _rounded(clean),
+                     "clean 95% interval": interval_text(clean, n_clean),
+                     "held-out robust acc (guard)": _rounded(final.get("robust_acc")),
+                     "guard 95% interval": interval_text(final.get("robust_acc"), held),
+                     "guard held-out training images": held or None,
                      **_pgd_columns(store, r.id), **_audit_columns(store, r.id),
                      "training time": fmt_duration(r.duration),
                      "test images": n_clean})
@@ -37,14 +41,25 @@ def _pgd_columns(store: RunStore, run_id: str) -> dict:
     if not sweeps:
         return {}
     s = sweeps[0].summary
-    return {f"PGD {row['norm']} {row['budget']:g} (sweep, {s['n']} imgs)": row["adv_acc"]
-            for row in s.get("rows", []) if row["attack"] == "pgd"}
+    out = {}
+    for row in s.get("rows", []):
+        if row["attack"] == "pgd":
+            name = f"PGD {row['norm']} {row['budget']:g} (sweep, {s['n']} imgs)"
+            out[name] = _rounded(row["adv_acc"])
+            out[f"{name} 95% interval"] = interval_text(row["adv_acc"], s["n"])
+    return out
+
+
+def _rounded(value: float | None) -> float | None:
+    """A share as the CSV shows it: 4 decimals, not float32's digits."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else round(float(value), 4)
 
 
 def _audit_columns(store: RunStore, run_id: str) -> dict:
     audits = store.list_runs(kind="audit", model_run=run_id, status="completed")
     audit = audits[0].summary if audits else {}
-    return {"audited robust acc": audit.get("robust_acc"),
+    return {"audited robust acc": _rounded(audit.get("robust_acc")),
             "audit 95% interval": interval_text(audit.get("robust_acc"), audit.get("n")),
             "audit": (f"{audit['version']} at {audit['threat_label']} on {audit['n']} "
                       f"imgs: {audit['verdict']}") if audit else None}
