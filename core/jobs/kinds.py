@@ -328,16 +328,19 @@ def curve(ctx) -> dict:
     # computes most rows again in float32: a bf16 pass plus (at most) a float32 one
     if choice.bf16:
         per_pass += _per_pass(search, split, batch, attack=True)
-    ctx.say(estimate.line(sum(weights) * len(split) * per_pass + estimate.REPORT_S,
-                          f"{', '.join(a.name for a in attacks)}: {sum(weights):,} gradient "
-                          f"passes per image, {len(split):,} images"))
-    ctx.say(f"searching in {'bfloat16' if choice.bf16 else 'float32'} ({choice.reason}); every "
-            "norm kept is checked in float32")
     mine = distributed.my_positions(ctx.rank, len(split), batch)
     ledger = _ledger(ctx, meta, split, device, choice.name)
     saved = _resumed(ctx, ledger)
     kept = saved[0] if saved else {}
     start = saved[1]["batch"] if saved else 0
+    # a resumed curve estimates what is left, and says so
+    left = len(split) - min(start * batch, len(mine)) * max(ctx.rank.world, 1)
+    ctx.say(estimate.line(sum(weights) * max(left, 0) * per_pass + estimate.REPORT_S,
+                          f"{', '.join(a.name for a in attacks)}: {sum(weights):,} gradient "
+                          f"passes per image, {max(left, 0):,} images" + (
+                              f" (what is left of {len(split):,})" if saved else "")))
+    ctx.say(f"searching in {'bfloat16' if choice.bf16 else 'float32'} ({choice.reason}); every "
+            "norm kept is checked in float32")
     if saved:
         ctx.say(f"continuing with batch {start + 1} of {-(-len(mine) // batch)} (the finished "
                 "batches are kept in the run's folder)")
