@@ -48,14 +48,18 @@ class _WideBlock(nn.Module):
         return shortcut + out
 
 
-class _WideGroup(nn.Module):
-    def __init__(self, n: int, cin: int, cout: int, stride: int) -> None:
+class _Group(nn.Module):
+    """``n`` blocks, the first changing the width and stride, under the attribute ``key``
+    (``layer`` in TRADES' names, ``block`` in DeepMind's)."""
+
+    def __init__(self, block: type, key: str, n: int, cin: int, cout: int, stride: int) -> None:
         super().__init__()
-        self.layer = nn.Sequential(*[_WideBlock(cin if i == 0 else cout, cout,
-                                                stride if i == 0 else 1) for i in range(n)])
+        self.key = key
+        setattr(self, key, nn.Sequential(*[block(cin if i == 0 else cout, cout,
+                                                 stride if i == 0 else 1) for i in range(n)]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer(x)
+        return getattr(self, self.key)(x)
 
 
 class WideResNet(nn.Module):
@@ -67,9 +71,9 @@ class WideResNet(nn.Module):
         n = _blocks(depth)
         chans = [16, 16 * width, 32 * width, 64 * width]
         self.conv1 = nn.Conv2d(in_channels, chans[0], 3, 1, 1, bias=False)
-        self.block1 = _WideGroup(n, chans[0], chans[1], 1)
-        self.block2 = _WideGroup(n, chans[1], chans[2], 2)
-        self.block3 = _WideGroup(n, chans[2], chans[3], 2)
+        self.block1 = _Group(_WideBlock, "layer", n, chans[0], chans[1], 1)
+        self.block2 = _Group(_WideBlock, "layer", n, chans[1], chans[2], 2)
+        self.block3 = _Group(_WideBlock, "layer", n, chans[2], chans[3], 2)
         self.bn1 = nn.BatchNorm2d(chans[3])
         self.fc = nn.Linear(chans[3], num_classes)
 
@@ -99,16 +103,6 @@ class _DMBlock(nn.Module):
         return shortcut + out
 
 
-class _DMGroup(nn.Module):
-    def __init__(self, n: int, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.block = nn.Sequential(*[_DMBlock(cin if i == 0 else cout, cout,
-                                              stride if i == 0 else 1) for i in range(n)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x)
-
-
 class DMWideResNet(nn.Module):
     """DeepMind's WideResNet-D-W (Gowal et al. 2020, "Uncovering the Limits of Adversarial
     Training against Norm-Bounded Adversarial Examples"), which normalizes its own input with
@@ -123,9 +117,8 @@ class DMWideResNet(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
         self.init_conv = nn.Conv2d(in_channels, chans[0], 3, 1, 1, bias=False)
-        self.layer = nn.Sequential(_DMGroup(n, chans[0], chans[1], 1),
-                                   _DMGroup(n, chans[1], chans[2], 2),
-                                   _DMGroup(n, chans[2], chans[3], 2))
+        self.layer = nn.Sequential(*[_Group(_DMBlock, "block", n, chans[k], chans[k + 1],
+                                            1 if k == 0 else 2) for k in range(3)])
         self.batchnorm = nn.BatchNorm2d(chans[3])
         self.logits = nn.Linear(chans[3], num_classes)
 
