@@ -311,15 +311,26 @@ def curves_tab() -> None:
         except Exception as err:
             show_error(err)
     active_curves()
-    done = [r for r in store.list_runs(kind="curve", status="completed")]
+    stopped_curves()
+    done = {r.id: r for r in store.list_runs(kind="curve", status="completed")}
     if not done:
         st.info("No completed curves yet: compute one above.")
         return
-    chosen = st.multiselect("Curves to show", done, default=done[: min(3, len(done))],
-                            key="curves-shown", format_func=lambda r: f"{r.config['norm']} · "
-                            f"{run_label(store.get(r.config['model_run']))} · {r.id[-9:]}")
+    # a curve that finished since the last look is shown by itself, beside the user's choice
+    known = st.session_state.setdefault("curves-known", set(done))
+    fresh = [i for i in done if i not in known]
+    if "curves-shown" not in st.session_state:
+        st.session_state["curves-shown"] = list(done)[:3]
+    if fresh:
+        st.session_state["curves-shown"] = [i for i in st.session_state["curves-shown"]
+                                            if i in done] + fresh
+        known.update(fresh)
+    chosen = st.multiselect("Curves to show", list(done), key="curves-shown",
+                            format_func=lambda i: f"{done[i].config['norm']} · "
+                            f"{run_label(store.get(done[i].config['model_run']))} · "
+                            f"{done[i].summary['n']:,} images · {i[-9:]}")
     by_norm: dict[str, dict] = {}
-    for r in chosen:
+    for r in (done[i] for i in chosen):
         model = store.get(r.config["model_run"])
         by_norm.setdefault(r.config["norm"], {})[model.name or model.id[-9:]] = curve_of(r)
     for norm_, curves in by_norm.items():
@@ -331,6 +342,26 @@ def curves_tab() -> None:
                        "inf") else f"{c.median():.4f}",
                    "never broken": sum(1 for v in c.norms if v == float("inf"))}
                   for name, c in curves.items()])
+
+
+def stopped_curves() -> None:
+    """The latest cancelled or failed curves, each with what stopped it and its Resume (its
+    finished batches are kept)."""
+    stopped = [r for r in store.list_runs(kind="curve") if r.status in ("cancelled", "failed")]
+    for r in stopped[:3]:
+        text, button = st.columns([5, 1], vertical_alignment="center")
+        why = (r.error or r.status).split(";")[0]
+        text.warning(f"{r.config['norm']} curve of {run_label(store.get(r.config['model_run']))}"
+                     f" on {r.config['n']:,} images {r.status}: {why}",
+                     icon=":material/pause_circle:")
+        if resumable(r) and button.button("Resume", key=f"curve-resume-{r.id}",
+                                          icon=":material/replay:",
+                                          help="Continue from the batches it finished"):
+            try:
+                resume(store, r.id)
+                st.rerun()
+            except Exception as err:
+                show_error(err)
 
 
 @st.fragment(run_every=2.0)

@@ -591,3 +591,21 @@ def test_the_import_form_refuses_a_path_outside_the_allowed_folders(tmp_path, mo
     _no_exceptions(at)
     assert any("outside the allowed folders" in e.value for e in at.error)
     assert at.button(key="import-go-off").disabled
+
+
+def test_a_cancelled_curve_shows_on_the_curves_tab_with_its_resume(tmp_path, monkeypatch):
+    from core.jobs.specs import CurveSpec, TrainSpec
+
+    monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path))
+    store = RunStore()
+    model = store.create_run("train", TrainSpec().to_dict())
+    store.set_status(model, "completed")
+    (tmp_path / "runs" / model).mkdir(parents=True)
+    (tmp_path / "runs" / model / "model.safetensors").write_bytes(b"x")
+    curve = store.create_run("curve", CurveSpec(model_run=model, n=300).to_dict(), parent=model)
+    store.set_status(curve, "cancelled", error="cancelled (SIGINT); resume it with ...")
+    at = _app("robustness", model=model).run()
+    _no_exceptions(at)
+    assert any("curve of" in w.value and "on 300 images cancelled: cancelled (SIGINT)" in w.value
+               for w in at.warning)
+    assert at.button(key=f"curve-resume-{curve}")
