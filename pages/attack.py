@@ -6,11 +6,11 @@ import streamlit as st
 from core.attacks import ATTACKS, MINIMUM_NORM
 from core.figures import epsilon_curve_figure, probability_bars
 from core.app.attack import (attack_single, attack_summary, example_choice, existing_grid, grid_result,
-                             grid_spec, grid_summaries, launch_grid)
+                             grid_spec, grid_summaries, launch_grid, stopped_grid)
 from core.app.evaluate import classes_for_run
 from core.app.images import amplified_perturbation, read_upload, to_display
 from core.app.runs import eps_label, model_for_run, progress, run_label
-from core.jobs.specs import GridSpec
+from core.jobs.specs import GRID_SLIDER_START, GridSpec
 from core.jobs.store import Run
 from core.threat import ThreatModel
 from pages.common import (accuracy_metric, figures_at, get_store, pick_run, require_trained_runs,
@@ -99,10 +99,19 @@ if None in grids:
     # nothing heavy starts by itself: the user asks for the grid (minutes on a CPU)
     todo = [m for m, g in zip(models, grids) if g is None]
     points = len(specs[0].budgets) if budgeted else 1
-    st.info(f"{attack} over {points} epsilon(s) on {n:,} test images is not computed yet for "
-            + ", ".join(run_label(m) for m in todo) + ". It runs in the background; the "
-            "slider then reads its results.")
-    if st.button("Compute", type="primary", key="attack-compute"):
+    stopped = [stopped_grid(store, spec) for spec, g in zip(specs, grids) if g is None]
+    kept = [(g, sum(p is not None for p in grid_summaries(g.id, points)))
+            for g in stopped if g is not None]
+    if kept:
+        st.warning("Stopped before it finished: " + "; ".join(
+            f"{run_label(store.get(g.config['model_run']))}, {g.status} with {k} of {points} "
+            "epsilons computed (kept)" for g, k in kept) + ". **Resume** computes the rest.",
+            icon=":material/pause_circle:")
+    else:
+        st.info(f"{attack} over {points} epsilon(s) on {n:,} test images is not computed yet "
+                "for " + ", ".join(run_label(m) for m in todo) + ". It runs in the background; "
+                "the slider then reads its results.")
+    if st.button("Resume" if kept else "Compute", type="primary", key="attack-compute"):
         for spec, grid in zip(specs, grids):
             if grid is None:
                 launch_grid(store, spec)
@@ -129,7 +138,7 @@ if budgeted:
     index = epsilon_slider(
         f"{ATTACKS[attack].budget} (pixel units)", [eps_label(b) for b in budgets],
         [{"name": run_label(m) if len(models) > 1 else "", "results": s}
-         for m, s in zip(models, summaries)], index=4, key="eps")
+         for m, s in zip(models, summaries)], index=GRID_SLIDER_START, key="eps")
     eps = budgets[index]
     known = count(summaries)
 else:

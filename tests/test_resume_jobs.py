@@ -240,3 +240,36 @@ def test_a_curve_stopped_after_a_batch_resumes_to_the_same_norms(mnist_model, mo
     assert a["norms"] == b["norms"] and a["found_by"] == b["found_by"]
     assert (run_dir(stopped) / "curve.csv").read_text() == \
         (run_dir(whole) / "curve.csv").read_text()
+
+
+@requires_mnist
+def test_a_grid_computes_the_sliders_point_first_and_a_stopped_one_resumes_with_its_points(
+        mnist_model):
+    """The point under the slider is computed first; a grid stopped with points on disk is
+    resumed by the page's Compute (launch_grid), not started again, and keeps them."""
+    import os
+
+    from conftest import wait_for
+    from core.app.attack import launch_grid
+    from core.jobs.runner import create, execute
+    from core.jobs.specs import GridSpec
+    from core.jobs.store import RunStore
+    from core.paths import grid_point_path
+
+    _, _, model_run = mnist_model
+    store = RunStore()
+    spec = GridSpec(model_run=model_run, attack="pgd", params={"steps": 2}, n=20,
+                    budgets=[0.05, 0.1, 0.2], first=2)
+    run = create(store, spec, parent=model_run)
+    execute(store, run, echo=False)
+    made = [os.stat(grid_point_path(run, k)).st_mtime_ns for k in range(3)]
+    assert made[2] < made[0] < made[1]  # the slider's point first, then the rest in order
+    for k in (0, 1):  # stopped after its first point
+        grid_point_path(run, k).unlink()
+        grid_point_path(run, k).with_name(grid_point_path(run, k).name + ".json").unlink()
+    store.set_status(run, "cancelled", error="cancelled (cancel requested)")
+    again = launch_grid(store, spec)
+    assert again.id == run
+    assert wait_for(lambda: store.get(run).status == "completed")
+    assert os.stat(grid_point_path(run, 2)).st_mtime_ns == made[2]  # kept, not recomputed
+    assert sorted(store.get(run).summary["adv_acc"]) == ["0", "1", "2"]

@@ -12,7 +12,7 @@ from core import checkpoint
 from core.jobs import runner
 from core.attacks import build_attack
 from core.paths import grid_point_path
-from core.jobs.specs import DEFAULT_GRID, GridSpec
+from core.jobs.specs import DEFAULT_GRID, GRID_SLIDER_START, GridSpec
 from core.jobs.store import Run, RunStore
 from core.app.runs import find_same
 
@@ -20,8 +20,9 @@ from core.app.runs import find_same
 def grid_spec(model_run: str, attack: str, params: dict, n: int,
               budgets: list[float] | None = None) -> GridSpec:
     """The attack-grid job of these settings (checked; raises InputError when one is bad)."""
-    return GridSpec(model_run=model_run, attack=attack, params=params, n=n,
-                    budgets=list(budgets or DEFAULT_GRID))
+    budgets = list(budgets or DEFAULT_GRID)
+    return GridSpec(model_run=model_run, attack=attack, params=params, n=n, budgets=budgets,
+                    first=GRID_SLIDER_START if GRID_SLIDER_START < len(budgets) else None)
 
 
 def existing_grid(store: RunStore, spec: GridSpec) -> Run | None:
@@ -29,10 +30,29 @@ def existing_grid(store: RunStore, spec: GridSpec) -> Run | None:
     return find_same(store, spec)
 
 
+def stopped_grid(store: RunStore, spec: GridSpec) -> Run | None:
+    """The latest cancelled or failed grid of exactly ``spec`` (its finished points are on
+    disk, so it resumes), when no live or completed one exists."""
+    config = spec.to_dict()
+    for run in store.list_runs(kind="grid", parent=spec.model_run):
+        if run.config == config and run.status in ("cancelled", "failed"):
+            return run
+    return None
+
+
 def launch_grid(store: RunStore, spec: GridSpec) -> Run:
-    """The grid of ``spec``: a matching one, else a new job in a worker."""
-    return existing_grid(store, spec) or store.get(runner.submit(store, spec,
-                                                                 parent=spec.model_run))
+    """The grid of ``spec``: a matching one, a stopped one resumed (its points kept), else a
+    new job in a worker."""
+    found = existing_grid(store, spec)
+    if found is not None:
+        return found
+    stopped = stopped_grid(store, spec)
+    if stopped is not None:
+        from core.app.runs import resume
+
+        resume(store, stopped.id)
+        return store.get(stopped.id)
+    return store.get(runner.submit(store, spec, parent=spec.model_run))
 
 
 

@@ -200,19 +200,23 @@ def grid(ctx) -> dict:
     budgets = spec.budgets if attack_.budget else [None]
     ctx.progress.start(len(budgets) * len(split))
     done, device = {}, next(model.parameters()).device
-    for k, budget in enumerate(budgets):
+    # the point under the dashboard's slider first, then the rest in order
+    order = sorted(range(len(budgets)), key=lambda k: k != spec.first)
+    for step, (k, budget) in enumerate((k, budgets[k]) for k in order):
         if ctx.resume and ctx.is_main and checkpoint.is_complete(grid_point_path(ctx.run_id, k)):
             done[str(k)] = checkpoint.read_sidecar(grid_point_path(ctx.run_id, k))["summary"][
                 "adv_acc"]  # finished before the stop; the same seeds would give the same point
-            ctx.progress.start(len(budgets) * len(split), done=(k + 1) * len(split))
+            ctx.progress.start(len(budgets) * len(split), done=(step + 1) * len(split))
             continue
         concrete = with_budget(attack_, budget) if budget is not None else attack_
         outcome = run_attack(model, split, concrete, spec.batch_size, keep_examples=spec.keep,
-                             progress=lambda d, _t, k=k: ctx.progress.update(k * len(split) + d))
+                             progress=lambda d, _t, step=step: ctx.progress.update(
+                                 step * len(split) + d))
         summary = {key: v for key, v in outcome.summary().items()
                    if key not in ("confusion_adv", "confusion_clean", "per_class_adv_acc")}
         _save_grid_point(ctx, k, outcome, model, device, summary)
         done[str(k)] = summary["adv_acc"]  # the point's sidecar is the record pages read
+    done = {key: done[key] for key in sorted(done, key=int)}
     result = {"adv_acc": done, "budgets": budgets, "n": len(split), "source": split.source,
               "classes": split.classes, "kind": ATTACKS[spec.attack].kind}
     ctx.store.set_summary(ctx.run_id, result)

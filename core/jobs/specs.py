@@ -28,6 +28,7 @@ ROBUST_EVAL_KEYS = ("eps", "steps", "n", "collapse_drop")
 DEFAULT_BUDGETS = (0.0, 0.01, 0.05, 0.1, 0.2, 0.3)
 AUDIT_VERSIONS = ("standard", "fast")
 DEFAULT_GRID = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
+GRID_SLIDER_START = 4  # the Attack page's slider starts at 8/255, computed first
 
 
 def check_device(device: Any) -> None:
@@ -295,10 +296,15 @@ class GridSpec(OneAttackSpec):
     n: int = 200
     keep: int = 64  # the same first images for every model: flipped ones are among them
     budgets: list = field(default_factory=lambda: list(DEFAULT_GRID))
+    first: int | None = None  # the budget computed first (the slider's): the rest in order
 
     def validate(self) -> None:
         super().validate()
         self.budgets = check_budgets(self.budgets)
+        if self.first is not None and not (isinstance(self.first, int) and
+                                           0 <= self.first < len(self.budgets)):
+            raise InputError(f"grid first must index one of the {len(self.budgets)} budgets, "
+                             f"got {self.first!r}")
 
     def describe(self) -> str:
         return f"{self.attack} grid over {len(self.budgets)} budget(s) on {self.n:,} images"
