@@ -50,12 +50,13 @@ def confusion_grid_figure(confusion: Sequence[Sequence[int]], classes: Sequence[
         textfont=dict(size=11, color=np.where(dark, "white", "#111827").tolist()),
         marker=dict(symbol="square", size=max(14, 420 // n), color=shade,
                     colorscale="Blues", line=dict(width=1, color="#e5e7eb")),
-        customdata=counts,
+        customdata=np.stack([counts, np.where(true == pred, "classified correctly",
+                                              "click to show them")], axis=1),
         # a click fades the other cells; their counts stay dark on the paler squares
         selected=dict(marker=dict(opacity=1.0)),
         unselected=dict(marker=dict(opacity=0.3), textfont=dict(color="#111827")),
-        hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata} images<br>"
-                      "click to show them<extra></extra>"))
+        hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata[0]} images<br>"
+                      "%{customdata[1]}<extra></extra>"))
     fig.update_layout(title=title, xaxis_title="predicted", yaxis_title="true", height=520,
                       margin=dict(l=60, r=20, t=50, b=60), clickmode="event+select",
                       plot_bgcolor="white")
