@@ -155,3 +155,53 @@ def test_ctrl_c_stops_pytest_itself_and_leaves_the_in_process_job_cancelled(tmp_
     assert "!!!" in out and "Interrupted: SIGINT" in out
     run = RunStore(tmp_path / "artifacts" / "runs.db").list_runs()[0]
     assert run.status == "cancelled" and "SIGINT" in run.error
+
+
+@requires_mnist
+def test_a_full_disk_under_the_heartbeat_prints_no_traceback_and_reading_still_works(
+        mnist_model, tmp_path, monkeypatch, capfd):
+    """The heartbeat thread meets a full disk (SQLite's "database or disk is full"): no
+    traceback comes from it, the job still ends with its own result; a stale run's stored
+    reason names a full disk; and `runs`/`show` read the store when nothing can be written."""
+    import sqlite3
+    import time
+
+    from core.app.cli import main
+    from core.jobs import runner, store as store_
+    from core.jobs.runner import create, execute
+    from core.jobs.specs import AttackSpec
+    from core.jobs.store import RunStore
+
+    _, _, model_run = mnist_model
+    full = sqlite3.OperationalError("database or disk is full")
+
+    def no_room(self, run_id, owner=None):
+        raise full
+
+    monkeypatch.setattr(store_.RunStore, "heartbeat", no_room)
+    monkeypatch.setattr(runner, "HEARTBEAT_S", 0.05)
+    store = RunStore()
+    run = create(store, AttackSpec(model_run=model_run, attack="pgd", params={"eps": 0.1,
+                                                                               "steps": 20}, n=200))
+    execute(store, run, echo=False)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "disk is full" not in err
+    assert store.get(run).status == "completed"
+    monkeypatch.undo()
+
+    # a worker that died on a full disk: the stale reason says the disk is the likely cause
+    stale = store.create_run("attack", {"model_run": model_run})
+    store.set_status(stale, "running")
+    store._conn.execute("UPDATE runs SET heartbeat=? WHERE id=?", (time.time() - 60, stale))
+    monkeypatch.setattr(store_, "_disk_hint", lambda low=1 << 20: ", probably because the "
+                        "disk holding X is full (12 kB free)")
+    store.mark_stale()
+    assert "probably because the disk holding X is full" in store.get(stale).error
+
+    def full_write(self, sql, params=()):
+        raise full
+
+    monkeypatch.setattr(store_.RunStore, "_write", full_write)
+    assert main(["runs"]) == 0 and main(["show", run]) == 0
+    out = capfd.readouterr().out
+    assert run in out and "completed" in out

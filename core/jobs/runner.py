@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -24,7 +25,7 @@ from core import distributed
 from core.cancellation import STATE as CANCEL
 from core.checks import clean_name
 from core.cancellation import Cancelled
-from core.paths import PROJECT_ROOT, InputError, run_dir, runs_root
+from core.paths import PROJECT_ROOT, InputError, environment_problem, run_dir, runs_root
 from core.progress import Progress, Quiet
 from core.jobs.preflight import preflight
 from core.jobs.specs import Spec, spec_from_config
@@ -121,12 +122,19 @@ class _Heartbeat:
         store = RunStore(self.db_path)
         try:
             while not self._stop.wait(HEARTBEAT_S):
-                store.heartbeat(self.run_id, self.owner)
-                if store.cancel_requested(self.run_id):
-                    CANCEL.request("cancel requested")
+                try:
+                    store.heartbeat(self.run_id, self.owner)
+                    if store.cancel_requested(self.run_id):
+                        CANCEL.request("cancel requested")
+                except (sqlite3.Error, OSError) as err:
+                    # a full disk: the job meets it too and fails with one line; a traceback
+                    # from this thread would only come before that line. Beat again later.
+                    self.problem = environment_problem(err, self.db_path) or str(err)
                 self.progress.tick()
         finally:
             store.close()
+
+    problem: str | None = None  # why the last heartbeat could not be written
 
     def __enter__(self) -> "_Heartbeat":
         self._thread.start()

@@ -386,7 +386,17 @@ class RunStore:
         self._write("DELETE FROM metrics WHERE run=? AND epoch>?", (run_id, epoch))
 
     def mark_stale(self, stale_after_s: float = STALE_AFTER_S) -> list[str]:
-        """Mark running runs whose worker stopped beating (or died) as failed; return their ids."""
+        """Mark running runs whose worker stopped beating (or died) as failed; return their
+        ids. On a full disk nothing can be marked, and reading goes on (``runs``, ``show`` and
+        the pages still work)."""
+        try:
+            return self._mark_stale(stale_after_s)
+        except sqlite3.OperationalError as err:
+            if "full" in str(err).lower():
+                return []
+            raise
+
+    def _mark_stale(self, stale_after_s: float) -> list[str]:
         now, stale = time.time(), []
         for run in self.list_runs(status="running"):
             dead = run.pid is not None and not _pid_alive(run.pid)
@@ -394,7 +404,8 @@ class RunStore:
             if dead or silent:
                 self.set_status(run.id, "failed", error=(
                     "worker stopped unexpectedly (no heartbeat for "
-                    f"{now - (run.heartbeat or now):.0f} s); " + restart_hint(run)))
+                    f"{now - (run.heartbeat or now):.0f} s)" + _disk_hint() + "; " +
+                    restart_hint(run)))
                 self._write("UPDATE runs SET owner=NULL WHERE id=?", (run.id,))
                 stale.append(run.id)
         for run in self.list_runs(status="queued"):
@@ -404,6 +415,19 @@ class RunStore:
                     "again"))
                 stale.append(run.id)
         return stale
+
+
+def _disk_hint(low: int = 1 << 20) -> str:
+    """', probably because the disk holding the artifacts is full (N kB free)' when it is
+    nearly so: a worker that cannot write its heartbeat or its failure stops silently."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(artifacts_root()).free
+    except OSError:
+        return ""
+    return (f", probably because the disk holding {artifacts_root()} is full ({free // 1024:,} kB "
+            "free)") if free < low else ""
 
 
 def has_checkpoint(run: Run) -> bool:
