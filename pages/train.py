@@ -242,4 +242,7 @@ with st.expander("Manage this run: rename, tag, download its weights, export, de
 with st.expander("Configuration"):
     st.json(run.config)
 with st.expander("All runs"):
-    st.dataframe(runs_frame(store), hide_index=True, width="stretch")
+    # the result column holds the sentence that matters: it gets the room, the rest shrink
+    st.dataframe(runs_frame(store), hide_index=True, width="stretch", column_config={
+        "result": st.column_config.TextColumn(width="large"),
+        "id": st.column_config.TextColumn(width="small")})
