@@ -609,3 +609,27 @@ def test_a_cancelled_curve_shows_on_the_curves_tab_with_its_resume(tmp_path, mon
     assert any("curve of" in w.value and "on 300 images cancelled: cancelled (SIGINT)" in w.value
                for w in at.warning)
     assert at.button(key=f"curve-resume-{curve}")
+
+
+def test_a_direct_load_of_train_is_redirected_to_the_root(tmp_path):
+    """Train is the default page, at /: its own name answers with a redirect (keeping the
+    query), not Streamlit's "Page not found"."""
+    import asyncio
+
+    from core.app.serving import BackendBaseUrl
+
+    async def streamlit(scope, receive, send):  # never reached for the alias
+        raise AssertionError(scope["path"])
+
+    for base, path, query, target in (("", "/train", b"run=r1", b"/?run=r1"),
+                                      ("", "/train/", b"", b"/"),
+                                      ("lab", "/lab/train", b"", b"/lab/")):
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": path, "query_string": query,
+                 "headers": []}
+        asyncio.run(BackendBaseUrl(streamlit, base_path=base)(scope, None, send))
+        assert sent[0]["status"] == 307 and dict(sent[0]["headers"])[b"location"] == target

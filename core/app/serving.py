@@ -13,6 +13,7 @@ ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message],
                    Awaitable[None]]
 
 _SERVER_PATHS = ("/_stcore/", "/static/", "/media/", "/component/", "/app/static/")
+ALIASES = {"/train": "/"}  # the default page lives at the root
 
 
 def base_url_script(base_path: str = "") -> bytes:
@@ -32,8 +33,13 @@ class BackendBaseUrl:
     def __init__(self, app: ASGIApp, base_path: str = "") -> None:
         self.app = app
         self.script = base_url_script(base_path)
+        self.base = "/" + base_path.strip("/") if base_path.strip("/") else ""
 
     async def __call__(self, scope: Scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"].rstrip("/") in \
+                {self.base + alias for alias in ALIASES}:
+            await self._redirect(scope, send)
+            return
         if scope["type"] != "http" or scope.get("method") != "GET" or \
                 any(part in scope["path"] for part in _SERVER_PATHS):
             await self.app(scope, receive, send)
@@ -53,6 +59,16 @@ class BackendBaseUrl:
             await self._send_page(start, b"".join(body), send)
 
         await self.app(scope, receive, edited)
+
+    async def _redirect(self, scope: Scope, send) -> None:
+        """The default page's own name (``/train``) answered by a redirect to its address, the
+        root: the frontend knows it only there, and would show "Page not found"."""
+        query = scope.get("query_string", b"")
+        target = (self.base + ALIASES[scope["path"].rstrip("/")[len(self.base):]]).encode()
+        target += (b"?" + query) if query else b""
+        await send({"type": "http.response.start", "status": 307,
+                    "headers": [(b"location", target), (b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _send_page(self, start: dict, data: bytes, send) -> None:
         headers = list(start.get("headers", []))
