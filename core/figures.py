@@ -100,7 +100,10 @@ def training_figure(metrics: list[dict], title: str = "Training",
                                  "fills in at the end of the first epoch") if running else
                                 "No epoch finished, so there is no test accuracy",
                            font=dict(color="#6b7280", size=13))
-    fig.update_xaxes(title_text="step")
+    # whole steps from 0: one epoch's single point would otherwise sit on a fractional axis
+    fig.update_xaxes(title_text="step", rangemode="tozero", tickformat="d")
+    if step:
+        fig.update_xaxes(range=[0, max(m["step"] for m in step) * 1.03], row=1, col=2)
     fig.update_yaxes(rangemode="tozero", row=1, col=1)  # a loss is never negative
     fig.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=2)
     fig.update_layout(title=title, height=380, margin=dict(l=40, r=20, t=60, b=40),
