@@ -145,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensorboard", metavar="DIR", required=True,
                    help="where the event files go (DIR/RUN); then tensorboard --logdir DIR")
     p = add("runs", "table of runs, newest first")
-    p.add_argument("--kind", help="only runs of this kind (train, evaluate, attack, sweep, "
-                   "grid, audit, curve, reproduce, study)")
+    p.add_argument("--kind", help="only runs of this kind (train, import, evaluate, attack, "
+                   "sweep, grid, audit, curve, reproduce, study)")
     p.add_argument("--full", action="store_true", help="do not shorten error messages")
     p.add_argument("--tag", help="only runs carrying this tag")
     p = add("show", "everything about one run: status, full error, config, result, files")
