@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
+
+from common import machine  # noqa: E402 (the repository on the path, the shared data found)
 
 
 def main() -> None:
@@ -41,8 +42,7 @@ def main() -> None:
     path = os.path.join(folder, "Carmon2019Unlabeled-like.pt")
     net = build_zoo("wrn-28-10", 10, 3)
     torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, path)
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-          f"{torch.__version__}, device {args.device}; {os.path.getsize(path) / 2**20:.0f} MB "
+    print(f"{machine()}, device {args.device}; {os.path.getsize(path) / 2**20:.0f} MB "
           f"checkpoint, {sum(p.numel() for p in net.parameters()) / 1e6:.1f}M parameters")
     store = RunStore()
     began = time.perf_counter()

@@ -11,7 +11,7 @@ import pytest
 from conftest import requires_mnist
 from core.jobs.store import RunStore
 
-pytestmark = requires_mnist
+pytestmark = [requires_mnist, pytest.mark.slow]  # real audits and re-runs
 
 
 @pytest.fixture(scope="module")

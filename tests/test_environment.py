@@ -158,6 +158,7 @@ def test_ctrl_c_stops_pytest_itself_and_leaves_the_in_process_job_cancelled(tmp_
 
 
 @requires_mnist
+@pytest.mark.slow
 def test_a_full_disk_under_the_heartbeat_prints_no_traceback_and_reading_still_works(
         mnist_model, tmp_path, monkeypatch, capfd):
     """The heartbeat thread meets a full disk (SQLite's "database or disk is full"): no

@@ -172,6 +172,7 @@ def test_the_fast_audit_of_an_import_matches_torchattacks(plain):
     assert abs(ours - reference) <= 0.005 + 1e-9, (ours, reference)
 
 
+@pytest.mark.slow
 def test_torchvision_and_robustbench_architectures_import(tmp_path):
     import torchvision
 

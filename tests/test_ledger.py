@@ -3,6 +3,7 @@ a changed search precision, device, data source or split size, weights or attack
 aside with one line saying which, and a damaged one gives one line and a fresh start."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from conftest import requires_mnist
@@ -51,6 +52,7 @@ def test_a_damaged_ledger_gives_one_line_and_a_fresh_start(tmp_path):
 
 
 @requires_mnist
+@pytest.mark.slow
 def test_a_resumed_audit_whose_precision_changed_says_so_and_starts_again(mnist_model,
                                                                           capsys):
     """A stopped audit's batches were searched in bf16; resumed where the search is fp32, it

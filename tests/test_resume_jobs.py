@@ -243,6 +243,7 @@ def test_a_curve_stopped_after_a_batch_resumes_to_the_same_norms(mnist_model, mo
 
 
 @requires_mnist
+@pytest.mark.slow
 def test_a_grid_computes_the_sliders_point_first_and_a_stopped_one_resumes_with_its_points(
         mnist_model):
     """The point under the slider is computed first; a grid stopped with points on disk is
