@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, requires_mnist
+from conftest import ROOT, requires_mnist, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = ROOT / "artifacts" / "screenshots"
@@ -362,14 +362,22 @@ def _compute(page, needed: bool = False) -> None:
     expect(button if needed else button.or_(shown).first).to_be_visible(timeout=60_000)
     # a rerun of the page (a job of another test ending, the sidebar's poll) can redraw the
     # button while a click waits for it: try again rather than wait on a stale element
+    from core.jobs.store import RunStore
+
+    store = RunStore()
+    grids = len(store.list_runs(kind="grid"))
     for _ in range(6):
         if not button.count():
             return
         try:
             button.click(timeout=10_000)
-            return
         except PlaywrightTimeout:
             continue
+        # a click that landed while the page was being redrawn starts nothing: wait for the
+        # job to exist (a state, not a time), and press again if it never came
+        if wait_for(lambda: len(store.list_runs(kind="grid")) > grids or not button.count(),
+                    timeout=30):
+            return
     raise AssertionError("the Compute button never took a click")
 
 
