@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import math
 
-import json
-
 from core import confidence
 from core.comparison import compare
-from core.jobs.claims import audit_reference, stored_figures
+from core.jobs.claims import audit_file_reference, stored_figures
 from core.jobs.store import Run, RunStore
 from core.paths import run_dir
 from core.threat import ThreatModel
@@ -59,7 +57,7 @@ def _reference(audit: Run) -> dict:
     """The audit's figure with its per-image outcomes where its audit.json is on disk."""
     path = run_dir(audit.id) / "audit.json"
     if path.exists():
-        ref = audit_reference(json.loads(path.read_text()))
+        ref = dict(audit_file_reference(path))
     else:
         ref = {"acc": audit.summary["robust_acc"], "n": audit.summary["n"]}
     ref["seed"] = audit.config.get("seed", 0)

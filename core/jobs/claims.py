@@ -89,10 +89,27 @@ def _attack_outcomes(run: Run) -> dict:
     path = runs_root() / run.id / "records.csv"
     if not path.exists():
         return {}
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    return {"positions": [int(r["index"]) for r in rows],
-            "robust": [r["true"] == r["clean_pred"] == r["adv_pred"] for r in rows]}
+
+    def read() -> dict:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        return {"positions": [int(r["index"]) for r in rows],
+                "robust": [r["true"] == r["clean_pred"] == r["adv_pred"] for r in rows]}
+
+    return _cached(path, read)
+
+
+_FILES: dict[tuple, object] = {}
+
+
+def _cached(path, read):
+    """A finished run's file read once per version (pages gather figures on every redraw)."""
+    key = (str(path), path.stat().st_mtime_ns)
+    if key not in _FILES:
+        if len(_FILES) > 256:
+            _FILES.clear()
+        _FILES[key] = read()
+    return _FILES[key]
 
 
 def _from_curve(run: Run, threat: ThreatModel) -> list[dict]:
@@ -106,7 +123,7 @@ def _from_curve(run: Run, threat: ThreatModel) -> list[dict]:
                      "curve", s.get("steps"), threat, curve.accuracy(threat.eps), curve.n)
     path = runs_root() / run.id / "curve.json"
     if path.exists():
-        rows = json.loads(path.read_text())["examples"]
+        rows = _cached(path, lambda: json.loads(path.read_text())["examples"])
         record.update(positions=[r["index"] for r in rows],
                       robust=[bool(r["correct"]) and (r["smallest_norm"] is None or
                                                       r["smallest_norm"] > threat.eps)
@@ -125,6 +142,11 @@ def _from_guard(run: Run, which: str, threat: ThreatModel) -> list[dict]:
                          f"{which} weights)", "apgd-ce", steps, threat,
                          float(figure["robust_acc"]), n, images="held-out training"),
                  which=which)]
+
+
+def audit_file_reference(path) -> dict:
+    """:func:`audit_reference` of an audit.json, read once per version of the file."""
+    return _cached(path, lambda: audit_reference(json.loads(path.read_text())))
 
 
 def audit_reference(report: dict) -> dict:
