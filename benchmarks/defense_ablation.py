@@ -94,8 +94,33 @@ def audit_final(store, run_id: str, args) -> dict:
     audit_id = create(store, spec)
     execute(store, audit_id, echo=False)
     summary = store.get(audit_id).summary
+    import json
+
+    from core.paths import run_dir
+
+    examples = json.loads((run_dir(audit_id) / "audit.json").read_text())["examples"]
     return {"robust_acc": summary["robust_acc"], "n": summary["n"],
-            "verdict": summary["verdict"]}
+            "verdict": summary["verdict"], "positions": [e["index"] for e in examples],
+            "robust": [bool(e["robust"]) for e in examples]}
+
+
+def paired_lines(rows: list[dict], reference: str = "pgd-at:steps-5") -> list[str]:
+    """Each audited variant against the reference, paired on the same test images (McNemar,
+    the lab's one rule for "as robust as"), with the clean accuracies beside."""
+    from core.comparison import paired_models
+
+    ref = next((r for r in rows if r["variant"] == reference and r.get("audited")), None)
+    if ref is None:
+        return []
+    lines = []
+    for r in rows:
+        if r is ref or not r.get("audited") or \
+                r["audited"]["positions"] != ref["audited"]["positions"]:
+            continue
+        verdict = paired_models(r["audited"]["robust"], ref["audited"]["robust"])
+        lines.append(f"- {r['variant']} against {reference}: {verdict['status']} — "
+                     f"{verdict['sentence']}; clean {r['clean']:.2%} vs {ref['clean']:.2%}")
+    return lines
 
 
 def collapse(curve: list[float], tolerance: float) -> dict:
@@ -166,8 +191,10 @@ def main() -> None:
               + (f" | audited {r['audited']['robust_acc']:.4f} on {r['audited']['n']} "
                  f"({r['audited']['verdict']})" if r["audited"] else ""), flush=True)
     print(table(rows))
+    for line in paired_lines(rows):
+        print(line)
     if args.out:
-        Path(args.out).write_text(table(rows) + "\n")
+        Path(args.out).write_text(table(rows) + "\n" + "\n".join(paired_lines(rows)) + "\n")
 
 
 if __name__ == "__main__":

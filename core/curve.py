@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from core import confidence
 
+FLOAT32_ROUNDING = 2.0 ** -22  # two float32 units in the last place, relative
+
 
 @dataclass(frozen=True)
 class RobustnessCurve:
@@ -36,8 +38,10 @@ class RobustnessCurve:
         return len(self.norms)
 
     def robust(self, eps: float) -> int:
-        """How many examples are robust at ``eps`` (smallest norm strictly above it)."""
-        return self.n - bisect.bisect_right(self._sorted, eps)
+        """How many examples are robust at ``eps`` (smallest norm strictly above it). Norms are
+        float32 measurements: one within float32 rounding of ``eps`` (a point projected onto
+        the ball, such as an audit's) is at ``eps``, not above it."""
+        return self.n - bisect.bisect_right(self._sorted, eps * (1 + FLOAT32_ROUNDING))
 
     def accuracy(self, eps: float) -> float:
         """Robust accuracy at ``eps``; at 0 it is the clean accuracy."""

@@ -258,5 +258,5 @@ def write_curve(folder: Path, spec, split: TensorData, found: dict[str, torch.Te
                       f"({', '.join(spec.attacks)})")
     checkpoint.save(folder / "curve_examples.safetensors",
                     {"x": split.floats(), "x_adv": found["x_adv"], "norm": found["norm"],
-                     "labels": split.labels}, {"norm": spec.norm})
+                     "labels": split.labels, "index": index}, {"norm": spec.norm})
     return summary

@@ -175,3 +175,48 @@ def test_a_point_the_float32_check_rejects_is_searched_again_and_kept(mnist_mode
     kept = rejected & torch.isfinite(found["norm"])
     assert int(kept.sum()) >= int(rejected.sum()) - 1  # kept after the float32 search
     assert bool((predict_labels(model, found["x_adv"][kept]) != y[kept]).all())
+
+
+@requires_mnist
+def test_a_curve_after_an_audit_is_never_above_the_audit_on_its_images(mnist_model):
+    """The audit keeps every adversarial example it found; a curve of the same weights starts
+    from them, so at the audit's budget, on the audit's images, every image the audit broke
+    has a smallest norm within that budget (with its example kept, and adversarial), even
+    without the APGD check; with the check (the default), the budget is the audit's."""
+    import json
+
+    from core.audit.cascade import predict_labels
+    from core.jobs.runner import create, execute
+    from core.jobs.specs import AuditSpec, CurveSpec
+    from core.jobs.store import RunStore
+    from core.paths import run_dir
+    from safetensors.torch import load_file
+
+    model, _, run_id = mnist_model
+    store = RunStore()
+    audit = create(store, AuditSpec(model_run=run_id, eps=0.1, version="fast", n=100,
+                                    steps=20, seed=5))
+    execute(store, audit, echo=False)
+    report = json.loads((run_dir(audit) / "audit.json").read_text())
+    broken = {e["index"] for e in report["examples"]
+              if e["clean_pred"] == e["label"] and not e["robust"]}
+    assert broken and (run_dir(audit) / "adversarial.safetensors").exists()
+    weak = create(store, CurveSpec(model_run=run_id, n=100, steps=5, attacks=["fmn"], seed=5,
+                                   check=False))
+    execute(store, weak, echo=False)
+    summary = store.get(weak).summary
+    assert audit in summary["started_from"] and summary["checked_at"] == []
+    rows = {r["index"]: r for r in json.loads((run_dir(weak) / "curve.json").read_text())[
+        "examples"]}
+    assert all(rows[i]["smallest_norm"] is not None and rows[i]["smallest_norm"] <= 0.1 + 1e-6
+               for i in broken)
+    assert summary["found_by"].get("stored", 0) > 0  # 5 FMN steps alone fall short
+    curve = RobustnessCurve.of("linf", [math.inf if v is None else v for v in summary["norms"]])
+    assert curve.robust(0.1) <= round(report["robust_acc"] * report["n"])
+    kept = load_file(str(run_dir(weak) / "curve_examples.safetensors"))
+    hit = torch.isfinite(kept["norm"]) & (kept["norm"] > 0)
+    assert bool((predict_labels(model, kept["x_adv"][hit]) != kept["labels"][hit]).all())
+    checked = create(store, CurveSpec(model_run=run_id, n=100, steps=5, attacks=["fmn"],
+                                      seed=5))
+    execute(store, checked, echo=False)
+    assert store.get(checked).summary["checked_at"] == [0.1]

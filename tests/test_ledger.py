@@ -44,7 +44,8 @@ def test_a_changed_precision_device_or_data_source_starts_again_and_says_which(t
 
 def test_a_damaged_ledger_gives_one_line_and_a_fresh_start(tmp_path):
     ledger = _saved(tmp_path)
-    ledger.path.write_bytes(ledger.path.read_bytes()[:40])
+    shard = next(ledger.path.glob("*.safetensors"))
+    shard.write_bytes(shard.read_bytes()[:40])
     again = Ledger(tmp_path, SPEC, conditions=BASE)
     assert again.load() is None
     assert again.changed.startswith("its saved batches could not be read (")
@@ -76,3 +77,40 @@ def test_a_resumed_audit_whose_precision_changed_says_so_and_starts_again(mnist_
         "bf16 -> fp32" in err
     assert summary["n"] == 20 and store.get(audit).status == "completed"
     assert any("resumed from the start" in w for w in store.get(audit).warnings)
+
+
+def test_each_save_writes_only_what_grew_and_reads_back_the_whole(tmp_path):
+    """Per-example rows are appended as shards (bytes grow with n, not n squared); a tensor
+    rewritten in place is stored whole; the shards add up to the last state saved."""
+    ledger = Ledger(tmp_path, SPEC, conditions=BASE)
+    rows, written = torch.empty(0, 784), []
+    for k in range(10):
+        rows = torch.cat([rows, torch.full((100, 784), float(k))])
+        codes = torch.full((1000,), k, dtype=torch.uint8)  # changed in place every batch
+        ledger.save({"x_adv": rows, "code": codes}, {"batch": k + 1})
+        written.append(sum(p.stat().st_size for p in ledger.path.glob("*.safetensors")))
+    final = rows.numel() * 4 + codes.numel()
+    assert written[-1] <= 1.2 * final  # the appended rows once, the small codes ten times
+    tensors, state = Ledger(tmp_path, SPEC, conditions=BASE).load()
+    assert state == {"batch": 10} and torch.equal(tensors["x_adv"], rows)
+    assert torch.equal(tensors["code"], codes)
+
+
+def test_a_resumed_ledger_appends_after_what_it_read(tmp_path):
+    first = Ledger(tmp_path, SPEC, conditions=BASE)
+    first.save({"norm": torch.arange(3.0)}, {"batch": 1})
+    again = Ledger(tmp_path, SPEC, conditions=BASE)
+    tensors, _ = again.load()
+    again.save({"norm": torch.cat([tensors["norm"], torch.tensor([7.0])])}, {"batch": 2})
+    assert len(list(again.path.glob("*.safetensors"))) == 2
+    tensors, state = Ledger(tmp_path, SPEC, conditions=BASE).load()
+    assert tensors["norm"].tolist() == [0.0, 1.0, 2.0, 7.0] and state == {"batch": 2}
+
+
+def test_a_fresh_start_sets_aside_what_an_earlier_attempt_left(tmp_path):
+    _saved(tmp_path)
+    fresh = Ledger(tmp_path, SPEC, conditions=dict(BASE, precision="fp32"))
+    assert fresh.load() is None
+    fresh.save({"norm": torch.tensor([5.0])}, {"batch": 1})
+    tensors, state = Ledger(tmp_path, SPEC, conditions=dict(BASE, precision="fp32")).load()
+    assert tensors["norm"].tolist() == [5.0] and state == {"batch": 1}

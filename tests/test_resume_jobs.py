@@ -41,13 +41,13 @@ def _unbroken_and_resumed(spec, monkeypatch, should_stop):
     with pytest.raises(Cancelled):
         execute(store, stopped, echo=False)
     assert fired and store.get(stopped).status == "cancelled"
-    assert (run_dir(stopped) / ledger_.FILE).exists()
+    assert ledger_.Ledger(run_dir(stopped), spec.to_dict()).exists()
     assert "resume it with `python -m core resume" in store.get(stopped).error
     monkeypatch.undo()
     reopen(store, stopped)
     execute(store, stopped, resume=True, echo=False)
     assert store.get(stopped).status == "completed"
-    assert not (run_dir(stopped) / ledger_.FILE).exists()  # nothing left once the files exist
+    assert not (run_dir(stopped) / ledger_.FOLDER).exists()  # nothing left once the files exist
     return store, whole, stopped
 
 
@@ -126,14 +126,8 @@ def test_a_killed_audit_resumes_from_the_command_line(mnist_model):
 
 
 def _stage_of(run_id: str) -> int:
-    path = runs_root() / run_id / ledger_.FILE
-    if not path.exists():
-        return -1
-    try:
-        with ledger_.safe_open(str(path), "pt") as fh:
-            return json.loads(fh.metadata()["state"])["stage"]
-    except FileNotFoundError:  # cleared between the two looks: the audit finished
-        return -1
+    state = ledger_.Ledger(runs_root() / run_id, {}).state()  # None: none yet, or cleared
+    return -1 if state is None else state["stage"]
 
 
 @requires_mnist

@@ -317,9 +317,13 @@ def _curve_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attacks", help="comma-separated minimum-norm attacks: fmn, fab (default "
                    "both; each image keeps the smallest norm either found)")
     p.add_argument("--steps", type=int, help="FMN's iterations (default 100)")
-    p.add_argument("--at", type=_floats, metavar="EPS[,EPS...]", help="print the curve's "
-                   "robust accuracy at these budgets, e.g. 0.1,8/255 (default: the budgets of "
-                   "the model's audits in this norm, else five even steps)")
+    p.add_argument("--at", type=_floats, metavar="EPS[,EPS...]", help="the budgets you care "
+                   "about, e.g. 0.1,8/255 (default: the budgets of the model's audits in this "
+                   "norm): the images still unbroken there are checked with the fast audit's "
+                   "APGD-CE and APGD-T, and the curve's robust accuracy is printed there")
+    p.add_argument("--no-check", dest="check", action="store_false", default=None,
+                   help="skip that check (the curve then rests on FMN/FAB and the examples "
+                   "kept by earlier audits and curves of the same weights)")
     p.add_argument("--seed", type=int, help="which sample of the test split (default 0)")
     p.add_argument("--batch-size", type=int, help="images per batch (default 250); torchrun "
                    "gives each rank whole batches")
@@ -410,7 +414,7 @@ def curve_spec(args: argparse.Namespace):
 
     return CurveSpec(**_model_fields(args), **_given(
         args, norm="norm", n="n", attacks="attacks", steps="steps", seed="seed",
-        batch_size="batch_size", precision="precision", at="at"))
+        batch_size="batch_size", precision="precision", at="at", check="check"))
 
 
 def import_spec(args: argparse.Namespace):

@@ -223,11 +223,19 @@ def _print_curve(store: RunStore, run: Run, s: dict) -> None:
     curve = RobustnessCurve.of(s["norm"], [float("inf") if v is None else v for v in s["norms"]])
     median = "above every norm found" if s["median_norm"] is None else f"{s['median_norm']:.4g}"
     names = {"fmn": "FMN", "fab": "FAB", "clean": "misclassified already",
-             "stored": "a stored attack"}
+             "apgd-ce": "the APGD-CE check", "apgd-t": "the APGD-T check",
+             "stored": "an example an audit or curve of these weights kept"}
     found = ", ".join(f"{names.get(k, k)} {v:,}" for k, v in s["found_by"].items() if v)
     print(f"{s['norm']} robustness curve on {s['n']:,} test images: clean "
           f"{text(curve.clean_accuracy(), curve.n)}, median smallest norm {median}; "
           f"{s['never_broken']:,} never broken; smallest norms found by {found or 'none'}")
+    if s.get("started_from"):
+        print(f"  started from the adversarial examples kept by {', '.join(s['started_from'])}")
+    if s.get("checked_at"):
+        print("  checked with the fast audit's APGD-CE and APGD-T at "
+              + ", ".join(f"{b:.4g}" for b in s["checked_at"]))
+    if s.get("researched_in_float32"):
+        print(f"  {s['researched_in_float32']:,} boundary points searched again in float32")
     budgets, why = curve_budgets(store, run, s)
     print(f"  robust accuracy at {why}:")
     for eps in budgets:
@@ -242,9 +250,9 @@ def curve_budgets(store: RunStore, run: Run, s: dict) -> tuple[list[float], str]
     model's audits in this norm, else five even steps up to the largest norm found."""
     if run.config.get("at"):
         return sorted(run.config["at"]), "the budgets asked for (--at)"
-    audits = sorted({float(a.config["eps"]) for a in store.list_runs(
-        kind="audit", model_run=run.config["model_run"], status="completed")
-        if a.config.get("norm") == s["norm"]})
+    from core.jobs.known import audited_budgets
+
+    audits = audited_budgets(store, run.config["model_run"], s["norm"])
     if audits:
         return audits, "the budgets of this model's audits"
     top = max((v for v in s["norms"] if v is not None and v != float("inf")), default=0.0)

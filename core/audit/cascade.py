@@ -62,8 +62,8 @@ def cascade(model: nn.Module, data: TensorData, plan: list[Stage], batch_size: i
             on_batch: Callable[[Saved], None] | None = None) -> dict:
     """Run the stages in order, each on the points still robust, batch by batch. Returns the
     clean and robust accuracy, per-stage figures, the stage that broke each example, and silent
-    successes, and up to ``keep`` adversarial examples per stage (``shown``: position, image,
-    prediction); ``on_stage`` gets each stage's row as soon as it is done (this process's
+    successes, up to ``keep`` adversarial examples per stage (``shown``: position, image,
+    prediction) and every adversarial example found (``broken``: position, image); ``on_stage`` gets each stage's row as soon as it is done (this process's
     share under torchrun; examples come from rank 0's share). Batches are fixed by position
     and every attack call is seeded per batch, so under torchrun (whole batches per rank) the
     result equals one process's, and so does a run continued from ``saved`` (what ``on_batch``
@@ -76,14 +76,17 @@ def cascade(model: nn.Module, data: TensorData, plan: list[Stage], batch_size: i
                         low_precision, saved, on_batch)
     shown = local.pop("shown")
     tensors = {"clean_pred": local.pop("clean_pred"), "code": local.pop("code")}
+    broken = {"position": local.pop("broken"), "x_adv": local.pop("broken_x")}
     if ctx.world > 1:
+        parts = distributed.gather_objects(ctx, broken)
+        broken = {k: torch.cat([p[k] for p in parts]) for k in broken}
         tensors = distributed.gather_in_order(ctx, mine, tensors if len(mine) else {})
         parts = distributed.gather_objects(ctx, local)
         local = {"seconds": [max(p["seconds"][k] for p in parts) for k in range(len(plan))],
                  "silent": sum(p["silent"] for p in parts),
                  "trace": _summed([p["trace"] for p in parts])}
     return dict(_result(plan, data.labels, tensors["clean_pred"], tensors["code"], local),
-                shown=shown, losses=stage_losses(plan, len(data.classes)))
+                shown=shown, broken=broken, losses=stage_losses(plan, len(data.classes)))
 
 
 def stage_losses(plan: list[Stage], classes: int) -> dict[str, str]:
@@ -110,12 +113,18 @@ class _Work:
     traces: list[list[int]] = field(default_factory=list)
     shown: dict[str, list] = field(default_factory=lambda: {
         "position": [], "x_adv": [], "adv_pred": [], "stage": []})
+    # every adversarial example found, kept so a later curve of the same weights starts from it
+    broken: list[torch.Tensor] = field(default_factory=list)
+    broken_x: list[torch.Tensor] = field(default_factory=list)
 
     def saved(self) -> Saved:
         """The state as tensors and JSON-ready bookkeeping."""
         tensors = {"code": torch.cat(self.codes), "clean_pred": torch.cat(self.preds)}
         if self.shown["x_adv"]:
             tensors["shown_x_adv"] = torch.stack(self.shown["x_adv"])
+        if self.broken:
+            tensors["broken"], tensors["broken_x"] = torch.cat(self.broken), \
+                torch.cat(self.broken_x)
         meta = {"stage": self.stage, "batch": self.batch, "seconds": self.seconds,
                 "silent": self.silent, "traces": self.traces,
                 "shown": {k: v for k, v in self.shown.items() if k != "x_adv"}}
@@ -126,9 +135,10 @@ class _Work:
         """The state :meth:`saved` wrote, for batches of ``sizes``."""
         tensors, meta = saved
         shown = dict(meta["shown"], x_adv=list(tensors.get("shown_x_adv", torch.empty(0))))
+        broken = [tensors["broken"]] if "broken" in tensors else []
         return cls(list(tensors["code"].split(sizes)), list(tensors["clean_pred"].split(sizes)),
                    meta["stage"], meta["batch"], meta["seconds"], meta["silent"],
-                   meta["traces"], shown)
+                   meta["traces"], shown, broken, [tensors["broken_x"]] if broken else [])
 
 
 def _run_stages(model: nn.Module, data: TensorData, positions: torch.Tensor, plan: list[Stage],
@@ -159,16 +169,19 @@ def _run_stages(model: nn.Module, data: TensorData, positions: torch.Tensor, pla
             _attack_batch(model, search, data, batches[b], stage, k, work, b, keep, within)
             work.seconds[k] += time.perf_counter() - began
             work.stage, work.batch = (k, b + 1) if b + 1 < len(batches) else (k + 1, 0)
-            if work.stage > k:
-                report(k)  # before the state that skips it is kept: a resume does not report it
             if on_batch:
                 on_batch(work.saved())
+            if work.stage > k:
+                report(k)  # after the state that skips it is kept; a resume logs it if missed
             within(1.0)
     empty = torch.empty(0, dtype=torch.long)
     return {"code": torch.cat(work.codes) if work.codes else empty,
             "clean_pred": torch.cat(work.preds) if work.preds else empty,
             "seconds": work.seconds, "silent": work.silent, "trace": _summed(work.traces),
-            "shown": work.shown}
+            "shown": work.shown,
+            "broken": torch.cat(work.broken) if work.broken else empty,
+            "broken_x": torch.cat(work.broken_x) if work.broken_x else
+            torch.empty((0, *data.input_shape))}
 
 
 def _scaled(progress: Progress | None, base: int, size: int, mine: int, whole: int
@@ -213,7 +226,7 @@ def _attack_batch(model: nn.Module, search: nn.Module, data: TensorData, part: t
         adv = stage.attack(search, x, y)
     if stage.name == "apgd-ce":
         work.traces.append(list(stage.attack.trace))
-    adv, adv_pred, found = _confirmed(stage.attack, model, search, x, y, adv)
+    adv, adv_pred, found = confirmed(stage.attack, model, search, x, y, adv)
     fooled = adv_pred != y.cpu()
     shown = work.shown
     room = keep - sum(s == k for s in shown["stage"])
@@ -227,9 +240,12 @@ def _attack_batch(model: nn.Module, search: nn.Module, data: TensorData, part: t
     if found is not None and stage.name != "square":
         work.silent += int((found & ~fooled).sum())
     work.codes[b][idx[fooled]] = k + 1
+    if fooled.any():
+        work.broken.append(part[idx[fooled]].clone())
+        work.broken_x.append(adv[fooled.to(adv.device)].detach().cpu().float())
 
 
-def _confirmed(attack, model: nn.Module, search: nn.Module, x: torch.Tensor, y: torch.Tensor,
+def confirmed(attack, model: nn.Module, search: nn.Module, x: torch.Tensor, y: torch.Tensor,
                adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The float32 model's predictions on ``adv`` and the attack's own successes (CPU); where a
     low-precision search saw a success that float32 does not confirm, the point is searched

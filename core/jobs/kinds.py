@@ -253,10 +253,12 @@ def _stage_reporter(ctx):
             ctx.say(f"after {row['attack']}: robust accuracy {figure}{share} "
                     f"({row['seconds']:.0f} s){kept}")
         stages.append(row["attack"])
-        if row.get("resumed"):
-            return  # logged by the session that finished it
+        name = f"stage:{row['attack']}"
+        if row.get("resumed") and ctx.store.metrics(ctx.run_id, [name]):
+            return  # logged by the session that finished it (a stop between its ledger and
+            # its metric leaves it to this one)
         ctx.store.log_metrics(ctx.run_id, [
-            (None, len(stages) - 1, f"stage:{row['attack']}", row["robust_acc"]),
+            (None, len(stages) - 1, name, row["robust_acc"]),
             (None, len(stages) - 1, f"stage_seconds:{row['attack']}", row["seconds"])])
 
     return report
@@ -266,6 +268,7 @@ def audit(ctx) -> dict:
     """The AutoAttack-style cascade at one threat model, then the attack-failure indicators;
     audit.json, audit.csv and audit.md in the run's folder."""
     from core import audit as audit_
+    from core.jobs import known
 
     spec: AuditSpec = ctx.spec
     threat = spec.threat()
@@ -303,6 +306,8 @@ def audit(ctx) -> dict:
                                    work.checking(done / audit_.CHECKS), name))
     report = audit_.report(spec, threat, result, checks, split)
     reports.write_audit(ctx.folder, report, result["shown"], split)
+    known.save(ctx.folder, result["broken"]["position"], result["broken"]["x_adv"], split,
+               f"{spec.version} audit at {threat.label()}")
     summary = {k: v for k, v in report.items() if k != "examples"}
     summary.update(model_run=spec.model_run, source=split.source)
     ctx.store.set_summary(ctx.run_id, summary)
@@ -312,13 +317,16 @@ def audit(ctx) -> dict:
 
 def curve(ctx) -> dict:
     """A robustness curve: each image's smallest adversarial norm over the minimum-norm
-    attacks (each norm checked in float32), saved batch by batch so a stopped curve resumes;
-    curve.json, curve.csv, curve.png and the examples at their breaking points."""
-    from core.attacks.contract import watching
-    from core.audit.minimal import smallest_norms
+    attacks (each norm checked in float32), lowered by the adversarial examples earlier audits
+    and curves of the same weights kept, and checked with the fast audit's attacks at the
+    budgets the user cares about; saved batch by batch so a stopped curve resumes; curve.json,
+    curve.csv, curve.png and the examples at their breaking points."""
+    from core.audit.minimal import AFTER, checked_at, known_points, smallest_norms
+    from core.jobs import known
 
     spec: CurveSpec = ctx.spec
     attacks = spec.attack_list()
+    names = [a.name for a in attacks] + list(AFTER)
     model, meta = job_model(ctx, spec)
     split = split_for(meta, spec, "test", spec.n, spec.seed)
     device = next(model.parameters()).device
@@ -326,57 +334,125 @@ def curve(ctx) -> dict:
     choice = precision.choose(spec.precision, model, split.floats(slice(0, batch)).to(device),
                               split.labels[:batch].to(device), "search")
     search = LowPrecision(model) if choice.bf16 else model
-    weights = [max(a.gradients_per_image(), 1) for a in attacks]
-    per_pass = _per_pass(model, split, batch, attack=True)
-    # a minimum-norm search keeps its points at the decision boundary, where the bf16 search
-    # computes most rows again in float32: a bf16 pass plus (at most) a float32 one
-    if choice.bf16:
-        per_pass += _per_pass(search, split, batch, attack=True)
     mine = distributed.my_positions(ctx.rank, len(split), batch)
     ledger = _ledger(ctx, meta, split, device, choice.name)
     saved = _resumed(ctx, ledger)
     kept = saved[0] if saved else {}
     start = saved[1]["batch"] if saved else 0
-    # a resumed curve estimates what is left, and says so
-    left = len(split) - min(start * batch, len(mine)) * max(ctx.rank.world, 1)
-    ctx.say(estimate.line(sum(weights) * max(left, 0) * per_pass + estimate.REPORT_S,
-                          f"{', '.join(a.name for a in attacks)}: {sum(weights):,} gradient "
-                          f"passes per image, {max(left, 0):,} images" + (
-                              f" (what is left of {len(split):,})" if saved else "")))
+    budgets = _curve_checks(ctx, spec, saved)
+    known_rows, known_x, known_bound, known_runs = known.stored(
+        ctx.store, spec.model_run, spec.which, split, spec.norm)
+    if known_runs:
+        ctx.say(f"starting from {len(known_x):,} adversarial examples kept by "
+                f"{len(known_runs)} earlier audit(s) and curve(s) of these weights")
+    work = _CurveWork(model, search, split, batch, attacks, budgets, spec, choice.bf16)
+    ctx.say(work.estimate(len(split) - min(start * batch, len(mine)) * max(ctx.rank.world, 1),
+                          saved is not None))
     ctx.say(f"searching in {'bfloat16' if choice.bf16 else 'float32'} ({choice.reason}); every "
             "norm kept is checked in float32")
     if saved:
         ctx.say(f"continuing with batch {start + 1} of {-(-len(mine) // batch)} (the finished "
                 "batches are kept in the run's folder)")
-    total = len(mine) * sum(weights)
-    ctx.progress.start(total, "attack passes", done=min(start * batch, len(mine)) * sum(weights))
+    ctx.progress.start(len(mine) * work.per_image, "attack passes",
+                       done=min(start * batch, len(mine)) * work.per_image)
     for k in range(start, -(-len(mine) // batch)):
         idx = mine[k * batch:(k + 1) * batch]
         x, y = split.floats(idx).to(device), split.labels[idx].to(device)
-
-        def watch(attack_, a, k=k, idx=idx):
-            done_before = (k * batch) * sum(weights) + len(idx) * sum(weights[:a])
-            return watching(attack_, lambda f: ctx.progress.update(
-                done_before + round(f * len(idx) * weights[a]), attack_.name))
-
-        found = smallest_norms(model, search, x, y, attacks, choice.bf16, watch)
+        watch = work.watcher(ctx, k * batch * work.per_image, len(idx))
+        found = smallest_norms(model, search, x, y, attacks, choice.bf16, watch("search"))
+        where = {int(p): j for j, p in enumerate(idx.tolist())}
+        pick = [j for j, r in enumerate(known_rows.tolist()) if r in where]
+        known_points(model, x, y, found, torch.tensor([where[int(known_rows[j])] for j in pick],
+                                                      dtype=torch.long, device=device),
+                     known_x[pick] if pick else known_x[:0],
+                     known_bound[pick] if pick else known_bound[:0], spec.norm,
+                     names.index("stored"))
+        if budgets:
+            checked_at(model, search, x, y, found, budgets, spec.norm, spec.steps, spec.seed,
+                       names.index("apgd-ce"), watch("check"))
         part = {key: v.cpu() for key, v in found.items()}
         kept = {key: torch.cat([kept[key], v]) if key in kept else v for key, v in part.items()}
-        ctx.progress.update((k + 1) * len(idx) * sum(weights))
+        ctx.progress.update((k * batch + len(idx)) * work.per_image)
         if ledger.enabled:
-            ledger.save(kept, {"batch": k + 1})
+            ledger.save(kept, {"batch": k + 1, "checked_at": budgets})
     merged = distributed.gather_in_order(ctx.rank, mine, kept) if ctx.rank.world > 1 else kept
     if not ctx.is_main:
         return {}
     researched = int(merged["researched"].sum()) if "researched" in merged else 0
-    summary = reports.write_curve(ctx.folder, spec, split, merged,
-                                  [a.name for a in attacks] + ["clean"],
-                                  extra={"researched_in_float32": researched})
+    summary = reports.write_curve(ctx.folder, spec, split, merged, names, extra={
+        "researched_in_float32": researched, "checked_at": budgets,
+        "started_from": known_runs})
     summary.update(model_run=spec.model_run, source=split.source,
                    search_precision=choice.name)
     ctx.store.set_summary(ctx.run_id, summary)
     ledger.clear()
     return summary
+
+
+def _curve_checks(ctx, spec: CurveSpec, saved) -> list[float]:
+    """The budgets the curve is checked at with the fast audit's attacks: the user's ``at``,
+    else the budgets of the model's audits in the curve's norm (those a resume started with)."""
+    from core.jobs import known
+
+    if saved is not None and "checked_at" in saved[1]:
+        return list(saved[1]["checked_at"])
+    if not spec.check:
+        return []
+    budgets = sorted(spec.at) if spec.at else known.audited_budgets(
+        ctx.store, spec.model_run, spec.norm, spec.which)
+    if budgets:
+        ctx.say(f"checking the images still unbroken at {', '.join(f'{b:.4g}' for b in budgets)} "
+                f"with the fast audit's APGD-CE and APGD-T ({spec.steps} steps)")
+    else:
+        ctx.say("no budget to check at (no audit of this model in this norm, no --at): the "
+                "curve rests on its minimum-norm attacks")
+    return budgets
+
+
+class _CurveWork:
+    """A curve's cost in gradient passes per image (the minimum-norm attacks, then at most the
+    check's attacks at each budget) and its progress within a batch."""
+
+    def __init__(self, model, search, split, batch, attacks, budgets, spec, bf16) -> None:
+        from core.audit.cascade import stages
+        from core.threat import ThreatModel
+
+        self.search = [max(a.gradients_per_image(), 1) for a in attacks]
+        check = [s.attack.gradients_per_image() for s in stages(
+            "fast", ThreatModel(spec.norm, max(budgets, default=1.0)), spec.steps)]
+        self.check = check * len(budgets)
+        self.attacks = [a.name for a in attacks]
+        self.per_image = sum(self.search) + sum(self.check)
+        self.per_pass = _per_pass(model, split, batch, attack=True)
+        # a minimum-norm search keeps its points at the decision boundary, where the bf16
+        # search computes most rows again in float32: a bf16 pass plus (at most) a float32 one
+        if bf16:
+            self.per_pass += _per_pass(search, split, batch, attack=True)
+
+    def estimate(self, left: int, resumed: bool) -> str:
+        """The line that says how long what is left takes (the check counted in full: an
+        upper bound where the search breaks most images first)."""
+        left = max(left, 0)
+        what = f"{', '.join(self.attacks)}: {sum(self.search):,} gradient passes per image"
+        if self.check:
+            what += f", the check at most {sum(self.check):,} more"
+        what += f", {left:,} images" + (" (what is left)" if resumed else "")
+        return estimate.line(self.per_image * left * self.per_pass + estimate.REPORT_S, what)
+
+    def watcher(self, ctx, done_before: int, size: int):
+        """Progress callbacks for one batch's search and check phases."""
+        from core.attacks.contract import watching
+
+        def phase(which: str):
+            weights = self.search if which == "search" else self.check
+            offset = 0 if which == "search" else sum(self.search)
+
+            def watch(attack_, a):
+                base = done_before + size * (offset + sum(weights[:a]))
+                return watching(attack_, lambda f: ctx.progress.update(
+                    base + round(f * size * weights[a]), attack_.name))
+            return watch
+        return phase
 
 
 def _ledger(ctx, meta: dict | None = None, split: data.TensorData | None = None,

@@ -353,8 +353,10 @@ class AuditSpec(ModelJobSpec):
 @dataclass
 class CurveSpec(ModelJobSpec):
     """A robustness curve: minimum-norm attacks (FMN, FAB) on a seeded sample of ``n`` test
-    images, each image's smallest adversarial norm kept; robust accuracy at every epsilon
-    follows. ``steps``: FMN's iterations (FAB's are its own defaults)."""
+    images, each image's smallest adversarial norm kept, lowered by the adversarial examples
+    the lab kept for the same weights and, with ``check``, by the fast audit's attacks at the
+    ``at`` budgets; robust accuracy at every epsilon follows. ``steps``: FMN's and the check's
+    iterations (FAB's are its own defaults)."""
 
     kind: ClassVar[str] = "curve"
     norm: str = "linf"
@@ -365,6 +367,8 @@ class CurveSpec(ModelJobSpec):
     batch_size: int = 250
     precision: str = "auto"  # of the search; every norm kept is checked in float32
     at: list | None = None  # budgets its figures are printed at (default: the model's audits')
+    # the fast audit's attacks on the images still unbroken at the ``at`` budgets
+    check: bool = True
 
     def validate(self) -> None:
         super().validate()
