@@ -7,6 +7,13 @@ first visit, while it still loads torch and the pages' libraries, is reported on
 rest begins once the server is idle.
 
     python benchmarks/dashboard_speed.py [--repeats 5] [--moves 20]
+
+With ``--curves 1000,10000`` it measures the Attack page's curve mode instead: for a curve of
+each size (its smallest norms drawn at random, written by the curve job's own writer: drawing
+does not depend on how the norms were found), the time from an arrow key on the continuous
+slider to the robust accuracy, the chart's ε marker and the examples painted (measured in the
+page). ``--root`` serves another checkout of the project (a ``git worktree`` of an earlier
+commit) with the same artifacts, for a before-and-after in one run.
 """
 from __future__ import annotations
 
@@ -17,17 +24,22 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 from small_model import ROOT, small_mnist_model
+
+sys.path.insert(0, str(ROOT))
+from benchmarks.common import machine  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 
 
-def serve(port: int) -> subprocess.Popen:
-    """The dashboard as a user starts it, on ``port``; returns once it answers."""
+def serve(port: int, root: Path = ROOT) -> subprocess.Popen:
+    """The dashboard as a user starts it (from ``root``), on ``port``; returns once it
+    answers."""
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "dashboard.py",
                              "--server.port", str(port), "--server.headless", "true"],
-                            cwd=ROOT, env=dict(os.environ), stdout=subprocess.DEVNULL,
+                            cwd=root, env=dict(os.environ), stdout=subprocess.DEVNULL,
                             stderr=subprocess.STDOUT)
     for _ in range(240):
         try:
@@ -167,12 +179,149 @@ def slider_moves(page, url: str, run_id: str, moves: int) -> tuple[list[float], 
     return in_page, polled
 
 
+def synthetic_curve(store, run_id: str, n: int, seed: int = 0) -> str:
+    """A completed L-inf curve of ``run_id`` on ``n`` MNIST test images whose smallest norms
+    are drawn at random (5% misclassified, 10% never broken), each example at its norm."""
+    import torch
+
+    from core import data, reports
+    from core.jobs.specs import CurveSpec
+
+    spec = CurveSpec(model_run=run_id, n=n)
+    curve_id = store.create_run("curve", spec.to_dict())
+    split = data.load("mnist", "test").subset(n, 0)
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(n, generator=g)
+    norm = torch.where(u < 0.05, torch.zeros(n), torch.where(
+        u > 0.9, torch.full((n,), float("inf")), torch.rand(n, generator=g) * 0.3))
+    x = split.floats()
+    step = torch.where(torch.isfinite(norm), norm, torch.zeros(n)).view(-1, 1, 1, 1)
+    x_adv = (x + step * torch.sign(torch.randn(x.shape, generator=g))).clamp(0, 1)
+    found = {"norm": norm, "by": torch.randint(0, 2, (n,), generator=g), "x_adv": x_adv}
+    from core.paths import run_dir
+
+    folder = run_dir(curve_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = reports.write_curve(folder, spec, split, found, ["fmn", "fab", "clean"])
+    summary.update(model_run=run_id, source=split.source, search_precision="fp32")
+    store.set_summary(curve_id, summary)
+    store.set_status(curve_id, "completed")
+    return curve_id
+
+
+# Installed before each key press on the curve's slider: when the key arrives, and when the
+# robust accuracy, the chart's ε marker (Plotly's layout.shapes) and the first example's
+# caption each change (the next animation frame after: the paint that shows it).
+CURVE_WATCH = """() => {
+  const metric = () => { const m = [...document.querySelectorAll('[data-testid="stMetric"]')]
+      .find(e => e.textContent.includes('Robust accuracy'));
+      const v = m && m.querySelector('[data-testid="stMetricValue"]');
+      return v ? v.textContent : null; };
+  const marker = () => { const gd = document.querySelector('.js-plotly-plot');
+      return gd && gd.layout && gd.layout.shapes && gd.layout.shapes.length ?
+        String(gd.layout.shapes[0].x0) : null; };
+  const example = () => { const c = [...document.querySelectorAll('[data-testid="stImageCaption"]')]
+      .map(e => e.textContent).join('|'); return c || null; };
+  const before = {metric: metric(), marker: marker(), example: example()};
+  window.__t = {pressed: null, metric: null, marker: null, example: null};
+  document.addEventListener('keydown', () => { window.__t.pressed = performance.now(); },
+                            {once: true, capture: true});
+  const look = () => {
+    const now = {metric: metric(), marker: marker(), example: example()};
+    for (const k of ['metric', 'marker', 'example']) {
+      if (window.__t[k] === null && now[k] !== null && now[k] !== before[k]) {
+        requestAnimationFrame(() => { if (window.__t[k] === null)
+                                        window.__t[k] = performance.now(); });
+      }
+    }
+    if (window.__t.metric === null || window.__t.marker === null) requestAnimationFrame(look);
+    else setTimeout(() => { if (window.__t.example === null) requestAnimationFrame(look); }, 0);
+  };
+  requestAnimationFrame(look);
+}"""
+
+
+def curve_moves(page, url: str, run_id: str, moves: int) -> dict[str, list[float]]:
+    """Seconds from each arrow key on the curve's slider to the robust accuracy, the marker
+    and (when the set broken changed) the examples painted."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{url}/attack?model={run_id}")
+    box = page.get_by_test_id("stSelectbox").filter(has_text="Attack")
+    for _ in range(10):
+        box.click()
+        try:
+            page.get_by_role("option", name="curve (every ε)").click(timeout=5_000)
+            break
+        except Exception:  # a rerun closed the drop-down: open it again
+            page.keyboard.press("Escape")
+    slider = page.get_by_role("slider", name="continuous", exact=False)
+    expect(slider).to_be_visible(timeout=120_000)
+    page.wait_for_selector(".js-plotly-plot", timeout=120_000)
+    page.wait_for_timeout(2000)
+    out: dict[str, list[float]] = {"metric": [], "marker": [], "example": []}
+    for k in range(moves):
+        slider.focus()
+        page.evaluate(CURVE_WATCH)
+        page.keyboard.press("ArrowRight" if (k // 3) % 2 == 0 else "ArrowLeft")
+        page.wait_for_function("window.__t.metric !== null && window.__t.marker !== null",
+                               timeout=60_000)
+        page.wait_for_timeout(300)  # the examples, when they change, come with the same rerun
+        t = page.evaluate("window.__t")
+        for key in out:
+            if t[key] is not None:
+                out[key].append((t[key] - t["pressed"]) / 1000)
+        page.wait_for_timeout(200)
+    return out
+
+
+def curve_main(args) -> None:
+    """The curve mode's slider on curves of each size, in this checkout and ``--root``."""
+    from playwright.sync_api import sync_playwright
+
+    store, run_id, _ = small_mnist_model("robustlab-curve-dash-")
+    roots = [("this checkout", ROOT)] + ([("--root " + args.root, Path(args.root))]
+                                         if args.root else [])
+    print(f"# {machine()}; curve slider, {args.moves} moves per curve")
+    print("| code | curve | robust accuracy: median / p95 | marker: median / p95 | examples "
+          "(moves that changed them): median / p95 |")
+    print("|---|---|---|---|---|")
+    for size in [int(v) for v in args.curves.split(",")]:
+        curve_id = synthetic_curve(store, run_id, size)
+        for label, root in roots:
+            server = serve(8651, root)
+            try:
+                with sync_playwright() as p:
+                    browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                                args=["--headless", "--no-sandbox"])
+                    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                    page.goto(f"http://127.0.0.1:8651")
+                    wait_for_text(page, FIRST_CONTENT["train"])
+                    wait_until_idle(server.pid)
+                    t = curve_moves(page, "http://127.0.0.1:8651", run_id, args.moves)
+                    browser.close()
+            finally:
+                server.terminate()
+                server.wait()
+            cells = [f"{statistics.median(v) * 1000:.0f} / {percentile(v, 95) * 1000:.0f} ms"
+                     + (f" ({len(v)})" if key == "example" else "") if v else "—"
+                     for key, v in t.items()]
+            print(f"| {label} | {size:,} images ({curve_id[-6:]}) | " + " | ".join(cells) + " |",
+                  flush=True)
+
+
 def main() -> None:
     """Print page-load and slider figures, idle and with a sweep running."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--moves", type=int, default=20)
+    parser.add_argument("--curves", help="curve sizes, e.g. 1000,10000: measure the curve "
+                        "mode's slider instead")
+    parser.add_argument("--root", help="also serve this checkout (before-and-after)")
     args = parser.parse_args()
+    if args.curves:
+        curve_main(args)
+        return
     store, run_id, _ = small_mnist_model("robustlab-dash-")
     from playwright.sync_api import sync_playwright
 

@@ -63,6 +63,32 @@ def interval_text(share: float | None, n: int | None) -> str | None:
     return f"{low * 100:.1f}-{high * 100:.1f}%"
 
 
+def success_counts(success_rate: float, clean_acc: float, n: int) -> tuple[int, int]:
+    """An attack's successes and the images it could succeed on (those classified correctly)."""
+    correct = count(clean_acc, n)
+    return count(success_rate, correct), correct
+
+
+def success_interval_text(success_rate: float, clean_acc: float, n: int) -> str | None:
+    """'10.4-14.5% of 950 correct images': a success rate's 95% interval and its denominator
+    (None when no image was classified correctly)."""
+    k, correct = success_counts(success_rate, clean_acc, n)
+    if not correct:
+        return None
+    low, high = interval(k, correct)
+    return f"{low * 100:.1f}-{high * 100:.1f}% of {correct:,} correct images"
+
+
+def success_text(success_rate: float, clean_acc: float, n: int) -> str:
+    """'12.3% (10.4-14.5) of 950 correct': a success rate, its 95% interval and its
+    denominator (the images classified correctly before the attack)."""
+    k, correct = success_counts(success_rate, clean_acc, n)
+    if not correct:
+        return "— (no image classified correctly)"
+    low, high = interval(k, correct)
+    return f"{success_rate:.1%} ({low * 100:.1f}-{high * 100:.1f}) of {correct:,} correct"
+
+
 def chance(k: int, n: int, rate: float) -> float:
     """P(at least ``k`` of ``n``) if each example did so independently at ``rate``: how likely
     the count is by chance alone (1.0 when k is 0)."""

@@ -67,48 +67,50 @@ def confusion_grid_figure(confusion: Sequence[Sequence[int]], classes: Sequence[
     return fig
 
 
-def training_figure(metrics: list[dict], title: str = "Training",
-                    running: bool = True) -> go.Figure:
-    """Loss and accuracy curves from run-store metric rows (per step and per epoch); before
+def training_figures(metrics: list[dict], running: bool = True) -> tuple[go.Figure, go.Figure]:
+    """Loss and accuracy curves from run-store metric rows (per step and per epoch), as two
+    figures (a page lays them side by side, and a phone's narrow screen stacks them); before
     the first epoch's end the accuracy panel says when it fills in (``running``) or that no
     epoch finished."""
-    from plotly.subplots import make_subplots
+    import plotly.graph_objects as go
 
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
+    loss, acc = go.Figure(), go.Figure()
     series: dict[str, list] = {}
     for m in metrics:
         series.setdefault(m["name"], []).append(m)
     step = series.get("train_loss_step", [])
     if step:
-        fig.add_scatter(x=[m["step"] for m in step], y=[m["value"] for m in step], row=1, col=1,
-                        name="train loss (step)", line=dict(color="#93c5fd", width=1))
+        loss.add_scatter(x=[m["step"] for m in step], y=[m["value"] for m in step],
+                         name="train loss (step)", line=dict(color="#93c5fd", width=1))
     spe = max((m["step"] for m in step), default=1) / max(len(series.get("test_loss", [1])), 1)
-    styles = {"test_loss": (1, PALETTE[0], "test loss"), "train_acc": (2, "#93c5fd", "train acc"),
-              "test_acc": (2, PALETTE[0], "clean test acc"),
-              "robust_acc": (2, PALETTE[1], "held-out APGD-CE acc")}
-    for name, (col, color, label) in styles.items():
+    styles = {"test_loss": (loss, PALETTE[0], "test loss"),
+              "train_acc": (acc, "#93c5fd", "train acc"),
+              "test_acc": (acc, PALETTE[0], "clean test acc"),
+              "robust_acc": (acc, PALETTE[1], "held-out APGD-CE acc")}
+    for name, (fig, color, label) in styles.items():
         rows = series.get(name, [])
         if rows:
             fig.add_scatter(x=[(m["epoch"] + 1) * spe for m in rows], y=[m["value"] for m in rows],
-                            mode="lines+markers", name=label, line=dict(color=color), row=1, col=col)
+                            mode="lines+markers", name=label, line=dict(color=color))
     if not series.get("test_acc"):
         # an invisible point keeps the empty panel's axes drawn, and the note inside them
-        fig.add_scatter(x=[0], y=[0], mode="markers", marker=dict(opacity=0), showlegend=False,
-                        hoverinfo="skip", row=1, col=2)
-        fig.add_annotation(xref="x2 domain", yref="y2 domain", x=0.5, y=0.55, showarrow=False,
-                           text=("Test accuracy (and held-out APGD-CE for a defense)<br>"
-                                 "fills in at the end of the first epoch") if running else
-                                "No epoch finished, so there is no test accuracy",
+        acc.add_scatter(x=[0], y=[0], mode="markers", marker=dict(opacity=0), showlegend=False,
+                        hoverinfo="skip")
+        acc.add_annotation(xref="x domain", yref="y domain", x=0.5, y=0.55, showarrow=False,
+                           text=("Test accuracy (and held-out APGD-CE<br>for a defense) fills "
+                                 "in at the end<br>of the first epoch") if running else
+                                "No epoch finished,<br>so there is no test accuracy",
                            font=dict(color="#6b7280", size=13))
-    # whole steps from 0: one epoch's single point would otherwise sit on a fractional axis
-    fig.update_xaxes(title_text="step", rangemode="tozero", tickformat="d")
+    for fig, title in ((loss, "loss"), (acc, "accuracy")):
+        # whole steps from 0: one epoch's single point would otherwise sit on a fractional axis
+        fig.update_xaxes(title_text="step", rangemode="tozero", tickformat="d")
+        fig.update_layout(title=title, height=340, margin=dict(l=40, r=20, t=40, b=40),
+                          legend=dict(orientation="h", y=-0.3))
     if step:
-        fig.update_xaxes(range=[0, max(m["step"] for m in step) * 1.03], row=1, col=2)
-    fig.update_yaxes(rangemode="tozero", row=1, col=1)  # a loss is never negative
-    fig.update_yaxes(range=[0, 1], tickformat=".0%", row=1, col=2)
-    fig.update_layout(title=title, height=380, margin=dict(l=40, r=20, t=60, b=40),
-                      legend=dict(orientation="h", y=-0.25))
-    return fig
+        acc.update_xaxes(range=[0, max(m["step"] for m in step) * 1.03])
+    loss.update_yaxes(rangemode="tozero")  # a loss is never negative
+    acc.update_yaxes(range=[0, 1], tickformat=".0%")
+    return loss, acc
 
 
 def robustness_figure(series: dict[str, list[tuple[float, float]]],
@@ -376,17 +378,23 @@ def curve_figure(curves: dict, current: float | None = None, marks: Sequence[dic
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    top = max((e for c in curves.values() for e, _ in c.steps()), default=1.0)
+    top = max((max((v for v in c.norms if 0 < v < float("inf")), default=0.0)
+               for c in curves.values()), default=0.0) or 1.0
     for k, (name, curve) in enumerate(curves.items()):
         colour = (colours or {}).get(name, PALETTE[k % len(PALETTE)])
-        band = curve.band(top)
-        eps = [b[0] for b in band]
-        fig.add_trace(go.Scatter(x=eps + eps[::-1], y=[b[3] for b in band] +
-                                 [b[2] for b in band][::-1], fill="toself", opacity=0.15,
-                                 line=dict(width=0), fillcolor=colour, hoverinfo="skip",
+        drawn = curve.drawn(top)
+        eps = [d[0] for d in drawn]
+        # the band: its upper edge, then its lower edge filled up to it, both stepping as
+        # the line does (a step after each point)
+        fig.add_trace(go.Scatter(x=eps, y=[d[3] for d in drawn], mode="lines",
+                                 line=dict(width=0, shape="hv"), hoverinfo="skip",
                                  showlegend=False))
-        fig.add_trace(go.Scatter(x=eps, y=[b[1] for b in band], mode="lines", name=name,
-                                 line=dict(color=colour, width=2),
+        fig.add_trace(go.Scatter(x=eps, y=[d[2] for d in drawn], mode="lines",
+                                 line=dict(width=0, shape="hv"), fill="tonexty",
+                                 fillcolor=_faded(colour), hoverinfo="skip",
+                                 showlegend=False))
+        fig.add_trace(go.Scatter(x=eps, y=[d[1] for d in drawn], mode="lines", name=name,
+                                 line=dict(color=colour, width=2, shape="hv"),
                                  hovertemplate="ε %{x:.4f}: %{y:.1%}<extra>" + html.escape(name)
                                  + "</extra>"))
     for mark in marks:
@@ -395,8 +403,6 @@ def curve_figure(curves: dict, current: float | None = None, marks: Sequence[dic
                                                                  color="#111827"),
                                  hovertemplate=html.escape(mark["label"]) +
                                  ": %{y:.1%} at ε %{x:.4f}<extra></extra>", showlegend=False))
-    if current is not None:
-        fig.add_vline(x=current, line_dash="dash", line_color="#6b7280")
     norm = next(iter(curves.values())).norm if curves else "linf"
     fig.update_layout(title=title, height=320, margin=dict(l=50, r=10, t=40 if title else 20,
                                                            b=40),
@@ -404,7 +410,22 @@ def curve_figure(curves: dict, current: float | None = None, marks: Sequence[dic
                       yaxis_title="robust accuracy", yaxis_tickformat=".0%",
                       yaxis_range=[0, 1.02], legend=dict(orientation="h", y=-0.25),
                       showlegend=len(curves) > 1 or colours is not None)
+    return with_marker(fig, current)
+
+
+def with_marker(fig: go.Figure, current: float | None) -> go.Figure:
+    """``fig`` with its dashed ε marker at ``current`` (none: no marker), changed in place: a
+    slider move redraws a figure built once."""
+    fig.layout.shapes = () if current is None else (dict(
+        type="line", xref="x", yref="paper", x0=current, x1=current, y0=0, y1=1,
+        line=dict(dash="dash", color="#6b7280", width=1.5)),)
     return fig
+
+
+def _faded(colour: str, alpha: float = 0.15) -> str:
+    """A ``#rrggbb`` colour as rgba with ``alpha``."""
+    c = colour.lstrip("#")
+    return f"rgba({int(c[0:2], 16)}, {int(c[2:4], 16)}, {int(c[4:6], 16)}, {alpha})"
 
 
 def breaking_points_figure(curves: dict, bins: int = 40) -> go.Figure:

@@ -13,7 +13,7 @@ from core.app.runs import eps_label, model_for_run, progress, run_label
 from core.jobs.specs import GRID_SLIDER_START, GridSpec
 from core.jobs.store import Run
 from core.threat import ThreatModel
-from pages.common import (accuracy_metric, figures_at, get_store, pick_run, require_trained_runs,
+from pages.common import (accuracy_metric, success_metric, figures_at, get_store, pick_run, require_trained_runs,
                           show_error, time_left)
 from pages.curve_view import curve_mode
 from pages.epsilon_slider import epsilon_slider
@@ -53,9 +53,12 @@ with st.expander("Attack parameters", expanded=False):
     st.caption(attack_summary(attack))
 
 others = [r for r in runs if r.id != run.id]
-other = st.selectbox("Side by side with (a second model, on the same images)",
-                     [None] + others, key="attack-other",
-                     format_func=lambda r: "no second model" if r is None else run_label(r))
+# options are run ids with "" for none: a None value reads as "no choice" to Streamlit and
+# showed its "Choose an option" placeholder after a visit to the curve mode
+labels = {"": "no second model", **{r.id: run_label(r) for r in others}}
+chosen = st.selectbox("Side by side with (a second model, on the same images)", list(labels),
+                      key="attack-other-id", format_func=labels.get)
+other = next((r for r in others if r.id == chosen), None)
 models = [run] + ([other] if other is not None else [])
 try:
     specs = [grid_spec(m.id, attack, params, n) for m in models]
@@ -249,8 +252,8 @@ def show_single(grid_id: str, narrow: bool) -> dict | None:
                     help="Correct before and after the attack")
     if narrow:
         m = st.columns(2)
-    m[-2].metric("Attack success rate", f"{result['success_rate']:.2%}",
-                 help="Of the images the model got right, the share the attack turned wrong")
+    success_metric(m[-2], result["success_rate"], result["clean_acc"], result.get("n"),
+                   help="Of the images the model got right, the share the attack turned wrong")
     l2 = result["l2_median"]
     m[-1].metric("Median L2 of flips", "—" if l2 is None else f"{l2:.3f}",
                  help="None flipped: no perturbation size" if l2 is None else None)

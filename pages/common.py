@@ -117,6 +117,21 @@ def accuracy_metric(column, label: str, share: float | None, n: int | None,
         column.caption(f"95% interval {interval_text(share, n)} of {n:,} images")
 
 
+def success_metric(column, rate: float | None, clean_acc: float | None, n: int | None,
+                   help: str | None = None) -> None:
+    """An attack's success rate with its 95% interval and denominator (the images classified
+    correctly) under it."""
+    from core.confidence import success_interval_text
+
+    if rate is None:
+        column.metric("Attack success rate", "—", help=help)
+        return
+    column.metric("Attack success rate", f"{rate:.2%}", help=help)
+    note = success_interval_text(rate, clean_acc or 0.0, n or 0) if n else None
+    if note:
+        column.caption(f"95% interval {note}")
+
+
 def time_left(info: dict) -> str:
     """' · about 2 min left' from a job's progress; never '0 s' while work remains."""
     seconds = info.get("seconds_left")

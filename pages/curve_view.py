@@ -9,10 +9,10 @@ import streamlit as st
 
 from core.app.curves import (at, broken_examples, curve_checks, curve_of,
                              find_curve, launch_curve)
-from core.app.images import to_display
-from core.figures import curve_figure
+from core.app.images import pair_display
+from core.figures import curve_figure, with_marker
 from core.jobs.store import Run, RunStore
-from pages.common import accuracy_metric, job_bar, show_error
+from pages.common import accuracy_metric, success_metric, job_bar, show_error
 
 
 def curve_mode(store: RunStore, run: Run, n: int, classes: list[str]) -> None:
@@ -40,6 +40,18 @@ def curve_mode(store: RunStore, run: Run, n: int, classes: list[str]) -> None:
     if job.status != "completed":
         _follow(store, job.id)
         return
+    if job.config.get("n") != n:
+        # the numbers below are on the curve's own images, not the count the control asks for
+        note, press = st.columns([4, 1], vertical_alignment="center")
+        note.info(f"This curve is on {job.config.get('n'):,} test images, not the {n:,} the "
+                  "control asks for; every number below is on its images.",
+                  icon=":material/info:")
+        if press.button(f"Compute on {n:,}", key="curve-compute-n"):
+            try:
+                launch_curve(store, run.id, norm, n)
+                st.rerun()
+            except Exception as err:
+                show_error(err)
     _draw(store, run, job, classes)
 
 
@@ -50,7 +62,9 @@ def _follow(store: RunStore, job_id: str) -> None:
     job_bar(store, job_id, "Computing the curve in the background")
 
 
+@st.fragment
 def _draw(store: RunStore, run: Run, job: Run, classes: list[str]) -> None:
+    """The slider and everything it moves; a move reruns only this fragment."""
     curve = curve_of(job)
     finite = [v for v in curve.norms if 0 < v < math.inf]
     top = max(finite, default=0.3 if curve.norm == "linf" else 3.0) * 1.05
@@ -65,7 +79,7 @@ def _draw(store: RunStore, run: Run, job: Run, classes: list[str]) -> None:
     accuracy_metric(cols[1], "Robust accuracy", numbers["robust_acc"], numbers["n"],
                     delta=f"{(numbers['robust_acc'] - numbers['clean_acc']) * 100:+.1f} pp",
                     help="Correct at ε: classified correctly and not broken at or below it")
-    cols[2].metric("Attack success rate", f"{numbers['success_rate']:.2%}",
+    success_metric(cols[2], numbers["success_rate"], numbers["clean_acc"], numbers["n"],
                    help="Of the images classified correctly, the share broken at or below ε")
     cols[3].metric("Median smallest norm", "above every norm found" if math.isinf(median)
                    else f"{median:.4f}", help="Of the images classified correctly")
@@ -73,9 +87,8 @@ def _draw(store: RunStore, run: Run, job: Run, classes: list[str]) -> None:
                + f" · {numbers['n']:,} test images · curve by {', '.join(job.config['attacks'])} "
                f"({job.id[-9:]})")
     checks = curve_checks(store, run.id, job)
-    st.plotly_chart(curve_figure({run.name or run.id[-9:]: curve}, eps, [
-        {"eps": c["eps"], "acc": float(c["figure"].split("%")[0]) / 100,
-         "label": c["source"]} for c in checks]), width="stretch", key=f"curve-{job.id}")
+    st.plotly_chart(with_marker(_figure(run, job, curve, checks), eps), width="stretch",
+                    key=f"curve-{job.id}")
     if checks:
         weaker = [c for c in checks if c["verdict"].startswith("curve weaker")]
         # an audit's gap is reported; a PGD figure below the curve is a fault of the curve
@@ -88,6 +101,19 @@ def _draw(store: RunStore, run: Run, job: Run, classes: list[str]) -> None:
     _examples(store, job, eps, classes)
 
 
+def _figure(run: Run, job: Run, curve, checks: list[dict]):
+    """The curve's chart, built once per curve and set of checks in this session; a slider
+    move only moves its marker."""
+    key = (job.id, tuple((c["source"], c["eps"], c["figure"]) for c in checks))
+    cached = st.session_state.get("curve-figure")
+    if cached is None or cached[0] != key:
+        fig = curve_figure({run.name or run.id[-9:]: curve}, None, [
+            {"eps": c["eps"], "acc": float(c["figure"].split("%")[0]) / 100,
+             "label": c["source"]} for c in checks])
+        cached = st.session_state["curve-figure"] = (key, fig)
+    return cached[1]
+
+
 def _examples(store: RunStore, job: Run, eps: float, classes: list[str]) -> None:
     shown = broken_examples(store, job, eps)
     st.subheader("Broken at or below this ε")
@@ -96,9 +122,8 @@ def _examples(store: RunStore, job: Run, eps: float, classes: list[str]) -> None
         return
     st.caption("Each image at its own breaking point (its smallest adversarial perturbation), "
                "the largest of them first: clean above, attacked below.")
-    cols = st.columns(len(shown))
-    for col, item in zip(cols, shown):
-        col.image(to_display(item["x"]), width="stretch",
-                  caption=f"{classes[item['label']]}")
-        col.image(to_display(item["x_adv"]), width="stretch",
-                  caption=f"→ {classes[item['predicted']]} at {item['norm']:.4f}")
+    # one picture per pair, in a row that wraps: eight pairs fit a desktop row and two short
+    # rows of a phone's screen (eight columns would stack into sixteen screen-wide images)
+    st.image([pair_display(item["x"], item["x_adv"]) for item in shown], width=110,
+             caption=[f"{classes[item['label']]} → {classes[item['predicted']]} at "
+                      f"{item['norm']:.4f}" for item in shown])

@@ -72,7 +72,8 @@ export default function (component) {
         metric('Accuracy under attack', pct(r.adv_acc), (delta < 0 ? '−' : '+') + (100 * Math.abs(delta)).toFixed(1) + ' pp',
                r.adv_acc_ci ? '95%: ' + (100 * r.adv_acc_ci[0]).toFixed(1) + '–' +
                (100 * r.adv_acc_ci[1]).toFixed(1) + '% of ' + r.n + ' images' : '') +
-        metric('Attack success rate', pct(r.success_rate)) +
+        metric('Attack success rate', pct(r.success_rate), '',
+               r.success_note ? '95%: ' + r.success_note : '') +
         metric('Median L2 of flips', r.l2_median == null ? '—' : r.l2_median.toFixed(3)) +
         '</div></div>';
     }).join('');

@@ -11,7 +11,7 @@ from core.app.evaluate import (attack_label, attack_results, cached_evaluation, 
 from core.app.runs import eps_label, load_report
 from core.jobs.specs import DEFAULT_GRID, AttackSpec
 from core.threat import ThreatModel
-from pages.common import (accuracy_metric, downloads, figures_at, get_store, headline, job_bar,
+from pages.common import (accuracy_metric, success_metric, downloads, figures_at, get_store, headline, job_bar,
                           pick_run, require_trained_runs, show_error)
 
 store = get_store()
@@ -159,7 +159,9 @@ if done_attacks:
         accuracy_metric(m[1], "Robust accuracy", res["adv_acc"], res.get("n"),
                         delta=f"{(res['adv_acc'] - res['clean_acc']) * 100:+.1f} pp",
                         help="Correct before and after the attack")
-        m[2].metric("Attack success rate", f"{res['success_rate']:.2%}")
+        success_metric(m[2], res["success_rate"], res["clean_acc"], res.get("n"),
+                       help="Of the images classified correctly, the share the attack turned "
+                       "wrong")
         if res.get("norm") in ("linf", "l2") and res.get("eps"):
             figures_at(store, run.id, ThreatModel(res["norm"], float(res["eps"])))
         if "confusion_clean" not in res:

@@ -1,7 +1,7 @@
 """Train: a form that launches a background training job, and the live view of a job."""
 import streamlit as st
 
-from core.figures import training_figure
+from core.figures import training_figures
 from core.training.settings import DEFENSE_SETTINGS as DEFENSES
 from core.training.settings import MODEL_ARGS as MODELS
 from core.training.settings import MultiStepSettings
@@ -172,10 +172,10 @@ def draw(run) -> None:
         st.warning(w, icon=":material/warning:")
     metrics = store.metrics(run_id)
     if metrics:
-        st.plotly_chart(training_figure(metrics, title="",
-                                        running=run.status in ("running", "queued")),
-                        width="stretch",
-                        key=f"curve-{run_id}-{len(metrics)}")
+        figures = training_figures(metrics, running=run.status in ("running", "queued"))
+        # two columns side by side, stacked on a phone's narrow screen
+        for col, fig, name in zip(st.columns(2), figures, ("loss", "accuracy")):
+            col.plotly_chart(fig, width="stretch", key=f"curve-{run_id}-{name}-{len(metrics)}")
     else:
         st.caption("Waiting for the first steps…")
     if run.status in ("completed", "failed", "cancelled"):

@@ -220,3 +220,25 @@ def test_a_curve_after_an_audit_is_never_above_the_audit_on_its_images(mnist_mod
                                       seed=5))
     execute(store, checked, echo=False)
     assert store.get(checked).summary["checked_at"] == [0.1]
+
+
+def test_the_drawn_curve_is_the_exact_curve_at_each_point_within_its_band():
+    """What the chart draws: at most ``points`` points, each the exact curve's accuracy at its
+    epsilon, the line inside its band; a small curve keeps every corner."""
+    import random
+
+    from core.curve import RobustnessCurve
+
+    rng = random.Random(5)
+    for n, points in ((200, 1500), (10_000, 1500)):
+        curve = RobustnessCurve.of("linf", [0.0 if rng.random() < 0.05 else math.inf
+                                            if rng.random() < 0.1 else rng.random() * 0.3
+                                            for _ in range(n)])
+        drawn = curve.drawn()
+        assert len(drawn) <= points + 1 and drawn[0][0] == 0.0
+        for eps, acc, low, high in drawn:
+            assert acc == curve.accuracy(eps) and low <= acc <= high
+        if n == 200:  # every distinct norm is a corner
+            corners = {v for v in curve.norms if 0 < v < math.inf}
+            assert corners <= {d[0] for d in drawn}
+    assert curve.drawn() is drawn

@@ -114,3 +114,35 @@ def test_a_fresh_start_sets_aside_what_an_earlier_attempt_left(tmp_path):
     fresh.save({"norm": torch.tensor([5.0])}, {"batch": 1})
     tensors, state = Ledger(tmp_path, SPEC, conditions=dict(BASE, precision="fp32")).load()
     assert tensors["norm"].tolist() == [5.0] and state == {"batch": 1}
+
+
+@requires_mnist
+def test_a_curves_ledger_writes_at_most_its_final_files_bytes(mnist_model, monkeypatch):
+    """Bytes written by a curve's ledger, batch by batch, stay within 1.2x its final files
+    (each batch's rows are written once; before shards, every batch rewrote them all)."""
+    from core.jobs import ledger as ledger_
+    from core.jobs.runner import create, execute
+    from core.jobs.specs import CurveSpec
+    from core.jobs.store import RunStore
+    from core.paths import run_dir
+
+    written = []
+    original = ledger_.Ledger.save
+
+    def save(self, tensors, state):
+        before = {p.name for p in self.path.glob("*.safetensors")} if self.path.exists() \
+            else set()
+        original(self, tensors, state)
+        written.extend(p.stat().st_size for p in self.path.glob("*.safetensors")
+                       if p.name not in before)
+
+    monkeypatch.setattr(ledger_.Ledger, "save", save)
+    _, _, model_run = mnist_model
+    store = RunStore()
+    run = create(store, CurveSpec(model_run=model_run, n=80, batch_size=10, steps=2,
+                                  attacks=["fmn"], check=False))
+    execute(store, run, echo=False)
+    final = sum((run_dir(run) / name).stat().st_size for name in
+                ("curve_examples.safetensors", "curve.json", "curve.csv"))
+    assert len(written) == 8 and sum(written) <= 1.2 * final
+    assert not (run_dir(run) / ledger_.FOLDER).exists()

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from core import checkpoint
+from core.confidence import success_interval_text
 from core.jobs import runner
 from core.attacks import build_attack
 from core.paths import grid_point_path
@@ -68,7 +69,11 @@ def grid_summaries(run_id: str, count: int) -> list[dict | None]:
     out = []
     for k in range(count):
         meta = checkpoint.read_sidecar(grid_point_path(run_id, k))
-        out.append(None if meta is None else {key: meta["summary"].get(key) for key in keys})
+        row = None if meta is None else {key: meta["summary"].get(key) for key in keys}
+        if row is not None and row["n"] and row["clean_acc"] is not None:
+            row["success_note"] = success_interval_text(row["success_rate"], row["clean_acc"],
+                                                        row["n"])
+        out.append(row)
     return out
 
 

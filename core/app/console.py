@@ -9,7 +9,7 @@ import textwrap
 import time
 
 from core.cancellation import Cancelled
-from core.confidence import text
+from core.confidence import success_text, text
 from core.paths import InputError, run_dir, runs_root
 from core.jobs.specs import Spec, spec_from_config
 from core.jobs.store import Run, RunStore
@@ -158,7 +158,7 @@ def _print_attack(store: RunStore, run: Run, s: dict) -> None:
           f"{s['model_run']}")
     print(f"  clean accuracy {text(s['clean_acc'], s['n'])}  ->  robust accuracy "
           f"{text(s['adv_acc'], s['n'])} (correct before and after the attack; 95% intervals)"
-          f"   success rate {s['success_rate']:.2%}")
+          f"   success rate {success_text(s['success_rate'], s['clean_acc'], s['n'])}")
     if s["l2_mean"] is None:
         print("  no example flipped, so no perturbation size to report")
     else:

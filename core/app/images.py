@@ -16,6 +16,15 @@ from core.paths import InputError
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 
 
+def pair_display(clean: torch.Tensor, attacked: torch.Tensor, scale: int = 3) -> str:
+    """A clean image above its attacked version, 4 pixels apart, as one PNG data URI (pairs
+    then wrap as a row of images on any screen width)."""
+    gap = torch.ones(clean.shape[0], 4, clean.shape[2], dtype=clean.dtype)
+    if not clean.is_floating_point():
+        gap = gap * 255
+    return to_display(torch.cat([clean, gap, attacked.to(clean.dtype)], 1), scale)
+
+
 def to_display(img: torch.Tensor, scale: int = 4) -> str:
     """A (C, H, W) uint8 or [0, 1] float tensor as a PNG data URI, upscaled without smoothing.
 

@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 
 from core import checkpoint
-from core.confidence import text as confidence_text
+from core.confidence import success_text, text as confidence_text
 from core.jobs import runner
 from core.paths import run_dir
 from core.jobs.specs import AuditSpec, SweepSpec
@@ -77,7 +77,8 @@ def sweep_display(table: pd.DataFrame) -> pd.DataFrame:
                 f"{pct(r['adv_acc'])} ({r['adv_acc_low'] * 100:.1f}-{r['adv_acc_high'] * 100:.1f})"
                 if r.get("adv_acc_low") == r.get("adv_acc_low") and r.get("adv_acc_low")
                 is not None else pct(r["adv_acc"])),
-            "success rate": pct(r["success_rate"]),
+            "success rate (95% interval)": success_text(r["success_rate"], r["clean_acc"],
+                                                        int(r["n"])),
             "median L2 of flips": size(r.get("l2_median")),
             "median L∞ of flips": size(r.get("linf_median"))})
     return pd.DataFrame(rows)
