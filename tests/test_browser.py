@@ -601,6 +601,16 @@ def test_the_slider_reads_a_curve_between_two_former_grid_points(mnist_model, pa
     expect(page.get_by_text("Broken at or below this ε")).to_be_visible()
     page.screenshot(path=str(SHOTS / "15-attack-curve.png"), full_page=True)
     assert len(store.list_runs()) == jobs  # every epsilon read from the curve, no new job
+    # the chart's ε marker (Plotly's shape) follows each key: waited for as a state, with a
+    # generous bound (benchmarks/dashboard_speed.py --curves gives the figure)
+    marker = "(() => { const gd = document.querySelector('.js-plotly-plot'); " \
+             "return gd && gd.layout && gd.layout.shapes && gd.layout.shapes.length ? " \
+             "gd.layout.shapes[0].x0 : null; })()"
+    for key in ("ArrowRight", "ArrowRight", "ArrowLeft"):
+        slider.focus()
+        page.keyboard.press(key)
+        value = float(slider.input_value())
+        page.wait_for_function(f"Math.abs({marker} - {value}) < 1e-9", timeout=3_000)
 
 
 @pytest.mark.slow
@@ -743,37 +753,6 @@ def test_a_phone_width_train_and_attack(mnist_model, dashboard):
         assert height < 5 * 844, height
     finally:
         context.close()
-
-
-@pytest.mark.slow
-def test_the_curve_charts_marker_follows_the_slider(mnist_model, page_url):
-    """A key on the curve mode's slider moves the chart's ε marker (Plotly's shape) to the
-    new ε: waited for as a state, with a generous bound (the benchmark gives the figure)."""
-    from playwright.sync_api import expect
-
-    from core.jobs.runner import create, execute
-    from core.jobs.specs import CurveSpec
-    from core.jobs.store import RunStore
-
-    _, _, run_id = mnist_model
-    store = RunStore()
-    if not any(r.status == "completed" for r in store.list_runs(kind="curve",
-                                                                 model_run=run_id)):
-        execute(store, create(store, CurveSpec(model_run=run_id, n=100, steps=20)), echo=False)
-    page, url = page_url
-    page.goto(f"{url}/attack?model={run_id}")
-    _choose(page, "Attack", "curve (every ε)")
-    slider = page.get_by_role("slider", name=re.compile("continuous"))
-    expect(slider).to_be_visible(timeout=60_000)
-    marker = "() => { const gd = document.querySelector('.js-plotly-plot'); " \
-             "return gd && gd.layout && gd.layout.shapes && gd.layout.shapes.length ? " \
-             "gd.layout.shapes[0].x0 : null; }"
-    page.wait_for_function(f"({marker})() !== null", timeout=60_000)
-    for key in ("ArrowRight", "ArrowRight", "ArrowLeft"):
-        slider.focus()
-        page.keyboard.press(key)
-        value = float(slider.input_value())
-        page.wait_for_function(f"Math.abs(({marker})() - {value}) < 1e-9", timeout=3_000)
 
 
 def _phone_shot(page, name: str) -> int:

@@ -423,11 +423,12 @@ class _CurveWork:
         self.check = check * len(budgets)
         self.attacks = [a.name for a in attacks]
         self.per_image = sum(self.search) + sum(self.check)
-        self.per_pass = _per_pass(model, split, batch, attack=True)
-        # a minimum-norm search keeps its points at the decision boundary, where the bf16
-        # search computes most rows again in float32: a bf16 pass plus (at most) a float32 one
-        if bf16:
-            self.per_pass += _per_pass(search, split, batch, attack=True)
+        # the check's APGD runs on the search model; a minimum-norm search keeps its points at
+        # the decision boundary, where the bf16 search computes most rows again in float32: a
+        # bf16 pass plus (at most) a float32 one
+        fp32 = _per_pass(model, split, batch, attack=True)
+        self.check_pass = _per_pass(search, split, batch, attack=True) if bf16 else fp32
+        self.search_pass = fp32 + self.check_pass if bf16 else fp32
 
     def estimate(self, left: int, resumed: bool) -> str:
         """The line that says how long what is left takes (the check counted in full: an
@@ -437,7 +438,8 @@ class _CurveWork:
         if self.check:
             what += f", the check at most {sum(self.check):,} more"
         what += f", {left:,} images" + (" (what is left)" if resumed else "")
-        return estimate.line(self.per_image * left * self.per_pass + estimate.REPORT_S, what)
+        seconds = left * (sum(self.search) * self.search_pass + sum(self.check) * self.check_pass)
+        return estimate.line(seconds + estimate.REPORT_S, what)
 
     def watcher(self, ctx, done_before: int, size: int):
         """Progress callbacks for one batch's search and check phases."""
