@@ -260,11 +260,20 @@ def curve_moves(page, url: str, run_id: str, moves: int) -> dict[str, list[float
     page.wait_for_selector(".js-plotly-plot", timeout=120_000)
     page.wait_for_timeout(2000)
     out: dict[str, list[float]] = {"metric": [], "marker": [], "example": []}
+    at = ("(v) => { const gd = document.querySelector('.js-plotly-plot'); return gd && "
+          "gd.layout && gd.layout.shapes && gd.layout.shapes.length && "
+          "Math.abs(gd.layout.shapes[0].x0 - v) < 1e-9; }")
     for k in range(moves):
+        # settled first: the marker shows the slider's value (a slow page may still be
+        # drawing the previous move, whose arrival would pass for this one's)
+        page.wait_for_function(at, arg=float(slider.get_attribute("aria-valuenow")),
+                               timeout=60_000)
+        page.wait_for_timeout(500)
         slider.focus()
         page.evaluate(CURVE_WATCH)
         page.keyboard.press("ArrowRight" if (k // 3) % 2 == 0 else "ArrowLeft")
-        page.wait_for_function("window.__t.marker !== null", timeout=60_000)
+        value = float(slider.get_attribute("aria-valuenow"))
+        page.wait_for_function(at, arg=value, timeout=60_000)
         # the number and the examples change only when the step crossed an image's norm;
         # they come with the same rerun as the marker
         page.wait_for_timeout(300)
@@ -272,7 +281,6 @@ def curve_moves(page, url: str, run_id: str, moves: int) -> dict[str, list[float
         for key in out:
             if t[key] is not None:
                 out[key].append((t[key] - t["pressed"]) / 1000)
-        page.wait_for_timeout(200)
     return out
 
 

@@ -101,12 +101,14 @@ try:
 except Exception as err:
     show_error(err)
     images = []
-cols = st.columns(8)
-for k, (rec, img) in enumerate(zip(shown, images)):
-    with cols[k % 8]:
-        st.image(img, width="stretch")
-        st.caption(f"**{classes[rec['true']]}** → {classes[rec['pred']]} "
-                   f"({rec['confidence']:.0%}) · #{rec['index']}")
+pairs = list(zip(shown, images))
+for start in range(0, len(pairs), 8):
+    # one row of columns per eight images: a caption that wraps lengthens only its own row
+    for col, (rec, img) in zip(st.columns(8), pairs[start:start + 8]):
+        with col:
+            st.image(img, width="stretch")
+            st.caption(f"**{classes[rec['true']]}** → {classes[rec['pred']]} "
+                       f"({rec['confidence']:.0%}) · #{rec['index']}")
 st.subheader("Under attack")
 st.caption("Robust accuracy and the confusion matrix under a chosen attack, beside the clean "
            "matrix of the same test images. Each attack runs once in the background and is kept.")

@@ -178,6 +178,7 @@ def test_a_point_the_float32_check_rejects_is_searched_again_and_kept(mnist_mode
 
 
 @requires_mnist
+@pytest.mark.slow
 def test_a_curve_after_an_audit_is_never_above_the_audit_on_its_images(mnist_model):
     """The audit keeps every adversarial example it found; a curve of the same weights starts
     from them, so at the audit's budget, on the audit's images, every image the audit broke

@@ -117,6 +117,7 @@ def test_a_fresh_start_sets_aside_what_an_earlier_attempt_left(tmp_path):
 
 
 @requires_mnist
+@pytest.mark.slow
 def test_a_curves_ledger_writes_at_most_its_final_files_bytes(mnist_model, monkeypatch):
     """Bytes written by a curve's ledger, batch by batch, stay within 1.2x its final files
     (each batch's rows are written once; before shards, every batch rewrote them all)."""
