@@ -197,7 +197,13 @@ def synthetic_curve(store, run_id: str, n: int, seed: int = 0) -> str:
     x = split.floats()
     step = torch.where(torch.isfinite(norm), norm, torch.zeros(n)).view(-1, 1, 1, 1)
     x_adv = (x + step * torch.sign(torch.randn(x.shape, generator=g))).clamp(0, 1)
-    found = {"norm": norm, "by": torch.randint(0, 2, (n,), generator=g), "x_adv": x_adv}
+    from core.prediction import load_model, run_model_path
+
+    model, _ = load_model(run_model_path(run_id))
+    with torch.no_grad():
+        pred = torch.cat([model(part).argmax(1) for part in x_adv.split(500)])
+    found = {"norm": norm, "by": torch.randint(0, 2, (n,), generator=g), "x_adv": x_adv,
+             "adv_pred": pred}
     from core.paths import run_dir
 
     folder = run_dir(curve_id)
@@ -258,21 +264,24 @@ def curve_moves(page, url: str, run_id: str, moves: int) -> dict[str, list[float
     slider = page.get_by_role("slider", name="continuous", exact=False)
     expect(slider).to_be_visible(timeout=120_000)
     page.wait_for_selector(".js-plotly-plot", timeout=120_000)
+    # the page's first run ends with the examples; a key pressed before it ends is one a
+    # fragment rerun can miss (measured apart: the load, not the move)
+    wait_for_text(page, "Broken at or below this ε")
     page.wait_for_timeout(2000)
     out: dict[str, list[float]] = {"metric": [], "marker": [], "example": []}
     at = ("(v) => { const gd = document.querySelector('.js-plotly-plot'); return gd && "
           "gd.layout && gd.layout.shapes && gd.layout.shapes.length && "
-          "Math.abs(gd.layout.shapes[0].x0 - v) < 1e-9; }")
+          "Math.abs(gd.layout.shapes[0].x0 - v) < 6e-5; }")
     for k in range(moves):
         # settled first: the marker shows the slider's value (a slow page may still be
         # drawing the previous move, whose arrival would pass for this one's)
-        page.wait_for_function(at, arg=float(slider.get_attribute("aria-valuenow")),
+        page.wait_for_function(at, arg=float(slider.get_attribute("aria-valuetext")),
                                timeout=60_000)
         page.wait_for_timeout(500)
         slider.focus()
         page.evaluate(CURVE_WATCH)
         page.keyboard.press("ArrowRight" if (k // 3) % 2 == 0 else "ArrowLeft")
-        value = float(slider.get_attribute("aria-valuenow"))
+        value = float(slider.get_attribute("aria-valuetext"))
         page.wait_for_function(at, arg=value, timeout=60_000)
         # the number and the examples change only when the step crossed an image's norm;
         # they come with the same rerun as the marker

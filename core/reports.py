@@ -230,8 +230,8 @@ def write_curve(folder: Path, spec, split: TensorData, found: dict[str, torch.Te
                 names: list[str], extra: dict | None = None) -> dict:
     """curve.json (per example: index, label, clean prediction's correctness, smallest norm,
     the attack that found it), curve.csv, curve.png (robust accuracy against epsilon with its
-    95% band) and curve_examples.safetensors (every image at its breaking point); returns the
-    summary."""
+    95% band) and curve_examples.safetensors (every image at its breaking point, with the
+    class there when ``found`` has ``adv_pred``); returns the summary."""
     from core.curve import RobustnessCurve
 
     norms = [float(v) for v in found["norm"]]
@@ -256,7 +256,9 @@ def write_curve(folder: Path, spec, split: TensorData, found: dict[str, torch.Te
     figures.curve_png(curve, folder / "curve.png",
                       f"{spec.norm} robustness curve, {curve.n:,} test images "
                       f"({', '.join(spec.attacks)})")
-    checkpoint.save(folder / "curve_examples.safetensors",
-                    {"x": split.floats(), "x_adv": found["x_adv"], "norm": found["norm"],
-                     "labels": split.labels, "index": index}, {"norm": spec.norm})
+    tensors = {"x": split.floats(), "x_adv": found["x_adv"], "norm": found["norm"],
+               "labels": split.labels, "index": index}
+    if "adv_pred" in found:  # the class at each breaking point: pages need not run the model
+        tensors["adv_pred"] = found["adv_pred"]
+    checkpoint.save(folder / "curve_examples.safetensors", tensors, {"norm": spec.norm})
     return summary

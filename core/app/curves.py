@@ -90,6 +90,8 @@ def _breaking_points(store: RunStore, model_run: str, which: str, path: str,
     from core.app.runs import model_for_run
 
     tensors, _ = checkpoint.load(Path(path))
+    if "adv_pred" in tensors:  # classified by the curve job
+        return tensors, tensors["adv_pred"].tolist()
     model, _ = model_for_run(store, model_run, which, device="cpu")  # the weights it attacked
     with torch.no_grad():
         predicted = torch.cat([model(chunk).argmax(1) for chunk in tensors["x_adv"].split(500)])

@@ -321,6 +321,7 @@ def curve(ctx) -> dict:
     and curves of the same weights kept, and checked with the fast audit's attacks at the
     budgets the user cares about; saved batch by batch so a stopped curve resumes; curve.json,
     curve.csv, curve.png and the examples at their breaking points."""
+    from core.audit.cascade import predict_labels
     from core.audit.minimal import AFTER, checked_at, known_points, smallest_norms
     from core.jobs import known
 
@@ -379,6 +380,8 @@ def curve(ctx) -> dict:
     if not ctx.is_main:
         return {}
     researched = int(merged["researched"].sum()) if "researched" in merged else 0
+    merged["adv_pred"] = torch.cat([predict_labels(model, part.to(device)).cpu()
+                                    for part in merged["x_adv"].split(batch)])
     summary = reports.write_curve(ctx.folder, spec, split, merged, names, extra={
         "researched_in_float32": researched, "checked_at": budgets,
         "started_from": known_runs})
