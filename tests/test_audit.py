@@ -240,7 +240,7 @@ class _ClaimsSuccess:
 def test_a_low_precision_success_float32_does_not_confirm_is_searched_again_in_float32():
     import torch
 
-    from core.audit.cascade import _confirmed
+    from core.audit.cascade import confirmed
     from core.attacks.speed import LowPrecision
 
     torch.manual_seed(0)
@@ -249,11 +249,11 @@ def test_a_low_precision_success_float32_does_not_confirm_is_searched_again_in_f
     y = model(x).argmax(1)  # every point correctly classified, so nothing was really broken
     attack = _ClaimsSuccess()
     search = LowPrecision(model)
-    adv, pred, found = _confirmed(attack, model, search, x, y, attack(search, x, y))
+    adv, pred, found = confirmed(attack, model, search, x, y, attack(search, x, y))
     assert attack.calls == 2  # the float32 search again, on the five doubted points
     assert torch.equal(pred, y) and found.all()  # float32 too claims it: a real silent success
     attack = _ClaimsSuccess()
-    _confirmed(attack, model, model, x, y, attack(model, x, y))
+    confirmed(attack, model, model, x, y, attack(model, x, y))
     assert attack.calls == 1  # a float32 search is not repeated
 
 

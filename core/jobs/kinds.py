@@ -340,9 +340,12 @@ def curve(ctx) -> dict:
     saved = _resumed(ctx, ledger)
     kept = saved[0] if saved else {}
     start = saved[1]["batch"] if saved else 0
-    budgets = _curve_checks(ctx, spec, saved)
-    known_rows, known_x, known_bound, known_runs = known.stored(
-        ctx.store, spec.model_run, spec.which, split, spec.norm)
+    # the run store is rank 0's: under torchrun it reads, and every rank gets the same
+    shared = (_curve_checks(ctx, spec, saved), known.stored(
+        ctx.store, spec.model_run, spec.which, split, spec.norm)) if ctx.is_main else None
+    if ctx.rank.world > 1:
+        shared = distributed.gather_objects(ctx.rank, shared)[0]
+    budgets, (known_rows, known_x, known_bound, known_runs) = shared
     if known_runs:
         ctx.say(f"starting from {len(known_x):,} adversarial examples kept by "
                 f"{len(known_runs)} earlier audit(s) and curve(s) of these weights")
