@@ -16,14 +16,16 @@ pytestmark = [requires_mnist, pytest.mark.slow]  # real audits and re-runs
 
 @pytest.fixture(scope="module")
 def carded(mnist_model, tmp_path_factory):
-    """A fast audit of the shared MNIST model at L-inf 0.1 on 60 images, and its card."""
+    """A fast audit (20 steps) of the shared MNIST model at L-inf 0.1 on 60 images, and its
+    card."""
     from core.app.cli import main
     from core.jobs.runner import create, execute
     from core.jobs.specs import AuditSpec, EvaluateSpec
 
     _, _, run_id = mnist_model
     store = RunStore()
-    audit = create(store, AuditSpec(model_run=run_id, eps=0.1, version="fast", n=60, seed=4))
+    audit = create(store, AuditSpec(model_run=run_id, eps=0.1, version="fast", n=60, seed=4,
+                                    steps=20))
     execute(store, audit, echo=False)
     execute(store, create(store, EvaluateSpec(model_run=run_id, n=200)), echo=False)
     folder = tmp_path_factory.mktemp("card")
