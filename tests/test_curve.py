@@ -105,7 +105,11 @@ def test_the_curve_job_is_never_weaker_than_pgd_on_its_own_images(mnist_model, t
 
     shown = broken_examples(store, store.get(curve_id), 0.1)
     assert len(shown) == min(8, curve.robust(0.0) - curve.robust(0.1))
-    assert shown and all(0 < e["norm"] <= 0.1 and e["predicted"] != e["label"] for e in shown)
+    # a point an audit projected onto the 0.1 ball measures 0.1 in float32 (0.10000000149)
+    from core.curve import FLOAT32_ROUNDING
+
+    assert shown and all(0 < e["norm"] <= 0.1 * (1 + FLOAT32_ROUNDING) and
+                         e["predicted"] != e["label"] for e in shown)
     assert [e["norm"] for e in shown] == sorted((e["norm"] for e in shown), reverse=True)
 
 
