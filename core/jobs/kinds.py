@@ -364,13 +364,10 @@ def curve(ctx) -> dict:
         x, y = split.floats(idx).to(device), split.labels[idx].to(device)
         watch = work.watcher(ctx, k * batch * work.per_image, len(idx))
         found = smallest_norms(model, search, x, y, attacks, choice.bf16, watch("search"))
-        where = {int(p): j for j, p in enumerate(idx.tolist())}
-        pick = [j for j, r in enumerate(known_rows.tolist()) if r in where]
-        known_points(model, x, y, found, torch.tensor([where[int(known_rows[j])] for j in pick],
-                                                      dtype=torch.long, device=device),
-                     known_x[pick] if pick else known_x[:0],
-                     known_bound[pick] if pick else known_bound[:0], spec.norm,
-                     names.index("stored"))
+        local = row_in_batch(idx, len(split))[known_rows] if len(known_rows) else known_rows
+        pick = local >= 0  # the kept examples of this batch's images
+        known_points(model, x, y, found, local[pick].to(device), known_x[pick],
+                     known_bound[pick], spec.norm, names.index("stored"))
         if budgets:
             checked_at(model, search, x, y, found, budgets, spec.norm, spec.steps, spec.seed,
                        names.index("apgd-ce"), watch("check"))
@@ -393,6 +390,13 @@ def curve(ctx) -> dict:
     ctx.store.set_summary(ctx.run_id, summary)
     ledger.clear()
     return summary
+
+
+def row_in_batch(idx: torch.Tensor, total: int) -> torch.Tensor:
+    """For each of ``total`` split rows, its row in the batch ``idx`` (-1: not in it)."""
+    lookup = torch.full((total,), -1, dtype=torch.long)
+    lookup[idx] = torch.arange(len(idx))
+    return lookup
 
 
 def _curve_checks(ctx, spec: CurveSpec, saved) -> list[float]:
