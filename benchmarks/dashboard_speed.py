@@ -215,17 +215,26 @@ def synthetic_curve(store, run_id: str, n: int, seed: int = 0) -> str:
     return curve_id
 
 
-# Installed before each key press on the curve's slider: when the key arrives, and when the
-# robust accuracy, the chart's ε marker (Plotly's layout.shapes) and the first example's
-# caption each change (the next animation frame after: the paint that shows it).
-CURVE_WATCH = """() => {
-  const metric = () => { const m = [...document.querySelectorAll('[data-testid="stMetric"]')]
+# The robust accuracy and the chart's ε marker, in either version of the page: the curve
+# slider component drawn in the browser (pages/curve_slider.py), or Streamlit's metric and
+# Plotly's layout.shapes (before it).
+READERS = """
+  const metric = () => { const c = document.querySelector(
+        '[data-testid="curve-robust"] [data-testid="curve-metric-value"]');
+      if (c) return c.textContent;
+      const m = [...document.querySelectorAll('[data-testid="stMetric"]')]
       .find(e => e.textContent.includes('Robust accuracy'));
       const v = m && m.querySelector('[data-testid="stMetricValue"]');
       return v ? v.textContent : null; };
-  const marker = () => { const gd = document.querySelector('.js-plotly-plot');
+  const marker = () => { const c = document.querySelector('[data-testid="curve-marker"]');
+      if (c) return c.getAttribute('data-eps');
+      const gd = document.querySelector('.js-plotly-plot');
       return gd && gd.layout && gd.layout.shapes && gd.layout.shapes.length ?
-        String(gd.layout.shapes[0].x0) : null; };
+        String(gd.layout.shapes[0].x0) : null; };"""
+# Installed before each key press on the curve's slider: when the key arrives, and when the
+# robust accuracy, the chart's ε marker and the first example's caption each change (the next
+# animation frame after: the paint that shows it).
+CURVE_WATCH = """() => {""" + READERS + """
   const example = () => { const c = [...document.querySelectorAll('[data-testid="stImageCaption"]')]
       .map(e => e.textContent).join('|'); return c || null; };
   const before = {metric: metric(), marker: marker(), example: example()};
@@ -263,15 +272,15 @@ def curve_moves(page, url: str, run_id: str, moves: int) -> dict[str, list[float
             page.keyboard.press("Escape")
     slider = page.get_by_role("slider", name="continuous", exact=False)
     expect(slider).to_be_visible(timeout=120_000)
-    page.wait_for_selector(".js-plotly-plot", timeout=120_000)
+    page.wait_for_selector('.js-plotly-plot, [data-testid="curve-marker"]', state="attached",
+                           timeout=120_000)
     # the page's first run ends with the examples; a key pressed before it ends is one a
     # fragment rerun can miss (measured apart: the load, not the move)
     wait_for_text(page, "Broken at or below this ε")
     page.wait_for_timeout(2000)
     out: dict[str, list[float]] = {"metric": [], "marker": [], "example": []}
-    at = ("(v) => { const gd = document.querySelector('.js-plotly-plot'); return gd && "
-          "gd.layout && gd.layout.shapes && gd.layout.shapes.length && "
-          "Math.abs(gd.layout.shapes[0].x0 - v) < 6e-5; }")
+    at = "(v) => {" + READERS + " const m = marker(); return m !== null && " \
+        "Math.abs(Number(m) - v) < 6e-5; }"
     for k in range(moves):
         # settled first: the marker shows the slider's value (a slow page may still be
         # drawing the previous move, whose arrival would pass for this one's)

@@ -5,7 +5,12 @@ as a user types it (``python -m core …``, a fresh process, stderr kept) in a s
 folder, reads the estimate, and compares it with the seconds from that line to the end of the
 process (what the estimate promises: loading the data and the model came before it). The target (issue 24): within 1.5x either way on an idle machine.
 
-    python benchmarks/estimates.py [--dataset mnist] [--quick]
+With ``--resumed`` it measures the estimates of resumed jobs instead (issue 39): each of the
+sweep, the two audits and the curve is started, stopped with Ctrl-C (SIGINT) once its
+progress passes ``--stop-at`` of the work, and continued with ``python -m core resume RUN``;
+the resume's estimate (of what is left) is compared with the resume's time.
+
+    python benchmarks/estimates.py [--dataset mnist] [--quick] [--resumed [--stop-at 0.4]]
 """
 from __future__ import annotations
 
@@ -76,6 +81,61 @@ def run(args: list[str]) -> tuple[str, str, float | None, float]:
     return run_id, "".join(lines), (end - said) if said else None, end - began
 
 
+RESUMED = ("sweep", "audit fast", "audit standard", "curve linf")
+
+
+def stopped(args: list[str], stop_at: float) -> str:
+    """Start ``python -m core ARGS``, send it SIGINT (a user's Ctrl-C) once its stored
+    progress passes ``stop_at``, and return the cancelled run's id."""
+    import signal
+
+    from core.jobs.store import RunStore
+
+    proc = subprocess.Popen([sys.executable, "-m", "core", *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, ROBUSTLAB_PROGRESS_EVERY="3600"))
+    store, run_id = RunStore(), None
+    while proc.poll() is None:
+        time.sleep(0.5)
+        if run_id is None:
+            fresh = [r for r in store.list_runs() if r.status == "running"]
+            run_id = fresh[0].id if fresh else None
+            continue
+        rows = store.metrics(run_id, ["progress"])
+        if rows and rows[-1]["value"] >= stop_at:
+            proc.send_signal(signal.SIGINT)
+            break
+    proc.communicate()
+    if run_id is None or store.get(run_id).status != "cancelled":
+        raise SystemExit(f"{' '.join(args)} ended before {stop_at:.0%} of it was done")
+    return run_id
+
+
+def resumed_main(opts, model: str) -> None:
+    """The resumed jobs' estimates against the resumes' times."""
+    print(f"{'command':16} {'stopped at':>10} {'estimate':>9} {'actual':>8} {'ratio':>6}")
+    rows = []
+    for label, args in commands(opts.dataset, opts.quick):
+        if label not in RESUMED:
+            continue
+        args = [model if a == "MODEL" else a for a in args]
+        args = [str(int(a) * 2) if prev == "-n" else a for prev, a in zip([""] + args, args)]
+        run_id = stopped(args, opts.stop_at)
+        _, err, after, _ = run(["resume", run_id])
+        first = FIRST.search(err)
+        if first is None or after is None:
+            print(f"{label:16} resume printed no estimate")
+            continue
+        est = seconds(first.group(1))
+        print(f"{label:16} {opts.stop_at:10.0%} {est:9.0f} {after:8.1f} {est / after:6.2f}",
+              flush=True)
+        rows.append((est, after))
+        if opts.show:
+            print("    " + next(ln for ln in err.splitlines() if FIRST.search(ln)))
+    worst = max(max(e / a, a / max(e, 0.5)) for e, a in rows)
+    print(f"worst resumed estimate: {worst:.2f}x off (target: within 1.5x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "cifar10"])
@@ -83,6 +143,10 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated labels to run (the model is trained "
                         "first in any case), e.g. 'audit fast'")
     parser.add_argument("--show", action="store_true", help="print each estimate line")
+    parser.add_argument("--resumed", action="store_true", help="stop each evaluation job "
+                        "part-way and compare its resume's estimate with the resume's time")
+    parser.add_argument("--stop-at", type=float, default=0.4,
+                        help="the share of the work done when the job is stopped")
     opts = parser.parse_args()
     os.environ["ROBUSTLAB_ARTIFACTS"] = tempfile.mkdtemp(prefix="robustlab-estimates-")
     from core.jobs.store import RunStore
@@ -90,6 +154,10 @@ def main() -> None:
     print(f"estimates against actual times, {opts.dataset}, {machine()}")
     print(f"{'command':16} {'estimate':>9} {'actual':>8} {'ratio':>6}")
     model, rows = None, []
+    if opts.resumed:
+        model, *_ = run(commands(opts.dataset, opts.quick)[0][1])
+        resumed_main(opts, model)
+        return
     wanted = {w.strip() for w in opts.only.split(",")} | {"train"} if opts.only else None
     for label, args in commands(opts.dataset, opts.quick):
         if wanted and label not in wanted:

@@ -98,6 +98,13 @@ def is_complete(path: str | os.PathLike) -> bool:
     return _sidecar(Path(path)).exists()
 
 
+def remove(path: str | os.PathLike) -> None:
+    """Delete a checkpoint: its sidecar first (so it is never complete without its tensors),
+    then its tensors."""
+    _sidecar(Path(path)).unlink(missing_ok=True)
+    Path(path).unlink(missing_ok=True)
+
+
 def read_sidecar(path: str | os.PathLike) -> dict[str, Any] | None:
     """A checkpoint's sidecar (its metadata) without reading the tensors; None while absent
     (the sidecar is written just after the tensors)."""

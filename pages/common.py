@@ -9,6 +9,7 @@ from core.confidence import interval_text
 from core.paths import InputError, artifacts_dir
 from core.progress import fmt_duration as fmt_seconds  # noqa: F401  (the pages' name for it)
 from core.app.preload import import_libraries
+from core.jobs import spare
 from core.jobs.store import RunStore
 
 
@@ -20,10 +21,18 @@ def _store_at(path: str) -> RunStore:
 @st.cache_resource(show_spinner=False)
 def warm_up() -> threading.Thread:
     """Start importing the pages' heavy libraries in the background, once per server, so that
-    no page's first visit waits for them. The libraries are third-party and never import the
-    pages' modules, so while a script waits for one of them the other thread never waits on
-    the script."""
-    thread = threading.Thread(target=import_libraries, name="robustlab-warm-up", daemon=True)
+    no page's first visit waits for them, and have a spare worker waiting for the next
+    job. The libraries are third-party and never import the pages' modules (and the spare's
+    module is imported here), so while a script waits for one of them the other thread never
+    waits on the script."""
+    store = get_store()
+
+    def warm() -> None:
+        import_libraries()
+        # the next job's worker, its imports done while nobody waits for them
+        spare.prepare(spare.environment(store.path))
+
+    thread = threading.Thread(target=warm, name="robustlab-warm-up", daemon=True)
     thread.start()
     return thread
 

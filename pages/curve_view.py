@@ -7,12 +7,11 @@ import math
 
 import streamlit as st
 
-from core.app.curves import (at, broken_examples, curve_checks, curve_of,
-                             find_curve, launch_curve)
+from core.app.curves import broken_examples, curve_checks, curve_of, find_curve, launch_curve
 from core.app.images import pair_display
-from core.figures import curve_figure, with_marker
 from core.jobs.store import Run, RunStore
-from pages.common import accuracy_metric, success_metric, job_bar, show_error
+from pages.common import job_bar, show_error
+from pages.curve_slider import curve_slider
 
 
 def curve_mode(store: RunStore, run: Run, n: int, classes: list[str]) -> None:
@@ -64,31 +63,21 @@ def _follow(store: RunStore, job_id: str) -> None:
 
 @st.fragment
 def _draw(store: RunStore, run: Run, job: Run, classes: list[str]) -> None:
-    """The slider and everything it moves; a move reruns only this fragment."""
+    """The slider and everything it moves: the numbers and the chart follow it in the
+    browser (pages/curve_slider.py); a move then reruns only this fragment, for the
+    examples."""
     curve = curve_of(job)
     finite = [v for v in curve.norms if 0 < v < math.inf]
     top = max(finite, default=0.3 if curve.norm == "linf" else 3.0) * 1.05
     median = curve.median()
     start = min(median if math.isfinite(median) else top / 2, top)
-    eps = st.slider(f"ε ({'L∞' if curve.norm == 'linf' else 'L2'}, pixel units; continuous)",
-                    0.0, float(top), float(round(start, 4)), step=float(top) / 1000,
-                    format="%.4f", key=f"curve-eps-{job.id}")
-    numbers = at(curve, eps)
-    cols = st.columns(4)
-    accuracy_metric(cols[0], "Clean accuracy", numbers["clean_acc"], numbers["n"])
-    accuracy_metric(cols[1], "Robust accuracy", numbers["robust_acc"], numbers["n"],
-                    delta=f"{(numbers['robust_acc'] - numbers['clean_acc']) * 100:+.1f} pp",
-                    help="Correct at ε: classified correctly and not broken at or below it")
-    success_metric(cols[2], numbers["success_rate"], numbers["clean_acc"], numbers["n"],
-                   help="Of the images classified correctly, the share broken at or below ε")
-    cols[3].metric("Median smallest norm", "above every norm found" if math.isinf(median)
-                   else f"{median:.4f}", help="Of the images classified correctly")
-    st.caption(f"ε = {eps:.4f}" + (f" = {eps * 255:.1f}/255" if curve.norm == "linf" else "")
-               + f" · {numbers['n']:,} test images · curve by {', '.join(job.config['attacks'])} "
-               f"({job.id[-9:]})")
     checks = curve_checks(store, run.id, job)
-    st.plotly_chart(with_marker(_figure(run, job, curve, checks), eps), width="stretch",
-                    key=f"curve-{job.id}")
+    marks = [{"eps": c["eps"], "acc": float(c["figure"].split("%")[0]) / 100,
+              "label": c["source"]} for c in checks]
+    eps = curve_slider(curve, top, start, marks=marks, key=f"curve-eps-{job.id}", caption=(
+        f"{curve.n:,} test images · curve by {', '.join(job.config['attacks'])} "
+        f"({job.id[-9:]})" + (" · ✕: fixed-budget figures on the same images" if marks
+                              else "")))
     if checks:
         weaker = [c for c in checks if c["verdict"].startswith("curve weaker")]
         # an audit's gap is reported; a PGD figure below the curve is a fault of the curve
@@ -99,19 +88,6 @@ def _draw(store: RunStore, run: Run, job: Run, classes: list[str]) -> None:
                        "fixed budget": c["figure"], "curve": c["curve"],
                        "gap": f"{c['gap_pp']:+.1f} pp", "": c["verdict"]} for c in checks])
     _examples(store, job, eps, classes)
-
-
-def _figure(run: Run, job: Run, curve, checks: list[dict]):
-    """The curve's chart, built once per curve and set of checks in this session; a slider
-    move only moves its marker."""
-    key = (job.id, tuple((c["source"], c["eps"], c["figure"]) for c in checks))
-    cached = st.session_state.get("curve-figure")
-    if cached is None or cached[0] != key:
-        fig = curve_figure({run.name or run.id[-9:]: curve}, None, [
-            {"eps": c["eps"], "acc": float(c["figure"].split("%")[0]) / 100,
-             "label": c["source"]} for c in checks])
-        cached = st.session_state["curve-figure"] = (key, fig)
-    return cached[1]
 
 
 def _examples(store: RunStore, job: Run, eps: float, classes: list[str]) -> None:

@@ -586,31 +586,34 @@ def test_the_slider_reads_a_curve_between_two_former_grid_points(mnist_model, pa
     expect(slider).to_be_visible(timeout=60_000)
     jobs = len(store.list_runs())
     slider.focus()
-    value = float(slider.input_value())
+    value = float(slider.get_attribute("data-eps"))  # the exact epsilon (shown: 4 decimals)
     while not 0.06 < value < 0.09:  # between two former grid points, on neither
         page.keyboard.press("ArrowLeft" if value > 0.09 else "ArrowRight")
-        page.wait_for_timeout(50)
-        value = float(slider.input_value())
-    expected = f"{at(curve, value)['robust_acc']:.2%}"
-    metric = page.get_by_test_id("stMetric").filter(has_text="Robust accuracy")
-    expect(metric.get_by_test_id("stMetricValue")).to_have_text(expected, timeout=30_000)
+        value = float(slider.get_attribute("data-eps"))
     numbers = at(curve, value)
-    expect(page.get_by_text(f"95% interval {interval_text(numbers['robust_acc'], numbers['n'])}"
-                            f" of {numbers['n']:,} images", exact=True)).to_be_visible()
+    robust = page.get_by_test_id("curve-robust")
+    expect(robust.get_by_test_id("curve-metric-value")).to_have_text(
+        f"{numbers['robust_acc']:.2%}", timeout=30_000)
+    expect(robust.get_by_text(f"95% interval {interval_text(numbers['robust_acc'], numbers['n'])}"
+                              f" of {numbers['n']:,} images", exact=True)).to_be_visible()
+    success = page.get_by_test_id("curve-success")
+    expect(success.get_by_test_id("curve-metric-value")).to_have_text(
+        f"{numbers['success_rate']:.2%}")
     assert not math.isclose(value, 0.05) and not math.isclose(value, 0.1)
     expect(page.get_by_text("Broken at or below this ε")).to_be_visible()
     page.screenshot(path=str(SHOTS / "15-attack-curve.png"), full_page=True)
     assert len(store.list_runs()) == jobs  # every epsilon read from the curve, no new job
-    # the chart's ε marker (Plotly's shape) follows each key: waited for as a state, with a
-    # generous bound (benchmarks/dashboard_speed.py --curves gives the figure)
-    marker = "(() => { const gd = document.querySelector('.js-plotly-plot'); " \
-             "return gd && gd.layout && gd.layout.shapes && gd.layout.shapes.length ? " \
-             "gd.layout.shapes[0].x0 : null; })()"
+    # the chart's ε marker follows each key: waited for as a state, with a generous bound
+    # (benchmarks/dashboard_speed.py --curves gives the figure)
+    marker = page.get_by_test_id("curve-marker")
     for key in ("ArrowRight", "ArrowRight", "ArrowLeft"):
         slider.focus()
         page.keyboard.press(key)
-        value = float(slider.get_attribute("aria-valuetext"))  # as shown: 4 decimals
-        page.wait_for_function(f"Math.abs({marker} - {value}) < 6e-5", timeout=3_000)
+        expect(marker).to_have_attribute("data-eps", slider.get_attribute("aria-valuetext"),
+                                         timeout=3_000)
+    # the examples follow the slider from the server: the largest breaking point shown is
+    # at or below the slider's epsilon
+    expect(page.get_by_text(re.compile(r" at 0\.\d{4}$")).first).to_be_visible(timeout=30_000)
 
 
 @pytest.mark.slow
@@ -745,7 +748,7 @@ def test_a_phone_width_train_and_attack(mnist_model, dashboard):
         _choose(page, "Attack", "curve (every ε)")
         slider = page.get_by_role("slider", name=re.compile("continuous"))
         expect(slider).to_be_visible(timeout=60_000)
-        metric = page.get_by_test_id("stMetric").filter(has_text="Robust accuracy")
+        metric = page.get_by_test_id("curve-robust")
         expect(metric).to_be_visible(timeout=30_000)
         gap = metric.bounding_box()["y"] - slider.bounding_box()["y"]
         assert 0 < gap < 844, gap  # the number the slider moves is on the same screen

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from core import checkpoint
 from core.attacks import build_attack
 from core.models import build_model
-from core.paths import InputError
+from core.paths import InputError, run_dir
 from core.app.images import read_upload
 from core.app.runs import progress
 from core.app.train import launch_training
@@ -50,18 +51,52 @@ def test_jobs_survive_the_process_that_launched_them():
     assert run_id in [r.id for r in RunStore().list_runs(kind="train")]
 
 
+@requires_mnist
+def test_a_spare_worker_runs_the_next_job_and_another_environment_gets_its_own(
+        mnist_model, monkeypatch):
+    """The spare waiting in the launcher (torch imported) takes the next job, writes its log
+    in the run's folder and is replaced; a launch under another environment does not use a
+    spare started in this one, which exits without running anything."""
+    from core.jobs import runner, spare
+    from core.jobs.specs import EvaluateSpec
+
+    store = RunStore()
+    spare.prepare(spare.environment(store.path))
+    first = spare.waiting()
+    assert first is not None
+    run_id = runner.create(store, EvaluateSpec(model_run=mnist_model[2], n=100))
+    assert runner.start_worker(store, run_id) == first
+    assert wait_for(lambda: store.get(run_id).status == "completed"), store.get(run_id).error
+    log = (run_dir(run_id) / "worker.log").read_text()
+    assert "one forward pass of each of 100 images" in log, log  # the job's own output
+    second = spare.waiting()
+    assert second is not None and second != first  # the next job's spare is waiting
+
+    monkeypatch.setenv("ROBUSTLAB_TEST_OTHER", "1")  # another environment
+    other = runner.create(store, EvaluateSpec(model_run=mnist_model[2], n=100))
+    assert runner.start_worker(store, other) != second
+    assert wait_for(lambda: store.get(other).status == "completed"), store.get(other).error
+    third = spare.waiting()
+    assert third not in (None, second)  # the old spare was retired, a new one prepared
+    assert wait_for(lambda: not Path(f"/proc/{second}").exists() or
+                    Path(f"/proc/{second}/stat").read_text().split()[2] == "Z", 60)
+    monkeypatch.delenv("ROBUSTLAB_TEST_OTHER")
+    spare.prepare(spare.environment(store.path))  # leave none bound to the test's variable
+
+
 @pytest.mark.parametrize("user_policy, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
 def test_workers_wait_passively_unless_the_user_says_otherwise(tmp_path, monkeypatch,
                                                                user_policy, expected):
     """Workers beside each other must not spin on the cores the others need; a user's own
     OMP_WAIT_POLICY wins."""
-    from core.jobs import runner
+    from core.jobs import runner, spare
 
     monkeypatch.setenv("ROBUSTLAB_ARTIFACTS", str(tmp_path))
     if user_policy is None:
         monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     else:
         monkeypatch.setenv("OMP_WAIT_POLICY", user_policy)
+    monkeypatch.setenv("ROBUSTLAB_SPARE_WORKER", "0")
     launched = []
 
     class Recorder:
@@ -69,7 +104,7 @@ def test_workers_wait_passively_unless_the_user_says_otherwise(tmp_path, monkeyp
             launched.append(kwargs["env"])
             self.pid = 1
 
-    monkeypatch.setattr(runner.subprocess, "Popen", Recorder)
+    monkeypatch.setattr(spare.subprocess, "Popen", Recorder)
     store = RunStore()
     run_id = store.create_run("train", TrainSpec(epochs=1, **SMALL).to_dict())
     runner.start_worker(store, run_id)

@@ -141,27 +141,60 @@ def test_a_grid_resumes_after_its_finished_points(mnist_model, monkeypatch):
     spec = GridSpec(model_run=model_run, attack="fgsm", budgets=[0.05, 0.1, 0.2], n=40)
     store = RunStore()
     stopped = create(store, spec)
-    original, calls = kinds._save_grid_point, []
+    original, calls = kinds.run_attack, []
 
-    def save_then_stop(ctx, k, *args):
-        original(ctx, k, *args)
-        calls.append(k)
-        if k == 1:
+    def stop_at_the_third(*args, **kwargs):  # a stop while the third point is computed
+        calls.append(len(calls))
+        if len(calls) == 3:
             raise Cancelled("test stop")
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(kinds, "_save_grid_point", save_then_stop)
+    monkeypatch.setattr(kinds, "run_attack", stop_at_the_third)
     with pytest.raises(Cancelled):
         execute(store, stopped, echo=False)
     first = [checkpoint.read_sidecar(grid_point_path(stopped, k))["summary"] for k in (0, 1)]
     reopen(store, stopped)
     execute(store, stopped, resume=True, echo=False)
-    assert calls == [0, 1, 2]  # the two finished points were not computed again
+    assert len(calls) == 4  # three, the last stopped; then only that one again
+    assert not (run_dir(stopped) / "ledger").exists()  # a finished grid keeps only its points
     monkeypatch.undo()
     whole = create(store, spec)
     execute(store, whole, echo=False)
     assert store.get(stopped).summary["adv_acc"] == store.get(whole).summary["adv_acc"]
     assert first == [checkpoint.read_sidecar(grid_point_path(whole, k))["summary"]
                      for k in (0, 1)]
+
+
+@requires_mnist
+def test_a_grid_whose_attack_code_changed_since_its_stop_starts_again(mnist_model, monkeypatch,
+                                                                       capsys):
+    """A grid's finished points are pinned like any ledger's batches: after a change of the
+    attacks' code version, the resume says so and computes every point again."""
+    from core.jobs import kinds, ledger
+    from core.jobs.specs import GridSpec
+
+    spec = GridSpec(model_run=mnist_model[2], attack="fgsm", budgets=[0.05, 0.1], n=20)
+    store = RunStore()
+    run = create(store, spec)
+    original, calls = kinds.run_attack, []
+
+    def stop_at_the_second(*args, **kwargs):
+        calls.append(len(calls))
+        if len(calls) == 2:
+            raise Cancelled("test stop")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(kinds, "run_attack", stop_at_the_second)
+    with pytest.raises(Cancelled):
+        execute(store, run, echo=False)
+    monkeypatch.setattr(ledger, "CODE_VERSION", ledger.CODE_VERSION + "-changed")
+    reopen(store, run)
+    capsys.readouterr()
+    execute(store, run, resume=True, echo=True)
+    assert len(calls) == 4  # one done, one stopped; then both again after the change
+    said = capsys.readouterr()
+    assert "attack code version" in said.out + said.err
+    assert store.get(run).status == "completed"
 
 
 # --- progress inside a stage: the count moves within one long batch ---------------------
@@ -255,16 +288,30 @@ def test_a_grid_computes_the_sliders_point_first_and_a_stopped_one_resumes_with_
     store = RunStore()
     spec = GridSpec(model_run=model_run, attack="pgd", params={"steps": 2}, n=20,
                     budgets=[0.05, 0.1, 0.2], first=2)
+    from core import checkpoint
+    from core.jobs import kinds
+
+    original, calls = kinds.run_attack, []
+
+    def stop_at_the_second(*args, **kwargs):  # stopped after its first point
+        calls.append(1)
+        if len(calls) == 2:
+            raise Cancelled("test stop")
+        return original(*args, **kwargs)
+
     run = create(store, spec, parent=model_run)
-    execute(store, run, echo=False)
-    made = [os.stat(grid_point_path(run, k)).st_mtime_ns for k in range(3)]
-    assert made[2] < made[0] < made[1]  # the slider's point first, then the rest in order
-    for k in (0, 1):  # stopped after its first point
-        grid_point_path(run, k).unlink()
-        grid_point_path(run, k).with_name(grid_point_path(run, k).name + ".json").unlink()
-    store.set_status(run, "cancelled", error="cancelled (cancel requested)")
+    kinds.run_attack = stop_at_the_second
+    try:
+        with pytest.raises(Cancelled):
+            execute(store, run, echo=False)
+    finally:
+        kinds.run_attack = original
+    assert not checkpoint.is_complete(grid_point_path(run, 0))
+    kept = os.stat(grid_point_path(run, 2)).st_mtime_ns
     again = launch_grid(store, spec)
     assert again.id == run
     assert wait_for(lambda: store.get(run).status == "completed")
-    assert os.stat(grid_point_path(run, 2)).st_mtime_ns == made[2]  # kept, not recomputed
+    made = [os.stat(grid_point_path(run, k)).st_mtime_ns for k in range(3)]
+    assert made[2] == kept  # kept, not recomputed
+    assert made[2] < made[0] < made[1]  # the slider's point first, then the rest in order
     assert sorted(store.get(run).summary["adv_acc"]) == ["0", "1", "2"]

@@ -199,13 +199,20 @@ def grid(ctx) -> dict:
     split = split_for(meta, spec, "test", spec.n, spec.seed)
     budgets = spec.budgets if attack_.budget else [None]
     ctx.progress.start(len(budgets) * len(split))
-    done, device = {}, next(model.parameters()).device
+    device = next(model.parameters()).device
+    # the ledger pins what the points were computed under; the points are its result files
+    ledger = _ledger(ctx, meta, split, device)
+    saved = _resumed(ctx, ledger)
+    done: dict[str, float] = dict(saved[1]["done"]) if saved is not None else {}
+    if ctx.resume and ctx.is_main:
+        _drop_unrecorded_points(ctx.run_id, len(budgets), done)
+        if done:
+            ctx.say(f"continuing with {len(budgets) - len(done)} of {len(budgets)} budgets "
+                    f"({len(done)} finished before the stop are kept)")
     # the point under the dashboard's slider first, then the rest in order
     order = sorted(range(len(budgets)), key=lambda k: k != spec.first)
     for step, (k, budget) in enumerate((k, budgets[k]) for k in order):
-        if ctx.resume and ctx.is_main and checkpoint.is_complete(grid_point_path(ctx.run_id, k)):
-            done[str(k)] = checkpoint.read_sidecar(grid_point_path(ctx.run_id, k))["summary"][
-                "adv_acc"]  # finished before the stop; the same seeds would give the same point
+        if str(k) in done:  # finished before the stop; the same seeds would give the same point
             ctx.progress.start(len(budgets) * len(split), done=(step + 1) * len(split))
             continue
         concrete = with_budget(attack_, budget) if budget is not None else attack_
@@ -216,11 +223,22 @@ def grid(ctx) -> dict:
                    if key not in ("confusion_adv", "confusion_clean", "per_class_adv_acc")}
         _save_grid_point(ctx, k, outcome, model, device, summary)
         done[str(k)] = summary["adv_acc"]  # the point's sidecar is the record pages read
+        if ctx.is_main:
+            ledger.save({}, {"done": done})
+    ledger.clear()
     done = {key: done[key] for key in sorted(done, key=int)}
     result = {"adv_acc": done, "budgets": budgets, "n": len(split), "source": split.source,
               "classes": split.classes, "kind": ATTACKS[spec.attack].kind}
     ctx.store.set_summary(ctx.run_id, result)
     return result
+
+
+def _drop_unrecorded_points(run_id: str, count: int, done: dict[str, float]) -> None:
+    """Remove the point files a resume cannot vouch for: those its ledger does not list (a
+    stop between a point's file and its ledger shard, or a ledger set aside as changed)."""
+    for k in range(count):
+        if str(k) not in done:
+            checkpoint.remove(grid_point_path(run_id, k))
 
 
 def _save_grid_point(ctx, k: int, outcome, model: nn.Module, device: torch.device,

@@ -13,8 +13,6 @@ import json
 import os
 import secrets
 import sqlite3
-import subprocess
-import sys
 import threading
 import traceback
 from dataclasses import dataclass, field
@@ -25,8 +23,9 @@ from core import distributed
 from core.cancellation import STATE as CANCEL
 from core.checks import clean_name
 from core.cancellation import Cancelled
-from core.paths import PROJECT_ROOT, InputError, environment_problem, run_dir, runs_root
+from core.paths import InputError, environment_problem, run_dir, runs_root
 from core.progress import Progress, Quiet
+from core.jobs import spare
 from core.jobs.preflight import preflight
 from core.jobs.specs import Spec, spec_from_config
 from core.jobs.store import Run, RunStore, restart_hint, resume_refusal
@@ -232,21 +231,19 @@ def submit(store: RunStore, spec: Spec, parent: str | None = None,
 
 def start_worker(store: RunStore, run_id: str, resume: bool = False,
                  evaluate_after: bool = False) -> int:
-    """Spawn a detached, lower-priority worker for ``run_id`` (it survives the caller, e.g. the
-    dashboard server, whose responsiveness it must not take)."""
+    """Start a detached, lower-priority worker for ``run_id`` (it survives the caller, e.g.
+    the dashboard server, whose responsiveness it must not take): the waiting spare when one
+    was started in this environment, else a new process; then prepare the next spare."""
     log_path = run_dir(run_id) / "worker.log"
-    cmd = [sys.executable, "-m", "core.jobs.worker", run_id] + (["--resume"] if resume else []) + (
+    argv = [run_id] + (["--resume"] if resume else []) + (
         ["--evaluate-after"] if evaluate_after else [])
-    env = dict(os.environ, ROBUSTLAB_DB=str(store.path), PYTHONUNBUFFERED="1")
-    # Workers often run beside each other and the dashboard: OpenMP threads that spin while
-    # they wait take the cores the others need (three trainings at once on 2 cores: 16.3 s
-    # spinning, 10.3 s passive; one alone: about 6% slower). Same thread count, same numbers.
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen(cmd, cwd=str(PROJECT_ROOT), stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-                                preexec_fn=lambda: os.nice(5))
-    return proc.pid
+    env = spare.environment(store.path)
+    pid = spare.hand(env, argv, log_path)
+    if pid is None:
+        with open(log_path, "ab") as out:
+            pid = spare.spawn(env, stdout=out, argv=argv).pid
+    spare.prepare(env)
+    return pid
 
 
 def reopen(store: RunStore, run_id: str) -> Run:
@@ -279,7 +276,16 @@ def _evaluate_finished_model(store: RunStore, run_id: str) -> None:
 
 
 def worker_main(argv: list[str]) -> int:
-    """Entry point of ``python -m core.jobs.worker RUN [--resume]``."""
+    """Entry point of ``python -m core.jobs.worker RUN [--resume]`` (or ``--spare``: wait
+    for the run on standard input, :mod:`core.jobs.spare`)."""
+    if argv[:1] == ["--spare"]:
+        order = spare.wait_for_job()
+        if order is None:
+            return 0
+        argv, log_path = order
+        spare.redirect_output(log_path)
+    # a worker launches at most the evaluation of its model: a spare would wait in vain
+    os.environ["ROBUSTLAB_SPARE_WORKER"] = "0"
     run_id, resume = argv[0], "--resume" in argv[1:]
     store = RunStore(os.environ.get("ROBUSTLAB_DB") or None)
     try:
