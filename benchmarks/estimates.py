@@ -77,7 +77,8 @@ def run(args: list[str]) -> tuple[str, str, float | None, float]:
     if proc.wait():
         raise SystemExit(f"{' '.join(args)} failed: {''.join(lines)[-1500:]}")
     end = time.perf_counter()
-    run_id = re.search(r"run (\S+?):", out + "".join(lines)).group(1)
+    named = re.search(r"run (\S+?):", out + "".join(lines))  # a resume names no new run
+    run_id = named.group(1) if named else None
     return run_id, "".join(lines), (end - said) if said else None, end - began
 
 
@@ -152,12 +153,12 @@ def main() -> None:
     from core.jobs.store import RunStore
 
     print(f"estimates against actual times, {opts.dataset}, {machine()}")
-    print(f"{'command':16} {'estimate':>9} {'actual':>8} {'ratio':>6}")
     model, rows = None, []
     if opts.resumed:
         model, *_ = run(commands(opts.dataset, opts.quick)[0][1])
         resumed_main(opts, model)
         return
+    print(f"{'command':16} {'estimate':>9} {'actual':>8} {'ratio':>6}")
     wanted = {w.strip() for w in opts.only.split(",")} | {"train"} if opts.only else None
     for label, args in commands(opts.dataset, opts.quick):
         if wanted and label not in wanted:

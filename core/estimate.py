@@ -125,14 +125,15 @@ SURVIVING_SHARE = 0.7
 
 def audit_seconds(plan: list, n: int, correct: float, broken: float, per_attack_pass: float,
                   steps: int, per_float32_pass: float | None = None,
-                  per_call: float = 0.0) -> float:
+                  per_call: float = 0.0, done: float = 0.0) -> float:
     """Estimated seconds of an audit of ``n`` images, ``per_attack_pass`` being one timed
     attack gradient pass per image of its search (:func:`seconds_per_attack_pass`),
     ``per_float32_pass`` one of the float32 model (the indicators') and ``per_call`` one pass
     of a single image (the floor of a pass over a few points): the first stage sees the
     ``correct`` share, of which a short probe broke ``broken`` (those leave early); every
     later stage and the indicators' longer APGD see only the survivors; the indicators'
-    probes (128 images) come on top."""
+    probes (128 images) come on top. ``done``: the cascade's stages already behind a resume
+    (1.5: the first stage and half of the second), whose time is not counted again."""
     entering = n * correct
     survivors = entering * (1 - broken) * SURVIVING_SHARE
 
@@ -144,9 +145,10 @@ def audit_seconds(plan: list, n: int, correct: float, broken: float, per_attack_
     seconds = 0.0
     for k, stage in enumerate(plan):
         g = stage.attack.gradients_per_image()
-        seconds += stage_passes(survivors, g, per_attack_pass)
+        cost = stage_passes(survivors, g, per_attack_pass)
         if k == 0:
-            seconds += (entering - survivors) * BROKEN_SHARE * g * per_attack_pass
+            cost += (entering - survivors) * BROKEN_SHARE * g * per_attack_pass
+        seconds += cost * min(max(k + 1 - done, 0.0), 1.0)  # the share of it still to do
     seconds += stage_passes(survivors, 2 * steps, f32)
     seconds += 128 * (20 + 3 * max(10, steps // 5) + 2) * f32
     return seconds + n * per_attack_pass + REPORT_S  # n: the clean and verdict forwards

@@ -256,6 +256,23 @@ def test_the_audit_estimate_counts_survivors_and_the_floor_of_a_small_batch():
     assert floor > estimate.audit_seconds(broken=0.5, per_call=0.0, **few) + 1.0
 
 
+def test_a_resumed_audits_estimate_counts_only_the_stages_left():
+    """After a resume, the stages behind it cost nothing, the stage in progress its share
+    left, and the indicators and verdict forwards, which always run, their whole time."""
+    from core import audit, estimate
+    from core.threat import ThreatModel
+
+    plan = audit.stages("standard", ThreatModel("linf", 0.1))
+    base = dict(plan=plan, n=1000, correct=0.9, broken=0.3, per_attack_pass=1e-4, steps=100)
+    whole = estimate.audit_seconds(**base)
+    after = [estimate.audit_seconds(done=d, **base) for d in (1.0, 1.5, 2.0, 4.0)]
+    assert whole > after[0] > after[1] > after[2] > after[3] > 0
+    # half of the second stage is half of what the second stage adds
+    assert after[0] - after[1] == pytest.approx((after[0] - after[2]) / 2)
+    # nothing of the cascade left: only what every audit ends with
+    assert after[3] == pytest.approx(estimate.audit_seconds(**dict(base, plan=[])))
+
+
 @requires_mnist
 def test_a_curve_stopped_after_a_batch_resumes_to_the_same_norms(mnist_model, monkeypatch):
     from core.jobs.specs import CurveSpec

@@ -163,15 +163,20 @@ def sweep(ctx) -> dict:
     split = split_for(meta, spec, "test", spec.n, spec.seed)
     per_pass = _per_pass(model, split, spec.batch_size, attack=True)
     points = [(a, b) for a in attacks for b in (spec.budgets if a.budget else [None])]
-    seconds = sum(estimate.attack_run_seconds(a, len(split), per_pass) for a, _ in points) + \
-        estimate.REPORT_S
-    ctx.say(estimate.line(seconds, f"{len(points)} attack runs on {len(split):,} images"))
     ledger = _ledger(ctx, meta, split, next(model.parameters()).device)
     saved = _resumed(ctx, ledger)
     behind = 0
     if saved is not None:
         current = saved[1].get("current") or {}
         behind = saved[1]["point"] * len(split) + current.get("next", 0)
+    # a resume's estimate covers the attack runs, or parts of them, still to do
+    costs = [estimate.attack_run_seconds(a, len(split), per_pass) for a, _ in points]
+    seconds = sum(cost * min(max((k + 1) - behind / max(len(split), 1), 0.0), 1.0)
+                  for k, cost in enumerate(costs)) + estimate.REPORT_S
+    ctx.say(estimate.line(seconds, f"{len(points)} attack runs on {len(split):,} images" + (
+        f"; what is left after the resume: {len(points) * len(split) - behind:,} of "
+        f"{len(points) * len(split):,} image-runs" if behind else "")))
+    if saved is not None:
         ctx.say(f"continuing with attack run {saved[1]['point'] + 1} of {len(points)} "
                 "(the finished batches are kept in the run's folder)")
     ctx.progress.start(len(points) * len(split), done=behind)
@@ -302,8 +307,9 @@ def audit(ctx) -> dict:
     saved = _resumed(ctx, ledger)
     work = _AuditWork(plan, len(split))
     behind = work.at(_cascade_done(saved, len(split), batch))
-    # a resumed audit states what is left: the share of its attack passes still to do
-    ctx.say(_audit_estimate(model, split, plan, spec, low, 1 - behind / work.total))
+    # a resumed audit states what is left: the stages, or parts of them, still to do
+    ctx.say(_audit_estimate(model, split, plan, spec, low,
+                            _cascade_done(saved, len(split), batch) / max(len(split), 1)))
     ctx.say(f"searching in {'bfloat16' if low else 'float32'} ({search.reason}); every verdict "
             "in float32")
     if saved is not None:
@@ -367,7 +373,9 @@ def curve(ctx) -> dict:
     if known_runs:
         ctx.say(f"starting from {len(known_x):,} adversarial examples kept by "
                 f"{len(known_runs)} earlier audit(s) and curve(s) of these weights")
-    work = _CurveWork(model, search, split, batch, attacks, budgets, spec, choice.bf16)
+    shares = [known.audited_robust_share(ctx.store, spec.model_run, spec.norm, b, spec.which)
+              if ctx.store is not None else None for b in budgets]
+    work = _CurveWork(model, search, split, batch, attacks, budgets, spec, choice.bf16, shares)
     ctx.say(work.estimate(len(split) - min(start * batch, len(mine)) * max(ctx.rank.world, 1),
                           saved is not None))
     ctx.say(f"searching in {'bfloat16' if choice.bf16 else 'float32'} ({choice.reason}); every "
@@ -441,7 +449,8 @@ class _CurveWork:
     """A curve's cost in gradient passes per image (the minimum-norm attacks, then at most the
     check's attacks at each budget) and its progress within a batch."""
 
-    def __init__(self, model, search, split, batch, attacks, budgets, spec, bf16) -> None:
+    def __init__(self, model, search, split, batch, attacks, budgets, spec, bf16,
+                 shares: list[float | None] | None = None) -> None:
         from core.audit.cascade import stages
         from core.threat import ThreatModel
 
@@ -449,6 +458,10 @@ class _CurveWork:
         check = [s.attack.gradients_per_image() for s in stages(
             "fast", ThreatModel(spec.norm, max(budgets, default=1.0)), spec.steps)]
         self.check = check * len(budgets)
+        # the check sees only the images unbroken at its budget: about an audit's robust share
+        # there where one exists, else all of them (an upper bound)
+        shares = shares or [None] * len(budgets)
+        self.expected_check = sum(check) * sum(1.0 if s is None else s for s in shares)
         self.attacks = [a.name for a in attacks]
         self.per_image = sum(self.search) + sum(self.check)
         # the check's APGD runs on the search model; a minimum-norm search keeps its points at
@@ -459,14 +472,16 @@ class _CurveWork:
         self.search_pass = fp32 + self.check_pass if bf16 else fp32
 
     def estimate(self, left: int, resumed: bool) -> str:
-        """The line that says how long what is left takes (the check counted in full: an
-        upper bound where the search breaks most images first)."""
+        """The line that says how long what is left takes (the check counted on the share of
+        images the model's audits left unbroken at its budgets, in full where none did)."""
         left = max(left, 0)
         what = f"{', '.join(self.attacks)}: {sum(self.search):,} gradient passes per image"
         if self.check:
-            what += f", the check at most {sum(self.check):,} more"
+            what += (f", the check at most {sum(self.check):,} more (about "
+                     f"{self.expected_check:,.0f} on average: it sees only unbroken images)")
         what += f", {left:,} images" + (" (what is left)" if resumed else "")
-        seconds = left * (sum(self.search) * self.search_pass + sum(self.check) * self.check_pass)
+        seconds = left * (sum(self.search) * self.search_pass +
+                          self.expected_check * self.check_pass)
         return estimate.line(seconds + estimate.REPORT_S, what)
 
     def watcher(self, ctx, done_before: int, size: int):
@@ -510,10 +525,10 @@ def _resumed(ctx, ledger: Ledger):
 
 
 def _audit_estimate(model: nn.Module, split: data.TensorData, plan: list, spec: AuditSpec,
-                    low: bool, left: float = 1.0) -> str:
+                    low: bool, done: float = 0.0) -> str:
     """The audit's estimate, from one timed attack pass and a probe of 64 images: how many
     are correct, and how many of those a 10-step APGD-CE breaks (they leave the cascade
-    early; the rest go through every stage); ``left``: the share still to do (a resume)."""
+    early; the rest go through every stage); ``done``: the stages behind a resume."""
     device = next(model.parameters()).device
     x, y = split.floats(slice(0, 64)).to(device), split.labels[:64].to(device)
     search = LowPrecision(model) if low else model
@@ -529,12 +544,24 @@ def _audit_estimate(model: nn.Module, split: data.TensorData, plan: list, spec: 
     correct, share = float(right.float().mean()), float(broken.float().mean()) if len(broken) \
         else 0.0
     seconds = estimate.audit_seconds(plan, len(split), correct, share, per_pass, spec.steps,
-                                     per_float32, per_call)
-    resumed = f"; what is left after the resume, {left:.0%} of the work" if left < 1 else ""
-    return estimate.line(seconds * left,
+                                     per_float32, per_call, done=done)
+    resumed = (f"; what is left after the resume: {_stages_left(plan, done)} and the "
+               "indicators" if done > 0 else "")
+    return estimate.line(seconds,
                          f"{', '.join(s.name for s in plan)} on {len(split):,} images; of 64 "
                          f"probed, {correct:.0%} correct and {share:.0%} of those broken by a "
                          f"10-step APGD-CE: later stages see only the rest{resumed}")
+
+
+def _stages_left(plan: list, done: float) -> str:
+    """'the rest of apgd-t, fab-t, square': the cascade still to do after ``done`` stages."""
+    k = int(done)
+    names = [s.name for s in plan[k:]]
+    if not names:
+        return "no stage"
+    part = done - k
+    return (f"{1 - part:.0%} of {names[0]}" if part > 0 else names[0]) + \
+        "".join(f", {n}" for n in names[1:])
 
 
 class _AuditWork:

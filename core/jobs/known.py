@@ -72,6 +72,18 @@ def _read(folder: Path, kind: str) -> tuple[torch.Tensor, torch.Tensor] | None:
     return tensors["index"][broken], tensors["x_adv"][broken]
 
 
+def audited_robust_share(store: RunStore, model_run: str, norm: str, eps: float,
+                         which: str | None = None) -> float | None:
+    """The lowest robust accuracy any completed audit of ``model_run`` found at ``eps`` in
+    ``norm`` (None: none audited there): about the share of images a curve's check sees."""
+    shares = [float(a.summary["robust_acc"]) for a in store.list_runs(
+        kind="audit", model_run=model_run, status="completed")
+        if a.config.get("norm") == norm and abs(float(a.config["eps"]) - eps) <= 1e-9 * eps
+        and (which is None or a.config.get("which", "final") == which)
+        and (a.summary or {}).get("robust_acc") is not None]
+    return min(shares) if shares else None
+
+
 def audited_budgets(store: RunStore, model_run: str, norm: str, which: str | None = None
                     ) -> list[float]:
     """The budgets of ``model_run``'s completed audits in ``norm`` (of its ``which`` weights,
