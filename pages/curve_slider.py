@@ -58,6 +58,7 @@ export default function (component) {
       '<svg data-testid="curve-chart" preserveAspectRatio="none"></svg>';
     parentElement.appendChild(root);
     const input = root.querySelector('input');
+    input.max = String(STEPS);  // before the value: a range input clamps it to its max (100)
     input.value = String(data.index);
     input.addEventListener('input', () => root.paint(Number(input.value)));
     input.addEventListener('change', () => setStateValue('index', Number(input.value)));
