@@ -84,8 +84,18 @@ export default function (component) {
     const half = z * Math.sqrt(p * (1 - p) / m + z * z / (4 * m * m)) / d;
     return [Math.min(Math.max(centre - half, 0), 1), Math.min(Math.max(centre + half, 0), 1)];
   };
-  const pct = (v) => (100 * v).toFixed(2) + '%';
-  const ci = (k, m) => { const [a, b] = wilson(k, m); return (100 * a).toFixed(1) + '-' + (100 * b).toFixed(1) + '%'; };
+  // as Python formats: the exact binary value rounded, an exact tie to the even digit
+  // (toFixed takes the larger one: 28.125 would read 28.13 here and 28.12 in core's text)
+  const fixed = (x, d) => {
+    const t = x * Math.pow(10, d);
+    if (Number.isInteger(2 * t) && !Number.isInteger(t)) {
+      const down = Math.floor(t);
+      return ((down % 2 === 0 ? down : down + 1) / Math.pow(10, d)).toFixed(d);
+    }
+    return x.toFixed(d);
+  };
+  const pct = (v) => fixed(100 * v, 2) + '%';
+  const ci = (k, m) => { const [a, b] = wilson(k, m); return fixed(100 * a, 1) + '-' + fixed(100 * b, 1) + '%'; };
   const esc = (t) => String(t).replace(/[&<>"']/g, (c) => '&#' + c.charCodeAt(0) + ';');
   const label = (eps) => eps.toFixed(4);
   const metric = (name, value, delta, note, id) =>
@@ -138,7 +148,7 @@ export default function (component) {
     const delta = 100 * (acc - clean);
     root.querySelector('.rl-curve-metrics').innerHTML =
       metric('Clean accuracy', pct(clean), '', '95% interval ' + ci(correct, n) + ' of ' + n.toLocaleString('en-US') + ' images', 'curve-clean') +
-      metric('Robust accuracy', pct(acc), (delta < 0 ? '-' : '+') + Math.abs(delta).toFixed(1) + ' pp',
+      metric('Robust accuracy', pct(acc), (delta < 0 ? '-' : '+') + fixed(Math.abs(delta), 1) + ' pp',
              '95% interval ' + ci(robust, n) + ' of ' + n.toLocaleString('en-US') + ' images', 'curve-robust') +
       metric('Attack success rate', correct ? pct(broken / correct) : '—', '',
              correct ? '95% interval ' + ci(broken, correct) + ' of ' + correct.toLocaleString('en-US') + ' correct images' : '', 'curve-success') +
