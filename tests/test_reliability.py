@@ -32,6 +32,7 @@ SMALL = dict(dataset="mnist", train_subset=1280, test_subset=200, batch_size=64,
 
 
 
+@pytest.mark.slow  # a real launcher process killed with SIGKILL
 @requires_mnist
 def test_jobs_survive_the_process_that_launched_them():
     """A launcher (like the dashboard server) killed with SIGKILL does not take its job along;
@@ -51,6 +52,7 @@ def test_jobs_survive_the_process_that_launched_them():
     assert run_id in [r.id for r in RunStore().list_runs(kind="train")]
 
 
+@pytest.mark.slow  # real worker processes
 @requires_mnist
 def test_a_spare_worker_runs_the_next_job_and_another_environment_gets_its_own(
         mnist_model, monkeypatch):
