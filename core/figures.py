@@ -391,7 +391,7 @@ def curve_figure(curves: dict, current: float | None = None, marks: Sequence[dic
                                  showlegend=False))
         fig.add_trace(go.Scatter(x=eps, y=[d[2] for d in drawn], mode="lines",
                                  line=dict(width=0, shape="hv"), fill="tonexty",
-                                 fillcolor=_faded(colour), hoverinfo="skip",
+                                 fillcolor=faded(colour), hoverinfo="skip",
                                  showlegend=False))
         fig.add_trace(go.Scatter(x=eps, y=[d[1] for d in drawn], mode="lines", name=name,
                                  line=dict(color=colour, width=2, shape="hv"),
@@ -422,8 +422,8 @@ def with_marker(fig: go.Figure, current: float | None) -> go.Figure:
     return fig
 
 
-def _faded(colour: str, alpha: float = 0.15) -> str:
-    """A ``#rrggbb`` colour as rgba with ``alpha``."""
+def faded(colour: str, alpha: float = 0.15) -> str:
+    """A ``#rrggbb`` colour as rgba with ``alpha`` (a band's fill)."""
     c = colour.lstrip("#")
     return f"rgba({int(c[0:2], 16)}, {int(c[2:4], 16)}, {int(c[4:6], 16)}, {alpha})"
 

@@ -13,22 +13,13 @@ from streamlit.components.v2 import component
 
 from core.curve import FLOAT32_ROUNDING, RobustnessCurve
 from core.confidence import Z95
+from core.figures import PALETTE, faded
+from pages.epsilon_slider import range_css
 
-_CSS = """
+_CSS = range_css(".rl-curve") + """
 .rl-curve { font-family: var(--st-font, "Source Sans Pro", sans-serif); color: var(--st-text-color, #31333f); }
 .rl-curve-head { display: flex; justify-content: space-between; font-size: 0.875rem; margin-bottom: 0.25rem; }
 .rl-curve-value { font-weight: 600; color: var(--st-primary-color, #ff4b4b); }
-.rl-curve input[type=range] { width: 100%; margin: 0.4rem 0; background: transparent;
-  -webkit-appearance: none; appearance: none; }
-.rl-curve input[type=range]:focus { outline: none; }
-.rl-curve input[type=range]::-webkit-slider-runnable-track { height: 4px; border-radius: 2px;
-  background: rgba(49, 51, 63, 0.2); }
-.rl-curve input[type=range]::-webkit-slider-thumb { -webkit-appearance: none; width: 14px;
-  height: 14px; margin-top: -5px; border-radius: 50%; background: var(--st-primary-color, #ff4b4b); }
-.rl-curve input[type=range]:focus-visible::-webkit-slider-thumb { box-shadow: 0 0 0 4px rgba(0, 0, 0, 0.15); }
-.rl-curve input[type=range]::-moz-range-track { height: 4px; border-radius: 2px; background: rgba(49, 51, 63, 0.2); }
-.rl-curve input[type=range]::-moz-range-thumb { width: 14px; height: 14px; border: none;
-  border-radius: 50%; background: var(--st-primary-color, #ff4b4b); }
 .rl-curve-ends { display: flex; justify-content: space-between; font-size: 0.75rem; opacity: 0.6; }
 .rl-curve-metrics { display: grid; grid-template-columns: repeat(auto-fit, minmax(9rem, 1fr));
   gap: 0.5rem 1rem; margin-top: 0.75rem; }
@@ -175,7 +166,7 @@ STEPS = 1000  # slider positions from 0 to the top of the chart
 
 
 def curve_slider(curve: RobustnessCurve, top: float, start: float, caption: str,
-                 marks: list[dict], key: str, colour: str = "#1f77b4") -> float:
+                 marks: list[dict], key: str, colour: str = PALETTE[0]) -> float:
     """Mount the slider, numbers and chart of ``curve`` from 0 to ``top`` (``marks``:
     fixed-budget figures, ``eps``, ``acc`` and ``label``, drawn as ✕); return the chosen
     epsilon (``start`` until the user moves it)."""
@@ -190,12 +181,7 @@ def curve_slider(curve: RobustnessCurve, top: float, start: float, caption: str,
             "median": "above every norm found" if math.isinf(median) else
             ("—" if math.isnan(median) else f"{median:.4f}"),
             "axis": f"ε ({'L∞' if curve.norm == 'linf' else 'L2'}, pixel units)",
-            "caption": caption, "colour": colour, "band": _faded(colour)}
+            "caption": caption, "colour": colour, "band": faded(colour)}
     result = _slider(key=key, data=data, default={"index": index}, on_index_change=lambda: None)
     chosen = result.index if isinstance(result.index, int) else index
     return top * min(max(chosen, 0), STEPS) / STEPS
-
-
-def _faded(colour: str, alpha: float = 0.15) -> str:
-    c = colour.lstrip("#")
-    return f"rgba({int(c[0:2], 16)}, {int(c[2:4], 16)}, {int(c[4:6], 16)}, {alpha})"

@@ -6,22 +6,28 @@ from __future__ import annotations
 
 from streamlit.components.v2 import component
 
-_CSS = """
+def range_css(scope: str) -> str:
+    """The look of a Streamlit slider for the range input inside ``scope`` (a CSS class)."""
+    return """
+SCOPE input[type=range] { width: 100%; margin: 0.4rem 0; background: transparent;
+  -webkit-appearance: none; appearance: none; }
+SCOPE input[type=range]:focus { outline: none; }
+SCOPE input[type=range]::-webkit-slider-runnable-track { height: 4px; border-radius: 2px;
+  background: rgba(49, 51, 63, 0.2); }
+SCOPE input[type=range]::-webkit-slider-thumb { -webkit-appearance: none; width: 14px;
+  height: 14px; margin-top: -5px; border-radius: 50%; background: var(--st-primary-color, #ff4b4b); }
+SCOPE input[type=range]:focus-visible::-webkit-slider-thumb { box-shadow: 0 0 0 4px rgba(0, 0, 0, 0.15); }
+SCOPE input[type=range]::-moz-range-track { height: 4px; border-radius: 2px;
+  background: rgba(49, 51, 63, 0.2); }
+SCOPE input[type=range]::-moz-range-thumb { width: 14px; height: 14px; border: none;
+  border-radius: 50%; background: var(--st-primary-color, #ff4b4b); }
+""".replace("SCOPE", scope)
+
+
+_CSS = range_css(".rl-eps") + """
 .rl-eps { font-family: var(--st-font, "Source Sans Pro", sans-serif); color: var(--st-text-color, #31333f); }
 .rl-eps-head { display: flex; justify-content: space-between; font-size: 0.875rem; margin-bottom: 0.25rem; }
 .rl-eps-value { font-weight: 600; color: var(--st-primary-color, #ff4b4b); }
-.rl-eps input[type=range] { width: 100%; margin: 0.4rem 0; background: transparent;
-  -webkit-appearance: none; appearance: none; }
-.rl-eps input[type=range]:focus { outline: none; }
-.rl-eps input[type=range]::-webkit-slider-runnable-track { height: 4px; border-radius: 2px;
-  background: rgba(49, 51, 63, 0.2); }
-.rl-eps input[type=range]::-webkit-slider-thumb { -webkit-appearance: none; width: 14px;
-  height: 14px; margin-top: -5px; border-radius: 50%; background: var(--st-primary-color, #ff4b4b); }
-.rl-eps input[type=range]:focus-visible::-webkit-slider-thumb { box-shadow: 0 0 0 4px rgba(0, 0, 0, 0.15); }
-.rl-eps input[type=range]::-moz-range-track { height: 4px; border-radius: 2px;
-  background: rgba(49, 51, 63, 0.2); }
-.rl-eps input[type=range]::-moz-range-thumb { width: 14px; height: 14px; border: none;
-  border-radius: 50%; background: var(--st-primary-color, #ff4b4b); }
 .rl-eps-ends { display: flex; justify-content: space-between; font-size: 0.75rem; opacity: 0.6; }
 .rl-eps-model { margin-top: 0.75rem; }
 .rl-eps-name { font-weight: 600; margin-bottom: 0.25rem; }
